@@ -1,0 +1,263 @@
+//! `sluice transform new | build | test`: the transform author's loop.
+//!
+//! * `new` scaffolds a crate that builds out of the box and has a unit test.
+//! * `build` runs cargo for `wasm32-wasip2` in release mode (the scaffold's
+//!   profile is size-optimised) and prints the component path(s).
+//! * `test` runs a built component on sample input, exactly as the host
+//!   would (same sandbox, same validation), and prints JSON lines.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+
+use crate::jsonout;
+use crate::model::{Frame, now_ns};
+use crate::runtime::{Limits, ModuleCache, Runtime};
+
+/// The Rust target transforms are built for.
+pub const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// `sluice transform …`
+#[derive(Debug, Subcommand)]
+pub enum TransformCommand {
+    /// Scaffold a new transform crate.
+    New {
+        /// Crate name, e.g. `my-sensor` (also the directory created).
+        name: String,
+        /// Parent directory to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Path to the sluice-sdk crate (default: the SDK of this source tree).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Build a transform crate (or workspace) into Wasm components.
+    Build {
+        /// The crate or workspace directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run a component on sample input and print what it emits as JSON lines.
+    Test {
+        /// The component (`.wasm`).
+        module: PathBuf,
+        /// Input file, one frame per line (`-` for stdin).
+        #[arg(long)]
+        input: PathBuf,
+        /// Lines are hex-encoded binary frames.
+        #[arg(long)]
+        hex: bool,
+        /// Transform config, `key=value` (repeatable).
+        #[arg(long = "config", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// The source name the frames appear to come from.
+        #[arg(long, default_value = "test")]
+        source: String,
+        /// Exit 0 even if some frames fail to decode.
+        #[arg(long)]
+        allow_errors: bool,
+    },
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected key=value, got {s:?}")),
+    }
+}
+
+/// Runs a `transform` subcommand; returns the process exit code.
+pub fn run(command: TransformCommand) -> anyhow::Result<i32> {
+    match command {
+        TransformCommand::New { name, dir, sdk } => {
+            let sdk = match sdk {
+                Some(path) => path,
+                None => default_sdk_path()?,
+            };
+            let created = crate::scaffold::create(&dir, &name, &sdk)?;
+            println!("created {}", created.display());
+            println!("next: sluice transform build {}", created.display());
+            Ok(0)
+        }
+        TransformCommand::Build { dir } => {
+            for artifact in build(&dir)? {
+                println!("{}", artifact.display());
+            }
+            Ok(0)
+        }
+        TransformCommand::Test {
+            module,
+            input,
+            hex,
+            config,
+            source,
+            allow_errors,
+        } => {
+            let errors = test(&module, &input, hex, &config, &source)?;
+            Ok(if errors > 0 && !allow_errors { 1 } else { 0 })
+        }
+    }
+}
+
+/// The SDK of the source tree this binary was built from.
+fn default_sdk_path() -> anyhow::Result<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+    path.canonicalize().with_context(|| {
+        format!(
+            "the sluice-sdk crate is not at {}; pass --sdk PATH",
+            path.display()
+        )
+    })
+}
+
+/// Checks that the wasm32-wasip2 standard library is installed for the
+/// toolchain that cargo will use in `dir`.
+fn check_wasm_target(dir: &Path) -> anyhow::Result<()> {
+    let output = std::process::Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .current_dir(dir)
+        .output()
+        .context("cannot run rustc; is Rust installed?")?;
+    let sysroot = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let target_lib = Path::new(&sysroot).join("lib/rustlib").join(WASM_TARGET);
+    if !target_lib.is_dir() {
+        bail!(
+            "the {WASM_TARGET} target is not installed for this toolchain; run: rustup target add {WASM_TARGET}"
+        );
+    }
+    Ok(())
+}
+
+/// Builds the crate or workspace in `dir` for wasm32-wasip2 (release) and
+/// returns the component files cargo produced.
+pub fn build(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let manifest = dir.join("Cargo.toml");
+    if !manifest.is_file() {
+        bail!("{} has no Cargo.toml", dir.display());
+    }
+    check_wasm_target(dir)?;
+    let mut child = std::process::Command::new("cargo")
+        .args(["build", "--release", "--target", WASM_TARGET])
+        .arg("--message-format=json-render-diagnostics")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run cargo")?;
+    let mut artifacts = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line?;
+            let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if msg["reason"] != "compiler-artifact" {
+                continue;
+            }
+            if let Some(files) = msg["filenames"].as_array() {
+                artifacts.extend(
+                    files
+                        .iter()
+                        .filter_map(|f| f.as_str())
+                        .filter(|f| f.ends_with(".wasm"))
+                        .map(PathBuf::from),
+                );
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo build failed ({status})");
+    }
+    if artifacts.is_empty() {
+        bail!("cargo built no .wasm component; does the crate have `crate-type = [\"cdylib\"]`?");
+    }
+    Ok(artifacts)
+}
+
+/// Runs `module` over every line of `input`; prints JSON lines to stdout.
+/// Returns the number of frames that failed plus outputs the host would refuse.
+fn test(
+    module: &Path,
+    input: &Path,
+    hex_input: bool,
+    config: &[(String, String)],
+    source: &str,
+) -> anyhow::Result<usize> {
+    let runtime = Runtime::new(ModuleCache::new(ModuleCache::default_dir()))?;
+    let module = runtime.load_file(module)?;
+    let mut instance = module.instantiate("test", config, Limits::default())?;
+    let reader: Box<dyn BufRead> = if input == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(input)
+                .with_context(|| format!("cannot open input {}", input.display()))?,
+        ))
+    };
+    let source: std::sync::Arc<str> = source.into();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut errors = 0;
+    for (index, line) in reader.split(b'\n').enumerate() {
+        let line_no = index + 1;
+        let mut line = line?;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.is_empty() {
+            continue;
+        }
+        let data = if hex_input {
+            let text = String::from_utf8_lossy(&line);
+            match hex::decode(text.trim()) {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    errors += 1;
+                    let value = serde_json::json!({"kind": "error", "line": line_no,
+                        "reason": "bad_hex", "error": format!("line is not hex: {err}")});
+                    writeln!(out, "{value}")?;
+                    continue;
+                }
+            }
+        } else {
+            line
+        };
+        let frame = Frame {
+            source: source.clone(),
+            received_at_ns: now_ns(),
+            data,
+        };
+        match instance.process(frame) {
+            Ok(output) => {
+                for message in &output.messages {
+                    let mut value = jsonout::message(message);
+                    if let Err(invalid) = message.validate(usize::MAX) {
+                        errors += 1;
+                        value["invalid"] = invalid.to_string().into();
+                    }
+                    writeln!(out, "{value}")?;
+                }
+                for point in &output.points {
+                    let mut value = jsonout::point(point);
+                    if let Err(invalid) = point.validate() {
+                        errors += 1;
+                        value["invalid"] = invalid.to_string().into();
+                    }
+                    writeln!(out, "{value}")?;
+                }
+            }
+            Err(rejected) => {
+                errors += 1;
+                let value = serde_json::json!({"kind": "error", "line": line_no,
+                    "reason": rejected.error.reason(), "error": rejected.error.to_string()});
+                writeln!(out, "{value}")?;
+            }
+        }
+    }
+    Ok(errors)
+}

@@ -1,0 +1,113 @@
+//! The JSON-lines view of what a transform emitted, shared by
+//! `sluice transform test` and `sluice demo` so both print the same shape:
+//!
+//! ```json
+//! {"kind":"message","topic":"iiot/node1/temperature","payload":"27.6","qos":1,"retain":true}
+//! {"kind":"point","measurement":"environment","tags":{"node":"node1"},"fields":{"temperature":27.6},"timestamp":null}
+//! {"kind":"error","line":3,"reason":"decode_malformed","error":"…"}
+//! ```
+//!
+//! A payload that is valid UTF-8 is shown as `payload`, any other as
+//! `payload_base64`.
+
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+
+use crate::model::{FieldValue, MqttMessage, Point};
+
+/// One message as a JSON object.
+pub fn message(m: &MqttMessage) -> Value {
+    let mut obj = Map::new();
+    obj.insert("kind".into(), "message".into());
+    obj.insert("topic".into(), m.topic.clone().into());
+    match std::str::from_utf8(&m.payload) {
+        Ok(text) => obj.insert("payload".into(), text.into()),
+        Err(_) => obj.insert(
+            "payload_base64".into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(&m.payload)
+                .into(),
+        ),
+    };
+    obj.insert("qos".into(), m.qos.level().into());
+    obj.insert("retain".into(), m.retain.into());
+    Value::Object(obj)
+}
+
+/// One point as a JSON object. Integers keep their type; non-finite floats
+/// (which JSON cannot hold) are shown as strings.
+pub fn point(p: &Point) -> Value {
+    let tags: Map<String, Value> = p
+        .tags
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+        .collect();
+    let fields: Map<String, Value> = p
+        .fields
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                FieldValue::Float(f) if f.is_finite() => json!(f),
+                FieldValue::Float(f) => json!(f.to_string()),
+                FieldValue::Int(i) => json!(i),
+                FieldValue::UInt(u) => json!(u),
+                FieldValue::Bool(b) => json!(b),
+                FieldValue::Text(s) => json!(s),
+            };
+            (k.clone(), value)
+        })
+        .collect();
+    json!({
+        "kind": "point",
+        "measurement": p.measurement,
+        "tags": tags,
+        "fields": fields,
+        "timestamp": p.timestamp_ns,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Qos;
+
+    #[test]
+    fn message_payloads() {
+        let mut m = MqttMessage {
+            topic: "iiot/node1/temperature".into(),
+            payload: b"27.6".to_vec(),
+            qos: Qos::AtLeastOnce,
+            retain: true,
+        };
+        assert_eq!(
+            message(&m).to_string(),
+            r#"{"kind":"message","topic":"iiot/node1/temperature","payload":"27.6","qos":1,"retain":true}"#
+        );
+        m.payload = vec![0xff, 0x00];
+        assert_eq!(message(&m)["payload_base64"], "/wA=");
+        assert!(message(&m).get("payload").is_none());
+    }
+
+    #[test]
+    fn point_fields_keep_types() {
+        let p = Point {
+            measurement: "m".into(),
+            tags: vec![("node".into(), "n1".into())],
+            fields: vec![
+                ("f".into(), FieldValue::Float(1.5)),
+                ("i".into(), FieldValue::Int(-3)),
+                ("u".into(), FieldValue::UInt(u64::MAX)),
+                ("b".into(), FieldValue::Bool(true)),
+                ("s".into(), FieldValue::Text("x".into())),
+                ("nan".into(), FieldValue::Float(f64::NAN)),
+            ],
+            timestamp_ns: Some(5),
+        };
+        let v = point(&p);
+        assert_eq!(v["fields"]["u"], u64::MAX);
+        assert_eq!(v["fields"]["i"], -3);
+        assert_eq!(v["fields"]["nan"], "NaN");
+        assert_eq!(v["tags"]["node"], "n1");
+        assert_eq!(v["timestamp"], 5);
+    }
+}

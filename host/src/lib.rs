@@ -1,0 +1,23 @@
+//! sluice — a WebAssembly-extensible edge runtime for industrial IoT.
+//!
+//! The native host owns every side effect (serial ports, MQTT, InfluxDB,
+//! buffering, the admin API); sandboxed Wasm components ("transforms") decode
+//! frames and decide what leaves the box. See `ARCHITECTURE.md` for the map.
+
+pub mod app;
+pub mod backoff;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod jsonout;
+pub mod metrics;
+pub mod model;
+pub mod pipeline;
+pub mod pty;
+pub mod ratelimit;
+pub mod runtime;
+pub mod scaffold;
+pub mod sim;
+pub mod sink;
+pub mod source;

@@ -1,0 +1,308 @@
+//! The host's own data model: frames in, MQTT messages and points out.
+//!
+//! These types are deliberately independent of the WIT bindings (which belong
+//! to [`crate::runtime`]) and of rumqttc/reqwest (which belong to the sinks):
+//! everything between a source and a sink speaks this vocabulary. The
+//! validation here is the host's last word on what a transform returned — a
+//! transform is untrusted, so nothing it emits reaches a sink unchecked.
+
+use std::sync::Arc;
+
+/// One frame as split by a framer, before any transform saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The pipeline the frame was read by.
+    pub source: Arc<str>,
+    /// Receive time, nanoseconds since the Unix epoch.
+    pub received_at_ns: u64,
+    /// The raw bytes without framing; not necessarily UTF-8.
+    pub data: Vec<u8>,
+}
+
+/// MQTT quality of service, as chosen by the transform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Qos {
+    /// QoS 0.
+    AtMostOnce,
+    /// QoS 1.
+    AtLeastOnce,
+    /// QoS 2.
+    ExactlyOnce,
+}
+
+impl Qos {
+    /// The numeric level (0, 1, 2).
+    pub fn level(self) -> u8 {
+        match self {
+            Qos::AtMostOnce => 0,
+            Qos::AtLeastOnce => 1,
+            Qos::ExactlyOnce => 2,
+        }
+    }
+}
+
+/// A message bound for the MQTT broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttMessage {
+    /// Publish topic (validated by [`validate_topic`] before it is sent).
+    pub topic: String,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+    /// Quality of service.
+    pub qos: Qos,
+    /// Retain flag.
+    pub retain: bool,
+}
+
+/// A typed InfluxDB field value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    /// 64-bit float; must be finite to be written.
+    Float(f64),
+    /// Signed integer (`i` suffix in line protocol).
+    Int(i64),
+    /// Unsigned integer (`u` suffix in line protocol).
+    UInt(u64),
+    /// Boolean.
+    Bool(bool),
+    /// String.
+    Text(String),
+}
+
+/// A point bound for InfluxDB.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// Measurement name.
+    pub measurement: String,
+    /// Tags in the order the transform gave them (the encoder sorts them).
+    pub tags: Vec<(String, String)>,
+    /// Fields; at least one is required.
+    pub fields: Vec<(String, FieldValue)>,
+    /// Nanoseconds since the epoch; `None` means "the frame's receive time".
+    pub timestamp_ns: Option<i64>,
+}
+
+/// Everything a transform produced for one frame.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TransformOutput {
+    /// MQTT messages in emission order.
+    pub messages: Vec<MqttMessage>,
+    /// Points in emission order.
+    pub points: Vec<Point>,
+}
+
+/// Why the host refused something a transform emitted. The variant names are
+/// stable: they are used as the `reason` label of the drop counters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidOutput {
+    /// Empty topic.
+    #[error("empty topic")]
+    EmptyTopic,
+    /// Topic longer than MQTT's 65535-byte limit.
+    #[error("topic is {0} bytes, more than MQTT's 65535")]
+    TopicTooLong(usize),
+    /// `+` or `#` in a publish topic.
+    #[error("wildcard character in publish topic {0:?}")]
+    WildcardInTopic(String),
+    /// U+0000 is forbidden in MQTT topics.
+    #[error("NUL character in topic {0:?}")]
+    NulInTopic(String),
+    /// Topics starting with `$` are reserved for the broker.
+    #[error("topic {0:?} starts with '$', which is reserved for the broker")]
+    ReservedTopic(String),
+    /// Payload larger than the configured maximum.
+    #[error("payload is {size} bytes, more than the maximum of {max}")]
+    PayloadTooLarge {
+        /// Actual size.
+        size: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+    /// A point with an empty measurement name.
+    #[error("point has an empty measurement name")]
+    EmptyMeasurement,
+    /// A point without fields cannot be written.
+    #[error("point {0:?} has no fields")]
+    NoFields(String),
+    /// Empty tag key or value, or empty field key.
+    #[error("point {0:?} has an empty tag or field key, or an empty tag value")]
+    EmptyKey(String),
+    /// NaN and infinities are refused by InfluxDB.
+    #[error("field {field:?} of point {measurement:?} is not a finite number ({value})")]
+    NonFiniteField {
+        /// The measurement.
+        measurement: String,
+        /// The field key.
+        field: String,
+        /// The value as text.
+        value: String,
+    },
+}
+
+impl InvalidOutput {
+    /// The label used for the drop counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InvalidOutput::EmptyTopic => "empty_topic",
+            InvalidOutput::TopicTooLong(_) => "topic_too_long",
+            InvalidOutput::WildcardInTopic(_) => "wildcard_topic",
+            InvalidOutput::NulInTopic(_) => "nul_in_topic",
+            InvalidOutput::ReservedTopic(_) => "reserved_topic",
+            InvalidOutput::PayloadTooLarge { .. } => "payload_too_large",
+            InvalidOutput::EmptyMeasurement => "empty_measurement",
+            InvalidOutput::NoFields(_) => "point_without_fields",
+            InvalidOutput::EmptyKey(_) => "empty_key",
+            InvalidOutput::NonFiniteField { .. } => "non_finite_field",
+        }
+    }
+}
+
+/// Checks a publish topic against the MQTT 3.1.1/5 rules (4.7 in both specs).
+///
+/// Empty levels (`a//b`) are legal in MQTT and therefore accepted.
+pub fn validate_topic(topic: &str) -> Result<(), InvalidOutput> {
+    if topic.is_empty() {
+        return Err(InvalidOutput::EmptyTopic);
+    }
+    if topic.len() > usize::from(u16::MAX) {
+        return Err(InvalidOutput::TopicTooLong(topic.len()));
+    }
+    if topic.contains(['+', '#']) {
+        return Err(InvalidOutput::WildcardInTopic(topic.to_owned()));
+    }
+    if topic.contains('\0') {
+        return Err(InvalidOutput::NulInTopic(topic.to_owned()));
+    }
+    if topic.starts_with('$') {
+        return Err(InvalidOutput::ReservedTopic(topic.to_owned()));
+    }
+    Ok(())
+}
+
+impl MqttMessage {
+    /// Validates topic and payload size.
+    pub fn validate(&self, max_payload: usize) -> Result<(), InvalidOutput> {
+        validate_topic(&self.topic)?;
+        if self.payload.len() > max_payload {
+            return Err(InvalidOutput::PayloadTooLarge {
+                size: self.payload.len(),
+                max: max_payload,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Point {
+    /// Checks what line protocol cannot express or InfluxDB refuses.
+    pub fn validate(&self) -> Result<(), InvalidOutput> {
+        if self.measurement.is_empty() {
+            return Err(InvalidOutput::EmptyMeasurement);
+        }
+        if self.fields.is_empty() {
+            return Err(InvalidOutput::NoFields(self.measurement.clone()));
+        }
+        let empty_tag = self.tags.iter().any(|(k, v)| k.is_empty() || v.is_empty());
+        let empty_field = self.fields.iter().any(|(k, _)| k.is_empty());
+        if empty_tag || empty_field {
+            return Err(InvalidOutput::EmptyKey(self.measurement.clone()));
+        }
+        for (key, value) in &self.fields {
+            if let FieldValue::Float(f) = value
+                && !f.is_finite()
+            {
+                return Err(InvalidOutput::NonFiniteField {
+                    measurement: self.measurement.clone(),
+                    field: key.clone(),
+                    value: f.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_rules() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("iiot/node1/temperature", None),
+            ("a//b", None),
+            ("/leading", None),
+            ("ünïcödé/ok", None),
+            ("", Some("empty_topic")),
+            ("a/+/b", Some("wildcard_topic")),
+            ("a/#", Some("wildcard_topic")),
+            ("a\0b", Some("nul_in_topic")),
+            ("$SYS/x", Some("reserved_topic")),
+        ];
+        for (topic, want) in cases {
+            let got = validate_topic(topic).err().map(|e| e.reason());
+            assert_eq!(got, *want, "topic {topic:?}");
+        }
+        let long = "a".repeat(65536);
+        assert_eq!(
+            validate_topic(&long).map_err(|e| e.reason()),
+            Err("topic_too_long")
+        );
+        assert!(validate_topic(&"a".repeat(65535)).is_ok());
+    }
+
+    #[test]
+    fn payload_limit() {
+        let msg = MqttMessage {
+            topic: "t".into(),
+            payload: vec![0; 11],
+            qos: Qos::AtLeastOnce,
+            retain: false,
+        };
+        assert!(msg.validate(11).is_ok());
+        assert_eq!(
+            msg.validate(10),
+            Err(InvalidOutput::PayloadTooLarge { size: 11, max: 10 })
+        );
+    }
+
+    #[test]
+    fn point_rules() {
+        let ok = Point {
+            measurement: "m".into(),
+            tags: vec![("node".into(), "n1".into())],
+            fields: vec![("t".into(), FieldValue::Float(1.5))],
+            timestamp_ns: None,
+        };
+        assert!(ok.validate().is_ok());
+        let mut nan = ok.clone();
+        nan.fields[0].1 = FieldValue::Float(f64::NAN);
+        assert_eq!(nan.validate().unwrap_err().reason(), "non_finite_field");
+        let mut inf = ok.clone();
+        inf.fields[0].1 = FieldValue::Float(f64::NEG_INFINITY);
+        assert_eq!(inf.validate().unwrap_err().reason(), "non_finite_field");
+        let mut none = ok.clone();
+        none.fields.clear();
+        assert_eq!(
+            none.validate().unwrap_err().reason(),
+            "point_without_fields"
+        );
+        let mut empty_tag = ok.clone();
+        empty_tag.tags[0].1.clear();
+        assert_eq!(empty_tag.validate().unwrap_err().reason(), "empty_key");
+        let mut empty_m = ok;
+        empty_m.measurement.clear();
+        assert_eq!(
+            empty_m.validate().unwrap_err().reason(),
+            "empty_measurement"
+        );
+    }
+}

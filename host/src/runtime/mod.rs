@@ -1,0 +1,775 @@
+//! The sandboxed Wasm runtime that runs transforms.
+//!
+//! One [`Runtime`] per host process owns the wasmtime [`Engine`], the
+//! [`Linker`] (the only things a guest may import: the `log` interface and an
+//! inert WASI with no files, environment, arguments or sockets) and the
+//! epoch ticker that enforces per-call deadlines.
+//!
+//! A [`Module`] is a validated, compiled component ready to instantiate
+//! (an `InstancePre`). A [`TransformInstance`] is one live instance in its own
+//! [`Store`], reused across calls. The sandbox guarantees:
+//!
+//! * **Deadline**: every call gets an epoch deadline; a guest that spins is
+//!   interrupted with a trap ([`TrapKind::Timeout`]).
+//! * **Memory cap**: linear memory beyond the cap makes `memory.grow` trap
+//!   ([`TrapKind::MemoryLimit`]).
+//! * **Stack**: wasmtime's `max_wasm_stack` turns runaway recursion into a
+//!   trap ([`TrapKind::StackOverflow`]).
+//! * **Recovery**: after any trap the instance is poisoned, so the next call
+//!   builds a fresh instance (and runs `init` again). A trap costs only the
+//!   frame being processed.
+//!
+//! Calls are synchronous: pipelines run transforms on their own OS threads
+//! (see [`crate::pipeline`]), so a slow guest never blocks the async runtime.
+
+mod cache;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use cache::{CacheOutcome, ModuleCache, module_hash};
+
+use crate::model::{self, Frame, TransformOutput};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sluice:transform/transform-module",
+    });
+}
+
+use bindings::TransformModulePre;
+use bindings::sluice::transform::{log as guest_log, types as wit};
+
+/// The WIT versions this host can load.
+pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["sluice:transform@0.1.0"];
+
+/// How often the epoch ticker advances; deadlines are rounded up to it.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Limits applied to every call of every instance.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall-clock budget per call.
+    pub call_timeout: Duration,
+    /// Maximum linear memory per instance, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            call_timeout: Duration::from_millis(100),
+            memory_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Errors from loading or instantiating a module.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read module {path}: {source}")]
+    Read {
+        /// The module path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not a valid component, or it failed to compile.
+    #[error("not a valid Wasm component: {0:#}")]
+    Compile(wasmtime::Error),
+    /// The component does not fit the host: missing exports, foreign imports.
+    #[error(
+        "module does not implement a supported transform contract ({supported}), {0}: {1:#}",
+        supported = SUPPORTED_WIT_VERSIONS.join(", ")
+    )]
+    Contract(&'static str, wasmtime::Error),
+    /// Instantiation trapped or failed.
+    #[error("cannot instantiate module: {0:#}")]
+    Instantiate(wasmtime::Error),
+    /// The guest's `init` refused its configuration.
+    #[error("transform init failed: {0}")]
+    Init(GuestError),
+    /// `init` trapped.
+    #[error("transform init trapped ({kind}): {message}")]
+    InitTrap {
+        /// Classified trap.
+        kind: TrapKind,
+        /// wasmtime's message.
+        message: String,
+    },
+}
+
+/// A typed error a guest returned (not a trap).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct GuestError {
+    /// The WIT variant case.
+    pub kind: GuestErrorKind,
+    /// The guest's message.
+    pub message: String,
+}
+
+/// The cases of the WIT `error` variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestErrorKind {
+    /// Input not in the expected format.
+    Malformed,
+    /// Well-formed but not handled.
+    Unsupported,
+    /// Bad configuration.
+    InvalidConfig,
+    /// A bug in the transform.
+    Internal,
+}
+
+impl GuestErrorKind {
+    /// Stable label for metrics and JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestErrorKind::Malformed => "malformed",
+            GuestErrorKind::Unsupported => "unsupported",
+            GuestErrorKind::InvalidConfig => "invalid_config",
+            GuestErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for GuestErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<wit::Error> for GuestError {
+    fn from(e: wit::Error) -> Self {
+        let (kind, message) = match e {
+            wit::Error::Malformed(m) => (GuestErrorKind::Malformed, m),
+            wit::Error::Unsupported(m) => (GuestErrorKind::Unsupported, m),
+            wit::Error::InvalidConfig(m) => (GuestErrorKind::InvalidConfig, m),
+            wit::Error::Internal(m) => (GuestErrorKind::Internal, m),
+        };
+        GuestError { kind, message }
+    }
+}
+
+/// Why a call trapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapKind {
+    /// The call exceeded its deadline.
+    Timeout,
+    /// The guest tried to grow memory beyond the cap.
+    MemoryLimit,
+    /// Wasm stack exhausted.
+    StackOverflow,
+    /// `unreachable` — what a Rust guest's panic or abort turns into.
+    Panic,
+    /// Out-of-bounds linear memory access: a bug, or a Rust guest's shadow
+    /// stack (which lives in linear memory) running out.
+    MemoryFault,
+    /// Any other trap (out-of-bounds access, bad conversion, host error).
+    Other,
+}
+
+impl TrapKind {
+    /// Stable label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrapKind::Timeout => "timeout",
+            TrapKind::MemoryLimit => "memory_limit",
+            TrapKind::StackOverflow => "stack_overflow",
+            TrapKind::Panic => "panic",
+            TrapKind::MemoryFault => "memory_fault",
+            TrapKind::Other => "trap",
+        }
+    }
+}
+
+impl std::fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a frame produced no output.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProcessError {
+    /// The guest returned a typed error.
+    #[error("{0}")]
+    Guest(GuestError),
+    /// The guest trapped; the instance will be replaced.
+    #[error("transform trapped ({kind}): {message}")]
+    Trap {
+        /// Classified trap.
+        kind: TrapKind,
+        /// wasmtime's message.
+        message: String,
+    },
+    /// The guest broke the contract (e.g. a batch result of the wrong length).
+    #[error("transform broke the contract: {0}")]
+    Contract(String),
+    /// A fresh instance could not be created after a trap.
+    #[error("cannot recreate the transform instance: {0}")]
+    Reinstantiate(String),
+}
+
+impl ProcessError {
+    /// Stable label for the drop counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProcessError::Guest(e) => match e.kind {
+                GuestErrorKind::Malformed => "decode_malformed",
+                GuestErrorKind::Unsupported => "decode_unsupported",
+                GuestErrorKind::InvalidConfig => "decode_invalid_config",
+                GuestErrorKind::Internal => "decode_internal",
+            },
+            ProcessError::Trap { kind, .. } => match kind {
+                TrapKind::Timeout => "trap_timeout",
+                TrapKind::MemoryLimit => "trap_memory_limit",
+                TrapKind::StackOverflow => "trap_stack_overflow",
+                TrapKind::Panic => "trap_panic",
+                TrapKind::MemoryFault => "trap_memory_fault",
+                TrapKind::Other => "trap_other",
+            },
+            ProcessError::Contract(_) => "contract_violation",
+            ProcessError::Reinstantiate(_) => "instance_unavailable",
+        }
+    }
+}
+
+/// A frame the transform did not turn into output, with the reason.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// Why.
+    pub error: ProcessError,
+    /// The frame, unchanged, for dead-lettering.
+    pub frame: Frame,
+}
+
+/// Per-store state: the inert WASI context, the memory limiter, and the
+/// identity used in guest log lines.
+struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    log: GuestLog,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps linear memory and remembers that it did, so the resulting trap can
+/// be reported as [`TrapKind::MemoryLimit`] rather than a generic error.
+struct MemoryLimiter {
+    max_bytes: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            wasmtime::bail!(
+                "memory limit: guest asked for {desired} bytes, cap is {}",
+                self.max_bytes
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million entries is far beyond
+        // any sane transform and bounds host memory.
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// Rate-limited sink for the guest's `log` import.
+struct GuestLog {
+    transform: Arc<str>,
+    limiter: crate::ratelimit::RateLimiter,
+}
+
+impl guest_log::Host for GuestState {
+    fn log(&mut self, level: guest_log::Level, mut message: String) {
+        const MAX_LEN: usize = 1024;
+        if !self.log.limiter.allow() {
+            return;
+        }
+        if message.len() > MAX_LEN {
+            let mut end = MAX_LEN;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        let transform = &*self.log.transform;
+        match level {
+            guest_log::Level::Trace => {
+                tracing::trace!(target: "sluice::guest", transform, "{message}")
+            }
+            guest_log::Level::Debug => {
+                tracing::debug!(target: "sluice::guest", transform, "{message}")
+            }
+            guest_log::Level::Info => {
+                tracing::info!(target: "sluice::guest", transform, "{message}")
+            }
+            guest_log::Level::Warn => {
+                tracing::warn!(target: "sluice::guest", transform, "{message}")
+            }
+            guest_log::Level::Error => {
+                tracing::error!(target: "sluice::guest", transform, "{message}")
+            }
+        }
+    }
+}
+
+impl wit::Host for GuestState {}
+
+/// The engine, linker and epoch ticker shared by all transforms of a host.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    cache: ModuleCache,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// Builds the engine and linker and starts the epoch ticker thread.
+    pub fn new(cache: ModuleCache) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        // Keep the guest stack well below the host thread's stack.
+        config.max_wasm_stack(512 << 10);
+        // Enough frames to locate a bug, without a 10,000-line message
+        // (and capture cost) after a runaway recursion.
+        config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(16));
+        let engine = Engine::new(&config)?;
+
+        let mut linker = Linker::new(&engine);
+        // WASI is linked so that Rust std guests instantiate, but the context
+        // built in `new_store` grants nothing: no preopens, env, args, sockets.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::TransformModule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let stop = ticker_stop.clone();
+        std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })?;
+
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                cache,
+                ticker_stop,
+            }),
+        })
+    }
+
+    /// The wasmtime engine (for benchmarks and diagnostics).
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Reads, compiles (or loads from cache) and links a module file.
+    pub fn load_file(&self, path: &Path) -> Result<Module, LoadError> {
+        let wasm = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.load_bytes(&wasm)
+    }
+
+    /// Compiles (or loads from cache) and links a module given as bytes.
+    pub fn load_bytes(&self, wasm: &[u8]) -> Result<Module, LoadError> {
+        let (component, cache) = self
+            .inner
+            .cache
+            .load(&self.inner.engine, wasm)
+            .map_err(LoadError::Compile)?;
+        let instance_pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Contract("unsatisfied imports", e))?;
+        let pre = TransformModulePre::new(instance_pre)
+            .map_err(|e| LoadError::Contract("missing exports", e))?;
+        Ok(Module {
+            pre,
+            hash: module_hash(wasm).into(),
+            cache,
+            runtime: self.clone(),
+        })
+    }
+
+    fn new_store(&self, transform: &Arc<str>, limits: &Limits) -> Store<GuestState> {
+        let state = GuestState {
+            // Nothing is granted: no preopened dirs, no env, no args, no
+            // network (the default socket check denies every address).
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                max_bytes: limits.memory_bytes,
+                hit: false,
+            },
+            log: GuestLog {
+                transform: transform.clone(),
+                limiter: crate::ratelimit::RateLimiter::new(20, Duration::from_secs(1)),
+            },
+        };
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+    }
+}
+
+/// A compiled component that passed the contract check, ready to instantiate.
+#[derive(Clone)]
+pub struct Module {
+    pre: TransformModulePre<GuestState>,
+    hash: Arc<str>,
+    cache: CacheOutcome,
+    runtime: Runtime,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module")
+            .field("hash", &self.hash)
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl Module {
+    /// SHA-256 of the module bytes.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Whether it came from the `.cwasm` cache.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache
+    }
+
+    /// Instantiates the module and runs `init` with `config`.
+    pub fn instantiate(
+        &self,
+        transform: &str,
+        config: &[(String, String)],
+        limits: Limits,
+    ) -> Result<TransformInstance, LoadError> {
+        let name: Arc<str> = transform.into();
+        let live = self.fresh_instance(&name, config, &limits)?;
+        Ok(TransformInstance {
+            module: self.clone(),
+            name,
+            config: config.to_vec(),
+            limits,
+            live: Some(live),
+        })
+    }
+
+    fn fresh_instance(
+        &self,
+        name: &Arc<str>,
+        config: &[(String, String)],
+        limits: &Limits,
+    ) -> Result<Live, LoadError> {
+        let mut store = self.runtime.new_store(name, limits);
+        set_deadline(&mut store, limits);
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(LoadError::Instantiate)?;
+        set_deadline(&mut store, limits);
+        match bindings
+            .sluice_transform_transform()
+            .call_init(&mut store, config)
+        {
+            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Err(e)) => Err(LoadError::Init(e.into())),
+            Err(trap) => {
+                let kind = classify_trap(&trap, &store);
+                Err(LoadError::InitTrap {
+                    kind,
+                    message: trap_message(&trap),
+                })
+            }
+        }
+    }
+}
+
+/// A live instance with its store.
+struct Live {
+    store: Store<GuestState>,
+    bindings: bindings::TransformModule,
+}
+
+/// One transform instance, reused across calls and rebuilt after a trap.
+pub struct TransformInstance {
+    module: Module,
+    name: Arc<str>,
+    config: Vec<(String, String)>,
+    limits: Limits,
+    /// `None` after a trap until the next call rebuilds it.
+    live: Option<Live>,
+}
+
+impl TransformInstance {
+    /// The module this instance runs.
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    /// Decodes one frame. A trap poisons the instance; the next call gets a
+    /// fresh one. On failure the frame is handed back (for dead-lettering).
+    pub fn process(&mut self, frame: Frame) -> Result<TransformOutput, Rejected> {
+        let limits = self.limits;
+        let live = match self.live() {
+            Ok(live) => live,
+            Err(error) => return Err(Rejected { error, frame }),
+        };
+        let Frame {
+            source,
+            received_at_ns,
+            data,
+        } = frame;
+        let input = wit::Frame {
+            source: source.to_string(),
+            received_at_ns,
+            data,
+        };
+        set_deadline(&mut live.store, &limits);
+        let result = live
+            .bindings
+            .sluice_transform_transform()
+            .call_process(&mut live.store, &input);
+        let error = match result {
+            Ok(Ok(output)) => return Ok(convert_output(output)),
+            Ok(Err(e)) => ProcessError::Guest(e.into()),
+            Err(trap) => self.poison(&trap),
+        };
+        Err(Rejected {
+            error,
+            frame: Frame {
+                source,
+                received_at_ns,
+                data: input.data,
+            },
+        })
+    }
+
+    /// Decodes many frames in one guest call; one result per frame.
+    pub fn process_batch(
+        &mut self,
+        frames: Vec<Frame>,
+    ) -> Result<Vec<Result<TransformOutput, ProcessError>>, ProcessError> {
+        let limits = self.limits;
+        let live = self.live()?;
+        let count = frames.len();
+        let input: Vec<wit::Frame> = frames
+            .into_iter()
+            .map(|f| wit::Frame {
+                source: f.source.to_string(),
+                received_at_ns: f.received_at_ns,
+                data: f.data,
+            })
+            .collect();
+        set_deadline(&mut live.store, &limits);
+        let result = live
+            .bindings
+            .sluice_transform_transform()
+            .call_process_batch(&mut live.store, &input);
+        match result {
+            Ok(results) if results.len() == count => Ok(results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(output) => Ok(convert_output(output)),
+                    Err(e) => Err(ProcessError::Guest(e.into())),
+                })
+                .collect()),
+            Ok(results) => Err(ProcessError::Contract(format!(
+                "process-batch returned {} results for {count} frames",
+                results.len()
+            ))),
+            Err(trap) => Err(self.poison(&trap)),
+        }
+    }
+
+    /// Encodes a downlink command into bytes for the serial line.
+    pub fn encode_command(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<u8>, ProcessError> {
+        let limits = self.limits;
+        let live = self.live()?;
+        let command = wit::Command {
+            topic: topic.to_owned(),
+            payload: payload.to_vec(),
+        };
+        set_deadline(&mut live.store, &limits);
+        let result = live
+            .bindings
+            .sluice_transform_transform()
+            .call_encode_command(&mut live.store, &command);
+        match result {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(e)) => Err(ProcessError::Guest(e.into())),
+            Err(trap) => Err(self.poison(&trap)),
+        }
+    }
+
+    fn live(&mut self) -> Result<&mut Live, ProcessError> {
+        if self.live.is_none() {
+            let fresh = self
+                .module
+                .fresh_instance(&self.name, &self.config, &self.limits)
+                .map_err(|e| ProcessError::Reinstantiate(e.to_string()))?;
+            self.live = Some(fresh);
+        }
+        // Just ensured above.
+        self.live
+            .as_mut()
+            .ok_or_else(|| ProcessError::Reinstantiate("no instance".into()))
+    }
+
+    /// Drops the trapped instance and classifies the trap.
+    fn poison(&mut self, trap: &wasmtime::Error) -> ProcessError {
+        let kind = match &self.live {
+            Some(live) => classify_trap(trap, &live.store),
+            None => TrapKind::Other,
+        };
+        self.live = None;
+        ProcessError::Trap {
+            kind,
+            message: trap_message(trap),
+        }
+    }
+}
+
+fn set_deadline(store: &mut Store<GuestState>, limits: &Limits) {
+    let ticks = limits
+        .call_timeout
+        .as_nanos()
+        .div_ceil(EPOCH_TICK.as_nanos());
+    // +1: the current tick may be about to end.
+    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1));
+}
+
+fn classify_trap(err: &wasmtime::Error, store: &Store<GuestState>) -> TrapKind {
+    if store.data().limiter.hit {
+        return TrapKind::MemoryLimit;
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => TrapKind::Timeout,
+        Some(Trap::StackOverflow) => TrapKind::StackOverflow,
+        Some(Trap::UnreachableCodeReached) => TrapKind::Panic,
+        Some(Trap::MemoryOutOfBounds) => TrapKind::MemoryFault,
+        _ => TrapKind::Other,
+    }
+}
+
+/// A one-line description of a trap: the trap itself and the innermost
+/// guest frame, not the whole backtrace.
+fn trap_message(err: &wasmtime::Error) -> String {
+    let what = match err.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => err.root_cause().to_string(),
+    };
+    let frame = err
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| bt.frames().first())
+        .map(|f| match f.func_name() {
+            Some(name) => format!(" in {name}"),
+            None => format!(" in wasm function {}", f.func_index()),
+        })
+        .unwrap_or_default();
+    format!("{what}{frame}")
+}
+
+fn convert_output(output: wit::Output) -> TransformOutput {
+    TransformOutput {
+        messages: output
+            .messages
+            .into_iter()
+            .map(|m| model::MqttMessage {
+                topic: m.topic,
+                payload: m.payload,
+                qos: match m.qos {
+                    wit::Qos::AtMostOnce => model::Qos::AtMostOnce,
+                    wit::Qos::AtLeastOnce => model::Qos::AtLeastOnce,
+                    wit::Qos::ExactlyOnce => model::Qos::ExactlyOnce,
+                },
+                retain: m.retain,
+            })
+            .collect(),
+        points: output
+            .points
+            .into_iter()
+            .map(|p| model::Point {
+                measurement: p.measurement,
+                tags: p.tags.into_iter().map(|t| (t.key, t.value)).collect(),
+                fields: p
+                    .fields
+                    .into_iter()
+                    .map(|f| {
+                        let value = match f.value {
+                            wit::FieldValue::Float(v) => model::FieldValue::Float(v),
+                            wit::FieldValue::Int(v) => model::FieldValue::Int(v),
+                            wit::FieldValue::Uint(v) => model::FieldValue::UInt(v),
+                            wit::FieldValue::Boolean(v) => model::FieldValue::Bool(v),
+                            wit::FieldValue::Text(v) => model::FieldValue::Text(v),
+                        };
+                        (f.key, value)
+                    })
+                    .collect(),
+                timestamp_ns: p.timestamp_ns,
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,167 @@
+//! `sluice transform new`: a transform crate that builds out of the box.
+//!
+//! The scaffold is a complete, tested transform (echo each text frame to
+//! `<prefix>/<source>`), a size-optimised release profile, and a sample input
+//! for `sluice transform test`. It is standalone (`[workspace]`), so it builds
+//! wherever it is created.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+
+const CARGO_TOML: &str = r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+
+[lib]
+# cdylib: the Wasm component; rlib: native unit tests and benchmarks.
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+sluice-sdk = { path = "{sdk}" }
+
+[profile.release]
+opt-level = "s"
+lto = true
+codegen-units = 1
+strip = true
+panic = "abort"
+
+# Standalone: not part of any enclosing workspace.
+[workspace]
+"#;
+
+const LIB_RS: &str = r#"//! A sluice transform. Build: `sluice transform build .`;
+//! try it: `sluice transform test target/wasm32-wasip2/release/{lib}.wasm --input sample.txt`.
+use sluice_sdk::{Config, Error, Frame, Message, Output, Point, Qos, Transform};
+
+/// Publishes every text frame to `<prefix>/<source>` and records its length.
+pub struct {type_name} {
+    prefix: String,
+}
+
+impl Transform for {type_name} {
+    fn init(config: &Config) -> Result<Self, Error> {
+        Ok(Self { prefix: config.get_or("prefix", "hello").to_owned() })
+    }
+
+    fn process(&mut self, frame: &Frame, out: &mut Output) -> Result<(), Error> {
+        let text = frame.text()?; // invalid UTF-8 → Error::Malformed, frame dead-lettered
+        let topic = format!("{}/{}", self.prefix, frame.source());
+        out.publish(Message::new(topic, text).qos(Qos::AtLeastOnce).retain(true));
+        out.point(Point::new("frames").tag("source", frame.source()).field("bytes", text.len() as i64));
+        Ok(())
+    }
+}
+
+sluice_sdk::export!({type_name});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoes_text_frames() {
+        let mut t = {type_name}::init(&Config::from_pairs([("prefix", "demo")])).unwrap();
+        let out = sluice_sdk::process(&mut t, &Frame::new("port1", 0, "hi")).unwrap();
+        assert_eq!(out.messages()[0].topic(), "demo/port1");
+        assert_eq!(out.messages()[0].payload(), b"hi");
+        assert!(sluice_sdk::process(&mut t, &Frame::from_data([0xff])).is_err());
+    }
+}
+"#;
+
+const SAMPLE: &str = "hello from the device\nsecond frame\n";
+
+const GITIGNORE: &str = "/target\n";
+
+/// Creates `<parent>/<name>`; returns its path.
+pub fn create(parent: &Path, name: &str, sdk: &Path) -> anyhow::Result<PathBuf> {
+    validate_name(name)?;
+    let dir = parent.join(name);
+    if dir.exists() {
+        bail!("{} already exists", dir.display());
+    }
+    let lib = name.replace('-', "_");
+    let type_name = type_name(name);
+    let sdk = sdk
+        .canonicalize()
+        .with_context(|| format!("sluice-sdk not found at {}", sdk.display()))?;
+    let sdk_text = sdk
+        .display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    let fill = |template: &str| {
+        template
+            .replace("{name}", name)
+            .replace("{lib}", &lib)
+            .replace("{type_name}", &type_name)
+            .replace("{sdk}", &sdk_text)
+    };
+    std::fs::create_dir_all(dir.join("src"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join("Cargo.toml"), fill(CARGO_TOML))?;
+    std::fs::write(dir.join("src/lib.rs"), fill(LIB_RS))?;
+    std::fs::write(dir.join("sample.txt"), SAMPLE)?;
+    std::fs::write(dir.join(".gitignore"), GITIGNORE)?;
+    Ok(dir)
+}
+
+fn validate_name(name: &str) -> anyhow::Result<()> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        bail!(
+            "{name:?} is not a valid crate name: use letters, digits, '-' and '_', starting with a letter"
+        );
+    }
+    Ok(())
+}
+
+/// `my-sensor_v2` → `MySensorV2`.
+fn type_name(name: &str) -> String {
+    name.split(['-', '_'])
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(type_name("my-sensor_v2"), "MySensorV2");
+        assert_eq!(type_name("x"), "X");
+        assert!(validate_name("good-name_1").is_ok());
+        for bad in ["", "1abc", "a b", "a/b", "-x"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn writes_a_crate() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
+        let dir = create(tmp.path(), "my-sensor", &sdk).expect("created");
+        let lib = std::fs::read_to_string(dir.join("src/lib.rs")).expect("lib.rs");
+        assert!(lib.contains("pub struct MySensor {"));
+        assert!(!lib.contains("{type_name}"));
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("Cargo.toml");
+        assert!(manifest.contains("name = \"my-sensor\""));
+        assert!(
+            create(tmp.path(), "my-sensor", &sdk).is_err(),
+            "refuses to overwrite"
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! Sinks: where validated emissions leave the box.
+
+pub mod mqtt;

@@ -1,0 +1,263 @@
+//! The sandbox: a misbehaving guest (tests/guests/misbehave, real Wasm)
+//! costs only the frame it misbehaves on. After a spin, a memory bomb, a
+//! stack overflow or a panic, the next frame goes through; invalid outputs
+//! are refused by the host and counted by reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice::metrics::Metrics;
+use sluice::model::{Frame, Qos};
+use sluice::pipeline::{Emission, WorkerSettings, spawn_worker};
+use sluice::runtime::{
+    CacheOutcome, GuestErrorKind, Limits, LoadError, ModuleCache, ProcessError, Runtime,
+    TransformInstance, TrapKind,
+};
+use sluice_tests::wasm;
+
+const LIMITS: Limits = Limits {
+    call_timeout: Duration::from_millis(50),
+    memory_bytes: 16 << 20,
+};
+
+fn frame(text: &str) -> Frame {
+    Frame {
+        source: "test".into(),
+        received_at_ns: 1_700_000_000_000_000_000,
+        data: text.as_bytes().to_vec(),
+    }
+}
+
+fn misbehave(runtime: &Runtime, config: &[(&str, &str)]) -> Result<TransformInstance, LoadError> {
+    let config: Vec<(String, String)> = config
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    runtime
+        .load_file(wasm::MISBEHAVE.as_ref())
+        .expect("misbehave loads")
+        .instantiate("misbehave", &config, LIMITS)
+}
+
+fn runtime() -> Runtime {
+    Runtime::new(ModuleCache::new(None)).expect("runtime")
+}
+
+fn assert_ok_frame_works(instance: &mut TransformInstance, text: &str) {
+    let output = instance
+        .process(frame(&format!("ok:{text}")))
+        .unwrap_or_else(|r| panic!("a normal frame after misbehaviour failed: {}", r.error));
+    assert_eq!(output.messages[0].topic, "test/ok");
+    assert_eq!(output.messages[0].payload, text.as_bytes());
+    assert_eq!(output.messages[0].qos, Qos::AtLeastOnce);
+}
+
+#[test]
+fn traps_cost_only_their_frame() {
+    let runtime = runtime();
+    let mut instance = misbehave(&runtime, &[]).expect("init");
+    assert_ok_frame_works(&mut instance, "before");
+    // A Rust guest keeps part of its stack in linear memory (the shadow
+    // stack), so runaway recursion ends either in wasm stack exhaustion or in
+    // an out-of-bounds access below the shadow stack; both are stack overflows.
+    let cases: [(&str, &[TrapKind]); 4] = [
+        ("loop", &[TrapKind::Timeout]),
+        ("alloc", &[TrapKind::MemoryLimit]),
+        ("recurse", &[TrapKind::StackOverflow, TrapKind::MemoryFault]),
+        ("panic", &[TrapKind::Panic]),
+    ];
+    for (command, want) in cases {
+        let rejected = instance
+            .process(frame(command))
+            .expect_err("misbehaviour must fail the frame");
+        match &rejected.error {
+            ProcessError::Trap { kind, message } => {
+                assert!(want.contains(kind), "{command}: got {kind}: {message}");
+                assert!(message.len() < 500, "trap message stays short: {message}");
+            }
+            other => panic!("{command}: expected a trap, got {other}"),
+        }
+        // The frame is handed back intact for dead-lettering.
+        assert_eq!(rejected.frame.data, command.as_bytes());
+        assert_ok_frame_works(&mut instance, &format!("after-{command}"));
+    }
+}
+
+#[test]
+fn guest_errors_are_typed_not_traps() {
+    let runtime = runtime();
+    let mut instance = misbehave(&runtime, &[]).expect("init");
+    let cases = [
+        ("error", GuestErrorKind::Malformed, "decode_malformed"),
+        (
+            "whatever",
+            GuestErrorKind::Unsupported,
+            "decode_unsupported",
+        ),
+    ];
+    for (command, kind, reason) in cases {
+        let rejected = instance.process(frame(command)).expect_err("fails");
+        match &rejected.error {
+            ProcessError::Guest(e) => assert_eq!(e.kind, kind),
+            other => panic!("expected a guest error, got {other}"),
+        }
+        assert_eq!(rejected.error.reason(), reason);
+    }
+    let invalid_utf8 = Frame {
+        data: vec![0xff, 0xfe],
+        ..frame("")
+    };
+    let rejected = instance.process(invalid_utf8).expect_err("fails");
+    assert_eq!(rejected.error.reason(), "decode_malformed");
+    assert_ok_frame_works(&mut instance, "still-fine");
+}
+
+#[test]
+fn init_errors_and_broken_modules_are_refused_with_a_reason() {
+    let runtime = runtime();
+    match misbehave(&runtime, &[("fail_init", "true")]) {
+        Err(LoadError::Init(e)) => assert_eq!(e.kind, GuestErrorKind::InvalidConfig),
+        Err(other) => panic!("expected an init error, got {other}"),
+        Ok(_) => panic!("init should fail"),
+    }
+    let bytes = std::fs::read(wasm::MISBEHAVE).expect("read");
+    let truncated = &bytes[..bytes.len() / 2];
+    assert!(matches!(
+        runtime.load_bytes(truncated),
+        Err(LoadError::Compile(_))
+    ));
+    assert!(matches!(
+        runtime.load_bytes(b"not wasm at all"),
+        Err(LoadError::Compile(_))
+    ));
+}
+
+#[test]
+fn downlink_encode_goes_through_the_sandbox() {
+    let runtime = runtime();
+    let mut instance = misbehave(&runtime, &[]).expect("init");
+    assert_eq!(
+        instance.encode_command("cmd/x", b"abc").expect("encodes"),
+        b"cba"
+    );
+    let err = instance.encode_command("cmd/x", b"").expect_err("refused");
+    assert_eq!(err.reason(), "decode_unsupported");
+}
+
+#[test]
+fn batch_entry_point_returns_one_result_per_frame() {
+    let runtime = runtime();
+    let mut instance = misbehave(&runtime, &[]).expect("init");
+    let results = instance
+        .process_batch(vec![frame("ok:a"), frame("error"), frame("ok:b")])
+        .expect("no trap");
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0].as_ref().expect("ok").messages[0].payload, b"a");
+    assert!(results[1].is_err());
+    assert_eq!(results[2].as_ref().expect("ok").messages[0].payload, b"b");
+}
+
+#[test]
+fn compiled_modules_are_cached_and_a_corrupt_cache_entry_is_recompiled() {
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let runtime = Runtime::new(ModuleCache::new(Some(cache_dir.path().to_owned()))).expect("rt");
+    let first = runtime.load_file(wasm::MISBEHAVE.as_ref()).expect("loads");
+    assert_eq!(first.cache_outcome(), CacheOutcome::Compiled);
+    let second = runtime.load_file(wasm::MISBEHAVE.as_ref()).expect("loads");
+    assert_eq!(second.cache_outcome(), CacheOutcome::Hit);
+
+    let entries: Vec<_> = std::fs::read_dir(cache_dir.path())
+        .expect("read cache dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].to_string_lossy().ends_with(".cwasm"));
+    std::fs::write(&entries[0], b"corrupted").expect("corrupt it");
+    let third = runtime
+        .load_file(wasm::MISBEHAVE.as_ref())
+        .expect("recovers");
+    assert_eq!(third.cache_outcome(), CacheOutcome::Compiled);
+    let mut instance = third.instantiate("x", &[], LIMITS).expect("init");
+    assert_ok_frame_works(&mut instance, "from-recompiled");
+}
+
+/// Through the real pipeline worker: invalid outputs never reach a sink,
+/// each is counted by reason, and good frames keep flowing in order.
+#[test]
+fn worker_refuses_invalid_outputs_and_counts_them() {
+    let runtime = runtime();
+    let instance = misbehave(&runtime, &[]).expect("init");
+    let metrics = Metrics::new();
+    let pipeline_metrics = metrics.pipeline("p");
+    let (frame_tx, frame_rx) = tokio::sync::mpsc::channel(64);
+    let (emit_tx, mut emit_rx) = tokio::sync::mpsc::channel(64);
+    let worker = spawn_worker(
+        WorkerSettings {
+            pipeline: Arc::from("p"),
+            max_payload: 1000,
+        },
+        instance,
+        frame_rx,
+        emit_tx,
+        pipeline_metrics,
+    )
+    .expect("spawn worker");
+
+    let inputs = [
+        "ok:1",
+        "bad-topic:a/+/b",
+        "bad-topic:a/#",
+        "bad-topic:",
+        "big-payload:1001",
+        "big-payload:1000",
+        "nan",
+        "loop",
+        "ok:2",
+    ];
+    for input in inputs {
+        frame_tx.blocking_send(frame(input)).expect("send");
+    }
+    drop(frame_tx);
+    worker.join().expect("worker exits when its input closes");
+
+    let mut topics = Vec::new();
+    while let Ok(emission) = emit_rx.try_recv() {
+        match emission {
+            Emission::Message(m) => topics.push(m.topic),
+            Emission::Point(p) => {
+                assert_eq!(
+                    p.timestamp_ns,
+                    Some(1_700_000_000_000_000_000),
+                    "receive time filled in"
+                );
+                topics.push(format!("point:{}", p.measurement));
+            }
+        }
+    }
+    assert_eq!(
+        topics,
+        [
+            "test/ok",
+            "test/version",
+            "point:test",
+            "test/big",
+            "test/ok",
+            "test/version",
+            "point:test"
+        ]
+    );
+    for (reason, count) in [
+        ("wildcard_topic", 2),
+        ("empty_topic", 1),
+        ("payload_too_large", 1),
+        ("non_finite_field", 1),
+    ] {
+        assert_eq!(
+            metrics.outputs_dropped_count("p", reason),
+            count,
+            "{reason}"
+        );
+    }
+    assert_eq!(metrics.frames_dropped_count("p", "trap_timeout"), 1);
+}
