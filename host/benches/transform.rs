@@ -1,1 +1,129 @@
-fn main() {}
+//! Transform cost: the same json-telemetry decode compiled natively and run
+//! in the Wasm sandbox, measured alternately in one run, reported as a ratio.
+//!
+//! `cargo bench -p sluice --bench transform`
+//!
+//! Also reports the one-off costs that decide start-up time: compiling the
+//! component with Cranelift vs loading the cached `.cwasm`, and
+//! instantiating (+ `init`).
+//!
+//! A plain harness (no criterion): the numbers that matter are ratios of
+//! medians over interleaved rounds, which absorbs this machine's noise.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use json_telemetry::JsonTelemetry;
+use sluice::model::Frame;
+use sluice::runtime::{Limits, ModuleCache, Runtime};
+use sluice_sdk::Transform as _;
+
+const SAMPLE: &str = r#"{"seq":1042,"n1":{"t":27.6,"h":54.1,"bat":3.71},"n2":{"t":26.0,"h":50.2,"bat":3.65},"sig":{"rssi":-39,"snr":9.5},"stats":{"rx":1201,"crc_err":3}}"#;
+const ROUNDS: usize = 15;
+const FRAMES_PER_ROUND: usize = 20_000;
+const BATCH: usize = 64;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let transforms = Path::new(env!("CARGO_MANIFEST_DIR")).join("../transforms");
+    let artifacts = sluice::cli::transform::build(&transforms).expect("build transforms/");
+    let wasm_path = artifacts
+        .iter()
+        .find(|p| p.ends_with("json_telemetry.wasm"))
+        .expect("json_telemetry.wasm");
+    let wasm = std::fs::read(wasm_path).expect("read component");
+    let config = vec![("prefix".to_string(), "iiot".to_string())];
+
+    // One-off costs.
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let runtime = Runtime::new(ModuleCache::new(Some(cache_dir.path().to_owned()))).expect("rt");
+    let t = Instant::now();
+    let module = runtime.load_bytes(&wasm).expect("compile");
+    let compile = t.elapsed();
+    let t = Instant::now();
+    let module_cached = runtime.load_bytes(&wasm).expect("load cached");
+    let cached = t.elapsed();
+    let t = Instant::now();
+    let mut instance = module_cached
+        .instantiate("bench", &config, Limits::default())
+        .expect("instantiate");
+    let instantiate = t.elapsed();
+    drop(module);
+
+    let sdk_config =
+        sluice_sdk::Config::from_pairs(config.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut native = JsonTelemetry::init(&sdk_config).expect("native init");
+    let sdk_frame = sluice_sdk::Frame::new("bench", 0, SAMPLE);
+    let source: Arc<str> = "bench".into();
+    let host_frame = Frame {
+        source: source.clone(),
+        received_at_ns: 0,
+        data: SAMPLE.as_bytes().to_vec(),
+    };
+
+    // Sanity: both paths produce the same number of outputs.
+    let native_out = sluice_sdk::process(&mut native, &sdk_frame).expect("native decode");
+    let wasm_out = instance.process(host_frame.clone()).expect("wasm decode");
+    assert_eq!(native_out.messages().len(), wasm_out.messages.len());
+    assert_eq!(native_out.points().len(), wasm_out.points.len());
+
+    let (mut native_ns, mut wasm_ns, mut batch_ns) = (vec![], vec![], vec![]);
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        for _ in 0..FRAMES_PER_ROUND {
+            black_box(sluice_sdk::process(&mut native, black_box(&sdk_frame)).expect("ok"));
+        }
+        native_ns.push(t.elapsed().as_nanos() as f64 / FRAMES_PER_ROUND as f64);
+
+        let t = Instant::now();
+        for _ in 0..FRAMES_PER_ROUND {
+            black_box(instance.process(black_box(host_frame.clone())).expect("ok"));
+        }
+        wasm_ns.push(t.elapsed().as_nanos() as f64 / FRAMES_PER_ROUND as f64);
+
+        let t = Instant::now();
+        for _ in 0..FRAMES_PER_ROUND / BATCH {
+            let batch = vec![host_frame.clone(); BATCH];
+            black_box(instance.process_batch(batch).expect("ok"));
+        }
+        batch_ns.push(t.elapsed().as_nanos() as f64 / (FRAMES_PER_ROUND / BATCH * BATCH) as f64);
+    }
+    let (n, w, b) = (median(native_ns), median(wasm_ns), median(batch_ns));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "json-telemetry decode of the sample frame (11 messages + 4 points), median of {ROUNDS} rounds × {FRAMES_PER_ROUND} frames"
+    );
+    println!("| path                      | ns/frame | ratio to native |");
+    println!("|---------------------------|---------:|----------------:|");
+    println!("| native (same Rust code)   | {n:8.0} | {:15.2} |", 1.0);
+    println!("| wasm, process (1 frame)   | {w:8.0} | {:15.2} |", w / n);
+    println!(
+        "| wasm, process-batch ({BATCH}) | {b:8.0} | {:15.2} |",
+        b / n
+    );
+    println!();
+    println!("| one-off                               | ms      |");
+    println!("|---------------------------------------|--------:|");
+    println!(
+        "| compile component (Cranelift)         | {:7.2} |",
+        ms(compile)
+    );
+    println!(
+        "| load precompiled .cwasm from cache    | {:7.2} |",
+        ms(cached)
+    );
+    println!(
+        "| instantiate + init                    | {:7.3} |",
+        ms(instantiate)
+    );
+    println!(
+        "| compile / cached load                 | {:6.0}× |",
+        compile.as_secs_f64() / cached.as_secs_f64()
+    );
+}

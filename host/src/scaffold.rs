@@ -65,8 +65,8 @@ mod tests {
     fn echoes_text_frames() {
         let mut t = {type_name}::init(&Config::from_pairs([("prefix", "demo")])).unwrap();
         let out = sluice_sdk::process(&mut t, &Frame::new("port1", 0, "hi")).unwrap();
-        assert_eq!(out.messages()[0].topic(), "demo/port1");
-        assert_eq!(out.messages()[0].payload(), b"hi");
+        let want = Message::new("demo/port1", "hi").qos(Qos::AtLeastOnce).retain(true);
+        assert_eq!(out.messages(), [want]);
         assert!(sluice_sdk::process(&mut t, &Frame::from_data([0xff])).is_err());
     }
 }

@@ -48,15 +48,20 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
-/// Fails with a clear message when a required program is missing.
-pub fn require_program(name: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{name} is not installed; run the README's test command (scripts/test.sh), which installs it"
-    );
+/// The full path of a required program (searching `PATH` and the sbin
+/// directories, where Debian puts servers); fails with a clear message when
+/// it is not installed.
+pub fn program(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not installed; run the README's test command (scripts/test.sh), which installs it"
+            )
+        })
 }
 
 /// A mosquitto broker owned by one test.
@@ -70,7 +75,6 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts a broker with persistence in a fresh temp dir.
     pub fn start() -> Mosquitto {
-        require_program("mosquitto");
         let dir = tempfile::tempdir().expect("tempdir");
         let mut broker = Mosquitto {
             port: free_port(),
@@ -96,7 +100,7 @@ impl Mosquitto {
             ),
         )
         .expect("write mosquitto.conf");
-        let child = Command::new("mosquitto")
+        let child = Command::new(program("mosquitto"))
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
@@ -269,8 +273,7 @@ pub struct Subscriber {
 /// once the subscription is active.
 pub fn mosquitto_sub(port: u16, topic: &str, extra: &[&str]) -> Subscriber {
     use std::io::BufRead as _;
-    require_program("mosquitto_sub");
-    let mut child = Command::new("mosquitto_sub")
+    let mut child = Command::new(program("mosquitto_sub"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5"])
         .args(["-q", "1", "--retain-as-published", "-t", topic])
         .args(["-F", "%r %q %t %p"])

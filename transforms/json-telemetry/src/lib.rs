@@ -352,7 +352,9 @@ fn field_value<E: de::Error>(text: &str, kind: Kind, path: Path<'_>) -> Result<F
     match kind {
         Kind::Float => match text.parse::<f64>() {
             Ok(v) if v.is_finite() => Ok(FieldValue::Float(v)),
-            _ => Err(E::custom(format_args!("{path}: number {text} out of range"))),
+            _ => Err(E::custom(format_args!(
+                "{path}: number {text} out of range"
+            ))),
         },
         Kind::Int => int_value(text, path).map(FieldValue::Int),
     }
@@ -545,7 +547,7 @@ impl<'de> Visitor<'de> for SectionSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
-        let mut fields = Fields::new();
+        let mut fields = Fields::with_capacity(self.metrics.len());
         while let Some(index) = map.next_key_seed(MetricKeySeed(self.metrics))? {
             let Some(metric) = index.map(|i| &self.metrics[i]) else {
                 map.next_value::<IgnoredAny>()?;

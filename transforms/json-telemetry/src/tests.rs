@@ -123,10 +123,7 @@ fn numbers_are_published_exactly_as_written() {
     let out = ok(r#"{"n1":{"t":26.0,"h":5e1,"bat":-0.50},"sig":{"rssi":-0,"snr":1E-2}}"#);
     let payloads: Vec<_> = messages(&out).iter().map(|m| m.1).collect();
     assert_eq!(payloads, ["26.0", "5e1", "-0.50", "-0", "1E-2"]);
-    assert_eq!(
-        out.points()[0].field_value("humidity"),
-        Some(&Float(50.0))
-    );
+    assert_eq!(out.points()[0].field_value("humidity"), Some(&Float(50.0)));
     assert_eq!(out.points()[1].field_value("snr"), Some(&Float(0.01)));
 }
 
@@ -134,7 +131,10 @@ fn numbers_are_published_exactly_as_written() {
 fn float_fields_accept_integer_literals() {
     let out = ok(r#"{"n1":{"t":27},"sig":{"snr":9}}"#);
     assert_eq!(out.messages()[0].payload, b"27");
-    assert_eq!(out.points()[0].fields, [("temperature".into(), Float(27.0))]);
+    assert_eq!(
+        out.points()[0].fields,
+        [("temperature".into(), Float(27.0))]
+    );
     assert_eq!(out.points()[1].fields, [("snr".into(), Float(9.0))]);
 }
 
@@ -152,7 +152,11 @@ fn missing_fields_are_skipped_not_zero_filled() {
     assert_eq!(
         out.points(),
         [
-            point("environment", &[("node", "node1")], &[("temperature", Float(21.5))]),
+            point(
+                "environment",
+                &[("node", "node1")],
+                &[("temperature", Float(21.5))]
+            ),
             point("signal", &[], &[("snr", Float(7.25))]),
             point("gateway_stats", &[], &[("crc_err", Int(0))]),
         ]
@@ -165,7 +169,11 @@ fn null_counts_as_missing() {
     assert_eq!(messages(&out), [("iiot/node1/humidity", "40", 1, true)]);
     assert_eq!(
         out.points(),
-        [point("environment", &[("node", "node1")], &[("humidity", Float(40.0))])]
+        [point(
+            "environment",
+            &[("node", "node1")],
+            &[("humidity", Float(40.0))]
+        )]
     );
 }
 
@@ -178,7 +186,10 @@ fn empty_object_gives_empty_output() {
 fn seq_alone_gives_a_stats_point() {
     let out = ok(r#"{"seq":7}"#);
     assert_eq!(messages(&out), [("iiot/stats/seq", "7", 1, false)]);
-    assert_eq!(out.points(), [point("gateway_stats", &[], &[("seq", Int(7))])]);
+    assert_eq!(
+        out.points(),
+        [point("gateway_stats", &[], &[("seq", Int(7))])]
+    );
 }
 
 #[test]
@@ -232,21 +243,39 @@ fn surrounding_whitespace_and_cr_are_tolerated() {
     let out = ok(&format!(" \t{SAMPLE_LINE}\r\n"));
     assert_eq!(out.messages().len(), 11);
     let out = ok("{ \"n1\" : { \"t\" : 1.25 } }\r");
-    assert_eq!(messages(&out), [("iiot/node1/temperature", "1.25", 1, true)]);
+    assert_eq!(
+        messages(&out),
+        [("iiot/node1/temperature", "1.25", 1, true)]
+    );
 }
 
 #[test]
 fn wrong_types_name_the_field() {
     let m = malformed(r#"{"n1":{"t":"hot"}}"#);
-    assert!(m.starts_with("`n1.t`: expected a number, found a string"), "{m}");
+    assert!(
+        m.starts_with("`n1.t`: expected a number, found a string"),
+        "{m}"
+    );
     let m = malformed(r#"{"sig":{"rssi":true}}"#);
-    assert!(m.starts_with("`sig.rssi`: expected a number, found a boolean"), "{m}");
+    assert!(
+        m.starts_with("`sig.rssi`: expected a number, found a boolean"),
+        "{m}"
+    );
     let m = malformed(r#"{"stats":{"rx":[1]}}"#);
-    assert!(m.starts_with("`stats.rx`: expected a number, found an array"), "{m}");
+    assert!(
+        m.starts_with("`stats.rx`: expected a number, found an array"),
+        "{m}"
+    );
     let m = malformed(r#"{"n2":{"bat":{"v":3}}}"#);
-    assert!(m.starts_with("`n2.bat`: expected a number, found an object"), "{m}");
+    assert!(
+        m.starts_with("`n2.bat`: expected a number, found an object"),
+        "{m}"
+    );
     let m = malformed(r#"{"seq":"1042"}"#);
-    assert!(m.starts_with("`seq`: expected a number, found a string"), "{m}");
+    assert!(
+        m.starts_with("`seq`: expected a number, found a string"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -257,25 +286,44 @@ fn sections_must_be_objects() {
         (r#"{"stats":[1,2]}"#, "`stats`"),
     ] {
         let m = malformed(line);
-        assert!(m.contains(&format!("expected {key} to be an object")), "{m}");
+        assert!(
+            m.contains(&format!("expected {key} to be an object")),
+            "{m}"
+        );
     }
 }
 
 #[test]
 fn integer_fields_reject_fractions_and_overflow() {
     let m = malformed(r#"{"sig":{"rssi":-39.5}}"#);
-    assert!(m.starts_with("`sig.rssi`: expected an integer, found -39.5"), "{m}");
+    assert!(
+        m.starts_with("`sig.rssi`: expected an integer, found -39.5"),
+        "{m}"
+    );
     let m = malformed(r#"{"stats":{"rx":1e3}}"#);
-    assert!(m.starts_with("`stats.rx`: expected an integer, found 1e3"), "{m}");
+    assert!(
+        m.starts_with("`stats.rx`: expected an integer, found 1e3"),
+        "{m}"
+    );
     let m = malformed(r#"{"seq":99999999999999999999}"#);
-    assert!(m.starts_with("`seq`: integer 99999999999999999999 out of range"), "{m}");
+    assert!(
+        m.starts_with("`seq`: integer 99999999999999999999 out of range"),
+        "{m}"
+    );
     let m = malformed(r#"{"n1":{"t":1e999}}"#);
     assert!(m.starts_with("`n1.t`: number 1e999 out of range"), "{m}");
 }
 
 #[test]
 fn non_json_is_malformed() {
-    for line in ["", "   ", "hello", "{\"n1\":", "{\"n1\":{\"t\":1.0}} trailing", "{'a':1}"] {
+    for line in [
+        "",
+        "   ",
+        "hello",
+        "{\"n1\":",
+        "{\"n1\":{\"t\":1.0}} trailing",
+        "{'a':1}",
+    ] {
         let m = malformed(line);
         assert!(m.starts_with("not valid JSON: "), "{line:?} -> {m}");
     }
@@ -285,7 +333,10 @@ fn non_json_is_malformed() {
 fn top_level_must_be_an_object() {
     for line in ["[1,2]", "42", "\"text\"", "null", "true"] {
         let m = malformed(line);
-        assert!(m.contains("expected a JSON object at the top level"), "{line:?} -> {m}");
+        assert!(
+            m.contains("expected a JSON object at the top level"),
+            "{line:?} -> {m}"
+        );
     }
 }
 
@@ -299,10 +350,7 @@ fn invalid_utf8_is_malformed() {
 
 #[test]
 fn an_error_late_in_the_line_discards_everything() {
-    let r = run(
-        &mut transform(&[]),
-        r#"{"n1":{"t":27.6},"n2":{"t":"hot"}}"#,
-    );
+    let r = run(&mut transform(&[]), r#"{"n1":{"t":27.6},"n2":{"t":"hot"}}"#);
     assert!(matches!(r, Err(Error::Malformed(_))), "{r:?}");
 }
 

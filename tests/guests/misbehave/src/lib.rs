@@ -57,7 +57,9 @@ impl Transform for Misbehave {
         match (command, argument) {
             ("ok", Some(text)) => {
                 out.publish(Message::new("test/ok", text).qos(Qos::AtLeastOnce));
-                out.publish(Message::new("test/version", self.version.as_str()).qos(Qos::AtLeastOnce));
+                out.publish(
+                    Message::new("test/version", self.version.as_str()).qos(Qos::AtLeastOnce),
+                );
                 out.point(Point::new("test").field("text", text));
             }
             ("loop", None) => spin(),
@@ -149,7 +151,10 @@ mod tests {
                 Message::new("test/version", "7").qos(Qos::AtLeastOnce),
             ]
         );
-        assert_eq!(out.points(), [Point::new("test").field("text", "hello world")]);
+        assert_eq!(
+            out.points(),
+            [Point::new("test").field("text", "hello world")]
+        );
         // Only the first colon splits.
         assert_eq!(run("ok:a:b").unwrap().messages()[0].payload, b"a:b");
         assert_eq!(run("ok:").unwrap().messages()[0].payload, b"");
@@ -206,7 +211,10 @@ mod tests {
     #[test]
     fn encode_command_reverses() {
         let mut t = Misbehave::init(&Config::new()).unwrap();
-        assert_eq!(t.encode_command(&Command::new("c", "abc")), Ok(b"cba".to_vec()));
+        assert_eq!(
+            t.encode_command(&Command::new("c", "abc")),
+            Ok(b"cba".to_vec())
+        );
         assert!(matches!(
             t.encode_command(&Command::new("c", "")),
             Err(Error::Unsupported(_))

@@ -1,0 +1,255 @@
+//! The `sluice` command line, run as a user would run it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ is in the repo")
+        .to_owned()
+}
+
+/// transforms/json-telemetry, built once per test run with `sluice transform build`.
+fn json_telemetry_module() -> &'static Path {
+    static MODULE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    MODULE.get_or_init(|| {
+        let out = sluice()
+            .args(["transform", "build"])
+            .arg(repo().join("transforms"))
+            .output()
+            .expect("run sluice");
+        let (stdout, stderr) = text(&out);
+        assert!(
+            out.status.success(),
+            "building transforms/ failed: {stderr}"
+        );
+        stdout
+            .lines()
+            .map(PathBuf::from)
+            .find(|p| p.ends_with("json_telemetry.wasm"))
+            .expect("json_telemetry.wasm among the artifacts")
+    })
+}
+
+fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `transform new` → `transform build` → `transform test`, in a temp dir,
+/// plus the scaffold's own native unit test: the author's first ten minutes.
+#[test]
+fn transform_new_build_test_round_trip() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Share one target dir across runs so the nested builds are incremental.
+    let target_dir = repo().join("target/scaffold-test");
+
+    let out = sluice()
+        .args(["transform", "new", "line-echo", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .expect("run sluice");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "new failed: {stdout}{stderr}");
+    let crate_dir = tmp.path().join("line-echo");
+    let hello = std::fs::read_to_string(crate_dir.join("src/lib.rs")).expect("lib.rs");
+    let code_lines = hello
+        .lines()
+        .take_while(|l| !l.starts_with("#[cfg(test)]"))
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with("//"))
+        .count();
+    assert!(code_lines <= 25, "scaffold stays small: {code_lines} lines");
+
+    let out = sluice()
+        .args(["transform", "build"])
+        .arg(&crate_dir)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .output()
+        .expect("run sluice");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "build failed: {stdout}{stderr}");
+    let module = PathBuf::from(stdout.trim());
+    assert!(module.ends_with("line_echo.wasm"), "{stdout}");
+
+    let input = tmp.path().join("input.txt");
+    std::fs::write(&input, b"hello there\n\xff\xfe\n").expect("write input");
+    let out = sluice()
+        .args(["transform", "test"])
+        .arg(&module)
+        .arg("--input")
+        .arg(&input)
+        .args(["--config", "prefix=lab", "--source", "port7"])
+        .output()
+        .expect("run sluice");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a bad frame makes the exit code non-zero: {stderr}"
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"kind":"message","topic":"lab/port7","payload":"hello there","qos":1,"retain":true})
+    );
+    assert_eq!(lines[1]["kind"], "point");
+    assert_eq!(lines[1]["fields"]["bytes"], 11);
+    assert_eq!(lines[2]["kind"], "error");
+    assert_eq!(lines[2]["line"], 2);
+    assert_eq!(lines[2]["reason"], "decode_malformed");
+
+    // --allow-errors: same output, exit 0.
+    let out = sluice()
+        .args(["transform", "test"])
+        .arg(&module)
+        .arg("--input")
+        .arg(&input)
+        .arg("--allow-errors")
+        .output()
+        .expect("run sluice");
+    assert!(out.status.success());
+
+    // The scaffold's own unit test runs natively with plain cargo test.
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["test", "--manifest-path"])
+        .arg(crate_dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .output()
+        .expect("run cargo test");
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "scaffold tests failed: {stdout}{stderr}"
+    );
+    assert!(stdout.contains("test result: ok. 1 passed"), "{stdout}");
+}
+
+/// `sluice transform test` on the sample line prints the documented topics.
+#[test]
+fn transform_test_prints_the_gateway_topics_for_the_sample_line() {
+    let module = json_telemetry_module();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let input = tmp.path().join("sample.txt");
+    std::fs::write(
+        &input,
+        r#"{"seq":1042,"n1":{"t":27.6,"h":54.1,"bat":3.71},"n2":{"t":26.0,"h":50.2,"bat":3.65},"sig":{"rssi":-39,"snr":9.5},"stats":{"rx":1201,"crc_err":3}}"#,
+    )
+    .expect("write");
+    let out = sluice()
+        .args(["transform", "test"])
+        .arg(module)
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .expect("run sluice");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let messages: Vec<(String, String, bool)> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+        .filter(|v| v["kind"] == "message")
+        .map(|v| {
+            assert_eq!(v["qos"], 1);
+            (
+                v["topic"].as_str().expect("topic").to_owned(),
+                v["payload"].as_str().expect("payload").to_owned(),
+                v["retain"].as_bool().expect("retain"),
+            )
+        })
+        .collect();
+    for (topic, payload, retain) in [
+        ("iiot/node1/temperature", "27.6", true),
+        ("iiot/node1/humidity", "54.1", true),
+        ("iiot/node1/battery", "3.71", true),
+        ("iiot/node2/temperature", "26.0", true),
+        ("iiot/node2/humidity", "50.2", true),
+        ("iiot/node2/battery", "3.65", true),
+        ("iiot/signal/rssi", "-39", true),
+        ("iiot/signal/snr", "9.5", true),
+        ("iiot/stats/rx", "1201", false),
+        ("iiot/stats/crc_err", "3", false),
+    ] {
+        let want = (topic.to_owned(), payload.to_owned(), retain);
+        assert!(messages.contains(&want), "missing {want:?} in {messages:?}");
+    }
+}
+
+/// Every example config passes check-config; broken ones are explained.
+#[test]
+fn check_config_accepts_the_examples_and_explains_broken_ones() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let module = json_telemetry_module();
+    let transforms = module.parent().expect("artifact dir");
+    for entry in std::fs::read_dir(repo().join("examples")).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = sluice()
+                .arg("check-config")
+                .arg(&path)
+                .env("SLUICE_DATA_DIR", tmp.path())
+                .env("SLUICE_TRANSFORMS_DIR", transforms)
+                .output()
+                .expect("run sluice");
+            let (stdout, stderr) = text(&out);
+            assert!(out.status.success(), "{}: {stdout}{stderr}", path.display());
+        }
+    }
+
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "version = 1\n[mqtt]\nhost = \"h\"\nprot = 1\n",
+            &["unknown field `prot`", "line 4"],
+        ),
+        (
+            "version = 1\n[mqtt]\nhost = \"${SURELY_UNSET_VAR}\"\n",
+            &["line 3", "SURELY_UNSET_VAR is not set"],
+        ),
+        (
+            "version = 2\n[[pipeline]]\nname = \"a b\"\nserial = { path = \"/dev/x\" }\ntransform = { module = \"/nonexistent.wasm\" }\n",
+            &[
+                "3 problem(s)",
+                "version: this host reads config version 1",
+                "pipeline[0].name",
+                "pipeline[0].transform.module: /nonexistent.wasm is not a file",
+            ],
+        ),
+        (
+            &format!(
+                "version = 1\n[[pipeline]]\nname = \"gw\"\nserial = {{ path = \"/dev/x\" }}\ntransform = {{ module = \"{}\", config = {{ qos = 7 }} }}\n",
+                module.display()
+            ),
+            &["pipeline[0].transform.config", "invalid_config", "qos"],
+        ),
+    ];
+    for (i, (config, expected)) in cases.iter().enumerate() {
+        let path = tmp.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, config).expect("write");
+        let out = sluice()
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .expect("run sluice");
+        let (stdout, stderr) = text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "case {i} must fail: {stdout}{stderr}"
+        );
+        for needle in *expected {
+            assert!(
+                stderr.contains(needle),
+                "case {i}: {needle:?} not in:\n{stderr}"
+            );
+        }
+    }
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every check and test of sluice, on a fresh Debian machine (run as root, or
+# with the packages below already installed):
+#   - installs the real servers the integration tests spawn (mosquitto and
+#     its clients) and the wasm32-wasip2 target the transforms are built for;
+#   - formatting and clippy (warnings are errors) for all three workspaces:
+#     the host workspace, transforms/ and tests/guests/;
+#   - the unit and integration tests of the host workspace (which build the
+#     transforms and the test guests as real Wasm components) and the native
+#     unit tests of the transforms.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Server binaries live in /usr/sbin, which a non-login shell may not have.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+missing=()
+command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
+if ((${#missing[@]})); then
+  echo "==> installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+echo "==> Rust toolchain (rust-toolchain.toml) with wasm32-wasip2, rustfmt, clippy"
+# RUSTUP_AUTO_INSTALL=0 on these machines: install what the toolchain file asks for explicitly.
+toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
+rustup toolchain list | grep -q "^$toolchain" || rustup toolchain install "$toolchain" --profile minimal
+rustup component add --toolchain "$toolchain" rustfmt clippy
+rustup target add --toolchain "$toolchain" wasm32-wasip2
+
+workspaces=(Cargo.toml transforms/Cargo.toml tests/guests/Cargo.toml)
+
+echo "==> cargo fmt --check"
+for manifest in "${workspaces[@]}"; do
+  cargo fmt --manifest-path "$manifest" --all -- --check
+done
+
+echo "==> cargo clippy -D warnings"
+for manifest in "${workspaces[@]}"; do
+  cargo clippy --manifest-path "$manifest" --workspace --all-targets -- -D warnings
+done
+
+echo "==> tests"
+# The workspace tests run the real `sluice` binary; build it first.
+cargo build -p sluice --bins
+cargo test --workspace
+cargo test --manifest-path transforms/Cargo.toml --workspace
+cargo test --manifest-path tests/guests/Cargo.toml --workspace
