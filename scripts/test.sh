@@ -2,7 +2,8 @@
 # Every check and test of sluice, on a fresh Debian machine (run as root, or
 # with the packages below already installed):
 #   - installs the real servers the integration tests spawn (mosquitto and
-#     its clients) and the wasm32-wasip2 target the transforms are built for;
+#     its clients, influxdb 1.x, victoria-metrics) and the wasm32-wasip2
+#     target the transforms are built for;
 #   - formatting and clippy (warnings are errors) for all three workspaces:
 #     the host workspace, transforms/ and tests/guests/;
 #   - the unit and integration tests of the host workspace (which build the
@@ -17,6 +18,8 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 missing=()
 command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
+command -v influxd >/dev/null || missing+=(influxdb)
+command -v victoria-metrics >/dev/null || missing+=(victoria-metrics)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]}"
   apt-get update -qq

@@ -25,7 +25,10 @@ fn main() {
     }
 
     let builds = [
-        (root.join("transforms/Cargo.toml"), &["json_telemetry"][..]),
+        (
+            root.join("transforms/Cargo.toml"),
+            &["json_telemetry", "cayenne_lpp"][..],
+        ),
         (root.join("tests/guests/Cargo.toml"), &["misbehave"][..]),
     ];
     for (manifest, components) in builds {

@@ -100,20 +100,18 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 fn summary_line(metrics: &Metrics, sent: u64) -> String {
-    let text = metrics.encode();
-    let sum = |name: &str| -> u64 {
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    };
+    let stats = metrics.stats_json();
+    let count = |key: &str| stats[key].as_u64().unwrap_or(0);
+    let dropped: u64 = stats["dropped"]
+        .as_object()
+        .map(|d| d.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0);
     format!(
-        "frames sent {sent}, received {}, dropped {}; messages {}, points {}, refused outputs {}",
-        sum("sluice_frames_received_total"),
-        sum("sluice_frames_dropped_total"),
-        sum("sluice_messages_emitted_total"),
-        sum("sluice_points_emitted_total"),
-        sum("sluice_outputs_dropped_total"),
+        "frames sent {sent}, received {}; messages {}, points {}; dropped or refused {dropped} {}",
+        count("frames_received"),
+        count("messages_emitted"),
+        count("points_emitted"),
+        stats["dropped"],
     )
 }
 

@@ -16,6 +16,7 @@ pub mod model;
 pub mod pipeline;
 pub mod pty;
 pub mod ratelimit;
+pub mod replay;
 pub mod runtime;
 pub mod scaffold;
 pub mod sim;

@@ -39,6 +39,17 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             })?;
             Ok(0)
         }
+        Command::Replay(args) => tokio_runtime()?.block_on(async {
+            let shutdown = shutdown_on_signal();
+            sluice::replay::run(args, shutdown).await
+        }),
+        Command::Simulate(args) => {
+            tokio_runtime()?.block_on(async {
+                let shutdown = shutdown_on_signal();
+                sluice::sim::simulate(args, shutdown).await
+            })?;
+            Ok(0)
+        }
         Command::Transform(command) => {
             let code = sluice::cli::transform::run(command)?;
             Ok(u8::try_from(code).unwrap_or(1))

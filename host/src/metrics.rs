@@ -55,11 +55,19 @@ pub struct Metrics {
     pub mqtt_queued: Counter,
     /// Messages confirmed: PubAck (QoS 1), PubComp (QoS 2), or written (QoS 0).
     pub mqtt_delivered: Counter,
-    /// Connection attempts that failed.
-    pub mqtt_connect_failures: Counter,
+    /// Connection attempts that failed and established connections that broke.
+    pub mqtt_connection_errors: Counter,
+    /// Messages sent again after a reconnect (possible duplicates at subscribers).
+    pub mqtt_retransmitted: Counter,
+    /// Messages waiting in the host's MQTT queue.
+    pub mqtt_backlog: Gauge,
     /// 1 while connected to the broker.
     pub mqtt_connected: Gauge,
     sink_dropped: Family<SinkDropLabel, Counter>,
+    /// The InfluxDB writer (`sluice_influx_*`).
+    pub influx: InfluxMetrics,
+    /// Serial ports, downlink and capture (`source::serial::metrics`).
+    serial: crate::source::serial::SerialFamilies,
 }
 
 impl Default for Metrics {
@@ -84,7 +92,9 @@ impl Metrics {
         let sink_dropped = Family::<SinkDropLabel, Counter>::default();
         let mqtt_queued = Counter::default();
         let mqtt_delivered = Counter::default();
-        let mqtt_connect_failures = Counter::default();
+        let mqtt_connection_errors = Counter::default();
+        let mqtt_retransmitted = Counter::default();
+        let mqtt_backlog = Gauge::default();
         let mqtt_connected = Gauge::default();
         registry.register(
             "frames_received",
@@ -127,9 +137,19 @@ impl Metrics {
             mqtt_delivered.clone(),
         );
         registry.register(
-            "mqtt_connect_failures",
-            "Failed MQTT connection attempts",
-            mqtt_connect_failures.clone(),
+            "mqtt_connection_errors",
+            "Failed MQTT connection attempts and broken connections",
+            mqtt_connection_errors.clone(),
+        );
+        registry.register(
+            "mqtt_retransmitted",
+            "MQTT messages sent again after a reconnect (possible duplicates)",
+            mqtt_retransmitted.clone(),
+        );
+        registry.register(
+            "mqtt_backlog",
+            "Messages waiting in the host's MQTT queue",
+            mqtt_backlog.clone(),
         );
         registry.register(
             "mqtt_connected",
@@ -141,6 +161,8 @@ impl Metrics {
             "Items a sink gave up on, by reason",
             sink_dropped.clone(),
         );
+        let influx = InfluxMetrics::register(&mut registry);
+        let serial = crate::source::serial::SerialFamilies::register(&mut registry);
         Self {
             registry: Mutex::new(registry),
             frames_received,
@@ -151,10 +173,19 @@ impl Metrics {
             transform_seconds,
             mqtt_queued,
             mqtt_delivered,
-            mqtt_connect_failures,
+            mqtt_connection_errors,
+            mqtt_retransmitted,
+            mqtt_backlog,
             mqtt_connected,
             sink_dropped,
+            influx,
+            serial,
         }
+    }
+
+    /// Pre-resolved serial, downlink and capture counters for one pipeline.
+    pub fn serial(&self, pipeline: &str) -> crate::source::serial::SerialMetrics {
+        self.serial.pipeline(pipeline)
     }
 
     /// Pre-resolved counters for one pipeline.
@@ -190,6 +221,45 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
+    }
+
+    /// Totals for the gateway stats message and the demo's summary line:
+    /// every counter summed over its labels, plus drops by reason.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let mut totals = serde_json::Map::new();
+        let mut drops = serde_json::Map::new();
+        for line in self.encode().lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+            let Some(name) = name.strip_prefix("sluice_") else {
+                continue;
+            };
+            let name = name.strip_suffix("_total").unwrap_or(name);
+            if name.ends_with("_bucket") || name.ends_with("_sum") || name.ends_with("_count") {
+                continue;
+            }
+            if name.ends_with("dropped") {
+                if let Some(reason) = label_value(labels, "reason") {
+                    let slot = drops.entry(reason.to_owned()).or_insert(0u64.into());
+                    let sum = slot.as_u64().unwrap_or(0) + value as u64;
+                    *slot = sum.into();
+                }
+                continue;
+            }
+            let slot = totals.entry(name.to_owned()).or_insert(0u64.into());
+            let sum = slot.as_u64().unwrap_or(0) + value as u64;
+            *slot = sum.into();
+        }
+        totals.insert("dropped".into(), serde_json::Value::Object(drops));
+        serde_json::Value::Object(totals)
     }
 
     /// Current value of `frames_dropped{pipeline, reason}` (for tests and stats).
@@ -248,5 +318,136 @@ impl PipelineMetrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+}
+
+/// The value of `key` in a Prometheus label set `a="x",b="y"}`.
+fn label_value<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
+    labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_json_sums_counters_and_groups_drops() {
+        let metrics = Metrics::new();
+        let a = metrics.pipeline("a");
+        let b = metrics.pipeline("b");
+        a.frames_received.inc_by(3);
+        b.frames_received.inc_by(4);
+        a.frame_dropped("decode_malformed");
+        b.frame_dropped("decode_malformed");
+        a.output_dropped("wildcard_topic");
+        metrics.mqtt_delivered.inc_by(7);
+        let stats = metrics.stats_json();
+        assert_eq!(stats["frames_received"], 7);
+        assert_eq!(stats["mqtt_delivered"], 7);
+        assert_eq!(stats["dropped"]["decode_malformed"], 2);
+        assert_eq!(stats["dropped"]["wildcard_topic"], 1);
+    }
+}
+
+/// `{outcome}` of one InfluxDB write request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `ok`, `partial`, `rejected`, `too_large`, `retry`, `unauthorized`, `not_found`, `misconfigured`.
+    pub outcome: String,
+}
+
+/// Metrics of the InfluxDB writer. Dropped points are counted in
+/// `sluice_sink_dropped_total{sink="influx",reason}` (each one is also in the
+/// dead-letter file).
+#[derive(Clone)]
+pub struct InfluxMetrics {
+    /// Points encoded into batches.
+    pub points_encoded: Counter,
+    /// Points the server confirmed (2xx, or not named in a partial write).
+    pub points_delivered: Counter,
+    /// Write requests by outcome.
+    pub requests: Family<OutcomeLabel, Counter>,
+    /// Time from a batch being flushed to every line of it being settled.
+    pub batch_seconds: Histogram,
+    /// Wall time of one write request.
+    pub request_seconds: Histogram,
+    /// Batches being written now.
+    pub batches_in_flight: Gauge,
+    /// Dead letters that could not be written to the dead-letter file.
+    pub dead_letter_write_failures: Counter,
+}
+
+impl InfluxMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = InfluxMetrics {
+            points_encoded: Counter::default(),
+            points_delivered: Counter::default(),
+            requests: Family::default(),
+            // 1 ms .. ~4.5 h
+            batch_seconds: Histogram::new(exponential_buckets(1e-3, 4.0, 12)),
+            // 1 ms .. ~17 min
+            request_seconds: Histogram::new(exponential_buckets(1e-3, 4.0, 11)),
+            batches_in_flight: Gauge::default(),
+            dead_letter_write_failures: Counter::default(),
+        };
+        registry.register(
+            "influx_points_encoded",
+            "Points encoded into InfluxDB write batches",
+            m.points_encoded.clone(),
+        );
+        registry.register(
+            "influx_points_delivered",
+            "Points confirmed by InfluxDB",
+            m.points_delivered.clone(),
+        );
+        registry.register(
+            "influx_requests",
+            "InfluxDB write requests by outcome",
+            m.requests.clone(),
+        );
+        registry.register(
+            "influx_batch_seconds",
+            "Time from flushing a batch until all its lines are delivered or dead-lettered",
+            m.batch_seconds.clone(),
+        );
+        registry.register(
+            "influx_request_seconds",
+            "Wall time of one InfluxDB write request",
+            m.request_seconds.clone(),
+        );
+        registry.register(
+            "influx_batches_in_flight",
+            "Batches being written to InfluxDB",
+            m.batches_in_flight.clone(),
+        );
+        registry.register(
+            "influx_dead_letter_write_failures",
+            "Dead letters that could not be written to the dead-letter file",
+            m.dead_letter_write_failures.clone(),
+        );
+        m
+    }
+
+    /// Counts one request outcome.
+    pub fn request(&self, outcome: &str) {
+        self.requests
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Current value of `influx_requests{outcome}`.
+    pub fn requests_count(&self, outcome: &str) -> u64 {
+        self.requests
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .get()
     }
 }

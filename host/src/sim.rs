@@ -1,7 +1,21 @@
 //! A simulated sensor gateway: realistic JSON telemetry lines, as the
 //! gateway's firmware writes them, for the demo, the tests and the benchmarks.
+//!
+//! [`Telemetry`] makes the lines; [`simulate`] (`sluice simulate`) writes them
+//! into a pseudo-terminal at a chosen rate and points a symlink at the pty's
+//! slave, so `sluice run` can read it like `/dev/ttyUSB0` (a udev symlink on
+//! a real box). Whatever the host writes back (downlink commands) is printed.
 
+use std::io::{BufRead as _, Write as _};
+use std::os::fd::{AsRawFd as _, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
 use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::pty::Pty;
 
 /// State of the simulated gateway: two sensor nodes doing a random walk.
 #[derive(Debug, Clone)]
@@ -83,6 +97,145 @@ impl Telemetry {
         self.seq += 1;
         line
     }
+}
+
+/// `sluice simulate` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Frames per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Stop after this many frames (default: until Ctrl-C).
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// Symlink to create, pointing at the pty's slave (e.g. /tmp/ttySIM0);
+    /// an existing symlink is replaced. Removed on exit.
+    #[arg(long)]
+    pub link: PathBuf,
+    /// Sequence number of the first frame.
+    #[arg(long, default_value_t = 1)]
+    pub first_seq: u64,
+    /// After the last frame, wait up to this many seconds for the host to
+    /// read everything (closing a pty discards what nobody read).
+    #[arg(long, default_value_t = 10)]
+    pub linger_secs: u64,
+}
+
+/// Bytes written to the pty's master that nobody has read from the slave yet.
+pub fn unread_bytes(pty: &Pty) -> std::io::Result<usize> {
+    unread(pty.slave_fd().as_raw_fd())
+}
+
+fn unread(fd: RawFd) -> std::io::Result<usize> {
+    use nix::libc;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer, which points to an
+    // owned, aligned c_int.
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n as *mut libc::c_int) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Waits until the host has read everything written to `pty` (or `timeout`).
+pub fn wait_drained(pty: &Pty, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match unread_bytes(pty) {
+            Ok(0) => return true,
+            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Points the symlink `link` at `target`, replacing an existing symlink
+/// atomically; refuses to replace anything else.
+pub fn point_symlink(link: &Path, target: &Path) -> anyhow::Result<()> {
+    if let Ok(meta) = std::fs::symlink_metadata(link)
+        && !meta.file_type().is_symlink()
+    {
+        bail!(
+            "{} exists and is not a symlink; refusing to replace it",
+            link.display()
+        );
+    }
+    let mut tmp = link.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)
+        .with_context(|| format!("cannot create symlink {}", tmp.display()))?;
+    std::fs::rename(&tmp, link).with_context(|| format!("cannot replace {}", link.display()))
+}
+
+/// Runs `sluice simulate` until `--frames` are written (and read) or `stop`.
+pub async fn simulate(args: SimulateArgs, stop: CancellationToken) -> anyhow::Result<()> {
+    if !(args.rate > 0.0 && args.rate.is_finite()) {
+        bail!("--rate must be a positive number of frames per second");
+    }
+    let pty = Pty::open().context("cannot open a pseudo-terminal")?;
+    point_symlink(&args.link, &pty.path)?;
+    eprintln!(
+        "sluice simulate: {} -> {}, {} frames/s{}; Ctrl-C stops",
+        args.link.display(),
+        pty.path.display(),
+        args.rate,
+        args.frames
+            .map(|n| format!(", {n} frames"))
+            .unwrap_or_default()
+    );
+    let link = args.link.clone();
+    let slave = pty.path.clone();
+    let result = tokio::task::spawn_blocking(move || write_frames(pty, &args, &stop))
+        .await
+        .context("the simulator thread failed")?;
+    // Remove the symlink only if it is still ours.
+    if std::fs::read_link(&link).is_ok_and(|target| target == slave) {
+        let _ = std::fs::remove_file(&link);
+    }
+    result
+}
+
+fn write_frames(pty: Pty, args: &SimulateArgs, stop: &CancellationToken) -> anyhow::Result<()> {
+    // Print what the host writes back (downlink commands), one line each.
+    let reader = pty
+        .master
+        .try_clone()
+        .context("cannot clone the pty master")?;
+    std::thread::Builder::new()
+        .name("sim-downlink".into())
+        .spawn(move || {
+            for line in std::io::BufReader::new(reader).split(b'\n') {
+                let Ok(line) = line else { break };
+                println!("downlink: {}", String::from_utf8_lossy(&line));
+            }
+        })
+        .context("cannot start the downlink reader")?;
+    let mut master = &pty.master;
+    let mut telemetry = Telemetry::new(args.first_seq);
+    let period = Duration::from_secs_f64(1.0 / args.rate);
+    let mut next = Instant::now();
+    let mut sent = 0u64;
+    while !stop.is_cancelled() && args.frames.is_none_or(|n| sent < n) {
+        let mut line = telemetry.next_line();
+        line.push('\n');
+        master
+            .write_all(line.as_bytes())
+            .context("writing to the pty failed")?;
+        sent += 1;
+        next += period;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    eprintln!("sluice simulate: {sent} frames written");
+    if !stop.is_cancelled() && !wait_drained(&pty, Duration::from_secs(args.linger_secs)) {
+        eprintln!("sluice simulate: the host did not read everything; unread bytes are lost");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //!
 //! * [`Mosquitto`] — a real broker per test on an ephemeral loopback port,
 //!   with its own persistence directory; stop/restart at will; killed on drop.
+//! * [`Influxd`], [`VictoriaMetrics`] — real InfluxDB 1.x and VictoriaMetrics
+//!   servers per test (ephemeral ports, temp dirs, stop/restart, killed on drop).
 //! * [`SluiceProcess`] — the real `sluice` binary as a child process.
 //! * [`mosquitto_sub`] — an independent subscriber (mosquitto's own client).
 //! * [`wasm`] — paths of the components built from `transforms/` and
@@ -16,6 +18,8 @@ use std::time::{Duration, Instant};
 pub mod wasm {
     /// transforms/json-telemetry.
     pub const JSON_TELEMETRY: &str = env!("SLUICE_WASM_JSON_TELEMETRY");
+    /// transforms/cayenne-lpp.
+    pub const CAYENNE_LPP: &str = env!("SLUICE_WASM_CAYENNE_LPP");
     /// tests/guests/misbehave.
     pub const MISBEHAVE: &str = env!("SLUICE_WASM_MISBEHAVE");
 }
@@ -69,20 +73,38 @@ pub struct Mosquitto {
     /// The port it listens on (127.0.0.1).
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Extra lines for mosquitto.conf (auth, limits).
+    extra_conf: String,
     child: Option<Child>,
 }
 
 impl Mosquitto {
-    /// Starts a broker with persistence in a fresh temp dir.
+    /// Starts a broker with persistence in a fresh temp dir, anonymous access.
     pub fn start() -> Mosquitto {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut broker = Mosquitto {
-            port: free_port(),
-            dir,
+        Self::start_with(free_port(), "allow_anonymous true\n")
+    }
+
+    /// A broker that is not running yet (start it with [`restart`](Self::restart)).
+    pub fn stopped(port: u16, extra_conf: &str) -> Mosquitto {
+        Mosquitto {
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra_conf: extra_conf.to_owned(),
             child: None,
-        };
+        }
+    }
+
+    /// Starts a broker on `port` with `extra_conf` appended to its config
+    /// (which must say whether anonymous access is allowed).
+    pub fn start_with(port: u16, extra_conf: &str) -> Mosquitto {
+        let mut broker = Self::stopped(port, extra_conf);
         broker.launch();
         broker
+    }
+
+    /// The broker's temp dir (for password and ACL files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn launch(&mut self) {
@@ -92,11 +114,13 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {data}/\nuser root\nlog_dest file {log}\nlog_type all\n",
+                "listener {port} 127.0.0.1\npersistence true\n\
+                 persistence_location {data}/\nuser root\nlog_dest file {log}\nlog_type all\n\
+                 max_queued_messages 0\n{extra}",
                 port = self.port,
                 data = data.display(),
                 log = self.dir.path().join("mosquitto.log").display(),
+                extra = self.extra_conf,
             ),
         )
         .expect("write mosquitto.conf");
@@ -122,7 +146,7 @@ impl Mosquitto {
         }
     }
 
-    /// Starts it again on the same port with the same persistence.
+    /// Starts it (again) on the same port with the same persistence.
     pub fn restart(&mut self) {
         self.stop();
         self.launch();
@@ -226,6 +250,15 @@ impl SluiceProcess {
         false
     }
 
+    /// SIGKILL: no goodbye, no flush (a crash or power cut, as far as the
+    /// broker can tell).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM and wait; returns whether it exited successfully.
     pub fn stop(&mut self) -> bool {
         match self.child.take() {
@@ -319,6 +352,23 @@ impl Subscriber {
         self.received()
     }
 
+    /// Waits until `done(received so far)` holds or `timeout` passed;
+    /// returns what arrived.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let received = self.received();
+            if done(&received) || Instant::now() >= deadline {
+                return received;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits for the process to exit by itself (use with `-C`/`-W`), or kills
     /// it at `timeout`; returns everything it printed.
     pub fn collect(mut self, timeout: Duration) -> Vec<Received> {
@@ -356,5 +406,499 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 client for talking to test servers (one request per
+/// connection, no chunked encoding): returns the status and the body.
+pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// Percent-encodes a query-string value.
+pub fn urlencode(value: &str) -> String {
+    let mut out = String::new();
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A real InfluxDB 1.x (`influxd`, Debian's `influxdb` package) owned by one
+/// test: ephemeral HTTP and RPC ports, its own meta/data/WAL directories;
+/// stop/restart at will; killed on drop.
+pub struct Influxd {
+    /// HTTP API port (127.0.0.1).
+    pub port: u16,
+    rpc_port: u16,
+    dir: tempfile::TempDir,
+    auth_enabled: bool,
+    admin: Option<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Influxd {
+    /// Starts a fresh server and waits until `/ping` answers.
+    pub fn start() -> Influxd {
+        Self::start_with(false)
+    }
+
+    /// Starts a server with authentication on and an admin user
+    /// (`admin`/`admin-pw`) that [`query`](Self::query) uses.
+    pub fn start_with_auth() -> Influxd {
+        let mut server = Self::start_with(true);
+        let q = "CREATE USER admin WITH PASSWORD 'admin-pw' WITH ALL PRIVILEGES";
+        let path = format!("/query?q={}", urlencode(q));
+        let (status, body) = http(server.port, "POST", &path, b"").expect("create admin");
+        assert_eq!(status, 200, "{body}");
+        server.admin = Some(("admin".into(), "admin-pw".into()));
+        server
+    }
+
+    fn start_with(auth_enabled: bool) -> Influxd {
+        let mut server = Influxd {
+            port: free_port(),
+            rpc_port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            auth_enabled,
+            admin: None,
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let dir = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("influxd.log"))
+            .expect("log file");
+        let child = Command::new(program("influxd"))
+            .args(["run", "-config", "/dev/null"])
+            .env(
+                "INFLUXDB_HTTP_BIND_ADDRESS",
+                format!("127.0.0.1:{}", self.port),
+            )
+            .env(
+                "INFLUXDB_BIND_ADDRESS",
+                format!("127.0.0.1:{}", self.rpc_port),
+            )
+            .env("INFLUXDB_META_DIR", dir.join("meta"))
+            .env("INFLUXDB_DATA_DIR", dir.join("data"))
+            .env("INFLUXDB_DATA_WAL_DIR", dir.join("wal"))
+            .env("INFLUXDB_REPORTING_DISABLED", "true")
+            .env("INFLUXDB_DATA_QUERY_LOG_ENABLED", "false")
+            .env("INFLUXDB_HTTP_AUTH_ENABLED", self.auth_enabled.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn influxd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if matches!(http(self.port, "GET", "/ping", b""), Ok((204, _))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "influxd did not start on port {}:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
+    /// The base URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs an InfluxQL statement (`POST /query`) and returns the JSON answer.
+    pub fn query(&self, db: &str, q: &str) -> serde_json::Value {
+        let mut path = format!("/query?db={}&epoch=ns&q={}", urlencode(db), urlencode(q));
+        if let Some((user, password)) = &self.admin {
+            path.push_str(&format!("&u={}&p={}", urlencode(user), urlencode(password)));
+        }
+        let (status, body) = http(self.port, "POST", &path, b"").expect("query influxd");
+        assert_eq!(status, 200, "query {q:?}: {body}");
+        // Numbers as their exact text (serde_json's default float parsing
+        // may be off by one ULP; the comparison must be exact).
+        serde_json::from_str(&numbers_as_strings(&body)).expect("query answer is JSON")
+    }
+
+    /// `CREATE DATABASE name`.
+    pub fn create_database(&self, name: &str) {
+        self.query("", &format!("CREATE DATABASE \"{name}\""));
+    }
+
+    /// Stops the server (SIGTERM).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, Duration::from_secs(10));
+        }
+    }
+
+    /// Starts it again on the same ports with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("influxd.log")).unwrap_or_default()
+    }
+}
+
+impl Influxd {
+    /// Every point in `db`, read back with `SHOW FIELD KEYS` (for the types)
+    /// and `SELECT * FROM "<measurement>" GROUP BY *`, in a canonical form (tags sorted,
+    /// fields sorted by key) for exact comparison.
+    pub fn read_points(&self, db: &str) -> Vec<sluice::model::Point> {
+        use sluice::model::{FieldValue, Point};
+        use std::collections::BTreeMap;
+        let mut types: BTreeMap<(String, String), String> = BTreeMap::new();
+        let keys = self.query(db, "SHOW FIELD KEYS");
+        for series in keys["results"][0]["series"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let name = series["name"].as_str().unwrap_or_default().to_owned();
+            for row in series["values"].as_array().into_iter().flatten() {
+                types.insert(
+                    (name.clone(), row[0].as_str().unwrap_or_default().to_owned()),
+                    row[1].as_str().unwrap_or_default().to_owned(),
+                );
+            }
+        }
+        let measurements: Vec<String> = types.keys().map(|(m, _)| m.clone()).collect();
+        let mut measurements = measurements;
+        measurements.dedup();
+        let mut all_series = Vec::new();
+        // One query per measurement: across measurements InfluxDB merges a
+        // field name's types (an integer column next to a float one of the
+        // same name comes back as a float).
+        for measurement in &measurements {
+            let quoted = measurement.replace('\\', "\\\\").replace('"', "\\\"");
+            let data = self.query(db, &format!("SELECT * FROM \"{quoted}\" GROUP BY *"));
+            all_series.extend(
+                data["results"][0]["series"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+        }
+        let mut points = Vec::new();
+        for series in &all_series {
+            let name = series["name"].as_str().unwrap_or_default().to_owned();
+            let mut tags: Vec<(String, String)> = series["tags"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| {
+                    let v = v.as_str()?;
+                    (!v.is_empty()).then(|| (k.clone(), v.to_owned()))
+                })
+                .collect();
+            tags.sort();
+            let columns: Vec<String> = series["columns"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| c.as_str().unwrap_or_default().to_owned())
+                .collect();
+            for row in series["values"].as_array().into_iter().flatten() {
+                let mut fields = BTreeMap::new();
+                let mut time = 0;
+                for (column, value) in columns.iter().zip(row.as_array().into_iter().flatten()) {
+                    if column == "time" {
+                        time = value.as_str().and_then(|t| t.parse().ok()).expect("time");
+                        continue;
+                    }
+                    if value.is_null() {
+                        continue;
+                    }
+                    let kind = types
+                        .get(&(name.clone(), column.clone()))
+                        .map(String::as_str);
+                    let text = value.as_str().unwrap_or_default();
+                    let field =
+                        match kind {
+                            Some("float") => FieldValue::Float(text.parse().expect("float")),
+                            Some("integer") => FieldValue::Int(text.parse().unwrap_or_else(|e| {
+                                panic!("integer {name}.{column} = {value}: {e}")
+                            })),
+                            Some("unsigned") => FieldValue::UInt(text.parse().expect("unsigned")),
+                            Some("boolean") => FieldValue::Bool(value.as_bool().expect("boolean")),
+                            _ => FieldValue::Text(text.to_owned()),
+                        };
+                    fields.insert(column.clone(), field);
+                }
+                points.push(Point {
+                    measurement: name.clone(),
+                    tags: tags.clone(),
+                    fields: fields.into_iter().collect(),
+                    timestamp_ns: Some(time),
+                });
+            }
+        }
+        points
+    }
+}
+
+/// Rewrites every JSON number outside strings as a string holding its exact
+/// text, so it can be parsed with Rust's correctly rounding parsers.
+pub fn numbers_as_strings(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() + 64);
+    let mut chars = json.chars().peekable();
+    let mut in_string = false;
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            match c {
+                '\\' => {
+                    if let Some(next) = chars.next() {
+                        out.push(next);
+                    }
+                }
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if c == '-' || c.is_ascii_digit() {
+            out.push('"');
+            out.push(c);
+            while let Some(&n) = chars.peek() {
+                if n.is_ascii_digit() || matches!(n, '.' | 'e' | 'E' | '+' | '-') {
+                    out.push(n);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            out.push('"');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Drop for Influxd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A real VictoriaMetrics (Debian's `victoria-metrics`), which accepts line
+/// protocol on `/write` and `/api/v2/write`; owned by one test, killed on drop.
+pub struct VictoriaMetrics {
+    /// HTTP port (127.0.0.1).
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl VictoriaMetrics {
+    /// Starts a fresh server and waits until `/health` answers.
+    pub fn start() -> VictoriaMetrics {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("vm.log")).expect("log file");
+        let child = Command::new(program("victoria-metrics"))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg(format!(
+                "-storageDataPath={}",
+                dir.path().join("data").display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn victoria-metrics");
+        let server = VictoriaMetrics {
+            port,
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if matches!(http(port, "GET", "/health", b""), Ok((200, _))) {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("victoria-metrics did not start:\n{}", server.log());
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every series matching `selector` from `/api/v1/export` (JSON lines),
+    /// polled until at least `min_series` are there or `timeout` passes
+    /// (VictoriaMetrics makes new data readable after a flush).
+    pub fn export(
+        &self,
+        selector: &str,
+        min_series: usize,
+        timeout: Duration,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let _ = http(self.port, "GET", "/internal/force_flush", b"");
+            let path = format!("/api/v1/export?match[]={}", urlencode(selector));
+            let (status, body) = http(self.port, "GET", &path, b"").expect("export");
+            assert_eq!(status, 200, "{body}");
+            let series: Vec<serde_json::Value> = body
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str(l).expect("export line is JSON"))
+                .collect();
+            if series.len() >= min_series || Instant::now() >= deadline {
+                return series;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("vm.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for VictoriaMetrics {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The real InfluxDB writer (`sluice::sink::influx`) on its own runtime, fed
+/// from a test thread.
+pub struct InfluxWriter {
+    runtime: tokio::runtime::Runtime,
+    sink: Option<sluice::sink::influx::InfluxSink>,
+    tx: Option<tokio::sync::mpsc::Sender<sluice::model::Point>>,
+    /// The writer's metrics.
+    pub metrics: std::sync::Arc<sluice::metrics::Metrics>,
+    data_dir: tempfile::TempDir,
+}
+
+impl InfluxWriter {
+    /// Starts a writer from an `[influx]` table's body (TOML).
+    pub fn start(config_toml: &str) -> InfluxWriter {
+        let config: sluice::sink::influx::InfluxConfig =
+            toml::from_str(config_toml).expect("[influx] parses");
+        let problems = config.validate();
+        assert!(problems.is_empty(), "{problems:?}");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let metrics = std::sync::Arc::new(sluice::metrics::Metrics::new());
+        let (sink, tx) = {
+            let _guard = runtime.enter();
+            sluice::sink::influx::InfluxSink::start(&config, Some(data_dir.path()), metrics.clone())
+                .expect("writer starts")
+        };
+        InfluxWriter {
+            runtime,
+            sink: Some(sink),
+            tx: Some(tx),
+            metrics,
+            data_dir,
+        }
+    }
+
+    /// Queues points (waits while the writer's queue is full).
+    pub fn send(&self, points: impl IntoIterator<Item = sluice::model::Point>) {
+        let tx = self.tx.as_ref().expect("writer open");
+        self.runtime.block_on(async {
+            for point in points {
+                tx.send(point).await.expect("writer alive");
+            }
+        });
+    }
+
+    /// Closes the queue and waits until every point is settled; after
+    /// `give_up` what is unconfirmed is dead-lettered.
+    pub fn finish(&mut self, give_up: Duration) {
+        self.tx = None;
+        if let Some(sink) = self.sink.take() {
+            self.runtime.block_on(async {
+                sink.give_up_after(give_up);
+                sink.finish().await;
+            });
+        }
+    }
+
+    /// The dead letters written so far.
+    pub fn dead_letters(&self) -> Vec<serde_json::Value> {
+        let path = self
+            .data_dir
+            .path()
+            .join("dead-letter")
+            .join("influx.jsonl");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("dead letter is JSON"))
+            .collect()
+    }
+
+    /// `sink_dropped{sink="influx", reason}`.
+    pub fn dropped(&self, reason: &str) -> u64 {
+        let needle = format!("sluice_sink_dropped_total{{sink=\"influx\",reason=\"{reason}\"}} ");
+        self.metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(&needle).and_then(|n| n.parse().ok()))
+            .unwrap_or(0)
+    }
+
+    /// Points InfluxDB confirmed.
+    pub fn delivered(&self) -> u64 {
+        self.metrics.influx.points_delivered.get()
     }
 }

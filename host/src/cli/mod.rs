@@ -47,4 +47,10 @@ pub enum Command {
     /// Write, build and test transforms.
     #[command(subcommand)]
     Transform(transform::TransformCommand),
+    /// Feed capture files through the configured pipelines' transforms and
+    /// sinks (re-decode history, test without hardware).
+    Replay(crate::replay::ReplayArgs),
+    /// A simulated sensor node on a pseudo-terminal, reachable through a
+    /// symlink, writing telemetry at a chosen rate.
+    Simulate(crate::sim::SimulateArgs),
 }

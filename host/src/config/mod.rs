@@ -75,6 +75,9 @@ pub struct Config {
     /// The MQTT connection; without it, messages are counted and discarded.
     #[serde(default)]
     pub mqtt: Option<MqttConfig>,
+    /// The InfluxDB writer; without it, points are counted and discarded.
+    #[serde(default)]
+    pub influx: Option<crate::sink::influx::InfluxConfig>,
     /// Sandbox limits applied to every transform unless a pipeline overrides them.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -111,6 +114,68 @@ pub struct MqttConfig {
     /// Reconnect backoff: largest delay, in milliseconds.
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_ms: NonZeroU64,
+    /// Username; the password comes from `password_env` or `password_file`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding the password (never logged).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the password (trailing newline ignored; never logged).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// TLS (`mqtts://`); absent means plain TCP.
+    #[serde(default)]
+    pub tls: Option<MqttTlsConfig>,
+    /// Status topics are `<prefix>/status/<client_id>` (birth `online`,
+    /// last will `offline`, both retained).
+    #[serde(default = "default_status_prefix")]
+    pub status_topic_prefix: String,
+    /// Seconds between gateway stats messages on
+    /// `<prefix>/status/<client_id>/stats` (0 = off).
+    #[serde(default = "default_stats_interval")]
+    pub stats_interval_secs: u64,
+    /// Messages the host holds while the broker is slow or away.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: NonZeroUsize,
+    /// What to do when that queue is full.
+    #[serde(default)]
+    pub queue_full: QueueFullPolicy,
+}
+
+/// `[mqtt.tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTlsConfig {
+    /// PEM file with the CA certificate(s) that sign the broker's certificate.
+    pub ca_file: PathBuf,
+    /// PEM client certificate, for mutual TLS.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM client private key, for mutual TLS.
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// What a full queue does to the next message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    /// Wait: backpressure up to the serial ports (nothing dropped by the host).
+    #[default]
+    Block,
+    /// Evict the oldest queued message (counted as
+    /// `sink_dropped{sink="mqtt",reason="queue_full_drop_oldest"}`).
+    DropOldest,
+}
+
+fn default_status_prefix() -> String {
+    "sluice".into()
+}
+fn default_stats_interval() -> u64 {
+    60
+}
+fn default_queue_capacity() -> NonZeroUsize {
+    NonZeroUsize::new(100_000).unwrap_or(NonZeroUsize::MIN)
 }
 
 fn default_mqtt_port() -> u16 {
@@ -201,6 +266,33 @@ pub struct PipelineConfig {
     /// port task stops reading (backpressure) and the OS buffers the rest.
     #[serde(default = "default_channel_capacity")]
     pub channel_capacity: NonZeroUsize,
+    /// Record every frame this pipeline reads to a capture file, for
+    /// `sluice replay` (`source/capture.rs`). Absent: no capture.
+    #[serde(default)]
+    pub capture: Option<CaptureConfig>,
+}
+
+/// `[pipeline.capture]`: an append-only, size-bounded, rotated record of
+/// the frames a pipeline read, with their receive times.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// The capture file; rotated files get `.1`, `.2`, … (`.1` is the newest).
+    /// Relative paths are relative to the config file.
+    pub path: PathBuf,
+    /// Rotate when the file would grow beyond this many bytes.
+    #[serde(default = "default_capture_max_bytes")]
+    pub max_bytes: NonZeroU64,
+    /// Rotated files kept besides the current one (0: start over when full).
+    #[serde(default = "default_capture_keep")]
+    pub keep: u32,
+}
+
+fn default_capture_max_bytes() -> NonZeroU64 {
+    NonZeroU64::new(64 << 20).unwrap_or(NonZeroU64::MIN)
+}
+fn default_capture_keep() -> u32 {
+    3
 }
 
 fn default_channel_capacity() -> NonZeroUsize {
@@ -220,10 +312,107 @@ pub struct SerialConfig {
     /// resynchronises at the next delimiter.
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: NonZeroUsize,
+    /// How the byte stream is split into frames (default: newline); see
+    /// [`FramingConfig`](crate::source::framing::FramingConfig).
+    #[serde(default)]
+    pub framing: crate::source::framing::FramingConfig,
+    /// Data bits per character: 5, 6, 7 or 8.
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    /// Parity: `none`, `odd` or `even`.
+    #[serde(default)]
+    pub parity: SerialParity,
+    /// Stop bits: 1 or 2.
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// Flow control: `none`, `software` (XON/XOFF) or `hardware` (RTS/CTS).
+    #[serde(default)]
+    pub flow_control: SerialFlowControl,
+    /// Open the port exclusively (`TIOCEXCL` and an exclusive `flock`), so a
+    /// second program cannot read the same device.
+    #[serde(default = "default_true")]
+    pub exclusive: bool,
+    /// `true`: start-up fails when the port cannot be opened. `false`: a port
+    /// missing at start-up is retried like an unplugged one.
+    #[serde(default)]
+    pub required: bool,
+    /// Reopen backoff after an unplug or a failed open: first delay (ms).
+    #[serde(default = "default_serial_reconnect_min")]
+    pub reconnect_min_ms: NonZeroU64,
+    /// Reopen backoff: largest delay (ms); with the path back, reading
+    /// resumes at most this long later.
+    #[serde(default = "default_serial_reconnect_max")]
+    pub reconnect_max_ms: NonZeroU64,
+    /// Downlink: how long one framed command may take to be written (ms).
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_ms: NonZeroU64,
+    /// Downlink: commands held while the port is busy or disconnected; when
+    /// full, new commands are refused and counted (`queue_full`).
+    #[serde(default = "default_downlink_queue")]
+    pub downlink_queue: NonZeroUsize,
+    /// Downlink: a command older than this when its turn comes is not
+    /// written (counted as `expired`), so a stale command is not sent to a
+    /// device that was replugged much later. 0: no limit.
+    #[serde(default = "default_downlink_max_age")]
+    pub downlink_max_age_ms: u64,
 }
+
+/// Serial parity setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialParity {
+    /// No parity bit.
+    #[default]
+    None,
+    /// Odd parity.
+    Odd,
+    /// Even parity.
+    Even,
+}
+
+/// Serial flow control setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerialFlowControl {
+    /// None.
+    #[default]
+    None,
+    /// XON/XOFF in band (unsuitable for binary framings: 0x11/0x13 are eaten).
+    Software,
+    /// RTS/CTS lines.
+    Hardware,
+}
+
+/// Baud rates accepted at config time; whether the device can do it is
+/// checked when the port is opened.
+pub const BAUD_RANGE: std::ops::RangeInclusive<u32> = 50..=16_000_000;
 
 fn default_baud() -> NonZeroU32 {
     NonZeroU32::new(115_200).unwrap_or(NonZeroU32::MIN)
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_serial_reconnect_min() -> NonZeroU64 {
+    NonZeroU64::new(100).unwrap_or(NonZeroU64::MIN)
+}
+fn default_serial_reconnect_max() -> NonZeroU64 {
+    NonZeroU64::new(5_000).unwrap_or(NonZeroU64::MIN)
+}
+fn default_write_timeout() -> NonZeroU64 {
+    NonZeroU64::new(1_000).unwrap_or(NonZeroU64::MIN)
+}
+fn default_downlink_queue() -> NonZeroUsize {
+    NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN)
+}
+fn default_downlink_max_age() -> u64 {
+    30_000
 }
 fn default_max_frame() -> NonZeroUsize {
     NonZeroUsize::new(64 << 10).unwrap_or(NonZeroUsize::MIN)
@@ -338,8 +527,28 @@ impl Config {
         if let Some(dir) = &mut self.data_dir {
             resolve(dir);
         }
+        if let Some(mqtt) = &mut self.mqtt {
+            if let Some(path) = &mut mqtt.password_file {
+                resolve(path);
+            }
+            if let Some(tls) = &mut mqtt.tls {
+                resolve(&mut tls.ca_file);
+                for path in [&mut tls.client_cert_file, &mut tls.client_key_file]
+                    .into_iter()
+                    .flatten()
+                {
+                    resolve(path);
+                }
+            }
+        }
+        if let Some(influx) = &mut self.influx {
+            influx.resolve_paths(base);
+        }
         for pipeline in &mut self.pipelines {
             resolve(&mut pipeline.transform.module);
+            if let Some(capture) = &mut pipeline.capture {
+                resolve(&mut capture.path);
+            }
         }
     }
 
@@ -364,10 +573,46 @@ impl Config {
             {
                 problems.push("mqtt.client_id: must be 1 to 65535 bytes".into());
             }
+            if mqtt.password_env.is_some() && mqtt.password_file.is_some() {
+                problems
+                    .push("mqtt.password_env: give password_env or password_file, not both".into());
+            }
+            if mqtt.username.is_none()
+                && (mqtt.password_env.is_some() || mqtt.password_file.is_some())
+            {
+                problems.push("mqtt.username: a password is configured but no username".into());
+            }
+            if crate::model::validate_topic(&format!("{}/status/x", mqtt.status_topic_prefix))
+                .is_err()
+            {
+                problems.push(format!(
+                    "mqtt.status_topic_prefix: {:?} is not a valid topic prefix",
+                    mqtt.status_topic_prefix
+                ));
+            }
+            if let Some(tls) = &mqtt.tls {
+                if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+                    problems.push("mqtt.tls.client_cert_file: mutual TLS needs both client_cert_file and client_key_file".into());
+                }
+                for (key, path) in [
+                    ("ca_file", Some(&tls.ca_file)),
+                    ("client_cert_file", tls.client_cert_file.as_ref()),
+                    ("client_key_file", tls.client_key_file.as_ref()),
+                ] {
+                    if let Some(path) = path
+                        && !path.is_file()
+                    {
+                        problems.push(format!("mqtt.tls.{key}: {} is not a file", path.display()));
+                    }
+                }
+            }
             if mqtt.reconnect_min_ms > mqtt.reconnect_max_ms {
                 problems
                     .push("mqtt.reconnect_min_ms: must not exceed mqtt.reconnect_max_ms".into());
             }
+        }
+        if let Some(influx) = &self.influx {
+            problems.extend(influx.validate());
         }
         if self.pipelines.is_empty() {
             problems.push("pipeline: at least one [[pipeline]] is required".into());
@@ -388,8 +633,9 @@ impl Config {
             } else if !seen.insert(p.name.as_str()) {
                 problems.push(format!("{key}.name: {:?} is used twice", p.name));
             }
-            if p.serial.path.as_os_str().is_empty() {
-                problems.push(format!("{key}.serial.path: must not be empty"));
+            validate_serial(&key, &p.serial, &mut problems);
+            if let Some(capture) = &p.capture {
+                validate_capture(&key, capture, &mut problems);
             }
             if !p.transform.module.is_file() {
                 problems.push(format!(
@@ -398,6 +644,7 @@ impl Config {
                 ));
             }
         }
+        validate_shared_paths(&self.pipelines, &mut problems);
         problems
     }
 
@@ -414,6 +661,95 @@ impl Config {
         match &self.data_dir {
             Some(dir) => Some(dir.join("cache")),
             None => crate::runtime::ModuleCache::default_dir(),
+        }
+    }
+}
+
+/// `[pipeline.serial]` settings (the framing is checked with the framing).
+fn validate_serial(key: &str, serial: &SerialConfig, problems: &mut Vec<String>) {
+    if serial.path.as_os_str().is_empty() {
+        problems.push(format!("{key}.serial.path: must not be empty"));
+    }
+    if !BAUD_RANGE.contains(&serial.baud.get()) {
+        problems.push(format!(
+            "{key}.serial.baud: {} is outside {}..={}",
+            serial.baud,
+            BAUD_RANGE.start(),
+            BAUD_RANGE.end()
+        ));
+    }
+    if !(5..=8).contains(&serial.data_bits) {
+        problems.push(format!(
+            "{key}.serial.data_bits: must be 5, 6, 7 or 8, not {}",
+            serial.data_bits
+        ));
+    }
+    if !matches!(serial.stop_bits, 1 | 2) {
+        problems.push(format!(
+            "{key}.serial.stop_bits: must be 1 or 2, not {}",
+            serial.stop_bits
+        ));
+    }
+    if serial.reconnect_min_ms > serial.reconnect_max_ms {
+        problems.push(format!(
+            "{key}.serial.reconnect_min_ms: must not exceed {key}.serial.reconnect_max_ms"
+        ));
+    }
+    problems.extend(
+        serial
+            .framing
+            .validate(serial.max_frame_bytes.get(), serial.baud.get())
+            .into_iter()
+            .map(|problem| format!("{key}.serial.{problem}")),
+    );
+}
+
+/// Smallest `max_bytes` of a capture file (header plus a few frames).
+const CAPTURE_MIN_BYTES: u64 = 64 << 10;
+
+/// `[pipeline.capture]`
+fn validate_capture(key: &str, capture: &CaptureConfig, problems: &mut Vec<String>) {
+    if capture.path.as_os_str().is_empty() {
+        problems.push(format!("{key}.capture.path: must not be empty"));
+    } else if capture.path.is_dir() {
+        problems.push(format!(
+            "{key}.capture.path: {} is a directory; name a file",
+            capture.path.display()
+        ));
+    }
+    if capture.max_bytes.get() < CAPTURE_MIN_BYTES {
+        problems.push(format!(
+            "{key}.capture.max_bytes: must be at least {CAPTURE_MIN_BYTES}"
+        ));
+    }
+    if capture.keep > 1000 {
+        problems.push(format!(
+            "{key}.capture.keep: at most 1000 rotated files, not {}",
+            capture.keep
+        ));
+    }
+}
+
+/// Two pipelines must not read the same port or write the same capture file.
+fn validate_shared_paths(pipelines: &[PipelineConfig], problems: &mut Vec<String>) {
+    let mut serial_paths = std::collections::HashMap::new();
+    let mut capture_paths = std::collections::HashMap::new();
+    for (i, p) in pipelines.iter().enumerate() {
+        if let Some(first) = serial_paths.insert(p.serial.path.as_path(), i) {
+            serial_paths.insert(p.serial.path.as_path(), first);
+            problems.push(format!(
+                "pipeline[{i}].serial.path: {} is already read by pipeline[{first}]",
+                p.serial.path.display()
+            ));
+        }
+        if let Some(capture) = &p.capture
+            && let Some(first) = capture_paths.insert(capture.path.as_path(), i)
+        {
+            capture_paths.insert(capture.path.as_path(), first);
+            problems.push(format!(
+                "pipeline[{i}].capture.path: {} is already written by pipeline[{first}]",
+                capture.path.display()
+            ));
         }
     }
 }
@@ -508,5 +844,94 @@ transform = { module = "t.wasm", config = { prefix = "iiot", qos = 1, on = true,
         let mqtt = c.mqtt.expect("has [mqtt]");
         assert_eq!(mqtt.host, "localhost");
         assert_eq!(mqtt.port, 1999);
+    }
+
+    #[test]
+    fn serial_settings_have_defaults_and_parse() {
+        let c = parse(MINIMAL).expect("parses");
+        let s = &c.pipelines[0].serial;
+        assert_eq!(
+            (s.data_bits, s.parity, s.stop_bits, s.flow_control),
+            (8, SerialParity::None, 1, SerialFlowControl::None)
+        );
+        assert!(s.exclusive && !s.required);
+        assert!(c.pipelines[0].capture.is_none());
+        let text = MINIMAL.replace(
+            "path = \"/dev/ttyUSB0\"",
+            "path = \"/dev/x\", data_bits = 7, parity = \"even\", stop_bits = 2, \
+             flow_control = \"hardware\", exclusive = false, required = true",
+        );
+        let c = parse(&text).expect("parses");
+        let s = &c.pipelines[0].serial;
+        assert_eq!(
+            (s.data_bits, s.parity, s.stop_bits, s.flow_control),
+            (7, SerialParity::Even, 2, SerialFlowControl::Hardware)
+        );
+        assert!(!s.exclusive && s.required);
+    }
+
+    #[test]
+    fn bad_serial_settings_are_named() {
+        let text = MINIMAL.replace(
+            "path = \"/dev/ttyUSB0\"",
+            "path = \"/dev/x\", parity = \"mark\"",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("unknown variant `mark`") && err.contains("none"),
+            "{err}"
+        );
+        let text = MINIMAL.replace(
+            "path = \"/dev/ttyUSB0\"",
+            "path = \"/dev/x\", data_bits = 9, stop_bits = 3, baud = 20000000, \
+             reconnect_min_ms = 10, reconnect_max_ms = 5",
+        );
+        let problems = parse(&text).expect("parses").validate();
+        for key in [
+            "pipeline[0].serial.data_bits: must be 5, 6, 7 or 8, not 9",
+            "pipeline[0].serial.stop_bits: must be 1 or 2, not 3",
+            "pipeline[0].serial.baud: 20000000 is outside",
+            "pipeline[0].serial.reconnect_min_ms:",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(key)),
+                "{key}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn shared_ports_and_capture_files_are_refused() {
+        let pipeline = |name: &str, port: &str| {
+            format!(
+                "[[pipeline]]\nname = \"{name}\"\nserial = {{ path = \"{port}\" }}\n\
+                 transform = {{ module = \"t.wasm\" }}\ncapture = {{ path = \"same.cap\", max_bytes = 100 }}\n"
+            )
+        };
+        let text = format!(
+            "version = 1\n{}{}{}",
+            pipeline("a", "/dev/x"),
+            pipeline("b", "/dev/y"),
+            pipeline("c", "/dev/x")
+        );
+        let problems = parse(&text).expect("parses").validate();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p == "pipeline[2].serial.path: /dev/x is already read by pipeline[0]"),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(
+                |p| p == "pipeline[1].capture.path: same.cap is already written by pipeline[0]"
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("pipeline[0].capture.max_bytes: must be at least")),
+            "{problems:?}"
+        );
     }
 }

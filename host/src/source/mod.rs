@@ -2,5 +2,73 @@
 //! the byte stream with a framer and hands frames to its pipeline through a
 //! bounded channel.
 
+pub mod capture;
 pub mod framing;
 pub mod serial;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::PipelineConfig;
+use crate::metrics::Metrics;
+use crate::model::Frame;
+
+/// Where the pipelines' frames come from.
+#[derive(Debug, Clone, Default)]
+pub enum Source {
+    /// The configured serial ports (`sluice run`).
+    #[default]
+    Serial,
+    /// Capture files (`sluice replay`).
+    Replay(crate::replay::ReplayPlan),
+}
+
+/// One pipeline's source, prepared but not reading yet.
+pub enum PreparedSource {
+    /// A serial port (opened already if `required`).
+    Serial(Box<serial::PreparedPort>),
+    /// A capture feed.
+    Replay(crate::replay::PreparedFeed),
+}
+
+/// A running source.
+pub struct StartedSource {
+    /// The source task; ends after shutdown or when the source is exhausted.
+    pub task: tokio::task::JoinHandle<()>,
+    /// The downlink queue (serial ports only).
+    pub downlink: Option<serial::DownlinkSender>,
+}
+
+impl Source {
+    /// Prepares `pipeline`'s source; fails with a message naming the key
+    /// when it cannot work (e.g. a `required` port that does not open).
+    pub fn prepare(
+        &self,
+        pipeline: &PipelineConfig,
+        metrics: &Metrics,
+    ) -> anyhow::Result<PreparedSource> {
+        Ok(match self {
+            Source::Serial => PreparedSource::Serial(Box::new(serial::prepare(pipeline, metrics)?)),
+            Source::Replay(plan) => PreparedSource::Replay(plan.prepare(pipeline, metrics)?),
+        })
+    }
+}
+
+impl PreparedSource {
+    /// Starts the source: frames go to `frames` until `stop`.
+    pub fn spawn(self, frames: mpsc::Sender<Frame>, stop: CancellationToken) -> StartedSource {
+        match self {
+            PreparedSource::Serial(port) => {
+                let started = port.spawn(frames, stop);
+                StartedSource {
+                    task: started.task,
+                    downlink: Some(started.downlink),
+                }
+            }
+            PreparedSource::Replay(feed) => StartedSource {
+                task: feed.spawn(frames, stop),
+                downlink: None,
+            },
+        }
+    }
+}

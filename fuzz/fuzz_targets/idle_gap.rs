@@ -1,0 +1,4 @@
+//! Fuzz the idle_gap framer: see `sluice_fuzz::check` for what is asserted.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sluice_fuzz::fuzz_idle_gap(data));

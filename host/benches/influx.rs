@@ -1,0 +1,290 @@
+//! InfluxDB writer throughput.
+//!
+//! `cargo bench -p sluice --bench influx` (needs `influxd`, Debian's
+//! `influxdb`; `scripts/test.sh` installs it).
+//!
+//! * **encoder**: points/s of line-protocol encoding, a typical gateway point
+//!   and one that needs escaping;
+//! * **into influxd 1.6**: points/s from `InfluxSink` (channel → encoder →
+//!   5000-line gzip'd batches, 2 in flight) into a real local influxd, side
+//!   by side in the same run with the **ceiling**: a minimal writer that
+//!   POSTs the same batches pre-encoded and pre-compressed, also 2 in
+//!   flight. Rounds alternate; medians are reported.
+//!
+//! A plain harness (no criterion), like `transform.rs`.
+
+use std::hint::black_box;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice::metrics::Metrics;
+use sluice::model::{FieldValue, Point};
+use sluice::sink::influx::config::{Precision, UnsignedMode};
+use sluice::sink::influx::line_protocol::Encoder;
+use sluice::sink::influx::{InfluxConfig, InfluxSink};
+
+const POINTS: usize = 200_000;
+const ROUNDS: usize = 3;
+const BATCH: usize = 5000;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn gateway_point(i: usize, t0: i64) -> Point {
+    Point {
+        measurement: "environment".into(),
+        tags: vec![("node".into(), format!("node{}", i % 2 + 1))],
+        fields: vec![
+            (
+                "temperature".into(),
+                FieldValue::Float(20.0 + (i % 100) as f64 * 0.1),
+            ),
+            ("humidity".into(), FieldValue::Float(54.1 + (i % 7) as f64)),
+            ("battery".into(), FieldValue::Float(3.71)),
+        ],
+        timestamp_ns: Some(t0 + i as i64 * 1000),
+    }
+}
+
+fn escaped_point(i: usize) -> Point {
+    Point {
+        measurement: "plant floor,hall=A".into(),
+        tags: vec![
+            ("zone".into(), "north wing, bay=3".into()),
+            ("line".into(), "L 7".into()),
+            ("asset".into(), "pump ü-12".into()),
+        ],
+        fields: vec![
+            (
+                "status".into(),
+                FieldValue::Text(format!("ok \"{i}\" \\ fine")),
+            ),
+            ("rpm".into(), FieldValue::Int(1450 + i as i64 % 10)),
+            ("running".into(), FieldValue::Bool(true)),
+            ("load".into(), FieldValue::Float(0.734_5)),
+        ],
+        timestamp_ns: Some(1_700_000_000_000_000_000 + i as i64),
+    }
+}
+
+fn bench_encoder(name: &str, points: &[Point]) {
+    let mut encoder = Encoder::new(Precision::Ns, UnsignedMode::Integer);
+    let mut out = Vec::with_capacity(1 << 20);
+    let mut rates = Vec::new();
+    for _ in 0..7 {
+        let start = Instant::now();
+        for p in points {
+            if out.len() > (1 << 20) {
+                out.clear();
+            }
+            encoder.encode(black_box(p), &mut out).expect("encodable");
+        }
+        rates.push(points.len() as f64 / start.elapsed().as_secs_f64());
+    }
+    let rate = median(rates);
+    println!(
+        "| encoder, {name} | {:.2} M points/s | {:.0} ns/point |",
+        rate / 1e6,
+        1e9 / rate
+    );
+}
+
+struct Influxd {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Influxd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn start_influxd() -> Influxd {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let program = [
+        "/usr/bin/influxd",
+        "/usr/sbin/influxd",
+        "/usr/local/bin/influxd",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).is_file())
+    .expect("influxd is not installed (scripts/test.sh installs it)");
+    let child = Command::new(program)
+        .args(["run", "-config", "/dev/null"])
+        .env("INFLUXDB_HTTP_BIND_ADDRESS", format!("127.0.0.1:{port}"))
+        .env(
+            "INFLUXDB_BIND_ADDRESS",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("INFLUXDB_META_DIR", dir.path().join("meta"))
+        .env("INFLUXDB_DATA_DIR", dir.path().join("data"))
+        .env("INFLUXDB_DATA_WAL_DIR", dir.path().join("wal"))
+        .env("INFLUXDB_REPORTING_DISABLED", "true")
+        .env("INFLUXDB_HTTP_LOG_ENABLED", "false")
+        .env("INFLUXDB_DATA_QUERY_LOG_ENABLED", "false")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn influxd");
+    let server = Influxd {
+        child,
+        port,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "influxd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+async fn query(client: &reqwest::Client, port: u16, q: &str) -> String {
+    client
+        .post(format!("http://127.0.0.1:{port}/query"))
+        .query(&[("q", q), ("db", "bench")])
+        .send()
+        .await
+        .expect("query")
+        .text()
+        .await
+        .expect("query body")
+}
+
+async fn sluice_writer(port: u16, db: &str, points: Vec<Point>, gzip: bool) -> f64 {
+    let config: InfluxConfig = toml::from_str(&format!(
+        "url = \"http://127.0.0.1:{port}\"\ndatabase = \"{db}\"\nbatch_lines = {BATCH}\n\
+         batch_bytes = 8388608\ngzip = {gzip}\nmax_batches_in_flight = 2\n"
+    ))
+    .expect("config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = Arc::new(Metrics::new());
+    let n = points.len() as u64;
+    let start = Instant::now();
+    let (sink, tx) = InfluxSink::start(&config, Some(dir.path()), metrics.clone()).expect("start");
+    for p in points {
+        tx.send(p).await.expect("send");
+    }
+    drop(tx);
+    sink.finish().await;
+    let elapsed = start.elapsed();
+    assert_eq!(metrics.influx.points_delivered.get(), n, "all delivered");
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// The ceiling: the same batches, encoded and compressed before the clock
+/// starts, POSTed 2 at a time.
+async fn minimal_writer(
+    client: &reqwest::Client,
+    port: u16,
+    db: &str,
+    bodies: &[bytes::Bytes],
+    n: usize,
+) -> f64 {
+    let url = format!("http://127.0.0.1:{port}/write?db={db}&precision=ns");
+    let start = Instant::now();
+    for pair in bodies.chunks(2) {
+        let sends = pair.iter().map(|body| {
+            client
+                .post(&url)
+                .header("Content-Encoding", "gzip")
+                .body(body.clone())
+                .send()
+        });
+        for response in futures_util::future::join_all(sends).await {
+            let status = response.expect("post").status();
+            assert!(status.is_success(), "{status}");
+        }
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn encode_batches(points: &[Point]) -> Vec<bytes::Bytes> {
+    use std::io::Write as _;
+    let mut encoder = Encoder::new(Precision::Ns, UnsignedMode::Integer);
+    points
+        .chunks(BATCH)
+        .map(|chunk| {
+            let mut raw = Vec::new();
+            for p in chunk {
+                encoder.encode(p, &mut raw).expect("encodable");
+            }
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&raw).expect("gzip");
+            bytes::Bytes::from(gz.finish().expect("gzip"))
+        })
+        .collect()
+}
+
+fn main() {
+    println!("| what | rate | per point |");
+    println!("|---|---|---|");
+    let gateway: Vec<Point> = (0..100_000).map(|i| gateway_point(i, 0)).collect();
+    bench_encoder("gateway point (1 tag, 3 floats)", &gateway);
+    let escaped: Vec<Point> = (0..100_000).map(escaped_point).collect();
+    bench_encoder("point needing escapes (3 tags, 4 mixed fields)", &escaped);
+
+    let influxd = start_influxd();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let port = influxd.port;
+    runtime.block_on(async move {
+        let client = reqwest::Client::new();
+        let (mut sluice_gzip, mut sluice_plain, mut ceiling) = (vec![], vec![], vec![]);
+        for round in 0..ROUNDS {
+            // A database per run, so no run overwrites another's points.
+            for (kind, rates) in [
+                ("ceiling", &mut ceiling),
+                ("gzip", &mut sluice_gzip),
+                ("plain", &mut sluice_plain),
+            ] {
+                let db = format!("{kind}{round}");
+                query(&client, port, &format!("CREATE DATABASE {db}")).await;
+                let t0 = 1_700_000_000_000_000_000 + round as i64 * 1_000_000_000_000;
+                let points: Vec<Point> = (0..POINTS).map(|i| gateway_point(i, t0)).collect();
+                let rate = match kind {
+                    "ceiling" => {
+                        let bodies = encode_batches(&points);
+                        minimal_writer(&client, port, &db, &bodies, POINTS).await
+                    }
+                    "gzip" => sluice_writer(port, &db, points, true).await,
+                    _ => sluice_writer(port, &db, points, false).await,
+                };
+                rates.push(rate);
+                query(&client, port, &format!("DROP DATABASE {db}")).await;
+            }
+        }
+        let ceiling = median(ceiling);
+        for (name, rate) in [
+            (
+                "minimal writer, pre-encoded + pre-gzip'd batches (ceiling)",
+                ceiling,
+            ),
+            ("sluice InfluxSink, gzip (default)", median(sluice_gzip)),
+            ("sluice InfluxSink, gzip = false", median(sluice_plain)),
+        ] {
+            println!(
+                "| into influxd 1.6: {name} | {:.0} k points/s | {:.0}% of ceiling |",
+                rate / 1e3,
+                100.0 * rate / ceiling
+            );
+        }
+    });
+    drop(influxd);
+}

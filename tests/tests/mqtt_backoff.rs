@@ -1,0 +1,67 @@
+//! Reconnect logic over a paused clock: a broker that is not there costs a
+//! bounded number of connection attempts, not a busy loop. (The connection
+//! attempts are real: TCP to a loopback port nobody listens on.)
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice::config::Config;
+use sluice::metrics::Metrics;
+use sluice::model::{MqttMessage, Qos};
+use sluice::sink::mqtt::MqttSink;
+use sluice_tests::free_port;
+
+fn mqtt_config(port: u16, extra: &str) -> sluice::config::MqttConfig {
+    let text = format!(
+        "version = 1\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"backoff-test\"\n\
+         reconnect_min_ms = 200\nreconnect_max_ms = 5000\n{extra}\n"
+    );
+    Config::parse(Path::new("test.toml"), &text, |_| None)
+        .expect("valid config")
+        .mqtt
+        .expect("has [mqtt]")
+}
+
+#[tokio::test(start_paused = true)]
+async fn absent_broker_costs_a_bounded_number_of_attempts() {
+    let metrics = Arc::new(Metrics::new());
+    let sink = MqttSink::start(&mqtt_config(free_port(), ""), metrics.clone()).expect("starts");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let attempts = metrics.mqtt_connection_errors.get();
+    // Backoff from 200 ms doubling to 5 s with jitter: a few dozen attempts a
+    // minute at most; a busy loop would make thousands.
+    assert!((5..=60).contains(&attempts), "{attempts} attempts in 60 s");
+    drop(sink);
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_queue_with_drop_oldest_counts_every_eviction() {
+    let metrics = Arc::new(Metrics::new());
+    let config = mqtt_config(
+        free_port(),
+        "queue_capacity = 10\nqueue_full = \"drop_oldest\"",
+    );
+    let sink = MqttSink::start(&config, metrics.clone()).expect("starts");
+    for i in 0..100 {
+        sink.submit(MqttMessage {
+            topic: "t".into(),
+            payload: format!("{i}").into_bytes(),
+            qos: Qos::AtLeastOnce,
+            retain: false,
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Nothing is confirmed (no broker). What the client took is still tracked
+    // as unconfirmed; every other message is either queued or counted.
+    let unconfirmed = sink.unconfirmed() as u64;
+    let text = metrics.encode();
+    let evicted: u64 = text
+        .lines()
+        .find(|l| l.contains("reason=\"queue_full_drop_oldest\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(evicted > 0, "{text}");
+    assert_eq!(evicted + unconfirmed, 100, "every message is accounted for");
+}

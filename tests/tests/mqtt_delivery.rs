@@ -1,0 +1,344 @@
+//! MQTT delivery against a real mosquitto: broker restarts under load, a
+//! broker absent at start-up, wrong credentials, last will and status topics.
+//! Every test runs the real `sluice` binary reading a real pseudo-terminal.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sluice::pty::Pty;
+use sluice_tests::{Mosquitto, Received, SluiceProcess, free_port, mosquitto_sub, wasm};
+
+/// A telemetry line whose every value is derived from `seq`, so each message
+/// is identifiable: loss, duplication and order can be checked per topic.
+fn line(seq: u64) -> String {
+    format!(
+        r#"{{"seq":{seq},"n1":{{"t":{seq}.1,"h":{seq}.2,"bat":{seq}.3}},"n2":{{"t":{seq}.4,"h":{seq}.5,"bat":{seq}.6}},"sig":{{"rssi":-{seq},"snr":{seq}.7}},"stats":{{"rx":{},"crc_err":{}}}}}"#,
+        seq + 1_000_000,
+        seq + 2_000_000
+    )
+}
+
+const MESSAGES_PER_LINE: usize = 11;
+
+/// Distinct (topic, payload) pairs: messages received, duplicates not counted.
+fn distinct(received: &[Received]) -> usize {
+    received
+        .iter()
+        .map(|r| (&r.topic, &r.payload))
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+/// Payloads per topic in arrival order.
+fn by_topic(received: &[Received]) -> BTreeMap<String, Vec<String>> {
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in received {
+        map.entry(r.topic.clone())
+            .or_default()
+            .push(r.payload.clone());
+    }
+    map
+}
+
+/// Checks that every topic got every line's value at least once and that
+/// first arrivals are in order. Returns the number of duplicates.
+fn assert_complete_and_ordered(received: &[Received], lines: u64) -> usize {
+    let topics = by_topic(received);
+    assert_eq!(
+        topics.len(),
+        MESSAGES_PER_LINE,
+        "topics: {:?}",
+        topics.keys()
+    );
+    let mut duplicates = 0;
+    for (topic, payloads) in &topics {
+        let mut seen = HashSet::new();
+        let firsts: Vec<&String> = payloads.iter().filter(|p| seen.insert(*p)).collect();
+        duplicates += payloads.len() - firsts.len();
+        if firsts.len() as u64 != lines {
+            let have: HashSet<u64> = firsts
+                .iter()
+                .filter_map(|p| p.split('.').next()?.trim_start_matches('-').parse().ok())
+                .collect();
+            let missing: Vec<u64> = (1..=lines).filter(|s| !have.contains(s)).collect();
+            panic!(
+                "{topic}: {} distinct values of {lines}; missing seq {missing:?}",
+                firsts.len()
+            );
+        }
+        // Values grow with seq on every topic (rssi is -seq).
+        let numbers: Vec<f64> = firsts
+            .iter()
+            .map(|p| p.parse::<f64>().expect("numeric payload").abs())
+            .collect();
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "{topic}: first arrivals out of order"
+        );
+    }
+    duplicates
+}
+
+fn write_config(dir: &Path, broker_port: u16, pty: &Path, extra_mqtt: &str) -> std::path::PathBuf {
+    let config = dir.join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"version = 1
+data_dir = "{data}"
+[mqtt]
+host = "127.0.0.1"
+port = {broker_port}
+client_id = "sluice-test"
+reconnect_min_ms = 50
+reconnect_max_ms = 500
+{extra_mqtt}
+[[pipeline]]
+name = "gateway"
+serial = {{ path = "{pty}" }}
+transform = {{ module = "{module}" }}
+"#,
+            data = dir.join("data").display(),
+            pty = pty.display(),
+            module = wasm::JSON_TELEMETRY,
+        ),
+    )
+    .expect("write config");
+    config
+}
+
+fn spawn_sluice(config: &Path) -> SluiceProcess {
+    let sluice = SluiceProcess::spawn(&["run", "--config", config.to_str().expect("utf-8")], &[]);
+    assert!(
+        sluice.wait_for_log("serial port open", Duration::from_secs(30)),
+        "sluice did not start:\n{}",
+        sluice.log()
+    );
+    sluice
+}
+
+/// A persistent QoS 1 subscription (MQTT 5, session kept for an hour), so the
+/// broker queues for the subscriber across its own restarts.
+fn persistent_subscriber(port: u16, id: &str) -> sluice_tests::Subscriber {
+    mosquitto_sub(port, "iiot/#", &["-c", "-i", id, "-x", "3600"])
+}
+
+#[test]
+fn broker_restarted_five_times_under_load_loses_nothing() {
+    let mut broker = Mosquitto::start();
+    let mut pty = Pty::open().expect("openpty");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = write_config(tmp.path(), broker.port, &pty.path, "");
+    let subscriber = persistent_subscriber(broker.port, "restart-sub");
+    let mut sluice = spawn_sluice(&config);
+
+    // ~20k messages: 1820 lines × 11, written at a steady pace while the
+    // broker is restarted five times.
+    let lines: u64 = 1820;
+    let restarts_at: Vec<u64> = (1..=5).map(|i| i * lines / 6).collect();
+    let started = Instant::now();
+    for seq in 1..=lines {
+        pty.master
+            .write_all(format!("{}\n", line(seq)).as_bytes())
+            .expect("write");
+        if restarts_at.contains(&seq) {
+            broker.restart();
+        }
+        if seq % 20 == 0 {
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+    let expected = lines as usize * MESSAGES_PER_LINE;
+    let received = subscriber.wait_until(Duration::from_secs(120), |r| distinct(r) >= expected);
+    if received.len() < expected {
+        eprintln!("sluice log:\n{}", sluice.log());
+    }
+    let duplicates = assert_complete_and_ordered(&received, lines);
+    eprintln!(
+        "{} messages received for {expected} sent in {:?} across 5 broker restarts; {duplicates} duplicates",
+        received.len(),
+        started.elapsed()
+    );
+    assert!(sluice.stop(), "clean exit:\n{}", sluice.log());
+    let log = sluice.log();
+    assert!(log.contains("MQTT connection lost"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn broker_absent_at_start_up_gets_everything_once_it_appears() {
+    let port = free_port();
+    // Create the subscriber's persistent session, then take the broker away.
+    let mut broker = Mosquitto::stopped(port, "allow_anonymous true\n");
+    broker.restart();
+    drop(persistent_subscriber(port, "late-sub"));
+    broker.stop();
+
+    let mut pty = Pty::open().expect("openpty");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = write_config(tmp.path(), port, &pty.path, "");
+    let sluice = spawn_sluice(&config);
+    for seq in 1..=30 {
+        pty.master
+            .write_all(format!("{}\n", line(seq)).as_bytes())
+            .expect("write");
+    }
+    assert!(
+        sluice.wait_for_log("cannot connect to MQTT broker", Duration::from_secs(10)),
+        "{}",
+        sluice.log()
+    );
+    // Retrying, with one log line for the state, not one per attempt.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        sluice
+            .log()
+            .matches("cannot connect to MQTT broker")
+            .count(),
+        1
+    );
+
+    broker.restart();
+    let subscriber = persistent_subscriber(port, "late-sub");
+    let received = subscriber.wait_until(Duration::from_secs(30), |r| {
+        distinct(r) >= 30 * MESSAGES_PER_LINE
+    });
+    assert_complete_and_ordered(&received, 30);
+    assert!(sluice.log().contains("MQTT connected"));
+}
+
+#[test]
+fn wrong_password_is_reported_once_and_fixing_the_broker_fixes_the_pipeline() {
+    let port = free_port();
+    let auth_dir = tempfile::tempdir().expect("tempdir");
+    let passwd = auth_dir.path().join("passwd");
+    let status = std::process::Command::new(sluice_tests::program("mosquitto_passwd"))
+        .args(["-b", "-c"])
+        .arg(&passwd)
+        .args(["gateway", "right-secret"])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(status.success());
+    let broker_conf = format!(
+        "allow_anonymous false\npassword_file {}\n",
+        passwd.display()
+    );
+    let mut broker = Mosquitto::start_with(port, &broker_conf);
+
+    let mut pty = Pty::open().expect("openpty");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let secret_file = tmp.path().join("mqtt-password");
+    std::fs::write(&secret_file, "wrong-secret\n").expect("write secret");
+    let config = write_config(
+        tmp.path(),
+        port,
+        &pty.path,
+        &format!(
+            "username = \"gateway\"\npassword_file = \"{}\"",
+            secret_file.display()
+        ),
+    );
+    let sluice = spawn_sluice(&config);
+    assert!(
+        sluice.wait_for_log("refused the connection", Duration::from_secs(10)),
+        "{}",
+        sluice.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let log = sluice.log();
+    assert_eq!(log.matches("refused the connection").count(), 1, "{log}");
+    assert!(
+        !log.contains("wrong-secret"),
+        "the password must never be logged"
+    );
+
+    // Data read meanwhile waits in the host's queue.
+    for seq in 1..=5 {
+        pty.master
+            .write_all(format!("{}\n", line(seq)).as_bytes())
+            .expect("write");
+    }
+    // The operator fixes the broker side (gives the account the password the
+    // box has); sluice keeps retrying with backoff and needs no restart.
+    let status = std::process::Command::new(sluice_tests::program("mosquitto_passwd"))
+        .args(["-b"])
+        .arg(&passwd)
+        .args(["gateway", "wrong-secret"])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(status.success());
+    broker.restart();
+    assert!(
+        sluice.wait_for_log("MQTT connected", Duration::from_secs(30)),
+        "{}",
+        sluice.log()
+    );
+    // What was queued meanwhile is delivered: the retained last values.
+    let retained = mosquitto_sub(
+        port,
+        "iiot/node1/temperature",
+        &[
+            "-u",
+            "gateway",
+            "-P",
+            "wrong-secret",
+            "--retained-only",
+            "-W",
+            "3",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        last = retained.received();
+        if last.iter().any(|r| r.payload == "5.1") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(last.iter().any(|r| r.payload == "5.1"), "{last:?}");
+}
+
+#[test]
+fn status_topics_birth_and_last_will() {
+    let broker = Mosquitto::start();
+    let pty = Pty::open().expect("openpty");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        tmp.path(),
+        broker.port,
+        &pty.path,
+        "status_topic_prefix = \"site1\"",
+    );
+    let mut sluice = spawn_sluice(&config);
+    assert!(sluice.wait_for_log("MQTT connected", Duration::from_secs(10)));
+
+    let status = |port| {
+        mosquitto_sub(port, "site1/status/+", &["--retained-only", "-W", "2"])
+            .collect(Duration::from_secs(10))
+    };
+    let online = status(broker.port);
+    assert_eq!(online.len(), 1, "{online:?}");
+    assert_eq!(online[0].topic, "site1/status/sluice-test");
+    assert_eq!(online[0].payload, "online");
+    assert!(online[0].retain);
+
+    // Killed without a goodbye: the broker publishes the last will.
+    sluice.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let offline = status(broker.port);
+        if offline.first().map(|r| r.payload.as_str()) == Some("offline") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no offline status: {offline:?}");
+    }
+    // A clean restart says online again; a clean stop says offline itself.
+    let mut sluice = spawn_sluice(&config);
+    assert!(sluice.wait_for_log("MQTT connected", Duration::from_secs(10)));
+    assert_eq!(status(broker.port)[0].payload, "online");
+    assert!(sluice.stop());
+    assert_eq!(status(broker.port)[0].payload, "offline");
+}
