@@ -66,7 +66,15 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     );
 
     let sent = Arc::new(AtomicU64::new(0));
-    let simulator = spawn_simulator(pty, args.rate, args.frames, sent.clone(), stop.clone())?;
+    let (all_sent_tx, all_sent) = tokio::sync::oneshot::channel();
+    let simulator = spawn_simulator(
+        pty,
+        args.rate,
+        args.frames,
+        sent.clone(),
+        all_sent_tx,
+        stop.clone(),
+    )?;
     let printer = tokio::spawn(print_emissions(emit_rx, args.quiet));
 
     let summary_metrics = metrics.clone();
@@ -83,15 +91,15 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         }
     });
 
-    // The simulator stops by itself after --frames; give the pipeline a
+    // The simulator says when it has sent --frames; give the pipeline a
     // moment to read the last bytes, then drain.
-    let simulator_done = tokio::task::spawn_blocking(move || simulator.join());
     tokio::select! {
-        _ = simulator_done => tokio::time::sleep(Duration::from_millis(500)).await,
+        Ok(()) = all_sent => tokio::time::sleep(Duration::from_millis(500)).await,
         _ = shutdown.cancelled() => {}
     }
     stop.cancel();
     pipelines.join().await;
+    let _ = tokio::task::spawn_blocking(move || simulator.join()).await;
     let (messages, points) = printer.await.unwrap_or_default();
     summary.abort();
     eprintln!("{}", summary_line(&metrics, sent.load(Ordering::Relaxed)));
@@ -152,6 +160,7 @@ fn spawn_simulator(
     rate: f64,
     frames: Option<u64>,
     sent: Arc<AtomicU64>,
+    all_sent: tokio::sync::oneshot::Sender<()>,
     stop: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -174,6 +183,7 @@ fn spawn_simulator(
                     std::thread::sleep(wait);
                 }
             }
+            let _ = all_sent.send(());
             // Keep the pty open until the host has read everything.
             while !stop.is_cancelled() {
                 std::thread::sleep(Duration::from_millis(50));

@@ -253,3 +253,31 @@ fn check_config_accepts_the_examples_and_explains_broken_ones() {
         }
     }
 }
+
+/// The README's main command, headless: the simulated node's frames go
+/// through the real transform and come out as JSON lines; nothing is lost.
+#[test]
+fn demo_runs_headless_and_accounts_for_every_frame() {
+    let out = sluice()
+        .args(["demo", "--frames", "5", "--rate", "50", "--module"])
+        .arg(json_telemetry_module())
+        .output()
+        .expect("run sluice demo");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let messages = lines.iter().filter(|v| v["kind"] == "message").count();
+    let points = lines.iter().filter(|v| v["kind"] == "point").count();
+    // 11 messages and 4 points per telemetry frame.
+    assert_eq!((messages, points), (55, 20), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|v| v["topic"] == "iiot/node1/temperature" && v["retain"] == true),
+        "{stdout}"
+    );
+    assert!(stderr.contains("frames sent 5, received 5"), "{stderr}");
+}

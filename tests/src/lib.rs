@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod serial;
+
 /// Components built by `build.rs`.
 pub mod wasm {
     /// transforms/json-telemetry.

@@ -342,3 +342,87 @@ fn status_topics_birth_and_last_will() {
     assert!(sluice.stop());
     assert_eq!(status(broker.port)[0].payload, "offline");
 }
+
+/// A CA and a server certificate for 127.0.0.1, written as PEM files.
+fn make_pki(
+    dir: &Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca cert");
+    let server_key = KeyPair::generate().expect("server key");
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("server params")
+        .signed_by(&server_key, &ca)
+        .expect("server cert");
+    let ca_file = dir.join(format!("{name}-ca.pem"));
+    let cert_file = dir.join(format!("{name}-server.pem"));
+    let key_file = dir.join(format!("{name}-server.key"));
+    std::fs::write(&ca_file, ca.pem()).expect("write");
+    std::fs::write(&cert_file, server.pem()).expect("write");
+    std::fs::write(&key_file, server_key.serialize_pem()).expect("write");
+    (ca_file, cert_file, key_file)
+}
+
+#[test]
+fn tls_connects_with_the_right_ca_and_refuses_a_wrong_one() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = make_pki(pki.path(), "real");
+    let (other_ca, _, _) = make_pki(pki.path(), "other");
+    let port = free_port();
+    let broker = Mosquitto::start_with(
+        port,
+        &format!(
+            "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            ca.display(),
+            cert.display(),
+            key.display()
+        ),
+    );
+    let pty = Pty::open().expect("openpty");
+
+    let wrong = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        wrong.path(),
+        port,
+        &pty.path,
+        &format!("[mqtt.tls]\nca_file = \"{}\"", other_ca.display()),
+    );
+    let sluice = spawn_sluice(&config);
+    assert!(
+        sluice.wait_for_log("cannot connect to MQTT broker", Duration::from_secs(10)),
+        "{}",
+        sluice.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let log = sluice.log();
+    assert_eq!(
+        log.matches("cannot connect to MQTT broker").count(),
+        1,
+        "{log}"
+    );
+    assert!(
+        log.to_lowercase().contains("certificate"),
+        "names the certificate problem: {log}"
+    );
+    assert!(!log.contains("MQTT connected"));
+    drop(sluice);
+
+    let right = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        right.path(),
+        port,
+        &pty.path,
+        &format!("[mqtt.tls]\nca_file = \"{}\"", ca.display()),
+    );
+    let sluice = spawn_sluice(&config);
+    assert!(
+        sluice.wait_for_log("MQTT connected", Duration::from_secs(10)),
+        "{}",
+        sluice.log()
+    );
+    drop(broker);
+}

@@ -176,6 +176,9 @@ pub struct MqttSink {
 impl MqttSink {
     /// Connects (in the background) and starts the publisher.
     pub fn start(config: &MqttConfig, metrics: Arc<Metrics>) -> Result<MqttSink, MqttSetupError> {
+        // rustls needs one process-wide crypto provider; several crates here
+        // could each bring one, so choose explicitly (a second call is a no-op).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client_id = config.effective_client_id();
         let status_topic = format!("{}/status/{}", config.status_topic_prefix, client_id);
         let mut options = MqttOptions::new(client_id, config.host.clone(), config.port);
