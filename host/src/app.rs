@@ -197,7 +197,7 @@ pub async fn run_from(
         stats.abort();
         let _ = stats.await;
     }
-    if let Some(sink) = mqtt.and_then(|sink| Arc::into_inner(sink)) {
+    if let Some(sink) = mqtt.and_then(Arc::into_inner) {
         let unconfirmed = sink.shutdown(FLUSH_TIMEOUT).await;
         if unconfirmed > 0 {
             tracing::error!(

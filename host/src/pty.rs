@@ -6,9 +6,10 @@
 //! the master writes what the device would send.
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::path::PathBuf;
 
+use nix::fcntl::{FcntlArg, FdFlag};
 use nix::pty::openpty;
 use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 
@@ -29,6 +30,11 @@ impl Pty {
     /// editing, no CR/LF translation), like a real serial line.
     pub fn open() -> nix::Result<Pty> {
         let pair = openpty(None, None)?;
+        // openpty does not set close-on-exec: without it every child process
+        // (a spawned `sluice`, a broker) would keep the "device" alive.
+        for fd in [&pair.master, &pair.slave] {
+            nix::fcntl::fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+        }
         let mut termios = tcgetattr(&pair.slave)?;
         cfmakeraw(&mut termios);
         tcsetattr(&pair.slave, SetArg::TCSANOW, &termios)?;

@@ -57,6 +57,11 @@ pub struct ReplayArgs {
     /// Pace of the replay.
     #[arg(long, value_enum, default_value_t = Speed::Max)]
     pub speed: Speed,
+    /// With `--speed recorded`: the longest wait between two frames, in
+    /// seconds (a clock jump in the capture, e.g. NTP after a boot without
+    /// RTC, must not stall the replay).
+    #[arg(long, default_value_t = 60.0)]
+    pub max_gap: f64,
     /// Feed every capture to this pipeline (default: the pipeline named in
     /// each capture file).
     #[arg(long)]
@@ -77,6 +82,7 @@ pub struct ReplayPlan {
 struct PlanInner {
     files: BTreeMap<String, Vec<PathBuf>>,
     speed: Speed,
+    max_gap: Duration,
     /// Feeds not finished yet.
     running: AtomicUsize,
     /// Cancelled when every feed has finished.
@@ -86,8 +92,9 @@ struct PlanInner {
 }
 
 impl ReplayPlan {
-    /// A plan feeding `files` (by pipeline name) at `speed`.
-    pub fn new(files: BTreeMap<String, Vec<PathBuf>>, speed: Speed) -> Self {
+    /// A plan feeding `files` (by pipeline name) at `speed`; at recorded
+    /// speed no wait between two frames is longer than `max_gap`.
+    pub fn new(files: BTreeMap<String, Vec<PathBuf>>, speed: Speed, max_gap: Duration) -> Self {
         let running = files.len();
         let done = CancellationToken::new();
         if running == 0 {
@@ -97,6 +104,7 @@ impl ReplayPlan {
             inner: Arc::new(PlanInner {
                 files,
                 speed,
+                max_gap,
                 running: AtomicUsize::new(running),
                 done,
                 frames: AtomicU64::new(0),
@@ -185,7 +193,7 @@ impl PreparedFeed {
     }
 
     fn feed(&self, frames: &mpsc::Sender<Frame>, stop: &CancellationToken) {
-        // (wall clock at the first frame, its recorded time)
+        // (when the previous frame was due, its recorded time)
         let mut clock: Option<(Instant, u64)> = None;
         for path in &self.files {
             let mut reader = match CaptureReader::open(path) {
@@ -206,10 +214,13 @@ impl PreparedFeed {
                     }
                 };
                 if self.plan.inner.speed == Speed::Recorded {
-                    let (start, first) =
-                        *clock.get_or_insert((Instant::now(), record.received_at_ns));
-                    let due =
-                        start + Duration::from_nanos(record.received_at_ns.saturating_sub(first));
+                    let (previous_due, previous) =
+                        clock.unwrap_or((Instant::now(), record.received_at_ns));
+                    // Backwards in time: no wait; a jump forward: capped.
+                    let gap = Duration::from_nanos(record.received_at_ns.saturating_sub(previous))
+                        .min(self.plan.inner.max_gap);
+                    let due = previous_due.checked_add(gap).unwrap_or(previous_due);
+                    clock = Some((due, record.received_at_ns));
                     if !sleep_until(due, stop) {
                         return;
                     }
@@ -306,7 +317,10 @@ pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Resul
     let config = Config::load(&args.config)?;
     let files = plan_files(&args, &config)?;
     let config = replay_config(config, &files);
-    let plan = ReplayPlan::new(files, args.speed);
+    if !(0.0..=86_400.0).contains(&args.max_gap) {
+        bail!("--max-gap must be between 0 and 86400 seconds");
+    }
+    let plan = ReplayPlan::new(files, args.speed, Duration::from_secs_f64(args.max_gap));
     let started = Instant::now();
     let stop = shutdown.child_token();
     let done = plan.done();

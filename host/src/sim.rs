@@ -173,8 +173,8 @@ pub fn point_symlink(link: &Path, target: &Path) -> anyhow::Result<()> {
 
 /// Runs `sluice simulate` until `--frames` are written (and read) or `stop`.
 pub async fn simulate(args: SimulateArgs, stop: CancellationToken) -> anyhow::Result<()> {
-    if !(args.rate > 0.0 && args.rate.is_finite()) {
-        bail!("--rate must be a positive number of frames per second");
+    if !(0.001..=1_000_000.0).contains(&args.rate) {
+        bail!("--rate must be between 0.001 and 1000000 frames per second");
     }
     let pty = Pty::open().context("cannot open a pseudo-terminal")?;
     point_symlink(&args.link, &pty.path)?;

@@ -934,4 +934,34 @@ transform = { module = "t.wasm", config = { prefix = "iiot", qos = 1, on = true,
             "{problems:?}"
         );
     }
+
+    #[test]
+    fn framing_defaults_to_newline_and_its_problems_name_the_pipeline() {
+        use crate::source::framing::{CrcKind, FramingConfig};
+        let c = parse(MINIMAL).expect("parses");
+        assert_eq!(c.pipelines[0].serial.framing, FramingConfig::default());
+        let text = MINIMAL.replace(
+            "path = \"/dev/ttyUSB0\"",
+            "path = \"/dev/x\", max_frame_bytes = 8, \
+             framing = { kind = \"fixed\", size = 20, crc = \"crc16_modbus\" }",
+        );
+        let c = parse(&text).expect("parses");
+        assert_eq!(
+            c.pipelines[0].serial.framing.crc(),
+            Some(CrcKind::Crc16Modbus)
+        );
+        let problems = c.validate();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("pipeline[0].serial.framing.size: 20 is more than")),
+            "{problems:?}"
+        );
+        let text = MINIMAL.replace(
+            "path = \"/dev/ttyUSB0\"",
+            "path = \"/dev/x\", framing = { kind = \"cobs\", delimiter = \"x\" }",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `delimiter`"), "{err}");
+    }
 }

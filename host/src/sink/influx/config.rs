@@ -523,6 +523,35 @@ mod tests {
     }
 
     #[test]
+    fn the_host_config_validates_and_resolves_influx() {
+        let text = "version = 1\n[influx]\nurl = \"http://x:8086\"\napi = \"v2\"\n\
+                    org = \"o\"\ntoken_file = \"secrets/token\"\n";
+        let mut config =
+            crate::config::Config::parse(Path::new("/etc/sluice/c.toml"), text, |_| None)
+                .expect("parses");
+        let problems = config.validate();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("influx.bucket: required")),
+            "{problems:?}"
+        );
+        let influx = config.influx.as_mut().expect("[influx]");
+        influx.resolve_paths(Path::new("/etc/sluice"));
+        assert_eq!(
+            influx.token_file.as_deref(),
+            Some(Path::new("/etc/sluice/secrets/token"))
+        );
+        let err = crate::config::Config::parse(
+            Path::new("c.toml"),
+            "version = 1\n[influx]\nurl = \"http://x\"\ndatabase = \"d\"\ntoken = \"inline\"\n",
+            |_| None,
+        )
+        .expect_err("inline secrets are not a key");
+        assert!(err.to_string().contains("unknown field `token`"), "{err}");
+    }
+
+    #[test]
     fn secrets_come_from_env_or_file_and_never_print() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("token");

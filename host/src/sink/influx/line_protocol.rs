@@ -566,8 +566,7 @@ pub(crate) mod tests {
             if s != Some(b'=') {
                 return None;
             }
-            let value;
-            if bytes.get(i) == Some(&b'"') {
+            let value = if bytes.get(i) == Some(&b'"') {
                 i += 1;
                 let mut out = Vec::new();
                 loop {
@@ -586,14 +585,14 @@ pub(crate) mod tests {
                         }
                     }
                 }
-                value = FieldValue::Text(String::from_utf8(out).ok()?);
+                FieldValue::Text(String::from_utf8(out).ok()?)
             } else {
                 let start = i;
                 while i < bytes.len() && bytes[i] != b',' && bytes[i] != b' ' {
                     i += 1;
                 }
                 let raw = &line[start..i];
-                value = if let Some(n) = raw.strip_suffix('i') {
+                if let Some(n) = raw.strip_suffix('i') {
                     FieldValue::Int(n.parse().ok()?)
                 } else if let Some(n) = raw.strip_suffix('u') {
                     FieldValue::UInt(n.parse().ok()?)
@@ -601,8 +600,8 @@ pub(crate) mod tests {
                     FieldValue::Bool(raw == "true")
                 } else {
                     FieldValue::Float(raw.parse().ok()?)
-                };
-            }
+                }
+            };
             fields.push((key, value));
             match bytes.get(i) {
                 Some(b',') => i += 1,

@@ -514,7 +514,7 @@ fn quoted_bad_lines(message: &str, part_lines: &[&[u8]]) -> Vec<(usize, String)>
         let rest = &message[start + MARK.len()..];
         // The line may itself contain "': "; try every candidate end.
         for (end, _) in rest.match_indices("': ") {
-            if let Some(indices) = by_text.remove(rest[..end].as_bytes()) {
+            if let Some(indices) = by_text.remove(&rest.as_bytes()[..end]) {
                 let reason_end = rest[end..].find('\n').map_or(rest.len(), |n| end + n);
                 let text = format!("unable to parse '{}", &rest[..reason_end]);
                 bad.extend(indices.into_iter().map(|i| (i, text.clone())));

@@ -116,7 +116,10 @@ impl Counted {
                 });
                 match body {
                     Some(body)
-                        if body >= crc_len && offset + (body - crc_len) <= self.max_frame =>
+                        if body >= crc_len
+                            && offset
+                                .checked_add(body - crc_len)
+                                .is_some_and(|n| n <= self.max_frame) =>
                     {
                         before + body
                     }

@@ -20,7 +20,7 @@ use bytes::BytesMut;
 
 use super::{FramingDrop, Step};
 
-/// Accumulates bytes until [`on_idle`](Self::on_idle).
+/// Accumulates bytes until [`Framer::on_idle`](super::Framer::on_idle).
 #[derive(Debug)]
 pub struct Idle {
     /// Largest raw frame (payload + CRC).

@@ -40,8 +40,10 @@
 //! `FramedRead` cannot end an idle-gap frame (it only calls the decoder when
 //! bytes arrive); [`FrameReader`] does: when the line has been silent for
 //! [`Framer::idle_gap`] it calls [`Framer::on_idle`]. Downlink writes use
-//! [`Framer::encode`]. [`LineFramer`] is kept for compatibility and is the
-//! default newline framing.
+//! [`Framer::encode`].
+//!
+//! This directory is self-contained (external crates only, no `crate::`
+//! paths): `fuzz/` compiles it on its own. Keep it that way.
 
 pub mod cobs;
 pub mod counted;
@@ -306,6 +308,8 @@ const BITS_PER_CHAR: f64 = 11.0;
 /// Above this baud rate Modbus RTU fixes the character time instead of
 /// scaling it (t3.5 = 1.75 ms, i.e. 0.5 ms per character).
 const MODBUS_FIXED_BAUD: u32 = 19_200;
+/// Largest `header_offset` accepted.
+const MAX_HEADER_OFFSET: usize = 1 << 16;
 /// Longest idle gap accepted, so a typo cannot stall a port for hours.
 const MAX_GAP: Duration = Duration::from_secs(60);
 
@@ -346,20 +350,17 @@ impl FramingConfig {
                 }
             }
             FramingConfig::Cobs { .. } | FramingConfig::Slip { .. } => {}
-            FramingConfig::LengthPrefixed {
-                header,
-                header_offset,
-                ..
-            } => {
+            FramingConfig::LengthPrefixed { header_offset, .. } => {
                 if *header_offset > max_frame_bytes {
                     problems.push(format!(
                         "framing.header_offset: {header_offset} is more than max_frame_bytes ({max_frame_bytes})"
                     ));
                 }
-                if *header_offset > 1 << 16 {
-                    problems.push("framing.header_offset: must be at most 65536".into());
+                if *header_offset > MAX_HEADER_OFFSET {
+                    problems.push(format!(
+                        "framing.header_offset: must be at most {MAX_HEADER_OFFSET}"
+                    ));
                 }
-                let _ = header;
             }
             FramingConfig::Fixed { size, crc } => {
                 if size.get() <= crc_len {
@@ -457,7 +458,7 @@ impl FramingConfig {
             } => Kind::Counted(counted::Counted::new(
                 counted::Shape::Prefixed {
                     header: *header,
-                    offset: (*header_offset).min(max_frame),
+                    offset: (*header_offset).min(max_frame).min(MAX_HEADER_OFFSET),
                     includes_header: *length_includes_header,
                 },
                 crc,
@@ -716,30 +717,5 @@ impl Decoder for Framer {
             return Ok(Some(self.finish(step)));
         }
         Ok(self.step_eof(buf).map(|step| self.finish(step)))
-    }
-}
-
-/// The default newline framing (`\n`, optional `\r` removed), as a type of
-/// its own for existing callers. New code: [`FramingConfig::build`].
-#[derive(Debug)]
-pub struct LineFramer(Framer);
-
-impl LineFramer {
-    /// A framer that refuses frames longer than `max_frame` bytes.
-    pub fn new(max_frame: usize) -> Self {
-        LineFramer(FramingConfig::default().build(max_frame, 115_200))
-    }
-}
-
-impl Decoder for LineFramer {
-    type Item = FramerEvent;
-    type Error = std::io::Error;
-
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<FramerEvent>, std::io::Error> {
-        self.0.decode(buf)
-    }
-
-    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<FramerEvent>, std::io::Error> {
-        self.0.decode_eof(buf)
     }
 }

@@ -95,7 +95,7 @@ impl Newline {
                 (None, None) => {
                     // A delimiter starting after `limit (+ '\r')` bytes would
                     // end an oversized frame: start discarding now.
-                    let room = self.limit + usize::from(self.strip_cr) + dlen;
+                    let room = self.limit.saturating_add(usize::from(self.strip_cr) + dlen);
                     if buf.len() >= room {
                         self.discarding = Some(0);
                         continue;

@@ -128,9 +128,11 @@ pub fn prepare(pipeline: &PipelineConfig, metrics: &Metrics) -> anyhow::Result<P
             serial: serial_metrics,
             commands,
             commands_open: true,
+            next_write: Instant::now(),
             capture,
             shutdown: CancellationToken::new(),
             warn_limit: RateLimiter::new(5, Duration::from_secs(60)),
+            lost_limit: RateLimiter::new(3, Duration::from_secs(60)),
         },
         initial,
         downlink,
@@ -185,9 +187,15 @@ struct PortTask {
     /// False once every [`DownlinkSender`] is gone (so `recv` is not polled
     /// in a loop returning `None`).
     commands_open: bool,
+    /// Idle-gap framing: the line must stay silent until then after a
+    /// downlink frame, so the next command waits (reading does not).
+    next_write: Instant,
     capture: Option<CaptureHandle>,
     shutdown: CancellationToken,
+    /// Downlink problems and line errors.
     warn_limit: RateLimiter,
+    /// "Port lost" (a flapping device must not flood the log).
+    lost_limit: RateLimiter,
 }
 
 impl PortTask {
@@ -236,7 +244,7 @@ impl PortTask {
                     match end {
                         SessionEnd::Shutdown | SessionEnd::PipelineClosed => break,
                         SessionEnd::Lost(why) => {
-                            if let Some(suppressed) = self.warn_limit.check() {
+                            if let Some(suppressed) = self.lost_limit.check() {
                                 tracing::warn!(pipeline = &*self.pipeline, path, reason = %why,
                                     suppressed, "serial port lost; reopening with backoff");
                             }
@@ -327,7 +335,7 @@ impl PortTask {
                     }
                     Err(err) => break SessionEnd::Lost(format!("read failed: {err}")),
                 },
-                command = self.commands.recv(), if self.commands_open => match command {
+                command = self.commands.recv(), if self.may_write() => match command {
                     Some(command) => {
                         if let Err(end) = self.write_command(&mut stream, &framer, command).await {
                             break end;
@@ -335,6 +343,7 @@ impl PortTask {
                     }
                     None => self.commands_open = false,
                 },
+                _ = tokio::time::sleep_until(self.next_write), if !self.may_write() && self.commands_open => {}
                 _ = tokio::time::sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => {
                     last_read = None;
                     if let Some(event) = framer.on_idle(&mut buf)
@@ -455,10 +464,11 @@ impl PortTask {
                         }
                     };
                 }
-                command = self.commands.recv(), if self.commands_open => match command {
+                command = self.commands.recv(), if self.may_write() => match command {
                     Some(command) => self.write_command(stream, framer, command).await?,
                     None => self.commands_open = false,
                 },
+                _ = tokio::time::sleep_until(self.next_write), if !self.may_write() && self.commands_open => {}
             }
         }
     }
@@ -493,9 +503,12 @@ impl PortTask {
                     "downlink command written"
                 );
                 if let Some(gap) = framer.idle_gap() {
-                    // An idle-gap frame ends with silence: wait until the
-                    // bytes are on the wire, then the gap.
-                    tokio::time::sleep(self.wire_time(wire.len()) + gap).await;
+                    // An idle-gap frame ends with silence: no next command
+                    // until the bytes are on the wire and the gap has passed.
+                    let silence = self.wire_time(wire.len()).saturating_add(gap);
+                    self.next_write = Instant::now()
+                        .checked_add(silence)
+                        .unwrap_or_else(Instant::now);
                 }
                 Ok(())
             }
@@ -516,6 +529,11 @@ impl PortTask {
         }
     }
 
+    /// Whether a downlink command may be taken from the queue now.
+    fn may_write(&self) -> bool {
+        self.commands_open && Instant::now() >= self.next_write
+    }
+
     fn downlink_problem(&mut self, reason: &str, detail: &str) {
         self.serial.downlink_dropped(reason);
         if let Some(suppressed) = self.warn_limit.check() {
@@ -534,7 +552,10 @@ impl PortTask {
         let bits_per_char =
             1 + u32::from(self.config.data_bits) + parity + u32::from(self.config.stop_bits);
         let bits = (bytes as f64) * f64::from(bits_per_char);
-        Duration::from_secs_f64(bits / f64::from(self.config.baud.get().max(1)))
+        // At most a minute: payloads are bounded by max_frame_bytes anyway.
+        Duration::try_from_secs_f64(bits / f64::from(self.config.baud.get().max(1)))
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_secs(60))
     }
 }
 
