@@ -773,12 +773,12 @@ impl VictoriaMetrics {
     }
 
     /// Every series matching `selector` from `/api/v1/export` (JSON lines),
-    /// polled until at least `min_series` are there or `timeout` passes
-    /// (VictoriaMetrics makes new data readable after a flush).
+    /// polled until at least `min_samples` samples are there or `timeout`
+    /// passes (VictoriaMetrics makes new data readable after a flush).
     pub fn export(
         &self,
         selector: &str,
-        min_series: usize,
+        min_samples: usize,
         timeout: Duration,
     ) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + timeout;
@@ -792,7 +792,11 @@ impl VictoriaMetrics {
                 .filter(|l| !l.trim().is_empty())
                 .map(|l| serde_json::from_str(l).expect("export line is JSON"))
                 .collect();
-            if series.len() >= min_series || Instant::now() >= deadline {
+            let samples: usize = series
+                .iter()
+                .map(|s| s["values"].as_array().map_or(0, Vec::len))
+                .sum();
+            if samples >= min_samples || Instant::now() >= deadline {
                 return series;
             }
             std::thread::sleep(Duration::from_millis(200));

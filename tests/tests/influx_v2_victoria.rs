@@ -56,8 +56,12 @@ fn v2_writes_reach_victoria_metrics_with_tags_values_and_times() {
     );
     assert_eq!(writer.delivered(), n as u64);
 
-    // 4 fields × 2 nodes = 8 series.
-    let series = vm.export("{__name__=~\"env_.*\"}", 8, Duration::from_secs(15));
+    // 4 fields × 2 nodes = 8 series, n samples per field.
+    let series = vm.export(
+        "{__name__=~\"env_.*\"}",
+        4 * n as usize,
+        Duration::from_secs(15),
+    );
     assert_eq!(series.len(), 8, "{series:?}\n{}", vm.log());
     let mut values: BTreeMap<(String, String), Vec<(i64, f64)>> = BTreeMap::new();
     for s in &series {

@@ -326,10 +326,11 @@ impl MqttSink {
             status: true,
             seq: 0,
         };
-        self.push(offline).await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Bounded: with `block` and a full backlog the broker may be gone.
+        let _ = tokio::time::timeout_at(deadline, self.push(offline)).await;
         lock(&self.shared.backlog).closed = true;
         self.shared.filled.notify_one();
-        let deadline = tokio::time::Instant::now() + timeout;
         let _ = tokio::time::timeout_at(deadline, &mut self.publisher).await;
         let mut unconfirmed = self.unconfirmed();
         while unconfirmed > 0 && tokio::time::Instant::now() < deadline {
