@@ -46,8 +46,9 @@ for manifest in "${workspaces[@]}"; do
 done
 
 echo "==> tests"
-# The workspace tests run the real `sluice` binary; build it first.
-cargo build -p sluice --bins
+# The workspace tests run the real `sluice` binary: cargo builds it for the
+# host's own integration tests (same feature set as the tests, so no second
+# build of the dependency tree) before any test runs.
 cargo test --workspace
 cargo test --manifest-path transforms/Cargo.toml --workspace
 cargo test --manifest-path tests/guests/Cargo.toml --workspace

@@ -198,7 +198,7 @@ pub fn sluice_bin() -> PathBuf {
     let bin = profile_dir.join("sluice");
     assert!(
         bin.is_file(),
-        "{} is missing: build it first (cargo build -p sluice), as scripts/test.sh does",
+        "{} is missing: run `cargo test --workspace` (it builds the binary for the host's integration tests) or `cargo build -p sluice`",
         bin.display()
     );
     bin
