@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod replay;
 pub mod runtime;
 pub mod scaffold;
+pub mod secret;
 pub mod sim;
 pub mod sink;
 pub mod source;

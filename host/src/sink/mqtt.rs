@@ -74,9 +74,9 @@ pub enum MqttSetupError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// `password_env` names an unset variable.
-    #[error("mqtt.password_env: environment variable {0} is not set")]
-    MissingEnv(String),
+    /// The password could not be read.
+    #[error(transparent)]
+    Secret(#[from] crate::secret::SecretError),
 }
 
 /// One message on its way to the broker.
@@ -197,7 +197,15 @@ impl MqttSink {
             true,
         ));
         if let Some(username) = &config.username {
-            options.set_credentials(username.clone(), read_password(config)?.unwrap_or_default());
+            let password = crate::secret::read_secret(
+                "mqtt.password_env",
+                &config.password_env,
+                "mqtt.password_file",
+                &config.password_file,
+                &|var| std::env::var(var).ok(),
+            )?;
+            let password = password.map(|p| p.expose().to_owned()).unwrap_or_default();
+            options.set_credentials(username.clone(), password);
         }
         if let Some(tls) = &config.tls {
             let read = |key: &'static str, path: &std::path::Path| {
@@ -346,23 +354,6 @@ impl MqttSink {
         }
         unconfirmed
     }
-}
-
-fn read_password(config: &MqttConfig) -> Result<Option<String>, MqttSetupError> {
-    if let Some(var) = &config.password_env {
-        return std::env::var(var)
-            .map(Some)
-            .map_err(|_| MqttSetupError::MissingEnv(var.clone()));
-    }
-    if let Some(path) = &config.password_file {
-        let text = std::fs::read_to_string(path).map_err(|source| MqttSetupError::ReadFile {
-            key: "password_file",
-            path: path.display().to_string(),
-            source,
-        })?;
-        return Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()));
-    }
-    Ok(None)
 }
 
 /// Moves entries from the backlog to the client, oldest first.

@@ -5,11 +5,13 @@
 //! (`token_file`, `password_file`), read once at start-up into a [`Secret`]
 //! whose `Debug`/`Display` print `<redacted>`.
 
-use std::fmt;
 use std::num::{NonZeroU16, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::secret::read_secret;
+pub use crate::secret::{Secret, SecretError as CredentialError};
 
 /// Which InfluxDB write API to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -200,33 +202,6 @@ fn default_dead_letter_files() -> NonZeroU16 {
     NonZeroU16::new(5).unwrap_or(NonZeroU16::MIN)
 }
 
-/// A credential read at start-up. Its `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The secret itself, for the one place that needs it (a header).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// How requests authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credentials {
@@ -243,29 +218,6 @@ pub enum Credentials {
     Token(Secret),
     /// `Authorization: Bearer …` (v3).
     Bearer(Secret),
-}
-
-/// A credential could not be read at start-up.
-#[derive(Debug, thiserror::Error)]
-pub enum CredentialError {
-    /// `*_env` names a variable that is unset or empty.
-    #[error("influx.{key}: environment variable {var} is not set or empty")]
-    EnvMissing {
-        /// The config key.
-        key: &'static str,
-        /// The variable name.
-        var: String,
-    },
-    /// `*_file` could not be read or is empty.
-    #[error("influx.{key}: cannot read {path}: {reason}")]
-    File {
-        /// The config key.
-        key: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// Why (never the content).
-        reason: String,
-    },
 }
 
 impl InfluxConfig {
@@ -383,16 +335,16 @@ impl InfluxConfig {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Credentials, CredentialError> {
         let token = read_secret(
-            "token_env",
+            "influx.token_env",
             &self.token_env,
-            "token_file",
+            "influx.token_file",
             &self.token_file,
             &env,
         )?;
         let password = read_secret(
-            "password_env",
+            "influx.password_env",
             &self.password_env,
-            "password_file",
+            "influx.password_file",
             &self.password_file,
             &env,
         )?;
@@ -411,41 +363,6 @@ impl InfluxConfig {
     pub fn dead_letter_path(data_dir: &Path) -> PathBuf {
         data_dir.join("dead-letter").join("influx.jsonl")
     }
-}
-
-fn read_secret(
-    env_key: &'static str,
-    env_var: &Option<String>,
-    file_key: &'static str,
-    file: &Option<PathBuf>,
-    env: &impl Fn(&str) -> Option<String>,
-) -> Result<Option<Secret>, CredentialError> {
-    if let Some(var) = env_var {
-        return match env(var).filter(|v| !v.is_empty()) {
-            Some(value) => Ok(Some(Secret(value))),
-            None => Err(CredentialError::EnvMissing {
-                key: env_key,
-                var: var.clone(),
-            }),
-        };
-    }
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|err| CredentialError::File {
-            key: file_key,
-            path: path.clone(),
-            reason: err.kind().to_string(),
-        })?;
-        let value = text.trim_end_matches(['\n', '\r']);
-        if value.is_empty() {
-            return Err(CredentialError::File {
-                key: file_key,
-                path: path.clone(),
-                reason: "the file is empty".into(),
-            });
-        }
-        return Ok(Some(Secret(value.to_owned())));
-    }
-    Ok(None)
 }
 
 #[cfg(test)]
