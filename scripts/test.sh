@@ -20,6 +20,7 @@ command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 command -v influxd >/dev/null || missing+=(influxdb)
 command -v victoria-metrics >/dev/null || missing+=(victoria-metrics)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]}"
   apt-get update -qq

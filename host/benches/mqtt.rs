@@ -17,6 +17,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use sluice::config::Config;
 use sluice::metrics::Metrics;
 use sluice::model::{MqttMessage, Qos};
+use sluice::sink::durable::DurableQueue;
 use sluice::sink::mqtt::MqttSink;
 
 const MESSAGES: u64 = 50_000;
@@ -134,8 +135,9 @@ async fn bare(port: u16, level: u8) -> (f64, Vec<f64>) {
     (rate, latencies)
 }
 
-/// sluice's MQTT sink: submit → confirmation counted by the sink.
-async fn sluice_sink(port: u16, level: u8) -> (f64, Vec<f64>) {
+/// sluice's MQTT sink: submit → confirmation counted by the sink; with
+/// `durable`, through the durable outbox (fsync always, in a temp dir).
+async fn sluice_sink(port: u16, level: u8, durable: bool) -> (f64, Vec<f64>) {
     let (_, qos) = qos_of(level);
     let text = format!(
         "version = 1\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"sluice-bench-{level}\"\nstats_interval_secs = 0\n"
@@ -145,32 +147,39 @@ async fn sluice_sink(port: u16, level: u8) -> (f64, Vec<f64>) {
         .mqtt
         .expect("mqtt");
     let metrics = Arc::new(Metrics::new());
-    let sink = MqttSink::start(&config, metrics.clone()).expect("sink");
+    let outbox_dir = tempfile::tempdir().expect("tempdir");
+    let queue = durable.then(|| {
+        let outbox = sluice::outbox::Outbox::open(
+            outbox_dir.path().join("mqtt.redb"),
+            sluice::outbox::OutboxConfig::default(),
+        )
+        .expect("outbox");
+        Arc::new(DurableQueue::start("mqtt", outbox, metrics.clone()).expect("writer"))
+    });
+    let sink = MqttSink::start_with(&config, metrics.clone(), Vec::new(), queue).expect("sink");
     let message = || MqttMessage {
         topic: "bench/sluice".into(),
         payload: PAYLOAD.to_vec(),
         qos,
         retain: false,
     };
-    let wait_delivered = |n: u64| {
-        let metrics = metrics.clone();
-        async move {
-            while metrics.mqtt_delivered.get() < n {
-                tokio::task::yield_now().await;
-            }
-        }
-    };
     let started = Instant::now();
     for _ in 0..MESSAGES {
         sink.submit(message()).await;
     }
-    wait_delivered(MESSAGES).await;
+    assert_eq!(
+        sink.flush(Duration::from_secs(60)).await,
+        0,
+        "all confirmed"
+    );
+    assert_eq!(metrics.mqtt_delivered.get(), MESSAGES);
     let rate = MESSAGES as f64 / started.elapsed().as_secs_f64();
     let mut latencies = Vec::with_capacity(LATENCY_SAMPLES);
     for i in 0..LATENCY_SAMPLES as u64 {
         let t = Instant::now();
         sink.submit(message()).await;
-        wait_delivered(MESSAGES + i + 1).await;
+        sink.flush(Duration::from_secs(10)).await;
+        assert_eq!(metrics.mqtt_delivered.get(), MESSAGES + i + 1);
         latencies.push(t.elapsed().as_secs_f64() * 1e6);
     }
     sink.shutdown(Duration::from_secs(5)).await;
@@ -197,9 +206,11 @@ fn main() {
         // Alternate and repeat so neither side always gets the warm broker.
         let mut bare_runs = vec![];
         let mut sluice_runs = vec![];
+        let mut durable_runs = vec![];
         for _ in 0..2 {
             bare_runs.push(runtime.block_on(bare(broker.port, level)));
-            sluice_runs.push(runtime.block_on(sluice_sink(broker.port, level)));
+            sluice_runs.push(runtime.block_on(sluice_sink(broker.port, level, false)));
+            durable_runs.push(runtime.block_on(sluice_sink(broker.port, level, true)));
         }
         let best = |runs: Vec<(f64, Vec<f64>)>| {
             let rate = runs.iter().map(|r| r.0).fold(0.0, f64::max);
@@ -209,6 +220,7 @@ fn main() {
         };
         let (bare_rate, bare_lat) = best(bare_runs);
         let (sluice_rate, sluice_lat) = best(sluice_runs);
+        let (durable_rate, durable_lat) = best(durable_runs);
         println!(
             "| {level} | bare rumqttc       | {bare_rate:7.0} | {:5.2} | {:6.0} | {:6.0} |",
             1.0,
@@ -216,10 +228,16 @@ fn main() {
             percentile(&bare_lat, 0.99)
         );
         println!(
-            "| {level} | sluice MQTT sink   | {sluice_rate:7.0} | {:5.2} | {:6.0} | {:6.0} |",
+            "| {level} | sluice, in memory  | {sluice_rate:7.0} | {:5.2} | {:6.0} | {:6.0} |",
             sluice_rate / bare_rate,
             percentile(&sluice_lat, 0.5),
             percentile(&sluice_lat, 0.99)
+        );
+        println!(
+            "| {level} | sluice, durable    | {durable_rate:7.0} | {:5.2} | {:6.0} | {:6.0} |",
+            durable_rate / bare_rate,
+            percentile(&durable_lat, 0.5),
+            percentile(&durable_lat, 0.99)
         );
     }
 }

@@ -5,6 +5,7 @@
 //! the MQTT publisher; the publisher queues them; then the host waits (bounded)
 //! for the broker to confirm what is in flight before disconnecting.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,13 +13,21 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{AdminConfig, AdminServer, AdminState, TokenCheck, TransformInfo};
+use crate::broker::EmbeddedBroker;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{MqttMessage, Point, Qos};
-use crate::pipeline::{Emission, WorkerSettings, spawn_worker};
+use crate::pipeline::{
+    DownlinkCommand, Emission, WorkerControl, WorkerDownlink, WorkerSettings,
+    spawn_controlled_worker,
+};
+use crate::reload::Reloader;
 use crate::runtime::{ModuleCache, Runtime};
+use crate::secret::Secret;
+use crate::sink::durable::DurableQueue;
 use crate::sink::influx::InfluxSink;
-use crate::sink::mqtt::MqttSink;
+use crate::sink::mqtt::{CommandRoute, MqttSink};
 use crate::source::Source;
 use crate::source::serial::DownlinkSender;
 
@@ -31,7 +40,10 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Pipelines {
     ports: Vec<tokio::task::JoinHandle<()>>,
     workers: Vec<std::thread::JoinHandle<()>>,
-    downlinks: std::collections::BTreeMap<String, DownlinkSender>,
+    downlinks: BTreeMap<String, DownlinkSender>,
+    transforms: Vec<TransformInfo>,
+    /// Each worker's control queue (transform swaps), by pipeline name.
+    controls: BTreeMap<String, mpsc::Sender<WorkerControl>>,
 }
 
 impl Pipelines {
@@ -42,8 +54,18 @@ impl Pipelines {
     }
 
     /// Every pipeline's downlink queue, by pipeline name.
-    pub fn downlinks(&self) -> &std::collections::BTreeMap<String, DownlinkSender> {
+    pub fn downlinks(&self) -> &BTreeMap<String, DownlinkSender> {
         &self.downlinks
+    }
+
+    /// Every worker's control queue (for [`crate::reload`]), by pipeline.
+    pub fn controls(&self) -> &BTreeMap<String, mpsc::Sender<WorkerControl>> {
+        &self.controls
+    }
+
+    /// Every pipeline's transform (module, hash), in config order.
+    pub fn transforms(&self) -> &[TransformInfo] {
+        &self.transforms
     }
 
     /// Waits until every port task stopped and every worker drained.
@@ -73,11 +95,47 @@ pub fn start_pipelines(
     emissions: mpsc::Sender<Emission>,
     stop: CancellationToken,
 ) -> anyhow::Result<Pipelines> {
-    start_pipelines_from(config, runtime, metrics, emissions, stop, &Source::Serial)
+    start_pipelines_from(
+        config,
+        runtime,
+        metrics,
+        emissions,
+        stop,
+        &Source::Serial,
+        CommandQueues::new(),
+    )
+}
+
+/// The downlink command queues of the pipelines that have one, by pipeline
+/// name (the receiving ends, for the workers).
+pub type CommandQueues = BTreeMap<String, mpsc::Receiver<DownlinkCommand>>;
+
+/// For every pipeline with `[pipeline.downlink]`: the MQTT sink's route
+/// (filter → queue) and the worker's end of the queue.
+pub fn command_routes(config: &Config, metrics: &Metrics) -> (Vec<CommandRoute>, CommandQueues) {
+    let mut routes = Vec::new();
+    let mut queues = CommandQueues::new();
+    for pipeline in &config.pipelines {
+        let Some(downlink) = &pipeline.downlink else {
+            continue;
+        };
+        let (tx, rx) = mpsc::channel(downlink.queue.get());
+        routes.push(CommandRoute {
+            pipeline: pipeline.name.clone(),
+            filter: downlink.topic.clone(),
+            qos: Qos::from_u8(downlink.qos).unwrap_or(Qos::AtLeastOnce),
+            accept_retained: downlink.accept_retained,
+            commands: tx,
+            metrics: metrics.serial(&pipeline.name),
+        });
+        queues.insert(pipeline.name.clone(), rx);
+    }
+    (routes, queues)
 }
 
 /// [`start_pipelines`] with the frames coming from `source` (serial ports,
-/// or capture files for `sluice replay`). Required serial ports are opened
+/// or capture files for `sluice replay`) and downlink commands from
+/// `commands` (see [`command_routes`]). Required serial ports are opened
 /// before anything starts reading.
 pub fn start_pipelines_from(
     config: &Config,
@@ -86,8 +144,10 @@ pub fn start_pipelines_from(
     emissions: mpsc::Sender<Emission>,
     stop: CancellationToken,
     source: &Source,
+    mut commands: CommandQueues,
 ) -> anyhow::Result<Pipelines> {
     let mut instances = Vec::new();
+    let mut transforms = Vec::new();
     for pipeline in &config.pipelines {
         let module = runtime
             .load_file(&pipeline.transform.module)
@@ -98,12 +158,18 @@ pub fn start_pipelines_from(
             .with_context(|| format!("pipeline {:?}: transform rejected", pipeline.name))?;
         tracing::info!(pipeline = %pipeline.name, module = %pipeline.transform.module.display(),
             hash = &module.hash()[..12], cache = ?module.cache_outcome(), "transform loaded");
+        transforms.push(TransformInfo {
+            pipeline: pipeline.name.clone(),
+            module: pipeline.transform.module.clone(),
+            hash: module.hash().to_owned(),
+        });
         instances.push((instance, source.prepare(pipeline, metrics)?));
     }
 
     let mut ports = Vec::new();
     let mut workers = Vec::new();
-    let mut downlinks = std::collections::BTreeMap::new();
+    let mut downlinks = BTreeMap::new();
+    let mut controls = BTreeMap::new();
     for (pipeline, (instance, prepared)) in config.pipelines.iter().zip(instances) {
         let name: Arc<str> = pipeline.name.as_str().into();
         let pipeline_metrics = metrics.pipeline(&pipeline.name);
@@ -112,23 +178,36 @@ pub fn start_pipelines_from(
             pipeline: name.clone(),
             max_payload: config.max_payload_bytes(),
         };
-        workers.push(spawn_worker(
-            settings,
-            instance,
-            frame_rx,
-            emissions.clone(),
-            pipeline_metrics.clone(),
-        )?);
         let started = prepared.spawn(frame_tx, stop.clone());
         ports.push(started.task);
+        let worker_downlink = commands
+            .remove(&pipeline.name)
+            .map(|commands| WorkerDownlink {
+                commands,
+                port: started.downlink.clone(),
+                metrics: metrics.serial(&pipeline.name),
+            });
         if let Some(downlink) = started.downlink {
             downlinks.insert(pipeline.name.clone(), downlink);
         }
+        let (control_tx, control_rx) = mpsc::channel(1);
+        controls.insert(pipeline.name.clone(), control_tx);
+        workers.push(spawn_controlled_worker(
+            settings,
+            instance,
+            frame_rx,
+            worker_downlink,
+            control_rx,
+            emissions.clone(),
+            pipeline_metrics.clone(),
+        )?);
     }
     Ok(Pipelines {
         ports,
         workers,
         downlinks,
+        transforms,
+        controls,
     })
 }
 
@@ -137,16 +216,61 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     run_from(config, Source::Serial, shutdown).await
 }
 
+/// `sluice run`: [`run`] with the config read from `path`, reloaded from
+/// there on SIGHUP (see [`crate::reload`]: transforms swap between frames,
+/// structural changes are reported as needing a restart).
+pub async fn run_file(path: &std::path::Path, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Listen before anything starts: SIGHUP's default action kills.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    let config = Config::load(path)?;
+    run_inner(
+        config,
+        Source::Serial,
+        shutdown,
+        Some((path.to_owned(), hangup)),
+    )
+    .await
+}
+
 /// [`run`] with the frames coming from `source` (`sluice replay`).
 pub async fn run_from(
     config: Config,
     source: Source,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_inner(config, source, shutdown, None).await
+}
+
+async fn run_inner(
+    mut config: Config,
+    source: Source,
+    shutdown: CancellationToken,
+    reload: Option<(std::path::PathBuf, tokio::signal::unix::Signal)>,
+) -> anyhow::Result<()> {
+    // As the file says (before the embedded broker fills in `[mqtt]`), for
+    // comparing with a reloaded file.
+    let as_loaded = config.clone();
+    // Read before anything connects, so a missing token fails fast.
+    let admin_token = config.admin.token(|var| std::env::var(var).ok())?;
+    let _broker = embedded_broker(&mut config, &source).await?;
     let metrics = Arc::new(Metrics::new());
     let runtime = Runtime::new(ModuleCache::new(config.cache_dir()))?;
+    // Commands go to serial ports; a replay has none.
+    let (routes, commands) = match source {
+        Source::Serial => command_routes(&config, &metrics),
+        Source::Replay(_) => (Vec::new(), CommandQueues::new()),
+    };
     let mqtt = match &config.mqtt {
-        Some(mqtt_config) => Some(Arc::new(MqttSink::start(mqtt_config, metrics.clone())?)),
+        Some(mqtt_config) => {
+            let durable = open_outbox(&config, "mqtt", mqtt_config, &metrics)?;
+            Some(Arc::new(MqttSink::start_with(
+                mqtt_config,
+                metrics.clone(),
+                routes,
+                durable,
+            )?))
+        }
         None => None,
     };
     let (influx, points) = match &config.influx {
@@ -165,7 +289,21 @@ pub async fn run_from(
         emit_tx,
         shutdown.clone(),
         &source,
+        commands,
     )?;
+    let admin = match source {
+        // A replay runs beside the live host, which serves the admin API.
+        Source::Replay(_) => None,
+        Source::Serial if !config.admin.enabled => None,
+        Source::Serial => {
+            let mut state = AdminState::new(metrics.clone());
+            state.mqtt_configured = mqtt.is_some();
+            state.influx_queue = points.as_ref().map(mpsc::Sender::downgrade);
+            state.transforms = pipelines.transforms().to_vec();
+            state.shutdown = shutdown.clone();
+            start_admin(&config.admin, state, admin_token.as_ref()).await
+        }
+    };
     let router = tokio::spawn(route(emit_rx, mqtt.clone(), points, metrics.clone()));
     let stats = match (&config.mqtt, &mqtt) {
         (Some(mqtt_config), Some(sink)) if mqtt_config.stats_interval_secs > 0 => {
@@ -184,7 +322,37 @@ pub async fn run_from(
     };
     tracing::info!(pipelines = config.pipelines.len(), "sluice running");
 
-    shutdown.cancelled().await;
+    match reload {
+        Some((path, mut hangup)) => {
+            let running = pipelines
+                .transforms()
+                .iter()
+                .map(|t| (t.pipeline.clone(), t.hash.clone()))
+                .collect();
+            let mut reloader = Reloader::new(
+                &path,
+                as_loaded,
+                runtime.clone(),
+                pipelines.controls().clone(),
+                running,
+            );
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    Some(()) = hangup.recv() => {
+                        tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+                        let report = reloader.reload().await;
+                        for line in &report.refused {
+                            tracing::warn!("reload: {line}");
+                        }
+                        tracing::info!(swapped = ?report.swapped, unchanged = ?report.unchanged,
+                            refused = report.refused.len(), "reload done");
+                    }
+                }
+            }
+        }
+        None => shutdown.cancelled().await,
+    }
     tracing::info!("shutting down: draining pipelines");
     if let Some(influx) = &influx {
         // InfluxDB gets the same deadline; what it has not confirmed by then
@@ -198,19 +366,102 @@ pub async fn run_from(
         let _ = stats.await;
     }
     if let Some(sink) = mqtt.and_then(Arc::into_inner) {
+        let durable = sink.is_durable();
         let unconfirmed = sink.shutdown(FLUSH_TIMEOUT).await;
-        if unconfirmed > 0 {
+        if unconfirmed > 0 && durable {
+            tracing::warn!(
+                unconfirmed,
+                "shutdown: messages the broker has not confirmed stay in the outbox and are sent after the next start"
+            );
+        } else if unconfirmed > 0 {
             tracing::error!(
                 unconfirmed,
-                "shutdown: broker did not confirm every message in time; they are lost"
+                "shutdown: broker did not confirm every message in time; they are lost (no durable outbox)"
             );
         }
     }
     if let Some(influx) = influx {
         influx.finish().await;
     }
+    if let Some(admin) = admin {
+        admin.shutdown().await;
+    }
     tracing::info!("sluice stopped");
     Ok(())
+}
+
+/// The durable outbox of the MQTT sink: `<data_dir>/outbox/mqtt.redb` when
+/// the host has a `data_dir` and `[mqtt] durable` is on (the default);
+/// `None` means the in-memory queue (lost if the host dies).
+fn open_outbox(
+    config: &Config,
+    sink: &'static str,
+    mqtt: &crate::config::MqttConfig,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<DurableQueue>>> {
+    let Some(data_dir) = config.data_dir.as_deref().filter(|_| mqtt.durable) else {
+        if mqtt.durable {
+            tracing::warn!(
+                "no data_dir: MQTT messages wait in memory only and are lost if the host dies"
+            );
+        }
+        return Ok(None);
+    };
+    let path = crate::outbox::path_in(data_dir, sink);
+    let outbox = crate::outbox::Outbox::open(&path, mqtt.outbox.clone())
+        .with_context(|| format!("cannot open the {sink} outbox {}", path.display()))?;
+    let stats = outbox.stats();
+    tracing::info!(path = %path.display(), items = stats.depth_items, bytes = stats.depth_bytes,
+        "{sink} outbox open");
+    metrics.outbox_depth(sink, stats.depth_items, stats.depth_bytes);
+    Ok(Some(Arc::new(DurableQueue::start(
+        sink,
+        outbox,
+        metrics.clone(),
+    )?)))
+}
+
+/// `[broker] embedded = true`: starts the embedded broker and, when there is
+/// no `[mqtt]`, points the MQTT sink at it. Under `sluice replay` (which runs
+/// beside the live host) no second broker starts: the replay publishes to the
+/// live host's, as client `<id>-replay`.
+async fn embedded_broker(
+    config: &mut Config,
+    source: &Source,
+) -> anyhow::Result<Option<EmbeddedBroker>> {
+    if !config.broker.embedded {
+        return Ok(None);
+    }
+    let (broker, addr, client_suffix) = match source {
+        Source::Serial => {
+            let broker_config = config.broker.clone();
+            let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(&broker_config))
+                .await??;
+            let addr = broker.local_addr();
+            (Some(broker), addr, "")
+        }
+        Source::Replay(_) => (None, config.broker.listen, "-replay"),
+    };
+    if config.mqtt.is_none() {
+        config.mqtt = Some(crate::broker::client_config(addr, client_suffix));
+    }
+    Ok(broker)
+}
+
+/// Starts the admin API. When its address cannot be bound the host runs on
+/// without it (logged as an error): monitoring must not stop the data path.
+async fn start_admin(
+    config: &AdminConfig,
+    state: AdminState,
+    token: Option<&Secret>,
+) -> Option<AdminServer> {
+    match AdminServer::start(config.listen, state, TokenCheck::new(token)).await {
+        Ok(server) => Some(server),
+        Err(err) => {
+            tracing::error!(error = %err, "admin API not started; sluice runs without it");
+            None
+        }
+    }
 }
 
 /// Publishes the gateway stats message (frames in, messages out, drops by

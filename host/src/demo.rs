@@ -2,21 +2,34 @@
 //!
 //! A simulated sensor gateway writes JSON telemetry into a pseudo-terminal;
 //! the host reads the pty like any serial port, runs the real json-telemetry
-//! transform in the sandbox, validates what it emits, and prints each MQTT
-//! message and point as a JSON line (the same shape as
-//! `sluice transform test`), with a summary on stderr.
+//! transform in the sandbox, validates what it emits, and
+//!
+//! * publishes every MQTT message through the normal MQTT sink to an
+//!   **embedded broker** (`crate::broker`, 127.0.0.1:1883 by default,
+//!   `--mqtt-port`), which any MQTT client can subscribe to;
+//! * appends every point as InfluxDB line protocol to a local file
+//!   (`--points`), since the demo has no InfluxDB;
+//! * serves the **admin API** (`crate::admin`, 127.0.0.1:9180 by default,
+//!   `--admin-port`): `/metrics`, `/health`, `/ready`, `/transforms`;
+//! * prints what to run to watch all that, and a compact summary every 5 s
+//!   on stderr. `--json` also prints each message and point as a JSON line on
+//!   stdout (the shape of `sluice transform test`).
 
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{AdminError, AdminServer, AdminState, TokenCheck};
 use crate::app::start_pipelines;
+use crate::broker::{BrokerConfig, BrokerError, EmbeddedBroker};
 use crate::config::Config;
 use crate::jsonout;
 use crate::metrics::Metrics;
@@ -24,6 +37,14 @@ use crate::pipeline::Emission;
 use crate::pty::Pty;
 use crate::runtime::{ModuleCache, Runtime};
 use crate::sim::Telemetry;
+use crate::sink::influx::config::{Precision, UnsignedMode};
+use crate::sink::influx::line_protocol::Encoder;
+use crate::sink::mqtt::MqttSink;
+
+/// How long the demo waits for the broker to confirm what is in flight.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The demo's MQTT client id (status topic `sluice/status/sluice-demo`).
+const CLIENT_SUFFIX: &str = "-demo";
 
 /// `sluice demo` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,9 +59,30 @@ pub struct DemoArgs {
     /// from this source tree.
     #[arg(long)]
     pub module: Option<PathBuf>,
-    /// Print only the summary, not every message and point.
+    /// Port of the embedded MQTT broker on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 1883)]
+    pub mqtt_port: u16,
+    /// Port of the admin API (metrics, health) on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 9180)]
+    pub admin_port: u16,
+    /// Where points are appended as InfluxDB line protocol (default:
+    /// sluice-demo-points.lp in the temp directory; truncated at start).
+    #[arg(long)]
+    pub points: Option<PathBuf>,
+    /// Also print every MQTT message and point as a JSON line on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No summary every 5 s (the final one is still printed).
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// What left the sandbox during the demo.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    messages: u64,
+    points: u64,
+    points_refused: u64,
 }
 
 /// Runs the demo until `args.frames` are through or `shutdown` fires.
@@ -54,16 +96,46 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     };
     let pty = Pty::open().context("cannot open a pseudo-terminal")?;
     let config = demo_config(&pty.path, &module)?;
+    let points_path = args
+        .points
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("sluice-demo-points.lp"));
+    let points_file = tokio::fs::File::create(&points_path)
+        .await
+        .with_context(|| format!("cannot create {} (--points)", points_path.display()))?;
 
+    let broker = start_broker(args.mqtt_port).await?;
+    let broker_addr = broker.local_addr();
     let metrics = Arc::new(Metrics::new());
+    let mqtt_config = crate::broker::client_config(broker_addr, CLIENT_SUFFIX);
+    let sink = Arc::new(MqttSink::start(&mqtt_config, metrics.clone())?);
+
     let runtime = Runtime::new(ModuleCache::new(ModuleCache::default_dir()))?;
     let (emit_tx, emit_rx) = mpsc::channel(1024);
     let stop = shutdown.child_token();
     let pipelines = start_pipelines(&config, &runtime, &metrics, emit_tx, stop.clone())?;
+
+    let mut admin_state = AdminState::new(metrics.clone());
+    admin_state.mqtt_configured = true;
+    admin_state.transforms = pipelines.transforms().to_vec();
+    admin_state.shutdown = stop.clone();
+    let admin = start_admin(args.admin_port, admin_state).await?;
+    let admin_addr = admin.local_addr();
+
     eprintln!(
-        "sluice demo: simulated node → {} → json-telemetry (wasm) → stdout; Ctrl-C stops",
+        "sluice demo: simulated node → {} → json-telemetry (wasm) → embedded MQTT broker + line-protocol file",
         pty.path.display()
     );
+    eprintln!(
+        "  watch the messages: mosquitto_sub -h {} -p {} -t 'iiot/#' -v",
+        broker_addr.ip(),
+        broker_addr.port()
+    );
+    eprintln!(
+        "  metrics:            http://{admin_addr}/metrics  (also /health, /ready, /transforms)"
+    );
+    eprintln!("  points:             tail -f {}", points_path.display());
+    eprintln!("  Ctrl-C stops");
 
     let sent = Arc::new(AtomicU64::new(0));
     let (all_sent_tx, all_sent) = tokio::sync::oneshot::channel();
@@ -75,20 +147,19 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         all_sent_tx,
         stop.clone(),
     )?;
-    let printer = tokio::spawn(print_emissions(emit_rx, args.quiet));
+    let router = tokio::spawn(route(emit_rx, sink.clone(), points_file, args.json));
 
-    let summary_metrics = metrics.clone();
-    let summary_sent = sent.clone();
-    let summary = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        tick.tick().await;
-        loop {
+    let summary = (!args.quiet).then(|| {
+        let metrics = metrics.clone();
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
             tick.tick().await;
-            eprintln!(
-                "{}",
-                summary_line(&summary_metrics, summary_sent.load(Ordering::Relaxed))
-            );
-        }
+            loop {
+                tick.tick().await;
+                eprintln!("{}", summary_line(&metrics, sent.load(Ordering::Relaxed)));
+            }
+        })
     });
 
     // The simulator says when it has sent --frames; give the pipeline a
@@ -100,11 +171,117 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     stop.cancel();
     pipelines.join().await;
     let _ = tokio::task::spawn_blocking(move || simulator.join()).await;
-    let (messages, points) = printer.await.unwrap_or_default();
-    summary.abort();
+    let tally = router.await.unwrap_or_default();
+    if let Some(summary) = summary {
+        summary.abort();
+    }
+    let unconfirmed = match Arc::into_inner(sink) {
+        Some(sink) => sink.shutdown(FLUSH_TIMEOUT).await,
+        None => 0,
+    };
+    admin.shutdown().await;
     eprintln!("{}", summary_line(&metrics, sent.load(Ordering::Relaxed)));
-    eprintln!("done: {messages} messages and {points} points left the sandbox");
+    eprintln!(
+        "done: {} messages published ({} confirmed by the broker{}), {} points written to {}{}",
+        tally.messages,
+        metrics.mqtt_delivered.get(),
+        if unconfirmed > 0 {
+            format!(", {unconfirmed} unconfirmed at shutdown")
+        } else {
+            String::new()
+        },
+        tally.points,
+        points_path.display(),
+        if tally.points_refused > 0 {
+            format!(
+                " ({} not expressible as line protocol)",
+                tally.points_refused
+            )
+        } else {
+            String::new()
+        },
+    );
+    // rumqttd has no stop; its threads end with the process.
+    drop(broker);
     Ok(())
+}
+
+/// The embedded broker on 127.0.0.1:`port`, with a hint when it is taken.
+async fn start_broker(port: u16) -> anyhow::Result<EmbeddedBroker> {
+    let config = BrokerConfig {
+        embedded: true,
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+    };
+    match tokio::task::spawn_blocking(move || EmbeddedBroker::start(&config)).await? {
+        Ok(broker) => Ok(broker),
+        Err(BrokerError::AddrInUse { addr }) => bail!(
+            "port {} is already in use ({addr}: another MQTT broker, e.g. mosquitto?); \
+             run the demo's broker on another port with --mqtt-port N (0 picks a free port)",
+            addr.port()
+        ),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The admin API on 127.0.0.1:`port` (read-only here: no token), with a
+/// hint when the port is taken.
+async fn start_admin(port: u16, state: AdminState) -> anyhow::Result<AdminServer> {
+    let listen = SocketAddr::from(([127, 0, 0, 1], port));
+    match AdminServer::start(listen, state, TokenCheck::new(None)).await {
+        Ok(server) => Ok(server),
+        Err(AdminError::AddrInUse { addr }) => bail!(
+            "port {} is already in use ({addr}: another sluice?); \
+             serve the demo's metrics on another port with --admin-port N (0 picks a free port)",
+            addr.port()
+        ),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Messages to the MQTT sink, points to the line-protocol file; with
+/// `json`, each also as a JSON line on stdout.
+async fn route(
+    mut emissions: mpsc::Receiver<Emission>,
+    sink: Arc<MqttSink>,
+    mut points_file: tokio::fs::File,
+    json: bool,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut encoder = Encoder::new(Precision::Ns, UnsignedMode::Native);
+    let mut line = Vec::new();
+    let mut told_about_file = false;
+    while let Some(emission) = emissions.recv().await {
+        if json {
+            let value = match &emission {
+                Emission::Message(m) => jsonout::message(m),
+                Emission::Point(p) => jsonout::point(p),
+            };
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{value}");
+        }
+        match emission {
+            Emission::Message(message) => {
+                tally.messages += 1;
+                sink.submit(message).await;
+            }
+            Emission::Point(point) => {
+                line.clear();
+                if encoder.encode(&point, &mut line).is_err() {
+                    tally.points_refused += 1;
+                    continue;
+                }
+                tally.points += 1;
+                if let Err(err) = points_file.write_all(&line).await
+                    && !told_about_file
+                {
+                    eprintln!("sluice demo: cannot write points: {err}");
+                    told_about_file = true;
+                }
+            }
+        }
+    }
+    let _ = points_file.flush().await;
+    tally
 }
 
 fn summary_line(metrics: &Metrics, sent: u64) -> String {
@@ -115,9 +292,10 @@ fn summary_line(metrics: &Metrics, sent: u64) -> String {
         .map(|d| d.values().filter_map(|v| v.as_u64()).sum())
         .unwrap_or(0);
     format!(
-        "frames sent {sent}, received {}; messages {}, points {}; dropped or refused {dropped} {}",
+        "frames sent {sent}, received {}; messages {} (delivered {}), points {}; dropped or refused {dropped} {}",
         count("frames_received"),
         count("messages_emitted"),
+        count("mqtt_delivered"),
         count("points_emitted"),
         stats["dropped"],
     )
@@ -189,24 +367,4 @@ fn spawn_simulator(
                 std::thread::sleep(Duration::from_millis(50));
             }
         })
-}
-
-async fn print_emissions(mut emissions: mpsc::Receiver<Emission>, quiet: bool) -> (u64, u64) {
-    let (mut messages, mut points) = (0, 0);
-    while let Some(emission) = emissions.recv().await {
-        let value = match &emission {
-            Emission::Message(m) => {
-                messages += 1;
-                jsonout::message(m)
-            }
-            Emission::Point(p) => {
-                points += 1;
-                jsonout::point(p)
-            }
-        };
-        if !quiet {
-            println!("{value}");
-        }
-    }
-    (messages, points)
 }

@@ -4,8 +4,10 @@
 //! buffering, the admin API); sandboxed Wasm components ("transforms") decode
 //! frames and decide what leaves the box. See `ARCHITECTURE.md` for the map.
 
+pub mod admin;
 pub mod app;
 pub mod backoff;
+pub mod broker;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -13,9 +15,11 @@ pub mod demo;
 pub mod jsonout;
 pub mod metrics;
 pub mod model;
+pub mod outbox;
 pub mod pipeline;
 pub mod pty;
 pub mod ratelimit;
+pub mod reload;
 pub mod replay;
 pub mod runtime;
 pub mod scaffold;

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use sluice::cli::{Cli, Command, LogFormat};
-use sluice::config::Config;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -24,10 +23,9 @@ fn main() -> ExitCode {
 fn dispatch(command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Run { config } => {
-            let config = Config::load(&config)?;
             tokio_runtime()?.block_on(async {
                 let shutdown = shutdown_on_signal();
-                sluice::app::run(config, shutdown).await
+                sluice::app::run_file(&config, shutdown).await
             })?;
             Ok(0)
         }
@@ -50,6 +48,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             })?;
             Ok(0)
         }
+        Command::Outbox(command) => sluice::cli::outbox::run(command),
         Command::Transform(command) => {
             let code = sluice::cli::transform::run(command)?;
             Ok(u8::try_from(code).unwrap_or(1))
@@ -91,7 +90,9 @@ fn shutdown_on_signal() -> CancellationToken {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rumqttd (the embedded broker) logs every client disconnect as an
+        // ERROR; its own state is visible through our metrics instead.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

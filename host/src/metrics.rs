@@ -42,6 +42,13 @@ pub struct SinkDropLabel {
     pub reason: String,
 }
 
+/// `{sink}`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    /// Sink name (`mqtt`, `influx`).
+    pub sink: String,
+}
+
 /// All metric families of one host.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -64,6 +71,14 @@ pub struct Metrics {
     /// 1 while connected to the broker.
     pub mqtt_connected: Gauge,
     sink_dropped: Family<SinkDropLabel, Counter>,
+    /// Items in a sink's durable outbox (not yet confirmed), by sink.
+    outbox_items: Family<SinkLabel, Gauge>,
+    /// Bytes counted against a sink's outbox bound, by sink.
+    outbox_bytes: Family<SinkLabel, Gauge>,
+    /// Frame received → confirmed by a sink, by sink. Registered for the
+    /// admin API; no sink observes it yet (that needs the frame's receive
+    /// time carried to the confirmation), see [`Metrics::end_to_end`].
+    end_to_end_seconds: Family<SinkLabel, Histogram>,
     /// The InfluxDB writer (`sluice_influx_*`).
     pub influx: InfluxMetrics,
     /// Serial ports, downlink and capture (`source::serial::metrics`).
@@ -90,6 +105,10 @@ impl Metrics {
             Histogram::new(exponential_buckets(1e-6, 4.0, 12))
         });
         let sink_dropped = Family::<SinkDropLabel, Counter>::default();
+        let end_to_end_seconds = Family::<SinkLabel, Histogram>::new_with_constructor(|| {
+            // 100 µs .. ~7 min
+            Histogram::new(exponential_buckets(1e-4, 4.0, 12))
+        });
         let mqtt_queued = Counter::default();
         let mqtt_delivered = Counter::default();
         let mqtt_connection_errors = Counter::default();
@@ -161,6 +180,23 @@ impl Metrics {
             "Items a sink gave up on, by reason",
             sink_dropped.clone(),
         );
+        let outbox_items = Family::<SinkLabel, Gauge>::default();
+        let outbox_bytes = Family::<SinkLabel, Gauge>::default();
+        registry.register(
+            "outbox_items",
+            "Items in the sink's durable outbox, not yet confirmed by the sink",
+            outbox_items.clone(),
+        );
+        registry.register(
+            "outbox_bytes",
+            "Bytes counted against the sink's outbox bound (max_bytes)",
+            outbox_bytes.clone(),
+        );
+        registry.register(
+            "end_to_end_seconds",
+            "Time from a frame being received to its output being confirmed by the sink",
+            end_to_end_seconds.clone(),
+        );
         let influx = InfluxMetrics::register(&mut registry);
         let serial = crate::source::serial::SerialFamilies::register(&mut registry);
         Self {
@@ -178,9 +214,22 @@ impl Metrics {
             mqtt_backlog,
             mqtt_connected,
             sink_dropped,
+            outbox_items,
+            outbox_bytes,
+            end_to_end_seconds,
             influx,
             serial,
         }
+    }
+
+    /// The end-to-end latency histogram of `sink` (frame received → output
+    /// confirmed); resolve once, then `observe(seconds)` per confirmation.
+    pub fn end_to_end(&self, sink: &str) -> Histogram {
+        self.end_to_end_seconds
+            .get_or_create(&SinkLabel {
+                sink: sink.to_owned(),
+            })
+            .clone()
     }
 
     /// Pre-resolved serial, downlink and capture counters for one pipeline.
@@ -212,6 +261,29 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts `n` items `sink` gave up on for `reason`.
+    pub fn sink_dropped_by(&self, sink: &str, reason: &str, n: u64) {
+        self.sink_dropped
+            .get_or_create(&SinkDropLabel {
+                sink: sink.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// Sets the depth of `sink`'s durable outbox.
+    pub fn outbox_depth(&self, sink: &str, items: u64, bytes: u64) {
+        let label = SinkLabel {
+            sink: sink.to_owned(),
+        };
+        self.outbox_items
+            .get_or_create(&label)
+            .set(i64::try_from(items).unwrap_or(i64::MAX));
+        self.outbox_bytes
+            .get_or_create(&label)
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition of every metric.
@@ -351,6 +423,17 @@ mod tests {
         assert_eq!(stats["mqtt_delivered"], 7);
         assert_eq!(stats["dropped"]["decode_malformed"], 2);
         assert_eq!(stats["dropped"]["wildcard_topic"], 1);
+    }
+
+    #[test]
+    fn end_to_end_histogram_is_per_sink() {
+        let metrics = Metrics::new();
+        metrics.end_to_end("mqtt").observe(0.002);
+        let text = metrics.encode();
+        assert!(
+            text.contains("sluice_end_to_end_seconds_count{sink=\"mqtt\"} 1"),
+            "{text}"
+        );
     }
 }
 

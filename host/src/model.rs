@@ -31,6 +31,16 @@ pub enum Qos {
 }
 
 impl Qos {
+    /// The QoS for a numeric level; `None` above 2.
+    pub fn from_u8(level: u8) -> Option<Qos> {
+        match level {
+            0 => Some(Qos::AtMostOnce),
+            1 => Some(Qos::AtLeastOnce),
+            2 => Some(Qos::ExactlyOnce),
+            _ => None,
+        }
+    }
+
     /// The numeric level (0, 1, 2).
     pub fn level(self) -> u8 {
         match self {
@@ -179,6 +189,41 @@ pub fn validate_topic(topic: &str) -> Result<(), InvalidOutput> {
     Ok(())
 }
 
+/// Whether `filter` is a valid MQTT subscription filter: non-empty, at most
+/// 65535 bytes, no NUL, `+` only as a whole level, `#` only as the whole last
+/// level.
+pub fn valid_topic_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.len() > usize::from(u16::MAX) || filter.contains('\0') {
+        return false;
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    let last = levels.len() - 1;
+    levels.iter().enumerate().all(|(i, level)| match *level {
+        "+" => true,
+        "#" => i == last,
+        other => !other.contains(['+', '#']),
+    })
+}
+
+/// Whether `topic` (a publish topic) matches the subscription `filter`
+/// (MQTT 3.1.1 §4.7; `$`-topics are not matched by leading wildcards).
+pub fn topic_matches_filter(topic: &str, filter: &str) -> bool {
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut topic_levels = topic.split('/');
+    let mut filter_levels = filter.split('/');
+    loop {
+        match (filter_levels.next(), topic_levels.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(f), Some(t)) if f == t => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 impl MqttMessage {
     /// Validates topic and payload size.
     pub fn validate(&self, max_payload: usize) -> Result<(), InvalidOutput> {
@@ -304,5 +349,44 @@ mod tests {
             empty_m.validate().unwrap_err().reason(),
             "empty_measurement"
         );
+    }
+
+    #[test]
+    fn topic_filters_validate_and_match_like_the_spec() {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "a/+/b",
+            "+/+",
+            "a//b",
+            "/",
+            "iiot/cmd/node1/#",
+        ] {
+            assert!(valid_topic_filter(ok), "{ok:?}");
+        }
+        for bad in ["", "a/#/b", "a#", "a/b+", "#/a", "a\0b"] {
+            assert!(!valid_topic_filter(bad), "{bad:?}");
+        }
+        let cases = [
+            ("iiot/cmd/node1/#", "iiot/cmd/node1/valve", true),
+            ("iiot/cmd/node1/#", "iiot/cmd/node1", true),
+            ("iiot/cmd/node1/#", "iiot/cmd/node2/valve", false),
+            ("iiot/+/x", "iiot/a/x", true),
+            ("iiot/+/x", "iiot/a/b/x", false),
+            ("iiot/+", "iiot/", true),
+            ("+/x", "/x", true),
+            ("#", "$SYS/broker", false),
+            ("$SYS/#", "$SYS/broker", true),
+            ("a/b", "a/b/c", false),
+            ("a/b/c", "a/b", false),
+        ];
+        for (filter, topic, want) in cases {
+            assert_eq!(
+                topic_matches_filter(topic, filter),
+                want,
+                "{filter} vs {topic}"
+            );
+        }
     }
 }

@@ -367,6 +367,7 @@ async fn print_run(
         emit_tx,
         stop,
         &Source::Replay(plan.clone()),
+        crate::app::CommandQueues::new(),
     )?;
     let printer = tokio::spawn(async move {
         use std::io::Write as _;

@@ -255,11 +255,17 @@ fn check_config_accepts_the_examples_and_explains_broken_ones() {
 }
 
 /// The README's main command, headless: the simulated node's frames go
-/// through the real transform and come out as JSON lines; nothing is lost.
+/// through the real transform and come out as JSON lines (`--json`); nothing
+/// is lost. Ephemeral ports, so it never collides with a broker on 1883.
 #[test]
 fn demo_runs_headless_and_accounts_for_every_frame() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let points_path = tmp.path().join("points.lp");
     let out = sluice()
-        .args(["demo", "--frames", "5", "--rate", "50", "--module"])
+        .args(["demo", "--frames", "5", "--rate", "50", "--json"])
+        .args(["--mqtt-port", "0", "--admin-port", "0", "--points"])
+        .arg(&points_path)
+        .arg("--module")
         .arg(json_telemetry_module())
         .output()
         .expect("run sluice demo");
@@ -280,4 +286,184 @@ fn demo_runs_headless_and_accounts_for_every_frame() {
         "{stdout}"
     );
     assert!(stderr.contains("frames sent 5, received 5"), "{stderr}");
+    // Every message went through the MQTT sink to the embedded broker, and
+    // every point into the line-protocol file.
+    assert!(
+        stderr.contains("55 messages published (55 confirmed by the broker)"),
+        "{stderr}"
+    );
+    let lines = std::fs::read_to_string(&points_path).expect("points file");
+    assert_eq!(lines.lines().count(), 20, "{lines}");
+    assert!(lines.starts_with("environment,node=node1 "), "{lines}");
+}
+
+/// The demo's embedded broker is a real MQTT broker: an independent client
+/// (mosquitto_sub, MQTT 3.1.1) receives the telemetry on `iiot/#`, and the
+/// metrics URL the demo prints serves the host's counters.
+#[test]
+fn demo_publishes_to_its_embedded_broker_and_serves_metrics() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    };
+    let (mqtt_port, admin_port) = (free_port(), free_port());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut demo = sluice()
+        .args(["demo", "--rate", "20", "--frames", "400", "--quiet"])
+        .args(["--mqtt-port", &mqtt_port.to_string()])
+        .args(["--admin-port", &admin_port.to_string()])
+        .arg("--points")
+        .arg(tmp.path().join("points.lp"))
+        .arg("--module")
+        .arg(json_telemetry_module())
+        .env("SLUICE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice demo");
+    let mut stderr = BufReader::new(demo.stderr.take().expect("piped"));
+    // The demo prints what to run once its broker and admin API are up.
+    let mut banner = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !banner.contains("Ctrl-C stops") && Instant::now() < deadline {
+        if stderr.read_line(&mut banner).unwrap_or(0) == 0 {
+            break;
+        }
+    }
+    let watch = format!("mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'iiot/#' -v");
+    let metrics_url = format!("http://127.0.0.1:{admin_port}/metrics");
+    assert!(banner.contains(&watch), "{banner}");
+    assert!(banner.contains(&metrics_url), "{banner}");
+
+    // Live messages, plus the retained sensor values at subscription time.
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &mqtt_port.to_string()])
+        .args(["-t", "iiot/#", "-v", "-C", "30", "-W", "20"])
+        .output()
+        .expect("run mosquitto_sub (scripts/test.sh installs mosquitto-clients)");
+    let received = String::from_utf8_lossy(&sub.stdout).into_owned();
+    let topics: Vec<&str> = received
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(topic, _)| topic))
+        .collect();
+    assert_eq!(topics.len(), 30, "{received}");
+    assert!(topics.iter().all(|t| t.starts_with("iiot/")), "{received}");
+    assert!(topics.contains(&"iiot/node1/temperature"), "{received}");
+
+    // GET /metrics with plain HTTP/1.1 (no client library needed).
+    let mut http =
+        std::net::TcpStream::connect(("127.0.0.1", admin_port)).expect("admin API listening");
+    std::io::Write::write_all(
+        &mut http,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("send request");
+    let mut response = String::new();
+    http.read_to_string(&mut response).expect("read response");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("content-type: application/openmetrics-text"),
+        "{response}"
+    );
+    assert!(
+        response.contains("sluice_frames_received_total{pipeline=\"demo\"}"),
+        "{response}"
+    );
+    assert!(
+        response.contains("sluice_mqtt_delivered_total"),
+        "{response}"
+    );
+
+    let _ = demo.kill();
+    let _ = demo.wait();
+}
+
+/// `examples/reference.toml` shows optional keys as `#key = value` and
+/// optional tables as `#[table]`. Uncommented they must still be valid, all
+/// at once and with each `#framing = …` alternative in place of the active
+/// framing, so the reference cannot drift from the config structs.
+#[test]
+fn reference_config_optional_keys_are_valid() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let transforms = json_telemetry_module().parent().expect("artifact dir");
+    let reference =
+        std::fs::read_to_string(repo().join("examples/reference.toml")).expect("reference.toml");
+    // The files the optional keys name, relative to the config file.
+    for file in [
+        "certs/ca.pem",
+        "certs/client.pem",
+        "certs/client.key",
+        "secrets/mqtt-password",
+        "secrets/influx-password",
+        "secrets/admin-token",
+    ] {
+        let path = tmp.path().join(file);
+        std::fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
+        std::fs::write(&path, "not-a-secret\n").expect("write");
+    }
+    let is_setting = |line: &str| {
+        line.strip_prefix('#')
+            .and_then(|rest| rest.chars().next())
+            .is_some_and(|c| c == '[' || c == '"' || c.is_ascii_lowercase())
+    };
+    let lines: Vec<&str> = reference.lines().collect();
+    let all_on: Vec<&str> = lines
+        .iter()
+        .map(|&l| {
+            if is_setting(l) && !l.starts_with("#framing") {
+                &l[1..]
+            } else {
+                l
+            }
+        })
+        .collect();
+    let active = all_on
+        .iter()
+        .position(|l| l.starts_with("framing = "))
+        .expect("an active framing");
+    let alternatives: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix('#'))
+        .filter(|l| l.starts_with("framing = "))
+        .collect();
+    for kind in [
+        "newline",
+        "cobs",
+        "slip",
+        "length_prefixed",
+        "fixed",
+        "idle_gap",
+    ] {
+        assert!(
+            alternatives
+                .iter()
+                .any(|l| l.contains(&format!("kind = \"{kind}\""))),
+            "no #framing example for kind {kind}"
+        );
+    }
+    let mut variants = vec![("all-optional-keys".to_owned(), all_on.join("\n"))];
+    for (i, &alternative) in alternatives.iter().enumerate() {
+        let mut variant = all_on.clone();
+        variant[active] = alternative;
+        variants.push((format!("framing-{i}"), variant.join("\n")));
+    }
+    for (name, config) in variants {
+        let path = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&path, config).expect("write");
+        let out = sluice()
+            .arg("check-config")
+            .arg(&path)
+            .env("SLUICE_DATA_DIR", tmp.path().join("data"))
+            .env("SLUICE_TRANSFORMS_DIR", transforms)
+            .output()
+            .expect("run sluice");
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{name}: {stdout}{stderr}");
+    }
 }

@@ -261,6 +261,14 @@ impl SluiceProcess {
         }
     }
 
+    /// Sends `signal` (e.g. SIGHUP for a reload) without waiting.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
+            nix::sys::signal::kill(pid, signal).expect("send signal");
+        }
+    }
+
     /// SIGTERM and wait; returns whether it exited successfully.
     pub fn stop(&mut self) -> bool {
         match self.child.take() {

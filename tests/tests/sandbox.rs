@@ -199,6 +199,7 @@ fn worker_refuses_invalid_outputs_and_counts_them() {
         },
         instance,
         frame_rx,
+        None,
         emit_tx,
         pipeline_metrics,
     )

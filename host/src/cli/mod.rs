@@ -1,5 +1,6 @@
 //! The `sluice` command line (clap).
 
+pub mod outbox;
 pub mod transform;
 
 use std::path::PathBuf;
@@ -53,4 +54,7 @@ pub enum Command {
     /// A simulated sensor node on a pseudo-terminal, reachable through a
     /// symlink, writing telemetry at a chosen rate.
     Simulate(crate::sim::SimulateArgs),
+    /// Inspect or verify the durable outboxes (depth, oldest item, integrity).
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
 }

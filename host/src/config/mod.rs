@@ -78,6 +78,12 @@ pub struct Config {
     /// The InfluxDB writer; without it, points are counted and discarded.
     #[serde(default)]
     pub influx: Option<crate::sink::influx::InfluxConfig>,
+    /// The admin HTTP API (`[admin]`; on by default, loopback).
+    #[serde(default)]
+    pub admin: crate::admin::AdminConfig,
+    /// The embedded MQTT broker (`[broker]`; off by default).
+    #[serde(default)]
+    pub broker: crate::broker::BrokerConfig,
     /// Sandbox limits applied to every transform unless a pipeline overrides them.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -134,12 +140,22 @@ pub struct MqttConfig {
     /// `<prefix>/status/<client_id>/stats` (0 = off).
     #[serde(default = "default_stats_interval")]
     pub stats_interval_secs: u64,
-    /// Messages the host holds while the broker is slow or away.
+    /// Messages the host holds in memory while the broker is slow or away
+    /// (only without the durable outbox, i.e. without `data_dir` or with
+    /// `durable = false`).
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: NonZeroUsize,
-    /// What to do when that queue is full.
+    /// What to do when that in-memory queue is full.
     #[serde(default)]
     pub queue_full: QueueFullPolicy,
+    /// Keep every message in the durable outbox
+    /// (`<data_dir>/outbox/mqtt.redb`) until the broker confirms it; needs
+    /// `data_dir`. Default true.
+    #[serde(default = "default_true")]
+    pub durable: bool,
+    /// The outbox's bounds, full policy and fsync policy (`[mqtt.outbox]`).
+    #[serde(default)]
+    pub outbox: crate::outbox::OutboxConfig,
 }
 
 /// `[mqtt.tls]`
@@ -249,6 +265,22 @@ impl From<LimitsConfig> for crate::runtime::Limits {
     }
 }
 
+/// Where state goes without `data_dir`: `$XDG_STATE_HOME/sluice` or
+/// `~/.local/state/sluice` (InfluxDB dead letters, `sluice outbox` lookups).
+pub fn default_state_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("sluice"));
+    }
+    std::env::var_os("HOME")
+        .filter(|d| !d.is_empty())
+        .map(|home| {
+            PathBuf::from(home)
+                .join(".local")
+                .join("state")
+                .join("sluice")
+        })
+}
+
 /// `[[pipeline]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -270,6 +302,39 @@ pub struct PipelineConfig {
     /// `sluice replay` (`source/capture.rs`). Absent: no capture.
     #[serde(default)]
     pub capture: Option<CaptureConfig>,
+    /// Commands from MQTT to the device (`[pipeline.downlink]`). Absent: the
+    /// pipeline subscribes to nothing.
+    #[serde(default)]
+    pub downlink: Option<DownlinkConfig>,
+}
+
+/// `[pipeline.downlink]`: MQTT messages on `topic` (a filter) are handed to
+/// the transform's `encode-command`; the bytes it returns are framed like the
+/// port's input and written to the serial line, in arrival order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownlinkConfig {
+    /// The MQTT topic filter to subscribe to, e.g. `iiot/cmd/node1/#`.
+    pub topic: String,
+    /// Subscription QoS (0, 1 or 2).
+    #[serde(default = "default_downlink_qos")]
+    pub qos: u8,
+    /// Commands waiting for the transform; when full, new ones are refused
+    /// and counted (`downlink_dropped{reason="command_queue_full"}`).
+    #[serde(default = "default_downlink_commands")]
+    pub queue: NonZeroUsize,
+    /// Accept retained messages (default false). A retained command would be
+    /// re-delivered on every (re)subscribe and executed again, so by default
+    /// they are ignored and counted (`reason="retained"`).
+    #[serde(default)]
+    pub accept_retained: bool,
+}
+
+fn default_downlink_qos() -> u8 {
+    1
+}
+fn default_downlink_commands() -> NonZeroUsize {
+    NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN)
 }
 
 /// `[pipeline.capture]`: an append-only, size-bounded, rotated record of
@@ -544,6 +609,7 @@ impl Config {
         if let Some(influx) = &mut self.influx {
             influx.resolve_paths(base);
         }
+        self.admin.resolve_paths(base);
         for pipeline in &mut self.pipelines {
             resolve(&mut pipeline.transform.module);
             if let Some(capture) = &mut pipeline.capture {
@@ -614,6 +680,7 @@ impl Config {
         if let Some(influx) = &self.influx {
             problems.extend(influx.validate());
         }
+        problems.extend(self.admin.validate());
         if self.pipelines.is_empty() {
             problems.push("pipeline: at least one [[pipeline]] is required".into());
         }
@@ -636,6 +703,25 @@ impl Config {
             validate_serial(&key, &p.serial, &mut problems);
             if let Some(capture) = &p.capture {
                 validate_capture(&key, capture, &mut problems);
+            }
+            if let Some(downlink) = &p.downlink {
+                if !crate::model::valid_topic_filter(&downlink.topic) {
+                    problems.push(format!(
+                        "{key}.downlink.topic: {:?} is not a valid MQTT topic filter",
+                        downlink.topic
+                    ));
+                }
+                if downlink.qos > 2 {
+                    problems.push(format!(
+                        "{key}.downlink.qos: {} is not 0, 1 or 2",
+                        downlink.qos
+                    ));
+                }
+                if self.mqtt.is_none() && !self.broker.embedded {
+                    problems.push(format!(
+                        "{key}.downlink: commands arrive over MQTT; configure [mqtt] or [broker] embedded = true"
+                    ));
+                }
             }
             if !p.transform.module.is_file() {
                 problems.push(format!(
@@ -830,6 +916,35 @@ transform = { module = "t.wasm", config = { prefix = "iiot", qos = 1, on = true,
             problems
                 .iter()
                 .any(|p| p.starts_with("pipeline[0].transform.module:")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn downlink_settings_are_checked() {
+        let with = |downlink: &str| {
+            let text = format!("{MINIMAL}downlink = {{ {downlink} }}\n");
+            parse(&text).expect("parses")
+        };
+        let c = with(r#"topic = "iiot/cmd/#""#);
+        let d = c.pipelines[0].downlink.as_ref().expect("has downlink");
+        assert_eq!((d.qos, d.queue.get(), d.accept_retained), (1, 256, false));
+        let problems = c.validate();
+        assert!(
+            !problems.iter().any(|p| p.contains("downlink")),
+            "{problems:?}"
+        );
+        let problems = with(r#"topic = "iiot/#/x", qos = 3"#).validate();
+        for key in ["pipeline[0].downlink.topic:", "pipeline[0].downlink.qos:"] {
+            assert!(problems.iter().any(|p| p.starts_with(key)), "{problems:?}");
+        }
+        let no_mqtt = format!("{MINIMAL}downlink = {{ topic = \"a/b\" }}\n")
+            .replace("[mqtt]\nhost = \"127.0.0.1\"\n", "");
+        let problems = parse(&no_mqtt).expect("parses").validate();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("pipeline[0].downlink: commands arrive over MQTT")),
             "{problems:?}"
         );
     }

@@ -1,4 +1,5 @@
 //! Sinks: where validated emissions leave the box.
 
+pub mod durable;
 pub mod influx;
 pub mod mqtt;

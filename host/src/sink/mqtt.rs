@@ -29,6 +29,15 @@
 //!   those messages; we re-send our copies, oldest first, ahead of newer ones.
 //! * **Order**: one FIFO from submit to the wire, so per-topic order holds
 //!   (re-sends after a reconnect come before anything newer).
+//! * **Downlink commands**: pipelines with `[pipeline.downlink]` give a topic
+//!   filter; the connection task subscribes on every connect (with the
+//!   session kept, the broker also keeps the subscription; re-subscribing is
+//!   harmless) and hands each matching incoming publish to that pipeline's
+//!   worker with `try_send` (never waits; a full queue is counted). rumqttc
+//!   acknowledges the publish when it is received, so a command is "at most
+//!   once" past the host's queue. Retained commands are ignored unless the
+//!   pipeline accepts them: a retained `open valve` would otherwise be
+//!   executed again on every reconnect.
 //! * **Status**: a retained `online` birth message on every connect, a
 //!   retained `offline` last will (and an explicit `offline` on clean
 //!   shutdown, since DISCONNECT suppresses the will).
@@ -39,21 +48,28 @@
 //! durable outbox is the next step).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
-    Publish, QoS, Request, TlsConfiguration, Transport,
+    Publish, QoS, Request, Subscribe, SubscribeFilter, SubscribeReasonCode, TlsConfiguration,
+    Transport,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::{MqttConfig, QueueFullPolicy};
 use crate::metrics::Metrics;
 use crate::model::{MqttMessage, Qos};
+use crate::outbox::record;
+use crate::pipeline::DownlinkCommand;
+use crate::ratelimit::RateLimiter;
+use crate::sink::durable::DurableQueue;
+use crate::source::serial::SerialMetrics;
 
 /// Bytes allowed in a PUBLISH packet beyond the payload: fixed header,
 /// topic (up to 65535 + 2 length bytes) and packet id.
@@ -79,6 +95,31 @@ pub enum MqttSetupError {
     Secret(#[from] crate::secret::SecretError),
 }
 
+/// Where the commands for one pipeline go (see the module docs).
+#[derive(Debug)]
+pub struct CommandRoute {
+    /// The pipeline (logs).
+    pub pipeline: String,
+    /// The topic filter subscribed to.
+    pub filter: String,
+    /// Subscription QoS.
+    pub qos: Qos,
+    /// Hand over retained messages too.
+    pub accept_retained: bool,
+    /// The pipeline worker's command queue.
+    pub commands: mpsc::Sender<DownlinkCommand>,
+    /// Where refused commands are counted.
+    pub metrics: SerialMetrics,
+}
+
+fn to_qos(qos: Qos) -> QoS {
+    match qos {
+        Qos::AtMostOnce => QoS::AtMostOnce,
+        Qos::AtLeastOnce => QoS::AtLeastOnce,
+        Qos::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
 /// One message on its way to the broker.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -90,6 +131,8 @@ struct Entry {
     status: bool,
     /// Submission order, to re-send lost messages in their original order.
     seq: u64,
+    /// Its sequence number in the durable outbox (acked on confirmation).
+    durable: Option<u64>,
 }
 
 impl Entry {
@@ -97,14 +140,11 @@ impl Entry {
         Entry {
             topic: message.topic,
             payload: Bytes::from(message.payload),
-            qos: match message.qos {
-                Qos::AtMostOnce => QoS::AtMostOnce,
-                Qos::AtLeastOnce => QoS::AtLeastOnce,
-                Qos::ExactlyOnce => QoS::ExactlyOnce,
-            },
+            qos: to_qos(message.qos),
             retain: message.retain,
             status: false,
             seq: 0,
+            durable: None,
         }
     }
 
@@ -151,11 +191,25 @@ struct Shared {
     filled: Notify,
     /// Signalled when the backlog loses an entry.
     drained: Notify,
+    /// Signalled when the tracker runs empty (everything handed over is
+    /// confirmed); [`MqttSink::flush`] waits on it.
+    settled: Notify,
     tracker: Mutex<Tracker>,
     capacity: usize,
     policy: QueueFullPolicy,
     metrics: Arc<Metrics>,
     status_topic: String,
+    /// Downlink subscriptions, in the order of the SUBSCRIBE's filters.
+    routes: Vec<CommandRoute>,
+    /// The durable outbox, when the host has a data directory: data
+    /// messages go there instead of `backlog` (which then carries only the
+    /// status messages) and are removed when confirmed.
+    durable: Option<Arc<DurableQueue>>,
+    /// Data messages pushed to `durable` (including those found there at
+    /// start-up) and handed to the client so far: their difference is what
+    /// waits in the outbox.
+    durable_pushed: AtomicU64,
+    durable_handed: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -176,6 +230,19 @@ pub struct MqttSink {
 impl MqttSink {
     /// Connects (in the background) and starts the publisher.
     pub fn start(config: &MqttConfig, metrics: Arc<Metrics>) -> Result<MqttSink, MqttSetupError> {
+        Self::start_with(config, metrics, Vec::new(), None)
+    }
+
+    /// [`start`](Self::start), also subscribing to the pipelines' downlink
+    /// command topics (handing matching messages to `routes`), and keeping
+    /// data messages in `durable` until the broker confirms them. Messages
+    /// already in `durable` (from before a restart) are sent first.
+    pub fn start_with(
+        config: &MqttConfig,
+        metrics: Arc<Metrics>,
+        routes: Vec<CommandRoute>,
+        durable: Option<Arc<DurableQueue>>,
+    ) -> Result<MqttSink, MqttSetupError> {
         // rustls needs one process-wide crypto provider; several crates here
         // could each bring one, so choose explicitly (a second call is a no-op).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -241,12 +308,29 @@ impl MqttSink {
             }),
             filled: Notify::new(),
             drained: Notify::new(),
+            settled: Notify::new(),
             tracker: Mutex::new(Tracker::default()),
             capacity: config.queue_capacity.get(),
             policy: config.queue_full,
             metrics,
             status_topic,
+            routes,
+            durable_pushed: AtomicU64::new(0),
+            durable_handed: AtomicU64::new(0),
+            durable,
         });
+        if let Some(durable) = &shared.durable {
+            let waiting = durable.outbox().stats().depth_items;
+            shared.durable_pushed.store(waiting, Ordering::SeqCst);
+            if waiting > 0 {
+                // Sent before the restart perhaps, not confirmed: possible duplicates.
+                shared.metrics.mqtt_retransmitted.inc_by(waiting);
+                tracing::info!(
+                    waiting,
+                    "MQTT outbox: sending messages left from the previous run"
+                );
+            }
+        }
         let backoff = Backoff::new(
             Duration::from_millis(config.reconnect_min_ms.get()),
             Duration::from_millis(config.reconnect_max_ms.get()),
@@ -274,7 +358,16 @@ impl MqttSink {
     /// the backlog is full (backpressure); with `drop_oldest` it evicts the
     /// oldest queued message (counted) and returns at once.
     pub async fn submit(&self, message: MqttMessage) {
-        self.push(Entry::data(message)).await;
+        match &self.shared.durable {
+            Some(durable) => {
+                self.shared.durable_pushed.fetch_add(1, Ordering::SeqCst);
+                if !durable.push(record::mqtt_to_vec(&message)).await {
+                    self.shared.durable_pushed.fetch_sub(1, Ordering::SeqCst);
+                    self.shared.metrics.sink_dropped("mqtt", "outbox_closed");
+                }
+            }
+            None => self.push(Entry::data(message)).await,
+        }
     }
 
     async fn push(&self, mut entry: Entry) {
@@ -319,7 +412,38 @@ impl MqttSink {
 
     /// Messages queued or handed to the client but not yet confirmed.
     pub fn unconfirmed(&self) -> usize {
-        lock(&self.shared.backlog).queue.len() + lock(&self.shared.tracker).unconfirmed()
+        let in_outbox = self
+            .shared
+            .durable_pushed
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.shared.durable_handed.load(Ordering::SeqCst));
+        lock(&self.shared.backlog).queue.len()
+            + lock(&self.shared.tracker).unconfirmed()
+            + usize::try_from(in_outbox).unwrap_or(usize::MAX)
+    }
+
+    /// Whether unconfirmed messages survive a stop (they wait in the
+    /// durable outbox).
+    pub fn is_durable(&self) -> bool {
+        self.shared.durable.is_some()
+    }
+
+    /// Waits until every message submitted so far is confirmed, or `timeout`
+    /// passes. Returns how many are still unconfirmed (0: all delivered).
+    pub async fn flush(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let settled = self.shared.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let unconfirmed = self.unconfirmed();
+            if unconfirmed == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return self.unconfirmed();
+            }
+        }
     }
 
     /// Publishes `offline` (retained), stops taking messages, waits up to
@@ -333,18 +457,21 @@ impl MqttSink {
             retain: true,
             status: true,
             seq: 0,
+            durable: None,
         };
         let deadline = tokio::time::Instant::now() + timeout;
         // Bounded: with `block` and a full backlog the broker may be gone.
         let _ = tokio::time::timeout_at(deadline, self.push(offline)).await;
+        if let Some(durable) = &self.shared.durable {
+            // Everything submitted is appended before the publisher may stop.
+            let _ = tokio::time::timeout_at(deadline, durable.seal()).await;
+        }
         lock(&self.shared.backlog).closed = true;
         self.shared.filled.notify_one();
         let _ = tokio::time::timeout_at(deadline, &mut self.publisher).await;
-        let mut unconfirmed = self.unconfirmed();
-        while unconfirmed > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            unconfirmed = self.unconfirmed();
-        }
+        let unconfirmed = self
+            .flush(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
         let _ = self.client.try_disconnect();
         if tokio::time::timeout(Duration::from_secs(1), &mut self.connection)
             .await
@@ -352,44 +479,122 @@ impl MqttSink {
         {
             self.connection_stop.cancel();
         }
+        self.publisher.abort();
+        if let Some(durable) = &self.shared.durable {
+            // Applies the last acks; the rest stays for the next start.
+            durable.close().await;
+        }
         unconfirmed
     }
 }
 
-/// Moves entries from the backlog to the client, oldest first.
+/// Entries moved from the backlog to the client per lock round.
+const HAND_OVER_BATCH: usize = 64;
+
+/// Moves entries to the client, oldest first, up to [`HAND_OVER_BATCH`]
+/// per round (one backlog lock and one tracker lock per batch instead of per
+/// message): first the in-memory backlog (status messages, and data without
+/// an outbox), then the durable outbox after the last item handed over.
 async fn run_publisher(shared: Arc<Shared>, client: AsyncClient) {
+    let mut batch: Vec<Entry> = Vec::with_capacity(HAND_OVER_BATCH);
+    let mut appended = shared.durable.as_ref().map(|d| d.appended());
+    // The last outbox item handed to the client.
+    let mut cursor: Option<u64> = None;
     loop {
         let filled = shared.filled.notified();
         tokio::pin!(filled);
         filled.as_mut().enable();
-        let next = {
-            let mut backlog = lock(&shared.backlog);
-            let next = backlog.queue.pop_front();
-            shared.metrics.mqtt_backlog.set(backlog.queue.len() as i64);
-            match next {
-                Some(entry) => Some(entry),
-                None if backlog.closed => return,
-                None => None,
-            }
-        };
-        let Some(entry) = next else {
-            filled.await;
-            continue;
-        };
-        shared.drained.notify_one();
-        // Record it before the event loop can see it (FIFO mapping).
-        lock(&shared.tracker).awaiting.push_back(entry.clone());
-        if !entry.status {
-            shared.metrics.mqtt_queued.inc();
+        if let Some(appended) = &mut appended {
+            appended.borrow_and_update();
         }
-        if let Err(err) = client
-            .publish_bytes(entry.topic, entry.qos, entry.retain, entry.payload)
-            .await
+        let closed = {
+            let mut backlog = lock(&shared.backlog);
+            let take = backlog.queue.len().min(HAND_OVER_BATCH);
+            batch.extend(backlog.queue.drain(..take));
+            shared.metrics.mqtt_backlog.set(backlog.queue.len() as i64);
+            backlog.closed
+        };
+        if !batch.is_empty() {
+            shared.drained.notify_waiters();
+        } else if let Some(durable) = &shared.durable {
+            read_outbox(&shared, durable, &mut cursor, &mut batch);
+        }
+        if batch.is_empty() {
+            let outbox_done = shared.durable.as_ref().is_none_or(|d| {
+                d.is_sealed()
+                    && shared.durable_handed.load(Ordering::SeqCst)
+                        >= shared.durable_pushed.load(Ordering::SeqCst)
+            });
+            if closed && outbox_done {
+                return;
+            }
+            match &mut appended {
+                Some(appended) => {
+                    tokio::select! {
+                        _ = filled => {}
+                        _ = appended.changed() => {}
+                        // Sealing does not append: look again now and then.
+                        _ = tokio::time::sleep(Duration::from_millis(50)), if closed => {}
+                    }
+                }
+                None => filled.await,
+            }
+            continue;
+        }
+        // Record them before the event loop can see them (FIFO mapping).
         {
-            // Only when the event loop is gone (shutdown).
-            shared.metrics.sink_dropped("mqtt", "client_closed");
-            tracing::error!(error = %err, "MQTT client closed; message lost");
+            let mut tracker = lock(&shared.tracker);
+            tracker.awaiting.extend(batch.iter().cloned());
+        }
+        let data = batch.iter().filter(|e| !e.status).count();
+        shared.metrics.mqtt_queued.inc_by(data as u64);
+        for entry in batch.drain(..) {
+            if let Err(err) = client
+                .publish_bytes(entry.topic, entry.qos, entry.retain, entry.payload)
+                .await
+            {
+                // Only when the event loop is gone (shutdown); a durable
+                // message stays in the outbox.
+                if entry.durable.is_none() {
+                    shared.metrics.sink_dropped("mqtt", "client_closed");
+                    tracing::error!(error = %err, "MQTT client closed; message lost");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Reads the next outbox items after `cursor` into `batch`. A record that
+/// does not decode is counted, removed and skipped.
+fn read_outbox(
+    shared: &Shared,
+    durable: &DurableQueue,
+    cursor: &mut Option<u64>,
+    batch: &mut Vec<Entry>,
+) {
+    let items = match durable.read_after(*cursor, HAND_OVER_BATCH) {
+        Ok(items) => items,
+        Err(err) => {
+            tracing::error!(error = %err, "MQTT outbox: cannot read; retrying");
             return;
+        }
+    };
+    for item in items {
+        *cursor = Some(item.seq);
+        shared.durable_handed.fetch_add(1, Ordering::SeqCst);
+        match record::decode_mqtt(&item.record) {
+            Ok(message) => {
+                let mut entry = Entry::data(message);
+                entry.seq = item.seq;
+                entry.durable = Some(item.seq);
+                batch.push(entry);
+            }
+            Err(err) => {
+                shared.metrics.sink_dropped("mqtt", "outbox_corrupt_record");
+                tracing::error!(seq = item.seq, error = %err, "MQTT outbox: undecodable record dropped");
+                durable.ack(item.seq);
+            }
         }
     }
 }
@@ -404,6 +609,7 @@ async fn drive_connection(
     let metrics = &shared.metrics;
     let mut connected_at: Option<Instant> = None;
     let mut last_error: Option<String> = None;
+    let mut command_warnings = RateLimiter::new(5, Duration::from_secs(10));
     loop {
         let event = tokio::select! {
             event = eventloop.poll() => event,
@@ -419,8 +625,8 @@ async fn drive_connection(
                     "MQTT connected");
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                let entry = lock(&shared.tracker).in_flight.remove(&ack.pkid);
-                confirm(metrics, entry);
+                let entry = take_confirmed(&shared, |t| t.in_flight.remove(&ack.pkid));
+                confirm(&shared, entry);
             }
             Ok(Event::Incoming(Packet::PubRec(rec))) => {
                 let mut tracker = lock(&shared.tracker);
@@ -429,8 +635,8 @@ async fn drive_connection(
                 }
             }
             Ok(Event::Incoming(Packet::PubComp(comp))) => {
-                let entry = lock(&shared.tracker).releasing.remove(&comp.pkid);
-                confirm(metrics, entry);
+                let entry = take_confirmed(&shared, |t| t.releasing.remove(&comp.pkid));
+                confirm(&shared, entry);
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                 let mut tracker = lock(&shared.tracker);
@@ -439,11 +645,29 @@ async fn drive_connection(
                 } else if let Some(entry) = tracker.awaiting.pop_front() {
                     tracker.drained = tracker.drained.saturating_sub(1);
                     if pkid == 0 {
+                        let settled = tracker.unconfirmed() == 0;
                         drop(tracker);
+                        if settled {
+                            shared.settled.notify_waiters();
+                        }
                         // QoS 0: written is all the protocol offers.
-                        confirm(metrics, Some(entry));
+                        confirm(&shared, Some(entry));
                     } else {
                         tracker.in_flight.insert(pkid, entry);
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                route_command(&shared, publish, &mut command_warnings);
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                for (code, route) in ack.return_codes.iter().zip(&shared.routes) {
+                    if *code == SubscribeReasonCode::Failure {
+                        tracing::error!(pipeline = %route.pipeline, filter = %route.filter,
+                            "the broker refused the downlink subscription (ACL?); no commands will arrive");
+                    } else {
+                        tracing::info!(pipeline = %route.pipeline, filter = %route.filter,
+                            "downlink subscribed");
                     }
                 }
             }
@@ -551,19 +775,86 @@ fn on_connected(shared: &Shared, eventloop: &mut EventLoop, session_present: boo
         retain: true,
         status: true,
         seq: 0,
+        durable: None,
     };
     eventloop.pending.push_back(birth.to_request());
     let at = in_pending.min(tracker.awaiting.len());
     tracker.awaiting.insert(at, birth);
     tracker.drained = at + 1;
+    if !shared.routes.is_empty() {
+        // Not a publish: takes no place in the packet-id mapping.
+        eventloop
+            .pending
+            .push_back(Request::Subscribe(Subscribe::new_many(
+                shared
+                    .routes
+                    .iter()
+                    .map(|r| SubscribeFilter::new(r.filter.clone(), to_qos(r.qos))),
+            )));
+    }
     resent
 }
 
-fn confirm(metrics: &Metrics, entry: Option<Entry>) {
+/// Hands an incoming publish to every pipeline whose filter matches, without
+/// waiting (this runs in the task that polls the event loop).
+fn route_command(shared: &Shared, publish: Publish, warnings: &mut RateLimiter) {
+    let topic = publish.topic.as_str();
+    for route in &shared.routes {
+        if !crate::model::topic_matches_filter(topic, &route.filter) {
+            continue;
+        }
+        if publish.retain && !route.accept_retained {
+            route.metrics.downlink_dropped("retained");
+            if let Some(suppressed) = warnings.check() {
+                tracing::warn!(pipeline = %route.pipeline, topic, suppressed,
+                    "retained downlink command ignored (set downlink.accept_retained to take them)");
+            }
+            continue;
+        }
+        let command = DownlinkCommand {
+            topic: topic.to_owned(),
+            payload: publish.payload.to_vec(),
+        };
+        match route.commands.try_send(command) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                route.metrics.downlink_dropped("command_queue_full");
+                if let Some(suppressed) = warnings.check() {
+                    tracing::warn!(pipeline = %route.pipeline, topic, suppressed,
+                        "downlink command dropped: the transform's command queue is full");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                route.metrics.downlink_dropped("shutdown");
+            }
+        }
+    }
+}
+
+/// Removes a confirmed entry from the tracker with `take`, waking
+/// [`MqttSink::flush`] when nothing is left unconfirmed.
+fn take_confirmed(
+    shared: &Shared,
+    take: impl FnOnce(&mut Tracker) -> Option<Entry>,
+) -> Option<Entry> {
+    let mut tracker = lock(&shared.tracker);
+    let entry = take(&mut tracker);
+    let settled = tracker.unconfirmed() == 0;
+    drop(tracker);
+    if settled {
+        shared.settled.notify_waiters();
+    }
+    entry
+}
+
+fn confirm(shared: &Shared, entry: Option<Entry>) {
     if let Some(entry) = entry
         && !entry.status
     {
-        metrics.mqtt_delivered.inc();
+        shared.metrics.mqtt_delivered.inc();
+        if let (Some(seq), Some(durable)) = (entry.durable, &shared.durable) {
+            durable.ack(seq);
+        }
     }
 }
 

@@ -77,6 +77,23 @@
 //! rejected, to catch typos. Invalid configuration is an
 //! [`Error::InvalidConfig`] naming the key.
 //!
+//! # Downlink commands
+//!
+//! A command published to `<prefix>/cmd/<node>/<name>` becomes one JSON line
+//! for the gateway (the host adds the port's framing, a newline):
+//!
+//! ```text
+//! iiot/cmd/node1/interval  30             →  {"to":"n1","cmd":"interval","arg":30}
+//! iiot/cmd/node2/led       {"on":true}    →  {"to":"n2","cmd":"led","arg":{"on":true}}
+//! iiot/cmd/node1/label     boiler room    →  {"to":"n1","cmd":"label","arg":"boiler room"}
+//! iiot/cmd/node1/reboot    (empty)        →  {"to":"n1","cmd":"reboot"}
+//! ```
+//!
+//! A payload that is JSON is passed as is; other UTF-8 text becomes a JSON
+//! string. Refused (never written): a topic outside `<prefix>/cmd/`, an
+//! unknown node name, a command name other than letters, digits, `_`, `-`,
+//! or a payload that is not UTF-8.
+//!
 //! # Use from native code
 //!
 //! The crate is also an `rlib`, so tests and benchmarks run it natively:
@@ -97,7 +114,9 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
-use sluice_sdk::{Config, Error, FieldValue, Frame, Message, Output, Point, Qos, Transform};
+use sluice_sdk::{
+    Command, Config, Error, FieldValue, Frame, Message, Output, Point, Qos, Transform,
+};
 
 /// A line as the gateway prints it, for tests and benchmarks.
 pub const SAMPLE_LINE: &str = r#"{"seq":1042,"n1":{"t":27.6,"h":54.1,"bat":3.71},"n2":{"t":26.0,"h":50.2,"bat":3.65},"sig":{"rssi":-39,"snr":9.5},"stats":{"rx":1201,"crc_err":3}}"#;
@@ -174,6 +193,55 @@ impl Transform for JsonTelemetry {
         }
         Ok(())
     }
+
+    /// `<prefix>/cmd/<node>/<name>` with payload `P` becomes the line
+    /// `{"to":"n<k>","cmd":"<name>","arg":P}` (see the crate docs).
+    fn encode_command(&mut self, command: &Command) -> Result<Vec<u8>, Error> {
+        let rest = command
+            .topic
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix("/cmd/"))
+            .ok_or_else(|| {
+                Error::unsupported(format!(
+                    "command topics are `{}/cmd/<node>/<command>`, not `{}`",
+                    self.prefix, command.topic
+                ))
+            })?;
+        let (node, name) = rest.split_once('/').ok_or_else(|| {
+            Error::malformed(format!(
+                "`{}`: no command name after the node",
+                command.topic
+            ))
+        })?;
+        let key = self
+            .node_key(node)
+            .ok_or_else(|| Error::malformed(format!("unknown node `{node}`")))?;
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(Error::malformed(format!(
+                "command name `{name}`: use letters, digits, `_` and `-`"
+            )));
+        }
+        let payload = command.payload.as_slice();
+        let arg = if payload.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else if let Ok(raw) = serde_json::from_slice::<&RawValue>(payload) {
+            Some(raw.get().to_owned())
+        } else {
+            let text = command.text()?;
+            Some(serde_json::Value::from(text.trim()).to_string())
+        };
+        let mut line = format!(r#"{{"to":"{key}","cmd":"{name}""#);
+        if let Some(arg) = arg {
+            line.push_str(r#","arg":"#);
+            line.push_str(&arg);
+        }
+        line.push('}');
+        Ok(line.into_bytes())
+    }
 }
 
 impl JsonTelemetry {
@@ -186,6 +254,16 @@ impl JsonTelemetry {
         topic.push('/');
         topic.push_str(metric);
         topic
+    }
+
+    /// The JSON key (`n<k>`) of the node named `name` in topics.
+    fn node_key(&self, name: &str) -> Option<String> {
+        if let Some((key, _)) = self.node_names.iter().find(|(_, n)| n == name) {
+            return Some(key.clone());
+        }
+        let key = format!("n{}", name.strip_prefix("node")?);
+        // `node3` is n3's name only if n3 was not renamed.
+        (is_node_key(&key) && !self.node_names.iter().any(|(k, _)| *k == key)).then_some(key)
     }
 
     /// The configured name of node `key` (`n<digits>`), or `node<digits>`.

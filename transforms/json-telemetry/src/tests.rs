@@ -442,9 +442,71 @@ fn batch_gives_one_result_per_frame_in_order() {
     assert_eq!(results[2].as_ref().unwrap().messages().len(), 1);
 }
 
+fn encode(t: &mut JsonTelemetry, topic: &str, payload: &[u8]) -> Result<String, Error> {
+    t.encode_command(&sluice_sdk::Command::new(topic, payload))
+        .map(|bytes| String::from_utf8(bytes).expect("utf-8"))
+}
+
 #[test]
-fn no_downlink() {
-    let mut t = transform(&[]);
-    let r = t.encode_command(&sluice_sdk::Command::new("cmd", "x"));
-    assert!(matches!(r, Err(Error::Unsupported(_))));
+fn commands_become_json_lines_for_the_gateway() {
+    let mut t = transform(&[("node.n2", "boiler")]);
+    let cases: &[(&str, &[u8], &str)] = &[
+        (
+            "iiot/cmd/node1/interval",
+            b"30",
+            r#"{"to":"n1","cmd":"interval","arg":30}"#,
+        ),
+        (
+            "iiot/cmd/boiler/led",
+            br#"{"on":true}"#,
+            r#"{"to":"n2","cmd":"led","arg":{"on":true}}"#,
+        ),
+        (
+            "iiot/cmd/node1/label",
+            b" boiler \"room\" ",
+            r#"{"to":"n1","cmd":"label","arg":"boiler \"room\""}"#,
+        ),
+        (
+            "iiot/cmd/node7/reboot",
+            b"",
+            r#"{"to":"n7","cmd":"reboot"}"#,
+        ),
+        (
+            "iiot/cmd/node1/reboot",
+            b" \r\n",
+            r#"{"to":"n1","cmd":"reboot"}"#,
+        ),
+    ];
+    for (topic, payload, want) in cases {
+        assert_eq!(
+            encode(&mut t, topic, payload).as_deref(),
+            Ok(*want),
+            "{topic}"
+        );
+    }
+}
+
+#[test]
+fn bad_commands_are_refused_with_a_reason() {
+    let mut t = transform(&[("node.n2", "boiler")]);
+    let unsupported = encode(&mut t, "other/cmd/node1/x", b"1");
+    assert!(
+        matches!(unsupported, Err(Error::Unsupported(_))),
+        "{unsupported:?}"
+    );
+    for (topic, payload, says) in [
+        ("iiot/cmd/node1", &b"1"[..], "no command name"),
+        ("iiot/cmd/node2/x", b"1", "unknown node `node2`"),
+        ("iiot/cmd/pump/x", b"1", "unknown node `pump`"),
+        ("iiot/cmd/node1/a b", b"1", "command name"),
+        ("iiot/cmd/node1/a/b", b"1", "command name"),
+        ("iiot/cmd/node1/x", b"\xff\xfe", "UTF-8"),
+    ] {
+        match encode(&mut t, topic, payload) {
+            Err(Error::Malformed(message)) => {
+                assert!(message.contains(says), "{topic}: {message}")
+            }
+            other => panic!("{topic}: {other:?}"),
+        }
+    }
 }

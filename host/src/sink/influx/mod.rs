@@ -88,7 +88,7 @@ impl InfluxSink {
         let transport = HttpTransport::new(config, &credentials)?;
         let dir = data_dir
             .map(Path::to_owned)
-            .or_else(default_data_dir)
+            .or_else(crate::config::default_state_dir)
             .ok_or(StartError::NoDataDir)?;
         let path = InfluxConfig::dead_letter_path(&dir);
         let dead_letters = DeadLetters::open(
@@ -145,20 +145,4 @@ impl InfluxSink {
             "InfluxDB writer stopped"
         );
     }
-}
-
-/// Where state goes without `data_dir`: `$XDG_STATE_HOME/sluice` or
-/// `~/.local/state/sluice`.
-fn default_data_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir).join("sluice"));
-    }
-    std::env::var_os("HOME")
-        .filter(|d| !d.is_empty())
-        .map(|home| {
-            PathBuf::from(home)
-                .join(".local")
-                .join("state")
-                .join("sluice")
-        })
 }

@@ -1,0 +1,509 @@
+//! The admin HTTP API (axum, HTTP/1, loopback by default): how an operator,
+//! a Prometheus server or a container healthcheck sees a running host.
+//!
+//! | endpoint | answer |
+//! |---|---|
+//! | `GET /health` | liveness: always 200 while the process serves, `{status, version, uptime_secs}` |
+//! | `GET /ready` | 200 when the sinks can take data, else 503; JSON details either way (see [`readiness`]) |
+//! | `GET /metrics` | [`Metrics::encode`] (prometheus-client's OpenMetrics text) |
+//! | `GET /transforms` | each pipeline's transform module, its SHA-256 and its frame/emit counters |
+//! | `POST /transforms/{name}/rollback` | bearer token required; 501 until hot-swap exists |
+//!
+//! Mutating endpoints go behind [`auth::protect`]: without a configured
+//! token they answer 403, without the right bearer token 401, and the
+//! handler never runs. The rollback placeholder exists so the auth layer is
+//! wired and tested before hot-swap brings real mutating endpoints (which
+//! will also extend [`AdminState`]).
+//!
+//! The API only reads: metrics (atomics), gauges the sinks maintain, and a
+//! weak handle on the InfluxDB writer's queue (weak, so the API never keeps
+//! the writer alive at shutdown). It never holds a sink.
+
+pub mod auth;
+pub mod config;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{TokenCheck, protect, require_token};
+pub use config::AdminConfig;
+
+use crate::metrics::Metrics;
+use crate::model::Point;
+
+/// The content type of `GET /metrics` (prometheus-client writes OpenMetrics).
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The InfluxDB writer's queue counts as backed up from this fill ratio.
+const INFLUX_QUEUE_NOT_READY: f64 = 0.9;
+/// How long shutdown waits for open admin requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// One pipeline's transform, as `GET /transforms` lists it.
+#[derive(Debug, Clone)]
+pub struct TransformInfo {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// The component file.
+    pub module: PathBuf,
+    /// SHA-256 of the component (hex).
+    pub hash: String,
+}
+
+/// What the admin API reads; filled in by `app::run_from`.
+pub struct AdminState {
+    /// The host's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Whether an MQTT sink runs (its state is the `mqtt_connected` and
+    /// `mqtt_backlog` gauges, which the sink maintains).
+    pub mqtt_configured: bool,
+    /// The InfluxDB writer's input queue, when `[influx]` is configured.
+    pub influx_queue: Option<mpsc::WeakSender<Point>>,
+    /// Every pipeline's transform.
+    pub transforms: Vec<TransformInfo>,
+    /// Cancelled when the host starts shutting down (`/ready` turns 503).
+    pub shutdown: CancellationToken,
+    /// When the host started.
+    pub started: Instant,
+}
+
+impl AdminState {
+    /// A state with nothing configured but the metrics.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        AdminState {
+            metrics,
+            mqtt_configured: false,
+            influx_queue: None,
+            transforms: Vec::new(),
+            shutdown: CancellationToken::new(),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// The admin API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The address is taken (another sluice? set `[admin] listen`).
+    #[error("admin API: {addr} is already in use (another sluice? set [admin] listen)")]
+    AddrInUse {
+        /// The configured address.
+        addr: SocketAddr,
+    },
+    /// Any other bind failure.
+    #[error("admin API: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The running admin server.
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds `listen` and serves `router(state, check)`. Logs
+    /// `admin API listening on http://ADDR` with the real port.
+    pub async fn start(
+        listen: SocketAddr,
+        state: AdminState,
+        check: TokenCheck,
+    ) -> Result<AdminServer, AdminError> {
+        let bind_error = |source: std::io::Error| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                AdminError::AddrInUse { addr: listen }
+            } else {
+                AdminError::Bind {
+                    addr: listen,
+                    source,
+                }
+            }
+        };
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let token_configured = check.configured();
+        let app = router(Arc::new(state), Arc::new(check));
+        let stop = CancellationToken::new();
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+        let task = tokio::spawn(async move {
+            if let Err(err) = serve.await {
+                tracing::error!(error = %err, "admin API stopped");
+            }
+        });
+        tracing::info!(%addr, token_configured, "admin API listening on http://{addr}");
+        Ok(AdminServer { addr, stop, task })
+    }
+
+    /// The bound address (the real port when `listen` had port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets open requests finish (up to 2 s), then stops.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}
+
+/// Every route. Mutating routes are wrapped in [`protect`].
+pub fn router(state: Arc<AdminState>, check: Arc<TokenCheck>) -> axum::Router {
+    let mutating = protect(
+        axum::Router::new().route("/transforms/{name}/rollback", post(rollback)),
+        check,
+    );
+    axum::Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/transforms", get(transforms))
+        .merge(mutating)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn health(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.started.elapsed().as_secs(),
+    }))
+}
+
+async fn ready(State(state): State<Arc<AdminState>>) -> Response {
+    let (is_ready, body) = readiness(&state);
+    let status = if is_ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Whether the host can take data now, and why not. Ready means: not
+/// shutting down, the MQTT sink (if configured) is connected, and the
+/// InfluxDB writer's queue (if configured) is below 90 % full. Serial ports
+/// are reported but do not count: an unplugged device is retried by the
+/// host, and restarting sluice (what a failing check usually triggers)
+/// would not bring it back.
+pub fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
+    let metrics = &state.metrics;
+    let mut reasons: Vec<String> = Vec::new();
+    if state.shutdown.is_cancelled() {
+        reasons.push("shutting down".into());
+    }
+    let mqtt = if state.mqtt_configured {
+        let connected = metrics.mqtt_connected.get() == 1;
+        if !connected {
+            reasons.push("mqtt: not connected to the broker".into());
+        }
+        json!({
+            "configured": true,
+            "connected": connected,
+            "backlog": metrics.mqtt_backlog.get(),
+        })
+    } else {
+        json!({ "configured": false })
+    };
+    let influx = match &state.influx_queue {
+        None => json!({ "configured": false }),
+        Some(queue) => match queue.upgrade() {
+            Some(sender) => {
+                let capacity = sender.max_capacity();
+                let queued = capacity.saturating_sub(sender.capacity());
+                drop(sender);
+                if queued as f64 >= capacity as f64 * INFLUX_QUEUE_NOT_READY {
+                    reasons.push(format!(
+                        "influx: writer queue {queued} of {capacity} points (InfluxDB slow or down?)"
+                    ));
+                }
+                json!({
+                    "configured": true,
+                    "queued_points": queued,
+                    "queue_capacity": capacity,
+                    "batches_in_flight": metrics.influx.batches_in_flight.get(),
+                })
+            }
+            None => {
+                reasons.push("influx: writer stopped".into());
+                json!({ "configured": true, "stopped": true })
+            }
+        },
+    };
+    let pipelines: Vec<_> = state
+        .transforms
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.pipeline,
+                "port_open": metrics.serial(&t.pipeline).port_open.get() == 1,
+            })
+        })
+        .collect();
+    let is_ready = reasons.is_empty();
+    let body = json!({
+        "status": if is_ready { "ready" } else { "not_ready" },
+        "reasons": reasons,
+        "mqtt": mqtt,
+        "influx": influx,
+        "pipelines": pipelines,
+    });
+    (is_ready, body)
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn transforms(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+    let list: Vec<_> = state
+        .transforms
+        .iter()
+        .map(|t| {
+            let counters = state.metrics.pipeline(&t.pipeline);
+            json!({
+                "pipeline": t.pipeline,
+                "module": t.module.display().to_string(),
+                "sha256": t.hash,
+                "frames_received": counters.frames_received.get(),
+                "messages_emitted": counters.messages_emitted.get(),
+                "points_emitted": counters.points_emitted.get(),
+            })
+        })
+        .collect();
+    Json(json!({ "transforms": list }))
+}
+
+/// Placeholder behind the token check: rollback comes with hot-swap.
+async fn rollback(Path(name): Path<String>) -> Response {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        Json(json!({
+            "error": "not implemented: rollback comes with transform hot-swap",
+            "pipeline": name,
+        })),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    async fn serve(state: AdminState, token: Option<&str>) -> (AdminServer, String) {
+        let check = TokenCheck::new(token.map(Secret::new).as_ref());
+        let server = AdminServer::start("127.0.0.1:0".parse().expect("addr"), state, check)
+            .await
+            .expect("bind an ephemeral port");
+        let base = format!("http://{}", server.local_addr());
+        (server, base)
+    }
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder().build().expect("client")
+    }
+
+    async fn json(response: reqwest::Response) -> serde_json::Value {
+        let text = response.text().await.expect("body");
+        serde_json::from_str(&text).expect("JSON body")
+    }
+
+    #[tokio::test]
+    async fn health_metrics_transforms() {
+        let metrics = Arc::new(Metrics::new());
+        metrics.pipeline("gw").frames_received.inc_by(3);
+        let mut state = AdminState::new(metrics);
+        state.transforms.push(TransformInfo {
+            pipeline: "gw".into(),
+            module: "/m/json_telemetry.wasm".into(),
+            hash: "ab".repeat(32),
+        });
+        let (server, base) = serve(state, None).await;
+        let http = client();
+
+        let health = http
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(health.status(), 200);
+        let body = json(health).await;
+        assert_eq!(body["status"], "ok");
+        assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+        assert!(body["uptime_secs"].is_u64());
+
+        let response = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            METRICS_CONTENT_TYPE
+        );
+        let text = response.text().await.expect("text");
+        assert!(
+            text.contains("sluice_frames_received_total{pipeline=\"gw\"} 3"),
+            "{text}"
+        );
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+
+        let list = json(
+            http.get(format!("{base}/transforms"))
+                .send()
+                .await
+                .expect("get"),
+        )
+        .await;
+        assert_eq!(list["transforms"][0]["pipeline"], "gw");
+        assert_eq!(list["transforms"][0]["frames_received"], 3);
+        assert_eq!(list["transforms"][0]["sha256"], "ab".repeat(32));
+
+        let missing = http.get(format!("{base}/nope")).send().await.expect("get");
+        assert_eq!(missing.status(), 404);
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn ready_follows_the_mqtt_connection_and_the_influx_queue() {
+        let metrics = Arc::new(Metrics::new());
+        let (points, mut writer) = mpsc::channel::<Point>(10);
+        let mut state = AdminState::new(metrics.clone());
+        state.mqtt_configured = true;
+        state.influx_queue = Some(points.downgrade());
+        let shutdown = state.shutdown.clone();
+        let (server, base) = serve(state, None).await;
+        let http = client();
+        let ready = || async {
+            let response = http.get(format!("{base}/ready")).send().await.expect("get");
+            let status = response.status().as_u16();
+            (status, json(response).await)
+        };
+
+        let (status, body) = ready().await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["mqtt"]["connected"], false);
+        metrics.mqtt_connected.set(1);
+        let (status, body) = ready().await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["influx"]["queued_points"], 0);
+
+        let point = || Point {
+            measurement: "m".into(),
+            tags: Default::default(),
+            fields: Default::default(),
+            timestamp_ns: None,
+        };
+        for _ in 0..9 {
+            points.try_send(point()).expect("room");
+        }
+        let (status, body) = ready().await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["influx"]["queued_points"], 9);
+        while writer.try_recv().is_ok() {}
+
+        shutdown.cancel();
+        let (status, body) = ready().await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["reasons"][0], "shutting down");
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn mutating_endpoints_need_the_bearer_token() {
+        let (server, base) = serve(AdminState::new(Arc::new(Metrics::new())), Some("t0k3n")).await;
+        let http = client();
+        let url = format!("{base}/transforms/gw/rollback");
+
+        let none = http.post(&url).send().await.expect("post");
+        assert_eq!(none.status(), 401);
+        assert!(none.headers().contains_key(header::WWW_AUTHENTICATE));
+        let body = json(none).await;
+        assert_eq!(body["error"], "missing bearer token");
+
+        let wrong = http
+            .post(&url)
+            .bearer_auth("t0k3m")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(wrong.status(), 401);
+        let basic = http
+            .post(&url)
+            .basic_auth("admin", Some("t0k3n"))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(basic.status(), 401);
+
+        let right = http
+            .post(&url)
+            .bearer_auth("t0k3n")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(right.status(), 501);
+        server.shutdown().await;
+
+        let (server, base) = serve(AdminState::new(Arc::new(Metrics::new())), None).await;
+        let refused = http
+            .post(format!("{base}/transforms/gw/rollback"))
+            .bearer_auth("anything")
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(refused.status(), 403);
+        let body = json(refused).await;
+        assert_eq!(body["error"], "admin token not configured");
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_a_clear_error() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let result = AdminServer::start(
+            addr,
+            AdminState::new(Arc::new(Metrics::new())),
+            TokenCheck::new(None),
+        )
+        .await;
+        assert!(matches!(result, Err(AdminError::AddrInUse { .. })));
+    }
+}

@@ -1,0 +1,447 @@
+//! The admin HTTP API of a real `sluice run`: a pseudo-terminal feeding
+//! telemetry, the json-telemetry component, a real mosquitto, and HTTP
+//! requests from an independent client (reqwest) to the port the host logged.
+//!
+//! Also the embedded broker as a production option: `sluice run` with
+//! `[broker] embedded = true` and no `[mqtt]`, and mosquitto's own
+//! subscriber receiving the telemetry from it.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sluice::pty::Pty;
+use sluice_tests::{Mosquitto, SluiceProcess, program, wasm};
+
+const TOKEN: &str = "correct-horse-battery-staple";
+
+/// One telemetry line of the simulated gateway (11 MQTT messages).
+fn frame(seq: u32) -> String {
+    format!(
+        r#"{{"seq":{seq},"n1":{{"t":21.5,"h":40.5,"bat":3.7}},"n2":{{"t":-1.0,"h":50.2,"bat":3.65}},"sig":{{"rssi":-40,"snr":7.25}},"stats":{{"rx":{seq},"crc_err":0}}}}"#
+    ) + "\n"
+}
+
+/// A one-pipeline config for `pty` and `json-telemetry`, plus `sections`.
+fn write_config(dir: &Path, pty: &Pty, sections: &str) -> std::path::PathBuf {
+    let quote = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+    let text = format!(
+        "version = 1\n\
+         data_dir = {data}\n\
+         {sections}\n\
+         [[pipeline]]\n\
+         name = \"gateway\"\n\
+         [pipeline.serial]\n\
+         path = {pty}\n\
+         [pipeline.transform]\n\
+         module = {module}\n\
+         [pipeline.transform.config]\n\
+         prefix = \"iiot\"\n",
+        data = quote(&dir.join("data")),
+        pty = quote(&pty.path),
+        module = quote(Path::new(wasm::JSON_TELEMETRY)),
+    );
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// The address in the log line `<what> listening on <scheme>://ADDR`.
+fn logged_addr(sluice: &SluiceProcess, needle: &str) -> String {
+    assert!(
+        sluice.wait_for_log(needle, Duration::from_secs(30)),
+        "no {needle:?} in the log:\n{}",
+        sluice.log()
+    );
+    let log = sluice.log();
+    let start = log.find(needle).map(|i| i + needle.len()).unwrap_or(0);
+    log[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
+        .collect()
+}
+
+/// A blocking facade over reqwest for these tests.
+struct Http {
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Http {
+    fn new(addr: &str) -> Http {
+        Http {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client"),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// Status, content type and body.
+    fn send(&self, request: reqwest::RequestBuilder) -> (u16, String, String) {
+        self.runtime.block_on(async {
+            let response = request.send().await.expect("admin API answers");
+            let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (status, content_type, response.text().await.expect("body"))
+        })
+    }
+
+    fn get(&self, path: &str) -> (u16, String, String) {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+    }
+
+    fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (status, _, body) = self.get(path);
+        let value = serde_json::from_str(&body)
+            .unwrap_or_else(|err| panic!("GET {path}: not JSON ({err}): {body}"));
+        (status, value)
+    }
+
+    fn post(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let mut request = self.client.post(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let (status, _, body) = self.send(request);
+        let value = serde_json::from_str(&body)
+            .unwrap_or_else(|err| panic!("POST {path}: not JSON ({err}): {body}"));
+        (status, value)
+    }
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A strict reader of the OpenMetrics text format as prometheus-client
+/// writes it: `# HELP/TYPE/UNIT` comments, one `name{labels} value` sample
+/// per line, the `# EOF` terminator last. Returns every sample by its series
+/// (`name{labels}` exactly as written); panics on anything else.
+fn parse_openmetrics(text: &str) -> BTreeMap<String, f64> {
+    let mut samples = BTreeMap::new();
+    let mut lines = text.lines().peekable();
+    let mut saw_eof = false;
+    while let Some(line) = lines.next() {
+        if line == "# EOF" {
+            assert!(lines.peek().is_none(), "content after # EOF");
+            saw_eof = true;
+            break;
+        }
+        if let Some(comment) = line.strip_prefix("# ") {
+            let kind = comment.split(' ').next().unwrap_or_default();
+            assert!(
+                matches!(kind, "HELP" | "TYPE" | "UNIT"),
+                "unknown comment line {line:?}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "bad metric name in {line:?}"
+        );
+        if name_end < series.len() {
+            let labels = series[name_end..]
+                .strip_prefix('{')
+                .and_then(|l| l.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("bad label set in {line:?}"));
+            for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                let (key, value) = pair
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("bad label {pair:?} in {line:?}"));
+                assert!(
+                    !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "bad label name {key:?} in {line:?}"
+                );
+                assert!(!value.contains('\n'), "{line:?}");
+            }
+        }
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        assert!(
+            samples.insert(series.to_owned(), value).is_none(),
+            "duplicate series {series}"
+        );
+    }
+    assert!(saw_eof, "no # EOF terminator");
+    samples
+}
+
+#[test]
+fn admin_api_of_a_running_host() {
+    let mut broker = Mosquitto::start();
+    let mut pty = Pty::open().expect("openpty");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &pty,
+        &format!(
+            "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nclient_id = \"sluice-admin-test\"\n\
+             reconnect_max_ms = 500\nstats_interval_secs = 0\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"SLUICE_TEST_ADMIN_TOKEN\"\n",
+            broker.port
+        ),
+    );
+    let mut sluice = SluiceProcess::spawn(
+        &["run", "--config", config.to_str().expect("utf-8 path")],
+        &[("SLUICE_TEST_ADMIN_TOKEN", TOKEN.to_owned())],
+    );
+    let addr = logged_addr(&sluice, "admin API listening on http://");
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
+    assert!(
+        !sluice.log().contains(TOKEN),
+        "the token must never be logged"
+    );
+    let http = Http::new(&addr);
+
+    // Liveness.
+    let (status, health) = http.get_json("/health");
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+
+    // Ready once MQTT is connected; the port is open.
+    assert!(
+        eventually(Duration::from_secs(20), || http.get_json("/ready").0 == 200),
+        "never ready: {}\n{}",
+        http.get_json("/ready").1,
+        sluice.log()
+    );
+    let (_, ready) = http.get_json("/ready");
+    assert_eq!(ready["mqtt"]["connected"], true, "{ready}");
+    assert_eq!(ready["influx"]["configured"], false, "{ready}");
+    assert_eq!(ready["pipelines"][0]["name"], "gateway", "{ready}");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            http.get_json("/ready").1["pipelines"][0]["port_open"] == true
+        }),
+        "{}",
+        sluice.log()
+    );
+
+    // /metrics: OpenMetrics, and the counters follow what the test sends.
+    let frames_series = "sluice_frames_received_total{pipeline=\"gateway\"}";
+    let metrics = || {
+        let (status, content_type, body) = http.get("/metrics");
+        assert_eq!(status, 200);
+        assert_eq!(
+            content_type,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        parse_openmetrics(&body)
+    };
+    let before = metrics();
+    assert_eq!(before.get(frames_series).copied().unwrap_or(0.0), 0.0);
+    for seq in 1..=5 {
+        pty.master
+            .write_all(frame(seq).as_bytes())
+            .expect("write frame");
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let m = metrics();
+            m.get(frames_series) == Some(&5.0)
+                && m.get("sluice_mqtt_delivered_total") == Some(&55.0)
+        }),
+        "{:?}\n{}",
+        metrics(),
+        sluice.log()
+    );
+    for seq in 6..=8 {
+        pty.master
+            .write_all(frame(seq).as_bytes())
+            .expect("write frame");
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || metrics().get(frames_series)
+            == Some(&8.0)),
+        "{:?}",
+        metrics()
+    );
+    let m = metrics();
+    assert_eq!(
+        m.get("sluice_messages_emitted_total{pipeline=\"gateway\"}"),
+        Some(&88.0)
+    );
+    assert_eq!(
+        m.get("sluice_transform_call_seconds_count{pipeline=\"gateway\"}"),
+        Some(&8.0)
+    );
+    assert_eq!(m.get("sluice_mqtt_connected"), Some(&1.0));
+
+    // /transforms: module, hash, counters.
+    let (status, transforms) = http.get_json("/transforms");
+    assert_eq!(status, 200);
+    let entry = &transforms["transforms"][0];
+    assert_eq!(entry["pipeline"], "gateway", "{transforms}");
+    assert!(
+        entry["module"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("json_telemetry.wasm")),
+        "{transforms}"
+    );
+    assert!(
+        entry["sha256"]
+            .as_str()
+            .is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit())),
+        "{transforms}"
+    );
+    assert_eq!(entry["frames_received"], 8, "{transforms}");
+
+    // Mutating endpoints: 401 without or with a wrong token; the right one
+    // passes the auth layer (and hits the hot-swap placeholder).
+    let rollback = "/transforms/gateway/rollback";
+    let (status, body) = http.post(rollback, None);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "missing bearer token");
+    let (status, body) = http.post(rollback, Some("correct-horse-battery-stapl"));
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "invalid bearer token");
+    let (status, body) = http.post(rollback, Some(TOKEN));
+    assert_eq!(status, 501, "{body}");
+    let (_, transforms_after) = http.get_json("/transforms");
+    assert_eq!(transforms_after["transforms"], transforms["transforms"]);
+
+    // The broker goes away: not ready, with the reason.
+    broker.stop();
+    assert!(
+        eventually(Duration::from_secs(20), || http.get_json("/ready").0 == 503),
+        "still ready without a broker: {}",
+        http.get_json("/ready").1
+    );
+    let (_, ready) = http.get_json("/ready");
+    assert_eq!(ready["mqtt"]["connected"], false, "{ready}");
+    assert!(
+        ready["reasons"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r.as_str().is_some_and(|r| r.starts_with("mqtt:")))),
+        "{ready}"
+    );
+    // …and ready again when it is back.
+    broker.restart();
+    assert!(
+        eventually(Duration::from_secs(20), || http.get_json("/ready").0 == 200),
+        "not ready after the broker came back: {}",
+        http.get_json("/ready").1
+    );
+
+    assert!(
+        sluice.stop(),
+        "sluice should exit cleanly on SIGTERM:\n{}",
+        sluice.log()
+    );
+    assert!(!sluice.log().contains(TOKEN));
+}
+
+#[test]
+fn mutating_endpoints_refuse_without_a_configured_token() {
+    let mut pty = Pty::open().expect("openpty");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &pty, "[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let mut sluice = SluiceProcess::spawn(
+        &["run", "--config", config.to_str().expect("utf-8 path")],
+        &[],
+    );
+    let http = Http::new(&logged_addr(&sluice, "admin API listening on http://"));
+    let (status, body) = http.post("/transforms/gateway/rollback", Some("anything"));
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "admin token not configured");
+    // No sink configured: nothing to wait for, so ready at once.
+    let (status, ready) = http.get_json("/ready");
+    assert_eq!(status, 200, "{ready}");
+    pty.master.write_all(frame(1).as_bytes()).expect("write");
+    assert!(sluice.stop(), "{}", sluice.log());
+}
+
+#[test]
+fn embedded_broker_serves_local_subscribers() {
+    let mut pty = Pty::open().expect("openpty");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &pty,
+        "[broker]\nembedded = true\nlisten = \"127.0.0.1:0\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let mut sluice = SluiceProcess::spawn(
+        &["run", "--config", config.to_str().expect("utf-8 path")],
+        &[],
+    );
+    let broker_addr = logged_addr(&sluice, "embedded MQTT broker listening on mqtt://");
+    let port = broker_addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .expect("host:port");
+    let http = Http::new(&logged_addr(&sluice, "admin API listening on http://"));
+    assert!(
+        eventually(Duration::from_secs(20), || http.get_json("/ready").0 == 200),
+        "the sink never connected to the embedded broker: {}\n{}",
+        http.get_json("/ready").1,
+        sluice.log()
+    );
+
+    // mosquitto's own client, MQTT 3.1.1 (the embedded broker's protocol).
+    let subscriber = std::process::Command::new(program("mosquitto_sub"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", "iiot/#", "-v", "-q", "1", "-C", "22", "-W", "20"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mosquitto_sub");
+    std::thread::sleep(Duration::from_millis(500));
+    for seq in 1..=2 {
+        pty.master.write_all(frame(seq).as_bytes()).expect("write");
+    }
+    let output = subscriber.wait_with_output().expect("mosquitto_sub");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 22, "{text}\n{}", sluice.log());
+    assert!(lines.contains(&"iiot/node1/temperature 21.5"), "{text}");
+    assert!(lines.contains(&"iiot/stats/seq 2"), "{text}");
+
+    // A late subscriber still gets the retained sensor values.
+    let late = Command::new(program("mosquitto_sub"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", "iiot/node2/#", "-v", "-C", "3", "-W", "10"])
+        .output()
+        .expect("mosquitto_sub");
+    let late = String::from_utf8_lossy(&late.stdout);
+    assert!(late.contains("iiot/node2/temperature -1.0"), "{late}");
+
+    assert!(sluice.stop(), "{}", sluice.log());
+}
