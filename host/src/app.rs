@@ -17,7 +17,7 @@ use crate::admin::{AdminConfig, AdminServer, AdminState, TokenCheck, TransformIn
 use crate::broker::EmbeddedBroker;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::model::{MqttMessage, Point, Qos};
+use crate::model::{MqttMessage, Qos};
 use crate::pipeline::{
     DownlinkCommand, Emission, WorkerControl, WorkerDownlink, WorkerSettings,
     spawn_controlled_worker,
@@ -26,7 +26,7 @@ use crate::reload::Reloader;
 use crate::runtime::{ModuleCache, Runtime};
 use crate::secret::Secret;
 use crate::sink::durable::DurableQueue;
-use crate::sink::influx::InfluxSink;
+use crate::sink::influx::{InfluxInput, InfluxSink};
 use crate::sink::mqtt::{CommandRoute, MqttSink};
 use crate::source::Source;
 use crate::source::serial::DownlinkSender;
@@ -263,7 +263,21 @@ async fn run_inner(
     };
     let mqtt = match &config.mqtt {
         Some(mqtt_config) => {
-            let durable = open_outbox(&config, "mqtt", mqtt_config, &metrics)?;
+            let durable = match config.data_dir.as_deref() {
+                Some(data_dir) if mqtt_config.durable => Some(open_outbox(
+                    data_dir,
+                    "mqtt",
+                    mqtt_config.outbox.clone(),
+                    &metrics,
+                )?),
+                Some(_) => None,
+                None => {
+                    tracing::warn!(
+                        "no data_dir: MQTT messages wait in memory only and are lost if the host dies"
+                    );
+                    None
+                }
+            };
             Some(Arc::new(MqttSink::start_with(
                 mqtt_config,
                 metrics.clone(),
@@ -273,13 +287,39 @@ async fn run_inner(
         }
         None => None,
     };
-    let (influx, points) = match &config.influx {
+    let (influx, points, influx_queue) = match &config.influx {
         Some(influx_config) => {
-            let (sink, points) =
-                InfluxSink::start(influx_config, config.data_dir.as_deref(), metrics.clone())?;
-            (Some(sink), Some(points))
+            let durable = match config.data_dir.as_deref() {
+                Some(data_dir) if influx_config.durable => Some(open_outbox(
+                    data_dir,
+                    "influx",
+                    influx_config.outbox.clone(),
+                    &metrics,
+                )?),
+                _ => None,
+            };
+            match durable {
+                Some(queue) => {
+                    let (sink, input, writer) = InfluxSink::start_durable(
+                        influx_config,
+                        config.data_dir.as_deref(),
+                        metrics.clone(),
+                        queue,
+                    )?;
+                    (Some(sink), Some(input), Some(writer))
+                }
+                None => {
+                    let (sink, points) = InfluxSink::start(
+                        influx_config,
+                        config.data_dir.as_deref(),
+                        metrics.clone(),
+                    )?;
+                    let weak = points.downgrade();
+                    (Some(sink), Some(InfluxInput::Direct(points)), Some(weak))
+                }
+            }
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let (emit_tx, emit_rx) = mpsc::channel(EMISSION_CHANNEL);
     let pipelines = start_pipelines_from(
@@ -298,7 +338,7 @@ async fn run_inner(
         Source::Serial => {
             let mut state = AdminState::new(metrics.clone());
             state.mqtt_configured = mqtt.is_some();
-            state.influx_queue = points.as_ref().map(mpsc::Sender::downgrade);
+            state.influx_queue = influx_queue;
             state.transforms = pipelines.transforms().to_vec();
             state.shutdown = shutdown.clone();
             start_admin(&config.admin, state, admin_token.as_ref()).await
@@ -390,35 +430,25 @@ async fn run_inner(
     Ok(())
 }
 
-/// The durable outbox of the MQTT sink: `<data_dir>/outbox/mqtt.redb` when
-/// the host has a `data_dir` and `[mqtt] durable` is on (the default);
-/// `None` means the in-memory queue (lost if the host dies).
+/// Opens `<data_dir>/outbox/<sink>.redb` and starts its writer thread.
 fn open_outbox(
-    config: &Config,
+    data_dir: &std::path::Path,
     sink: &'static str,
-    mqtt: &crate::config::MqttConfig,
+    outbox_config: crate::outbox::OutboxConfig,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<Option<Arc<DurableQueue>>> {
-    let Some(data_dir) = config.data_dir.as_deref().filter(|_| mqtt.durable) else {
-        if mqtt.durable {
-            tracing::warn!(
-                "no data_dir: MQTT messages wait in memory only and are lost if the host dies"
-            );
-        }
-        return Ok(None);
-    };
+) -> anyhow::Result<Arc<DurableQueue>> {
     let path = crate::outbox::path_in(data_dir, sink);
-    let outbox = crate::outbox::Outbox::open(&path, mqtt.outbox.clone())
+    let outbox = crate::outbox::Outbox::open(&path, outbox_config)
         .with_context(|| format!("cannot open the {sink} outbox {}", path.display()))?;
     let stats = outbox.stats();
     tracing::info!(path = %path.display(), items = stats.depth_items, bytes = stats.depth_bytes,
         "{sink} outbox open");
     metrics.outbox_depth(sink, stats.depth_items, stats.depth_bytes);
-    Ok(Some(Arc::new(DurableQueue::start(
+    Ok(Arc::new(DurableQueue::start(
         sink,
         outbox,
         metrics.clone(),
-    )?)))
+    )?))
 }
 
 /// `[broker] embedded = true`: starts the embedded broker and, when there is
@@ -488,7 +518,7 @@ async fn publish_stats(sink: Arc<MqttSink>, metrics: Arc<Metrics>, topic: String
 async fn route(
     mut emissions: mpsc::Receiver<Emission>,
     mqtt: Option<Arc<MqttSink>>,
-    points: Option<mpsc::Sender<Point>>,
+    points: Option<InfluxInput>,
     metrics: Arc<Metrics>,
 ) {
     let mut told_about_points = false;
@@ -510,7 +540,7 @@ async fn route(
             Emission::Point(point) => match &points {
                 // Waits while the writer's queue is full (backpressure).
                 Some(points) => {
-                    if points.send(point).await.is_err() {
+                    if !points.send(point).await {
                         metrics.sink_dropped("influx", "writer_stopped");
                     }
                 }

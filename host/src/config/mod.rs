@@ -68,7 +68,8 @@ pub enum ConfigError {
 pub struct Config {
     /// Config format version; must be [`CONFIG_VERSION`].
     pub version: u32,
-    /// Where the host keeps state (compiled-module cache now; outbox later).
+    /// Where the host keeps state: the compiled-module cache, the durable
+    /// outboxes (`outbox/`), dead letters.
     /// Relative paths are relative to the config file.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
@@ -179,8 +180,9 @@ pub enum QueueFullPolicy {
     /// Wait: backpressure up to the serial ports (nothing dropped by the host).
     #[default]
     Block,
-    /// Evict the oldest queued message (counted as
-    /// `sink_dropped{sink="mqtt",reason="queue_full_drop_oldest"}`).
+    /// Evict the oldest queued item, counted in `sink_dropped{sink,reason}`:
+    /// `queue_full_drop_oldest` for the in-memory MQTT queue,
+    /// `outbox_overflow` for a durable outbox.
     DropOldest,
 }
 

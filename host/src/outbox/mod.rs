@@ -174,14 +174,15 @@ pub enum FsyncPolicy {
     Interval,
 }
 
-/// Settings of one outbox (`[outbox]` in the config, or per sink).
+/// Settings of one sink's outbox (`[mqtt.outbox]`, `[influx.outbox]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxConfig {
     /// Bound on record bytes plus [`ITEM_OVERHEAD`] per item (default 256 MiB).
     #[serde(default = "default_max_bytes")]
     pub max_bytes: NonZeroU64,
-    /// Items older than this are dropped (`dropped_expired`); none by default.
+    /// Items older than this are dropped (metric reason `outbox_expired`);
+    /// none by default.
     #[serde(default)]
     pub max_age_secs: Option<NonZeroU64>,
     /// What a full outbox does to an append: `block` (default) or `drop_oldest`.

@@ -77,6 +77,7 @@ impl DurableQueue {
             metrics,
             drained: drained_tx,
             stop: stop.clone(),
+            exported: Mutex::new((0, 0)),
         };
         let thread = std::thread::Builder::new()
             .name(format!("outbox-{sink}"))
@@ -176,6 +177,8 @@ struct Writer {
     metrics: Arc<Metrics>,
     drained: watch::Sender<bool>,
     stop: Arc<AtomicBool>,
+    /// (overflow, expired) drops already exported as metrics.
+    exported: Mutex<(u64, u64)>,
 }
 
 impl Writer {
@@ -197,6 +200,8 @@ impl Writer {
                         None => open = false,
                     },
                     _ = self.wake.notified() => {}
+                    // Expiries by the outbox's own thread reach the metrics.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
             while open && batch.len() < MAX_BATCH {
@@ -305,9 +310,24 @@ impl Writer {
         }
     }
 
+    /// Exports the depth, and the drops the outbox counted since the last
+    /// export (evictions on append, expiries on append or by its own
+    /// background thread) as `sink_dropped{reason}`.
     fn export_depth(&self) {
         let stats = self.outbox.stats();
         self.metrics
             .outbox_depth(self.sink, stats.depth_items, stats.depth_bytes);
+        let mut exported = lock(&self.exported);
+        let overflow = stats.dropped_overflow.saturating_sub(exported.0);
+        let expired = stats.dropped_expired.saturating_sub(exported.1);
+        if overflow > 0 {
+            self.metrics
+                .sink_dropped_by(self.sink, "outbox_overflow", overflow);
+        }
+        if expired > 0 {
+            self.metrics
+                .sink_dropped_by(self.sink, "outbox_expired", expired);
+        }
+        *exported = (stats.dropped_overflow, stats.dropped_expired);
     }
 }

@@ -44,8 +44,9 @@
 //!
 //! Known limits: MQTT 3.1.1 gives no reason codes, so a publish an ACL denies
 //! is acknowledged like any other (mosquitto drops it silently); MQTT 5 is
-//! not implemented yet. The backlog is in memory: a host crash loses it (the
-//! durable outbox is the next step).
+//! not implemented yet. With a `data_dir`, data messages wait in the durable
+//! outbox (`sink/durable.rs`) until confirmed and survive a crash; without
+//! one, the in-memory backlog is lost if the host dies.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -625,8 +626,7 @@ async fn drive_connection(
                     "MQTT connected");
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                let entry = take_confirmed(&shared, |t| t.in_flight.remove(&ack.pkid));
-                confirm(&shared, entry);
+                settle(&shared, |t| t.in_flight.remove(&ack.pkid));
             }
             Ok(Event::Incoming(Packet::PubRec(rec))) => {
                 let mut tracker = lock(&shared.tracker);
@@ -635,8 +635,7 @@ async fn drive_connection(
                 }
             }
             Ok(Event::Incoming(Packet::PubComp(comp))) => {
-                let entry = take_confirmed(&shared, |t| t.releasing.remove(&comp.pkid));
-                confirm(&shared, entry);
+                settle(&shared, |t| t.releasing.remove(&comp.pkid));
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                 let mut tracker = lock(&shared.tracker);
@@ -647,11 +646,11 @@ async fn drive_connection(
                     if pkid == 0 {
                         let settled = tracker.unconfirmed() == 0;
                         drop(tracker);
+                        // QoS 0: written is all the protocol offers.
+                        confirm(&shared, Some(entry));
                         if settled {
                             shared.settled.notify_waiters();
                         }
-                        // QoS 0: written is all the protocol offers.
-                        confirm(&shared, Some(entry));
                     } else {
                         tracker.in_flight.insert(pkid, entry);
                     }
@@ -831,20 +830,18 @@ fn route_command(shared: &Shared, publish: Publish, warnings: &mut RateLimiter) 
     }
 }
 
-/// Removes a confirmed entry from the tracker with `take`, waking
-/// [`MqttSink::flush`] when nothing is left unconfirmed.
-fn take_confirmed(
-    shared: &Shared,
-    take: impl FnOnce(&mut Tracker) -> Option<Entry>,
-) -> Option<Entry> {
+/// Removes a confirmed entry from the tracker with `take` and counts it,
+/// then wakes [`MqttSink::flush`] if nothing is left unconfirmed (after
+/// counting, so a woken flush sees the delivery).
+fn settle(shared: &Shared, take: impl FnOnce(&mut Tracker) -> Option<Entry>) {
     let mut tracker = lock(&shared.tracker);
     let entry = take(&mut tracker);
     let settled = tracker.unconfirmed() == 0;
     drop(tracker);
+    confirm(shared, entry);
     if settled {
         shared.settled.notify_waiters();
     }
-    entry
 }
 
 fn confirm(shared: &Shared, entry: Option<Entry>) {

@@ -144,6 +144,13 @@ pub struct InfluxConfig {
     /// pipelines wait (backpressure).
     #[serde(default = "default_channel_capacity")]
     pub channel_capacity: NonZeroUsize,
+    /// Keep every point in the durable outbox (`<data_dir>/outbox/influx.redb`)
+    /// until InfluxDB confirmed or refused it; needs `data_dir`. Default true.
+    #[serde(default = "default_durable")]
+    pub durable: bool,
+    /// The outbox's bounds, full policy and fsync policy (`[influx.outbox]`).
+    #[serde(default)]
+    pub outbox: crate::outbox::OutboxConfig,
     /// Timeout of one write request, in milliseconds.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_ms: NonZeroU64,
@@ -180,6 +187,10 @@ fn default_flush_interval() -> NonZeroU64 {
 fn default_in_flight() -> NonZeroUsize {
     NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN)
 }
+fn default_durable() -> bool {
+    true
+}
+
 fn default_channel_capacity() -> NonZeroUsize {
     NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN)
 }

@@ -14,6 +14,21 @@
 //! writer task. Shutdown: drop the sender, then [`InfluxSink::finish`]
 //! waits for every batch to settle, up to a deadline after which the rest
 //! is dead-lettered (`shutdown_undelivered`).
+//!
+//! [`InfluxSink::start_durable`] puts the durable outbox in front:
+//!
+//! ```text
+//! router ─► DurableQueue (outbox, group commit) ─► feeder task ─► writer ─► InfluxDB
+//!                 ▲                                   │ writer seq → outbox seq
+//!                 └──────────── ack ◄── DeliveryHook ◄┘ (delivered or dead-lettered)
+//! ```
+//!
+//! A point leaves the outbox only once the writer settled it. An InfluxDB
+//! outage then fills the outbox on disk (bounded by `[influx.outbox]`)
+//! instead of the router's channel, so it no longer holds up MQTT. At
+//! shutdown nothing is dead-lettered for lack of time: what is unsettled at
+//! the deadline stays in the outbox and is written after the next start
+//! (rewriting a point with the same series and timestamp is idempotent).
 
 pub mod config;
 pub mod dead_letter;
@@ -21,8 +36,9 @@ pub mod line_protocol;
 pub mod transport;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -32,6 +48,8 @@ pub use config::InfluxConfig;
 
 use crate::metrics::Metrics;
 use crate::model::Point;
+use crate::outbox::record;
+use crate::sink::durable::DurableQueue;
 use dead_letter::DeadLetters;
 use transport::HttpTransport;
 use writer::{DeliveryHook, NoHook, Shared, WriterSettings};
@@ -63,6 +81,121 @@ pub struct InfluxSink {
     task: tokio::task::JoinHandle<()>,
     give_up: CancellationToken,
     metrics: Arc<Metrics>,
+    /// With the durable outbox: the queue, the feeder task and when
+    /// shutdown stops waiting.
+    durable: Option<DurableParts>,
+}
+
+struct DurableParts {
+    queue: Arc<DurableQueue>,
+    feeder: tokio::task::JoinHandle<()>,
+    stop_feeding: CancellationToken,
+    deadline: Mutex<Option<tokio::time::Instant>>,
+}
+
+/// Where the router puts points.
+#[derive(Clone)]
+pub enum InfluxInput {
+    /// Straight into the writer's bounded channel.
+    Direct(mpsc::Sender<Point>),
+    /// Into the durable outbox (the feeder hands them to the writer).
+    Durable(Arc<DurableQueue>),
+}
+
+impl InfluxInput {
+    /// Queues `point`, waiting while the queue is full (backpressure).
+    /// False when the sink has stopped.
+    pub async fn send(&self, point: Point) -> bool {
+        match self {
+            InfluxInput::Direct(tx) => tx.send(point).await.is_ok(),
+            InfluxInput::Durable(queue) => queue.push(record::point_to_vec(&point)).await,
+        }
+    }
+}
+
+/// Maps the writer's sequence numbers (assigned in the order the feeder
+/// sends) to outbox sequence numbers, and acks settled points.
+struct OutboxHook {
+    outbox_seq: Mutex<HashMap<u64, u64>>,
+    queue: Arc<DurableQueue>,
+}
+
+impl OutboxHook {
+    fn settle(&self, seqs: &[u64]) {
+        let mut map = self.outbox_seq.lock().unwrap_or_else(|e| e.into_inner());
+        for seq in seqs {
+            if let Some(outbox_seq) = map.remove(seq) {
+                self.queue.ack(outbox_seq);
+            }
+        }
+    }
+}
+
+impl DeliveryHook for OutboxHook {
+    fn delivered(&self, seqs: &[u64]) {
+        self.settle(seqs);
+    }
+    fn dead_lettered(&self, seqs: &[u64]) {
+        self.settle(seqs);
+    }
+}
+
+/// Reads the outbox oldest-first and hands the points to the writer,
+/// recording which writer sequence number each got. Ends when the queue is
+/// sealed and everything was handed over, or on `stop`.
+async fn feed(
+    queue: Arc<DurableQueue>,
+    points: mpsc::Sender<Point>,
+    hook: Arc<OutboxHook>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut appended = queue.appended();
+    let mut cursor: Option<u64> = None;
+    let mut writer_seq: u64 = 0;
+    loop {
+        appended.borrow_and_update();
+        let sealed = queue.is_sealed();
+        let items = match queue.read_after(cursor, 256) {
+            Ok(items) => items,
+            Err(err) => {
+                tracing::error!(error = %err, "InfluxDB outbox: cannot read; retrying");
+                Vec::new()
+            }
+        };
+        if items.is_empty() {
+            if sealed {
+                return;
+            }
+            tokio::select! {
+                _ = appended.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stop.cancelled() => return,
+            }
+            continue;
+        }
+        for item in items {
+            cursor = Some(item.seq);
+            match record::decode_point(&item.record) {
+                Ok(point) => {
+                    hook.outbox_seq
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(writer_seq, item.seq);
+                    writer_seq += 1;
+                    tokio::select! {
+                        sent = points.send(point) => if sent.is_err() { return },
+                        _ = stop.cancelled() => return,
+                    }
+                }
+                Err(err) => {
+                    metrics.sink_dropped("influx", "outbox_corrupt_record");
+                    tracing::error!(seq = item.seq, error = %err, "InfluxDB outbox: undecodable record dropped");
+                    queue.ack(item.seq);
+                }
+            }
+        }
+    }
 }
 
 impl InfluxSink {
@@ -118,15 +251,63 @@ impl InfluxSink {
                 task,
                 give_up,
                 metrics,
+                durable: None,
             },
             tx,
         ))
+    }
+
+    /// Like [`start`](Self::start) with `queue` (the durable outbox) in
+    /// front of the writer; points found in it from a previous run are
+    /// written first. Returns the sink, the router's input and the writer's
+    /// own channel (for readiness: how full it is).
+    pub fn start_durable(
+        config: &InfluxConfig,
+        data_dir: Option<&Path>,
+        metrics: Arc<Metrics>,
+        queue: Arc<DurableQueue>,
+    ) -> Result<(InfluxSink, InfluxInput, mpsc::WeakSender<Point>), StartError> {
+        let hook = Arc::new(OutboxHook {
+            outbox_seq: Mutex::new(HashMap::new()),
+            queue: queue.clone(),
+        });
+        let waiting = queue.outbox().stats().depth_items;
+        if waiting > 0 {
+            tracing::info!(
+                waiting,
+                "InfluxDB outbox: writing points left from the previous run"
+            );
+        }
+        let (mut sink, points) =
+            Self::start_with_hook(config, data_dir, metrics.clone(), hook.clone())?;
+        let weak = points.downgrade();
+        let stop_feeding = CancellationToken::new();
+        let feeder = tokio::spawn(feed(
+            queue.clone(),
+            points,
+            hook,
+            metrics,
+            stop_feeding.clone(),
+        ));
+        sink.durable = Some(DurableParts {
+            queue: queue.clone(),
+            feeder,
+            stop_feeding,
+            deadline: Mutex::new(None),
+        });
+        Ok((sink, InfluxInput::Durable(queue), weak))
     }
 
     /// From now on, lines still unconfirmed `timeout` later are dead-lettered
     /// instead of retried (call when shutdown starts, so a dead server cannot
     /// hold shutdown — or the pipelines it backs up — forever).
     pub fn give_up_after(&self, timeout: Duration) {
+        if let Some(durable) = &self.durable {
+            // Nothing is given up: what is unsettled then stays in the outbox.
+            *durable.deadline.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(tokio::time::Instant::now() + timeout);
+            return;
+        }
         let give_up = self.give_up.clone();
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
@@ -135,8 +316,43 @@ impl InfluxSink {
     }
 
     /// Waits until the writer settled everything (the sender must be dropped).
-    pub async fn finish(self) {
-        if let Err(err) = self.task.await {
+    /// With the outbox: until everything queued is settled or the deadline
+    /// (see [`give_up_after`](Self::give_up_after)) passes; the rest stays
+    /// in the outbox.
+    pub async fn finish(mut self) {
+        if let Some(durable) = self.durable.take() {
+            let deadline = durable
+                .deadline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(5));
+            let _ = tokio::time::timeout_at(deadline, durable.queue.seal()).await;
+            let mut feeder = durable.feeder;
+            if tokio::time::timeout_at(deadline, &mut feeder)
+                .await
+                .is_err()
+            {
+                durable.stop_feeding.cancel();
+                let _ = feeder.await;
+            }
+            // The feeder held the last sender: the writer now drains.
+            if tokio::time::timeout_at(deadline, &mut self.task)
+                .await
+                .is_err()
+            {
+                self.task.abort();
+                let _ = (&mut self.task).await;
+            }
+            durable.queue.close().await;
+            let stats = durable.queue.outbox().stats();
+            tracing::info!(
+                delivered = self.metrics.influx.points_delivered.get(),
+                left_in_outbox = stats.depth_items,
+                "InfluxDB writer stopped"
+            );
+            return;
+        }
+        if let Err(err) = (&mut self.task).await {
             tracing::error!(error = %err, "the InfluxDB writer task failed");
         }
         self.give_up.cancel();
