@@ -29,7 +29,10 @@ fn main() {
             root.join("transforms/Cargo.toml"),
             &["json_telemetry", "cayenne_lpp"][..],
         ),
-        (root.join("tests/guests/Cargo.toml"), &["misbehave"][..]),
+        (
+            root.join("tests/guests/Cargo.toml"),
+            &["misbehave", "tagger_a", "tagger_b", "tagger_flaky"][..],
+        ),
     ];
     for (manifest, components) in builds {
         build(&manifest, &target_dir);

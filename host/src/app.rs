@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{AdminConfig, AdminServer, AdminState, TokenCheck, TransformInfo};
 use crate::broker::EmbeddedBroker;
 use crate::config::Config;
+use crate::hotswap::Hotswap;
+use crate::hotswap::watch::DirWatcher;
 use crate::metrics::Metrics;
 use crate::model::{MqttMessage, Qos};
 use crate::pipeline::{
@@ -44,6 +46,8 @@ pub struct Pipelines {
     transforms: Vec<TransformInfo>,
     /// Each worker's control queue (transform swaps), by pipeline name.
     controls: BTreeMap<String, mpsc::Sender<WorkerControl>>,
+    /// The transform managers (deploy, rollback, history).
+    hotswap: Arc<Hotswap>,
 }
 
 impl Pipelines {
@@ -61,6 +65,11 @@ impl Pipelines {
     /// Every worker's control queue (for [`crate::reload`]), by pipeline.
     pub fn controls(&self) -> &BTreeMap<String, mpsc::Sender<WorkerControl>> {
         &self.controls
+    }
+
+    /// The transform managers (see [`crate::hotswap`]).
+    pub fn hotswap(&self) -> Arc<Hotswap> {
+        self.hotswap.clone()
     }
 
     /// Every pipeline's transform (module, hash), in config order.
@@ -170,6 +179,7 @@ pub fn start_pipelines_from(
     let mut workers = Vec::new();
     let mut downlinks = BTreeMap::new();
     let mut controls = BTreeMap::new();
+    let mut hotswap = Hotswap::builder(runtime, config, metrics);
     for (pipeline, (instance, prepared)) in config.pipelines.iter().zip(instances) {
         let name: Arc<str> = pipeline.name.as_str().into();
         let pipeline_metrics = metrics.pipeline(&pipeline.name);
@@ -191,6 +201,7 @@ pub fn start_pipelines_from(
             downlinks.insert(pipeline.name.clone(), downlink);
         }
         let (control_tx, control_rx) = mpsc::channel(1);
+        let guard = hotswap.add(pipeline, instance.module(), control_tx.clone());
         controls.insert(pipeline.name.clone(), control_tx);
         workers.push(spawn_controlled_worker(
             settings,
@@ -200,6 +211,7 @@ pub fn start_pipelines_from(
             control_rx,
             emissions.clone(),
             pipeline_metrics.clone(),
+            guard,
         )?);
     }
     Ok(Pipelines {
@@ -208,6 +220,7 @@ pub fn start_pipelines_from(
         downlinks,
         transforms,
         controls,
+        hotswap: hotswap.build(),
     })
 }
 
@@ -340,6 +353,7 @@ async fn run_inner(
             state.mqtt_configured = mqtt.is_some();
             state.influx_queue = influx_queue;
             state.transforms = pipelines.transforms().to_vec();
+            state.hotswap = Some(pipelines.hotswap());
             state.shutdown = shutdown.clone();
             start_admin(&config.admin, state, admin_token.as_ref()).await
         }
@@ -360,6 +374,11 @@ async fn run_inner(
         }
         _ => None,
     };
+    // `[hotswap] watch_dir`: a replay runs beside the live host, which watches.
+    let watcher = match (&config.hotswap.watch_dir, &source) {
+        (Some(dir), Source::Serial) => Some(DirWatcher::start(dir, pipelines.hotswap())?),
+        _ => None,
+    };
     tracing::info!(pipelines = config.pipelines.len(), "sluice running");
 
     match reload {
@@ -369,13 +388,7 @@ async fn run_inner(
                 .iter()
                 .map(|t| (t.pipeline.clone(), t.hash.clone()))
                 .collect();
-            let mut reloader = Reloader::new(
-                &path,
-                as_loaded,
-                runtime.clone(),
-                pipelines.controls().clone(),
-                running,
-            );
+            let mut reloader = Reloader::new(&path, as_loaded, pipelines.hotswap(), running);
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -394,6 +407,9 @@ async fn run_inner(
         None => shutdown.cancelled().await,
     }
     tracing::info!("shutting down: draining pipelines");
+    if let Some(watcher) = watcher {
+        watcher.stop().await;
+    }
     if let Some(influx) = &influx {
         // InfluxDB gets the same deadline; what it has not confirmed by then
         // is dead-lettered, so a dead server cannot hold shutdown.

@@ -12,6 +12,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod hotswap;
 pub mod jsonout;
 pub mod metrics;
 pub mod model;

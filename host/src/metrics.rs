@@ -58,6 +58,8 @@ pub struct Metrics {
     points_emitted: Family<PipelineLabel, Counter>,
     outputs_dropped: Family<DropLabel, Counter>,
     transform_seconds: Family<PipelineLabel, Histogram>,
+    /// Hot swap: deploys by outcome, swap pauses, quarantines.
+    hotswap: HotswapMetrics,
     /// Messages handed to the MQTT client.
     pub mqtt_queued: Counter,
     /// Messages confirmed: PubAck (QoS 1), PubComp (QoS 2), or written (QoS 0).
@@ -199,7 +201,9 @@ impl Metrics {
         );
         let influx = InfluxMetrics::register(&mut registry);
         let serial = crate::source::serial::SerialFamilies::register(&mut registry);
+        let hotswap = HotswapMetrics::register(&mut registry);
         Self {
+            hotswap,
             registry: Mutex::new(registry),
             frames_received,
             frames_dropped,
@@ -250,7 +254,13 @@ impl Metrics {
             transform_seconds: self.transform_seconds.get_or_create(&label).clone(),
             frames_dropped: self.frames_dropped.clone(),
             outputs_dropped: self.outputs_dropped.clone(),
+            quarantined: self.hotswap.quarantines.get_or_create(&label).clone(),
         }
+    }
+
+    /// The hot-swap families (`sluice_transform_deploys_total`, …).
+    pub fn hotswap(&self) -> HotswapMetrics {
+        self.hotswap.clone()
     }
 
     /// Counts an item a sink gave up on.
@@ -369,6 +379,8 @@ pub struct PipelineMetrics {
     pub transform_seconds: Histogram,
     frames_dropped: Family<DropLabel, Counter>,
     outputs_dropped: Family<DropLabel, Counter>,
+    /// Times the active transform was quarantined (trapping repeatedly).
+    pub quarantined: Counter,
 }
 
 impl PipelineMetrics {
@@ -532,5 +544,102 @@ impl InfluxMetrics {
                 outcome: outcome.to_owned(),
             })
             .get()
+    }
+}
+
+/// `{pipeline, outcome}` of one transform deploy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeployLabel {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// `activated`, `unchanged`, `rolled_back`, `auto_rolled_back`, or why
+    /// a module was rejected (`invalid_module`, `not_a_component`,
+    /// `wrong_contract`, `init_failed`, `vectors_failed`, …).
+    pub outcome: String,
+}
+
+/// Metrics of transform hot swap (`crate::hotswap`).
+#[derive(Clone)]
+pub struct HotswapMetrics {
+    /// Deploys, rollbacks and rejections, by pipeline and outcome.
+    pub deploys: Family<DeployLabel, Counter>,
+    /// Time the worker held frames for one swap or rollback.
+    pub swap_pause_seconds: Family<PipelineLabel, Histogram>,
+    /// Quarantines of a repeatedly trapping transform.
+    pub quarantines: Family<PipelineLabel, Counter>,
+    /// The active version number per pipeline.
+    pub active_version: Family<PipelineLabel, Gauge>,
+}
+
+impl HotswapMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = HotswapMetrics {
+            deploys: Family::default(),
+            swap_pause_seconds: Family::new_with_constructor(|| {
+                // 1 µs .. ~4 s
+                Histogram::new(exponential_buckets(1e-6, 4.0, 12))
+            }),
+            quarantines: Family::default(),
+            active_version: Family::default(),
+        };
+        registry.register(
+            "transform_deploys",
+            "Transform deploys, rollbacks and rejected modules, by outcome",
+            m.deploys.clone(),
+        );
+        registry.register(
+            "transform_swap_pause_seconds",
+            "Time a pipeline held its frames to swap the transform (compile and init excluded)",
+            m.swap_pause_seconds.clone(),
+        );
+        registry.register(
+            "transform_quarantines",
+            "Times a repeatedly trapping transform was quarantined",
+            m.quarantines.clone(),
+        );
+        registry.register(
+            "transform_active_version",
+            "Version number of the transform each pipeline runs",
+            m.active_version.clone(),
+        );
+        m
+    }
+
+    /// Counts one deploy outcome.
+    pub fn deploy(&self, pipeline: &str, outcome: &str) {
+        self.deploys
+            .get_or_create(&DeployLabel {
+                pipeline: pipeline.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Current value of `transform_deploys{pipeline, outcome}`.
+    pub fn deploys_count(&self, pipeline: &str, outcome: &str) -> u64 {
+        self.deploys
+            .get_or_create(&DeployLabel {
+                pipeline: pipeline.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .get()
+    }
+
+    /// The swap-pause histogram of `pipeline`.
+    pub fn swap_pause(&self, pipeline: &str) -> Histogram {
+        self.swap_pause_seconds
+            .get_or_create(&PipelineLabel {
+                pipeline: pipeline.to_owned(),
+            })
+            .clone()
+    }
+
+    /// Sets the active version of `pipeline`.
+    pub fn set_active_version(&self, pipeline: &str, version: u64) {
+        self.active_version
+            .get_or_create(&PipelineLabel {
+                pipeline: pipeline.to_owned(),
+            })
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
     }
 }

@@ -17,16 +17,35 @@
 //! The worker is also where the host checks what the untrusted transform
 //! returned: every message and point is validated; a refused one is counted
 //! by reason and logged (rate-limited), never sent.
+//!
+//! Hot swap ([`crate::hotswap`]) happens here too, because only this thread
+//! knows where one frame ends and the next begins: a [`SwapOrder`] is served
+//! between two frames (a move of a ready instance, nothing compiled or
+//! initialised here), the replaced instance is kept while the new version is
+//! on probation ([`crate::hotswap::guard::Canary`]) so that a failing canary
+//! is rolled back on the spot, and a version that keeps trapping is
+//! quarantined ([`crate::hotswap::guard::Quarantine`]). Frames a trap, the
+//! quarantine or a canary version refused are dead-lettered with their raw
+//! bytes (a capture file `sluice replay` reads) when a dead-letter capture
+//! is configured.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::oneshot;
+
+use crate::hotswap::guard::{
+    Canary, CanaryDecision, CanaryPolicy, Quarantine, QuarantineEvent, QuarantinePolicy,
+    RecentOutcomes, VersionStats,
+};
 use crate::metrics::PipelineMetrics;
 use crate::model::{Frame, InvalidOutput, MqttMessage, Point};
 use crate::ratelimit::RateLimiter;
 use crate::runtime::{ProcessError, TransformInstance};
+use crate::source::capture::CaptureHandle;
 use crate::source::serial::{DownlinkSender, SerialMetrics};
 
 /// What a pipeline hands to the sinks, in the order the transform emitted it.
@@ -71,25 +90,103 @@ pub struct WorkerDownlink {
 
 /// An order for a running worker, served between two frames.
 pub enum WorkerControl {
-    /// Replace the transform instance (hot swap, config reload). The new
-    /// instance is ready (compiled, instantiated, `init` done): the switch
-    /// itself is a move, so each frame is processed by exactly one version
-    /// and frames keep their order. `done` gets the instance that was
-    /// replaced (kept for rollback, or dropped).
-    Swap {
-        /// The new instance.
-        instance: Box<TransformInstance>,
-        /// Answered once the swap happened.
-        done: tokio::sync::oneshot::Sender<Box<TransformInstance>>,
+    /// Replace the transform instance (hot swap, config reload).
+    Swap(SwapOrder),
+}
+
+/// Which version an instance is: the manager's version number and the
+/// counters the worker keeps for it.
+#[derive(Debug, Clone, Default)]
+pub struct VersionTag {
+    /// Version number (per pipeline, from 1).
+    pub id: u64,
+    /// Its counters.
+    pub stats: Arc<VersionStats>,
+}
+
+/// Replace the transform instance. The new instance is ready (compiled,
+/// instantiated, `init` done, test vectors passed): the switch itself is a
+/// move, so each frame is processed by exactly one version and frames keep
+/// their order.
+pub struct SwapOrder {
+    /// The new instance.
+    pub instance: Box<TransformInstance>,
+    /// Its version.
+    pub version: VersionTag,
+    /// Watch the new version and roll back to the replaced one if it fails
+    /// (`None`: no canary; the replaced instance is handed back at once).
+    pub canary: Option<(CanaryPolicy, oneshot::Sender<CanaryVerdict>)>,
+    /// Answered once the swap happened.
+    pub done: oneshot::Sender<SwapDone>,
+}
+
+/// The answer to a [`SwapOrder`].
+pub struct SwapDone {
+    /// The version that was replaced.
+    pub replaced: u64,
+    /// The replaced instance when no canary keeps it (to be dropped off the
+    /// worker thread).
+    pub released: Option<Box<TransformInstance>>,
+    /// How long the worker held frames for the swap itself.
+    pub pause: Duration,
+}
+
+/// How a canary ended. Instances that are no longer needed ride along so
+/// they are dropped off the worker thread.
+pub enum CanaryVerdict {
+    /// The new version stays.
+    Passed {
+        /// Frames in the window.
+        frames: u64,
+        /// Failed frames among them.
+        failures: u64,
+        /// The replaced instance, no longer needed.
+        released: Box<TransformInstance>,
     },
+    /// The new version failed and the worker went back to the one it
+    /// replaced.
+    RolledBack {
+        /// Frames the new version saw.
+        frames: u64,
+        /// Failed frames among them.
+        failures: u64,
+        /// The old version's failure rate before the swap.
+        baseline: f64,
+        /// The version active again.
+        to: u64,
+        /// The failed instance.
+        released: Box<TransformInstance>,
+    },
+    /// Another swap came before the canary ended.
+    Superseded {
+        /// The instance the canary kept, no longer needed.
+        released: Box<TransformInstance>,
+    },
+}
+
+/// What the worker does besides running the transform: canary baseline,
+/// quarantine, dead letters, swap-pause histogram. [`Default`]: quarantine
+/// with the default policy, no dead letters.
+#[derive(Default)]
+pub struct WorkerGuard {
+    /// The first instance's version.
+    pub version: VersionTag,
+    /// When a trapping version is quarantined.
+    pub quarantine: QuarantinePolicy,
+    /// Frames remembered for the canary baseline (the canary window).
+    pub baseline_frames: usize,
+    /// Where refused frames go with their raw bytes (`None`: counted only).
+    pub dead_letter: Option<CaptureHandle>,
+    /// Observes each swap's pause (`sluice_transform_swap_pause_seconds`).
+    pub swap_pause: Option<Histogram>,
 }
 
 /// Runs the transform worker on its own thread until `frames` closes and all
 /// its emissions are handed over. Returns the thread handle.
 ///
-/// The thread drives a small current-thread tokio runtime of its own (no I/O
-/// or timer drivers), only to wait on frames and commands at once; the guest
-/// calls themselves are synchronous and run on this thread. Commands are
+/// The thread drives a minimal executor of its own ([`block_on`]; not a
+/// tokio runtime, see there), only to wait on frames and commands at once;
+/// the guest calls themselves are synchronous and run on this thread. Commands are
 /// served first: they are rare, and an operator's command should not queue
 /// behind a busy uplink.
 pub fn spawn_worker(
@@ -102,12 +199,20 @@ pub fn spawn_worker(
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let (_control_tx, control) = mpsc::channel(1);
     spawn_controlled_worker(
-        settings, instance, frames, downlink, control, emissions, metrics,
+        settings,
+        instance,
+        frames,
+        downlink,
+        control,
+        emissions,
+        metrics,
+        WorkerGuard::default(),
     )
 }
 
 /// [`spawn_worker`] that also obeys `control` (served before commands and
-/// frames, i.e. between two frames).
+/// frames, i.e. between two frames) and applies `guard`.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_controlled_worker(
     settings: WorkerSettings,
     instance: TransformInstance,
@@ -116,28 +221,96 @@ pub fn spawn_controlled_worker(
     control: mpsc::Receiver<WorkerControl>,
     emissions: mpsc::Sender<Emission>,
     metrics: PipelineMetrics,
+    guard: WorkerGuard,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     std::thread::Builder::new()
         .name(format!("transform-{}", settings.pipeline))
         .spawn(move || {
+            let WorkerGuard {
+                version,
+                quarantine,
+                baseline_frames,
+                dead_letter,
+                swap_pause,
+            } = guard;
             let worker = Worker {
                 warn_limit: RateLimiter::new(5, Duration::from_secs(10)),
                 settings,
-                instance,
+                active: Active {
+                    instance: Box::new(instance),
+                    version,
+                },
                 emissions,
                 metrics,
+                canary: None,
+                recent: RecentOutcomes::new(baseline_frames.max(1)),
+                quarantine: Quarantine::new(quarantine),
+                quarantine_policy: quarantine,
+                dead_letter,
+                swap_pause,
             };
-            runtime.block_on(worker.run(frames, downlink, control));
+            block_on(worker.run(frames, downlink, control));
         })
+}
+
+/// Runs `future` to completion on this thread, parking it while nothing is
+/// ready: the worker's executor.
+///
+/// Not a tokio runtime, on purpose: wasmtime-wasi's synchronous bindings
+/// run their I/O with `block_on` on the *current* tokio runtime when there
+/// is one (e.g. a Rust guest writing its panic message to stderr before it
+/// aborts), and `block_on` inside a runtime's own thread panics — which
+/// killed the pipeline's worker on the first guest panic. Without a runtime
+/// context here, wasmtime-wasi uses its own. Everything the worker awaits
+/// (tokio mpsc channels, oneshots) only needs a waker, which this provides.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut context = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut context) {
+            std::task::Poll::Ready(output) => return output,
+            // A wake-up between the poll and the park makes park return
+            // at once (the token is kept), so none is missed.
+            std::task::Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// The instance serving frames, and its version.
+struct Active {
+    instance: Box<TransformInstance>,
+    version: VersionTag,
+}
+
+/// A version on probation, with the instance it replaced.
+struct RunningCanary {
+    canary: Canary,
+    previous: Active,
+    verdict: oneshot::Sender<CanaryVerdict>,
 }
 
 struct Worker {
     settings: WorkerSettings,
-    instance: TransformInstance,
+    active: Active,
     emissions: mpsc::Sender<Emission>,
     metrics: PipelineMetrics,
     warn_limit: RateLimiter,
+    canary: Option<RunningCanary>,
+    recent: RecentOutcomes,
+    quarantine: Quarantine,
+    quarantine_policy: QuarantinePolicy,
+    dead_letter: Option<CaptureHandle>,
+    swap_pause: Option<Histogram>,
 }
 
 /// The next command, or never once the command channel closed (so a
@@ -163,13 +336,7 @@ impl Worker {
             tokio::select! {
                 biased;
                 order = control.recv(), if control_open => match order {
-                    Some(WorkerControl::Swap { instance, done }) => {
-                        let old = std::mem::replace(&mut self.instance, *instance);
-                        tracing::info!(pipeline = &*self.settings.pipeline,
-                            from = &old.module().hash()[..12],
-                            to = &self.instance.module().hash()[..12], "transform swapped");
-                        let _ = done.send(Box::new(old));
-                    }
+                    Some(WorkerControl::Swap(order)) => self.swap(order),
                     None => control_open = false,
                 },
                 command = next_command(&mut downlink) => {
@@ -193,21 +360,235 @@ impl Worker {
                 link.metrics.downlink_dropped("shutdown");
             }
         }
+        // A canary still running at shutdown just ends: its verdict sender
+        // is dropped with it. Dead letters are written out before the
+        // thread ends.
+        if let Some(dead_letter) = self.dead_letter.take() {
+            dead_letter.close_blocking();
+        }
+    }
+
+    /// Serves a swap order between two frames.
+    fn swap(&mut self, order: SwapOrder) {
+        let started = Instant::now();
+        let SwapOrder {
+            instance,
+            version,
+            canary,
+            done,
+        } = order;
+        let baseline = self.recent.rate();
+        let superseded = self.canary.take();
+        let old = std::mem::replace(&mut self.active, Active { instance, version });
+        self.recent.clear();
+        self.reset_quarantine(&old);
+        let replaced = old.version.id;
+        let from = old
+            .instance
+            .module()
+            .hash()
+            .get(..12)
+            .unwrap_or_default()
+            .to_owned();
+        let released = match canary {
+            Some((policy, verdict)) => {
+                self.canary = Some(RunningCanary {
+                    canary: Canary::new(policy, baseline, Instant::now()),
+                    previous: old,
+                    verdict,
+                });
+                None
+            }
+            None => Some(old.instance),
+        };
+        let pause = started.elapsed();
+        if let Some(histogram) = &self.swap_pause {
+            histogram.observe(pause.as_secs_f64());
+        }
+        tracing::info!(
+            pipeline = &*self.settings.pipeline,
+            from,
+            to = self
+                .active
+                .instance
+                .module()
+                .hash()
+                .get(..12)
+                .unwrap_or_default(),
+            version = self.active.version.id,
+            pause_us = pause.as_micros() as u64,
+            "transform swapped"
+        );
+        if let Some(running) = superseded {
+            let _ = running.verdict.send(CanaryVerdict::Superseded {
+                released: running.previous.instance,
+            });
+        }
+        let _ = done.send(SwapDone {
+            replaced,
+            released,
+            pause,
+        });
+    }
+
+    /// A new version starts with a clean quarantine state.
+    fn reset_quarantine(&mut self, old: &Active) {
+        old.version.stats.set_quarantined(false);
+        self.quarantine = Quarantine::new(self.quarantine_policy);
+    }
+
+    /// Accounts for one frame's outcome: canary, baseline. Runs after the
+    /// frame's outputs were handed over, so a rollback happens between two
+    /// frames.
+    fn after_frame(&mut self, failed: bool, now: Instant) {
+        self.recent.push(failed);
+        let Some(running) = &mut self.canary else {
+            return;
+        };
+        match running.canary.record(failed, now) {
+            None => {}
+            Some(CanaryDecision::Pass) => {
+                if let Some(running) = self.canary.take() {
+                    tracing::info!(
+                        pipeline = &*self.settings.pipeline,
+                        version = self.active.version.id,
+                        frames = running.canary.frames(),
+                        failures = running.canary.failures(),
+                        "canary passed"
+                    );
+                    let _ = running.verdict.send(CanaryVerdict::Passed {
+                        frames: running.canary.frames(),
+                        failures: running.canary.failures(),
+                        released: running.previous.instance,
+                    });
+                }
+            }
+            Some(CanaryDecision::RollBack) => {
+                if let Some(running) = self.canary.take() {
+                    self.roll_back(running);
+                }
+            }
+        }
+    }
+
+    /// The canary failed: back to the instance it kept, now.
+    fn roll_back(&mut self, running: RunningCanary) {
+        let started = Instant::now();
+        let RunningCanary {
+            canary,
+            previous,
+            verdict,
+        } = running;
+        let failed = std::mem::replace(&mut self.active, previous);
+        self.recent.clear();
+        self.reset_quarantine(&failed);
+        let pause = started.elapsed();
+        if let Some(histogram) = &self.swap_pause {
+            histogram.observe(pause.as_secs_f64());
+        }
+        tracing::error!(
+            pipeline = &*self.settings.pipeline,
+            failed_version = failed.version.id,
+            restored_version = self.active.version.id,
+            frames = canary.frames(),
+            failures = canary.failures(),
+            rate = canary.rate(),
+            baseline = canary.baseline(),
+            limit = canary.limit(),
+            "canary failed: transform version {} refused {} of its first {} frames ({:.0} %, limit {:.0} %); rolled back to version {}",
+            failed.version.id,
+            canary.failures(),
+            canary.frames(),
+            canary.rate() * 100.0,
+            canary.limit() * 100.0,
+            self.active.version.id,
+        );
+        let _ = verdict.send(CanaryVerdict::RolledBack {
+            frames: canary.frames(),
+            failures: canary.failures(),
+            baseline: canary.baseline(),
+            to: self.active.version.id,
+            released: failed.instance,
+        });
+    }
+
+    /// Hands a refused frame to the dead-letter capture (never waits).
+    fn dead_letter(&self, frame: &Frame) {
+        if let Some(dead_letter) = &self.dead_letter {
+            dead_letter.record(frame);
+            self.active.version.stats.dead_lettered();
+        }
+    }
+
+    fn log_quarantine(&self, event: QuarantineEvent) {
+        let pipeline = &*self.settings.pipeline;
+        let version = self.active.version.id;
+        let stats = &self.active.version.stats;
+        match event {
+            QuarantineEvent::Entered { backoff } => {
+                stats.set_quarantined(true);
+                self.metrics.quarantined.inc();
+                tracing::error!(
+                    pipeline,
+                    version,
+                    backoff_ms = backoff.as_millis() as u64,
+                    after_traps = self.quarantine_policy.after_traps,
+                    "transform quarantined: it trapped on {} frames in a row; frames are dead-lettered, not processed, until a probe frame goes through",
+                    self.quarantine_policy.after_traps
+                );
+            }
+            QuarantineEvent::Extended { backoff } => {
+                tracing::warn!(
+                    pipeline,
+                    version,
+                    backoff_ms = backoff.as_millis() as u64,
+                    "transform still trapping; quarantine extended"
+                );
+            }
+            QuarantineEvent::Released => {
+                stats.set_quarantined(false);
+                tracing::info!(pipeline, version, "transform released from quarantine");
+            }
+        }
     }
 
     /// Runs the transform on one frame and hands over what it emitted.
     /// Returns false when the sinks are gone (shutdown).
     async fn process(&mut self, frame: Frame) -> bool {
         let received_at_ns = frame.received_at_ns;
+        let now = Instant::now();
+        let stats = self.active.version.stats.clone();
+        stats.frame();
+        if !self.quarantine.admit(now) {
+            self.metrics.frame_dropped("quarantined");
+            stats.failed("quarantined");
+            self.dead_letter(&frame);
+            self.after_frame(true, now);
+            return true;
+        }
         let started = Instant::now();
-        let result = self.instance.process(frame);
+        let result = self.active.instance.process(frame);
+        let elapsed = started.elapsed();
+        stats.call(elapsed);
         self.metrics
             .transform_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
         let output = match result {
             Ok(output) => output,
             Err(rejected) => {
-                self.metrics.frame_dropped(rejected.error.reason());
+                let reason = rejected.error.reason();
+                self.metrics.frame_dropped(reason);
+                stats.failed(reason);
+                let trapped = matches!(
+                    rejected.error,
+                    ProcessError::Trap { .. } | ProcessError::Reinstantiate(_)
+                );
+                if trapped || self.canary.is_some() {
+                    self.dead_letter(&rejected.frame);
+                }
+                if let Some(event) = self.quarantine.record(trapped, now) {
+                    self.log_quarantine(event);
+                }
                 if let Some(suppressed) = self.warn_limit.check() {
                     log_rejection(
                         &self.settings.pipeline,
@@ -216,9 +597,32 @@ impl Worker {
                         suppressed,
                     );
                 }
+                self.after_frame(true, now);
                 return true;
             }
         };
+        if let Some(event) = self.quarantine.record(false, now) {
+            self.log_quarantine(event);
+        }
+        match self.emit(output, received_at_ns).await {
+            Some(refused) => {
+                // Output the host refused counts against a canary too.
+                self.after_frame(refused, now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Validates and hands over one frame's outputs, in order. Returns
+    /// whether the host refused any of them, or `None` when the sinks are
+    /// gone (shutdown).
+    async fn emit(
+        &mut self,
+        output: crate::model::TransformOutput,
+        received_at_ns: u64,
+    ) -> Option<bool> {
+        let mut refused = false;
         for message in output.messages {
             match message.validate(self.settings.max_payload) {
                 Ok(()) => {
@@ -229,10 +633,13 @@ impl Worker {
                         .await
                         .is_err()
                     {
-                        return false;
+                        return None;
                     }
                 }
-                Err(invalid) => self.refuse_output(&invalid, "message"),
+                Err(invalid) => {
+                    refused = true;
+                    self.refuse_output(&invalid, "message");
+                }
             }
         }
         for mut point in output.points {
@@ -243,13 +650,16 @@ impl Worker {
                         .timestamp_ns
                         .get_or_insert(i64::try_from(received_at_ns).unwrap_or(i64::MAX));
                     if self.emissions.send(Emission::Point(point)).await.is_err() {
-                        return false;
+                        return None;
                     }
                 }
-                Err(invalid) => self.refuse_output(&invalid, "point"),
+                Err(invalid) => {
+                    refused = true;
+                    self.refuse_output(&invalid, "point");
+                }
             }
         }
-        true
+        Some(refused)
     }
 
     fn refuse_output(&mut self, invalid: &InvalidOutput, what: &str) {
@@ -274,6 +684,7 @@ impl Worker {
             return;
         };
         match self
+            .active
             .instance
             .encode_command(&command.topic, &command.payload)
         {

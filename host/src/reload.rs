@@ -3,13 +3,20 @@
 //!
 //! What can change on a running host: a pipeline's transform — its module
 //! file (a new build at the same path counts: the module hash is compared),
-//! its `[pipeline.transform.config]` and its `limits`. The new transform is
-//! loaded, compiled (or taken from the `.cwasm` cache) and `init`ialised off
-//! the hot path; only a ready instance is handed to the pipeline's worker,
-//! which swaps it in between two frames ([`WorkerControl::Swap`]). Frames
-//! that arrive meanwhile wait in the pipeline's bounded queue, so none is
-//! lost, duplicated or reordered. A transform that fails to load or refuses
-//! its config is reported and the running one stays.
+//! its `[pipeline.transform.config]` and its `limits`. A changed transform is
+//! deployed like any other ([`crate::hotswap::TransformManager::deploy`],
+//! source `reload`): loaded, compiled (or taken from the `.cwasm` cache),
+//! `init`ialised and checked against its test vectors (`NAME.vectors.jsonl`
+//! beside the module, if any) off the hot path; only a ready instance is
+//! handed to the pipeline's worker, which swaps it in between two frames.
+//! Frames that arrive meanwhile wait in the pipeline's bounded queue, so
+//! none is lost, duplicated or reordered. A transform that fails to load or
+//! refuses its config is reported and the running one stays.
+//!
+//! "Changed" is measured against what the file said (and the module hash it
+//! resolved to) at the previous load, not against what runs now: a SIGHUP
+//! for an unrelated change does not undo a version deployed through the
+//! admin API or the watched directory.
 //!
 //! Everything else (ports, framing, downlink, capture, sinks, the admin API,
 //! pipelines added or removed) is structural: it is reported as needing a
@@ -17,12 +24,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
 
 use crate::config::{Config, PipelineConfig};
-use crate::pipeline::WorkerControl;
-use crate::runtime::Runtime;
+use crate::hotswap::{DeployRequest, DeploySource, Hotswap};
+use crate::runtime::module_hash;
 
 /// What a reload did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -39,9 +45,9 @@ pub struct ReloadReport {
 pub struct Reloader {
     path: PathBuf,
     current: Config,
-    runtime: Runtime,
-    controls: BTreeMap<String, mpsc::Sender<WorkerControl>>,
-    /// Module hash each pipeline runs now.
+    hotswap: Arc<Hotswap>,
+    /// The module hash each pipeline's file entry resolved to at the last
+    /// (re)load.
     running: BTreeMap<String, String>,
 }
 
@@ -64,6 +70,7 @@ pub fn structural_changes(old: &Config, new: &Config) -> Vec<String> {
     check("data_dir", same(&old.data_dir, &new.data_dir));
     check("mqtt", same(&old.mqtt, &new.mqtt));
     check("influx", same(&old.influx, &new.influx));
+    check("hotswap", same(&old.hotswap, &new.hotswap));
     let names = |c: &Config| {
         c.pipelines
             .iter()
@@ -104,20 +111,18 @@ fn transform_settings_changed(
 
 impl Reloader {
     /// A reloader for the host started from `config` (read from `path`);
-    /// `controls` are the pipeline workers' control queues, `running` the
-    /// module hash each pipeline was started with.
+    /// `hotswap` deploys into the pipelines, `running` is the module hash
+    /// each pipeline was started with.
     pub fn new(
         path: &Path,
         config: Config,
-        runtime: Runtime,
-        controls: BTreeMap<String, mpsc::Sender<WorkerControl>>,
+        hotswap: Arc<Hotswap>,
         running: BTreeMap<String, String>,
     ) -> Self {
         Reloader {
             path: path.to_owned(),
             current: config,
-            runtime,
-            controls,
+            hotswap,
             running,
         }
     }
@@ -164,50 +169,40 @@ impl Reloader {
         report
     }
 
-    /// Loads, checks and swaps in `pipeline`'s transform if its module file,
-    /// its config or its limits changed. `Ok(false)`: nothing to do.
+    /// Deploys `pipeline`'s transform if its module file, its config or its
+    /// limits changed. `Ok(false)`: nothing to do.
     async fn swap_if_changed(
         &mut self,
         old: &PipelineConfig,
         new_config: &Config,
         pipeline: &PipelineConfig,
     ) -> Result<bool, String> {
-        let runtime = self.runtime.clone();
-        let module_path = pipeline.transform.module.clone();
-        let module = tokio::task::spawn_blocking(move || runtime.load_file(&module_path))
+        let module_path = &pipeline.transform.module;
+        let wasm = tokio::fs::read(module_path)
             .await
-            .map_err(|e| format!("loader failed: {e}"))?
-            .map_err(|e| format!("cannot load {}: {e}", pipeline.transform.module.display()))?;
-        let same_module =
-            self.running.get(&pipeline.name).map(String::as_str) == Some(module.hash());
+            .map_err(|e| format!("cannot load {}: {e}", module_path.display()))?;
+        let hash = module_hash(&wasm);
+        let same_module = self.running.get(&pipeline.name) == Some(&hash);
         if same_module && !transform_settings_changed(&self.current, old, new_config, pipeline) {
             return Ok(false);
         }
-        let limits = pipeline.limits.unwrap_or(new_config.limits).into();
-        let name = pipeline.name.clone();
-        let pairs = pipeline.transform.init_pairs();
-        let hash = module.hash().to_owned();
-        let instance =
-            tokio::task::spawn_blocking(move || module.instantiate(&name, &pairs, limits))
-                .await
-                .map_err(|e| format!("loader failed: {e}"))?
-                .map_err(|e| format!("rejected: {e}"))?;
-        let control = self
-            .controls
-            .get(&pipeline.name)
-            .ok_or_else(|| "the pipeline is not running".to_string())?;
-        let (done, swapped) = oneshot::channel();
-        control
-            .send(WorkerControl::Swap {
-                instance: Box::new(instance),
-                done,
-            })
+        let vectors = crate::hotswap::read_sidecar_vectors(module_path)
             .await
-            .map_err(|_| "the pipeline has stopped".to_string())?;
-        swapped
+            .map_err(|e| format!("cannot read the test vectors: {e}"))?;
+        let request = DeployRequest {
+            source: DeploySource::Reload,
+            origin: module_path.display().to_string(),
+            wasm: Some(wasm),
+            config: Some(pipeline.transform.init_pairs()),
+            limits: Some(pipeline.limits.unwrap_or(new_config.limits).into()),
+            vectors,
+        };
+        let report = self
+            .hotswap
+            .deploy(&pipeline.name, request)
             .await
-            .map_err(|_| "the pipeline stopped before the swap".to_string())?;
+            .map_err(|e| format!("rejected: {e}"))?;
         self.running.insert(pipeline.name.clone(), hash);
-        Ok(true)
+        Ok(report.outcome == "activated")
     }
 }

@@ -24,6 +24,12 @@ pub mod wasm {
     pub const CAYENNE_LPP: &str = env!("SLUICE_WASM_CAYENNE_LPP");
     /// tests/guests/misbehave.
     pub const MISBEHAVE: &str = env!("SLUICE_WASM_MISBEHAVE");
+    /// tests/guests/tagger-a: tags each frame `tag/a`.
+    pub const TAGGER_A: &str = env!("SLUICE_WASM_TAGGER_A");
+    /// tests/guests/tagger-b: tags each frame `tag/b`.
+    pub const TAGGER_B: &str = env!("SLUICE_WASM_TAGGER_B");
+    /// tests/guests/tagger-flaky: tags `tag/flaky`, traps on odd numbers.
+    pub const TAGGER_FLAKY: &str = env!("SLUICE_WASM_TAGGER_FLAKY");
 }
 
 /// The repository root.

@@ -325,7 +325,7 @@ fn admin_api_of_a_running_host() {
     assert_eq!(entry["frames_received"], 8, "{transforms}");
 
     // Mutating endpoints: 401 without or with a wrong token; the right one
-    // passes the auth layer (and hits the hot-swap placeholder).
+    // passes the auth layer (and there is no earlier version to return to).
     let rollback = "/transforms/gateway/rollback";
     let (status, body) = http.post(rollback, None);
     assert_eq!(status, 401, "{body}");
@@ -334,7 +334,8 @@ fn admin_api_of_a_running_host() {
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"], "invalid bearer token");
     let (status, body) = http.post(rollback, Some(TOKEN));
-    assert_eq!(status, 501, "{body}");
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["outcome"], "nothing_to_roll_back", "{body}");
     let (_, transforms_after) = http.get_json("/transforms");
     assert_eq!(transforms_after["transforms"], transforms["transforms"]);
 

@@ -9,7 +9,11 @@
 //!   error and `WWW-Authenticate: Bearer`; the handler does not run;
 //! * the comparison is constant-time: both tokens are hashed (SHA-256, so
 //!   the length does not leak either) and the digests compared without an
-//!   early exit.
+//!   early exit;
+//! * a refused request's body is read and discarded (up to 64 MiB) before
+//!   the answer: a client uploading a module without a token otherwise sees
+//!   a reset connection instead of the 401 (the server answers, closes, and
+//!   the unread upload makes the kernel reset the socket).
 //!
 //! Only the digest of the configured token is kept in memory here.
 
@@ -103,31 +107,42 @@ pub async fn require_token(
 ) -> Response {
     let Some(expected) = &check.digest else {
         check.log_refusal(StatusCode::FORBIDDEN, "no admin token configured");
+        drain(request).await;
         return refuse(StatusCode::FORBIDDEN, "admin token not configured", None);
     };
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(bearer);
+        .and_then(bearer)
+        .map(|token| same(&digest(token), expected));
     match presented {
         None => {
             check.log_refusal(StatusCode::UNAUTHORIZED, "no bearer token");
+            drain(request).await;
             refuse(
                 StatusCode::UNAUTHORIZED,
                 "missing bearer token",
                 Some("Bearer realm=\"sluice\""),
             )
         }
-        Some(token) if !same(&digest(token), expected) => {
+        Some(false) => {
             check.log_refusal(StatusCode::UNAUTHORIZED, "wrong bearer token");
+            drain(request).await;
             refuse(
                 StatusCode::UNAUTHORIZED,
                 "invalid bearer token",
                 Some("Bearer realm=\"sluice\", error=\"invalid_token\""),
             )
         }
-        Some(_) => next.run(request).await,
+        Some(true) => next.run(request).await,
     }
+}
+
+/// Reads and discards a refused request's body, up to 64 MiB (see the
+/// module docs); the handler never sees it.
+async fn drain(request: Request) {
+    const DRAIN_LIMIT: usize = 64 << 20;
+    let _ = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT).await;
 }
 
 /// `router` with [`require_token`] in front of each of its routes.

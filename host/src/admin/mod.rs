@@ -6,18 +6,18 @@
 //! | `GET /health` | liveness: always 200 while the process serves, `{status, version, uptime_secs}` |
 //! | `GET /ready` | 200 when the sinks can take data, else 503; JSON details either way (see [`readiness`]) |
 //! | `GET /metrics` | [`Metrics::encode`] (prometheus-client's OpenMetrics text) |
-//! | `GET /transforms` | each pipeline's transform module, its SHA-256 and its frame/emit counters |
-//! | `POST /transforms/{name}/rollback` | bearer token required; 501 until hot-swap exists |
+//! | `GET /transforms` | each pipeline's transform: active version, history, per-version frames, failures by reason, mean call time, canary and quarantine state |
+//! | `PUT /transforms/{name}` | bearer token required: deploy a module (the body), see [`deploy`] |
+//! | `POST /transforms/{name}/rollback` | bearer token required: back to the previous version |
 //!
 //! Mutating endpoints go behind [`auth::protect`]: without a configured
 //! token they answer 403, without the right bearer token 401, and the
-//! handler never runs. The rollback placeholder exists so the auth layer is
-//! wired and tested before hot-swap brings real mutating endpoints (which
-//! will also extend [`AdminState`]).
+//! handler never runs (so nothing changes).
 //!
-//! The API only reads: metrics (atomics), gauges the sinks maintain, and a
-//! weak handle on the InfluxDB writer's queue (weak, so the API never keeps
-//! the writer alive at shutdown). It never holds a sink.
+//! Besides deploys and rollbacks, which go through [`crate::hotswap`], the
+//! API only reads: metrics (atomics), gauges the sinks maintain, and a weak
+//! handle on the InfluxDB writer's queue (weak, so the API never keeps the
+//! writer alive at shutdown). It never holds a sink.
 
 pub mod auth;
 pub mod config;
@@ -28,10 +28,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
+use base64::Engine as _;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 pub use auth::{TokenCheck, protect, require_token};
 pub use config::AdminConfig;
 
+use crate::hotswap::{DeployError, DeployRequest, DeploySource, Hotswap};
 use crate::metrics::Metrics;
 use crate::model::Point;
 
@@ -71,6 +74,8 @@ pub struct AdminState {
     pub influx_queue: Option<mpsc::WeakSender<Point>>,
     /// Every pipeline's transform.
     pub transforms: Vec<TransformInfo>,
+    /// The transform managers; `None`: deploy and rollback answer 501.
+    pub hotswap: Option<Arc<Hotswap>>,
     /// Cancelled when the host starts shutting down (`/ready` turns 503).
     pub shutdown: CancellationToken,
     /// When the host started.
@@ -85,6 +90,7 @@ impl AdminState {
             mqtt_configured: false,
             influx_queue: None,
             transforms: Vec::new(),
+            hotswap: None,
             shutdown: CancellationToken::new(),
             started: Instant::now(),
         }
@@ -172,8 +178,22 @@ impl AdminServer {
 
 /// Every route. Mutating routes are wrapped in [`protect`].
 pub fn router(state: Arc<AdminState>, check: Arc<TokenCheck>) -> axum::Router {
+    // Base64 in a JSON body is 4/3 of the module, plus vectors and config.
+    let body_limit = state.hotswap.as_ref().map_or(2 << 20, |h| {
+        h.config()
+            .max_module_bytes
+            .get()
+            .saturating_mul(3)
+            .saturating_div(2)
+            .saturating_add(1 << 20)
+    });
     let mutating = protect(
-        axum::Router::new().route("/transforms/{name}/rollback", post(rollback)),
+        axum::Router::new()
+            .route(
+                "/transforms/{name}",
+                put(deploy).layer(DefaultBodyLimit::max(body_limit)),
+            )
+            .route("/transforms/{name}/rollback", post(rollback)),
         check,
     );
     axum::Router::new()
@@ -289,29 +309,156 @@ async fn transforms(State(state): State<Arc<AdminState>>) -> Json<serde_json::Va
         .iter()
         .map(|t| {
             let counters = state.metrics.pipeline(&t.pipeline);
-            json!({
+            let mut entry = json!({
                 "pipeline": t.pipeline,
                 "module": t.module.display().to_string(),
                 "sha256": t.hash,
                 "frames_received": counters.frames_received.get(),
                 "messages_emitted": counters.messages_emitted.get(),
                 "points_emitted": counters.points_emitted.get(),
-            })
+            });
+            if let Some(manager) = state.hotswap.as_ref().and_then(|h| h.manager(&t.pipeline)) {
+                let (_, hash) = manager.active();
+                entry["sha256"] = hash.into();
+                if let (Some(entry), serde_json::Value::Object(more)) =
+                    (entry.as_object_mut(), manager.to_json())
+                {
+                    entry.extend(more.into_iter().filter(|(k, _)| k != "module"));
+                }
+            }
+            entry
         })
         .collect();
     Json(json!({ "transforms": list }))
 }
 
-/// Placeholder behind the token check: rollback comes with hot-swap.
-async fn rollback(Path(name): Path<String>) -> Response {
+fn not_implemented(name: &str) -> Response {
     (
         StatusCode::NOT_IMPLEMENTED,
         Json(json!({
-            "error": "not implemented: rollback comes with transform hot-swap",
+            "error": "transform hot swap is not available in this process",
             "pipeline": name,
         })),
     )
         .into_response()
+}
+
+fn deploy_response(
+    name: &str,
+    result: Result<crate::hotswap::DeployReport, DeployError>,
+) -> Response {
+    match result {
+        Ok(report) => (StatusCode::OK, Json(report.to_json(name))).into_response(),
+        Err(err) => {
+            let status = match &err {
+                DeployError::UnknownPipeline(_) => StatusCode::NOT_FOUND,
+                DeployError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                DeployError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
+                DeployError::NoRollback(_) => StatusCode::CONFLICT,
+                DeployError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            (
+                status,
+                Json(json!({
+                    "pipeline": name,
+                    "outcome": err.outcome(),
+                    "error": err.to_string(),
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The JSON form of a deploy: everything optional, at least one of
+/// `module` and `config`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployBody {
+    /// The component, base64.
+    #[serde(default)]
+    module: Option<String>,
+    /// Test vectors, `.vectors.jsonl` text.
+    #[serde(default)]
+    vectors: Option<String>,
+    /// The transform config (replaces the active one).
+    #[serde(default)]
+    config: Option<std::collections::BTreeMap<String, crate::config::ScalarValue>>,
+}
+
+fn bad_request(name: &str, message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "pipeline": name, "outcome": "bad_request", "error": message })),
+    )
+        .into_response()
+}
+
+/// `PUT /transforms/{name}`: deploys to pipeline `name`. The body is the
+/// component itself (any content type but JSON), or with
+/// `Content-Type: application/json` an object `{"module": base64,
+/// "vectors": "jsonl text", "config": {"key": "value"}}` (all optional;
+/// `config` alone is a config change of the running module). Answers 200
+/// with the new (or unchanged) version, 422 with the reason when the module
+/// is refused (the running version stays), 404 for an unknown pipeline.
+async fn deploy(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(hotswap) = &state.hotswap else {
+        return not_implemented(&name);
+    };
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    let origin = format!("PUT /transforms/{name}");
+    let request = if json_body {
+        let parsed: DeployBody = match serde_json::from_slice(&body) {
+            Ok(parsed) => parsed,
+            Err(err) => return bad_request(&name, format!("invalid JSON body: {err}")),
+        };
+        let wasm = match parsed
+            .module
+            .as_deref()
+            .map(|m| base64::engine::general_purpose::STANDARD.decode(m.trim()))
+        {
+            Some(Ok(wasm)) => Some(wasm),
+            Some(Err(err)) => return bad_request(&name, format!("module is not base64: {err}")),
+            None => None,
+        };
+        if wasm.is_none() && parsed.config.is_none() {
+            return bad_request(&name, "give `module`, `config` or both".into());
+        }
+        DeployRequest {
+            source: DeploySource::Api,
+            origin,
+            wasm,
+            config: parsed
+                .config
+                .map(|c| c.into_iter().map(|(k, v)| (k, v.0)).collect()),
+            limits: None,
+            vectors: parsed.vectors,
+        }
+    } else {
+        if body.is_empty() {
+            return bad_request(&name, "empty body: send the module".into());
+        }
+        DeployRequest::module(DeploySource::Api, origin, body.to_vec())
+    };
+    deploy_response(&name, hotswap.deploy(&name, request).await)
+}
+
+/// `POST /transforms/{name}/rollback`: back to the version that ran before
+/// the active one. 409 when there is none.
+async fn rollback(State(state): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
+    let Some(hotswap) = &state.hotswap else {
+        return not_implemented(&name);
+    };
+    deploy_response(&name, hotswap.rollback(&name).await)
 }
 
 async fn not_found() -> Response {

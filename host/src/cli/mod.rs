@@ -1,5 +1,6 @@
 //! The `sluice` command line (clap).
 
+pub mod deploy;
 pub mod outbox;
 pub mod transform;
 

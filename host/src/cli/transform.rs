@@ -5,6 +5,8 @@
 //!   profile is size-optimised) and prints the component path(s).
 //! * `test` runs a built component on sample input, exactly as the host
 //!   would (same sandbox, same validation), and prints JSON lines.
+//! * `deploy` and `rollback` talk to a running host's admin API
+//!   ([`super::deploy`]).
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -60,6 +62,44 @@ pub enum TransformCommand {
         #[arg(long)]
         allow_errors: bool,
     },
+    /// Deploy a component to a pipeline of a running host (admin API
+    /// `PUT /transforms/NAME`); its test vectors go along.
+    Deploy {
+        /// The component (`.wasm`).
+        module: PathBuf,
+        /// The pipeline to deploy to.
+        #[arg(long)]
+        name: String,
+        /// The host's admin API, e.g. `http://127.0.0.1:9180`.
+        #[arg(long)]
+        to: String,
+        /// Environment variable holding the admin bearer token.
+        #[arg(long, default_value = "SLUICE_ADMIN_TOKEN")]
+        token_env: String,
+        /// Test vectors (default: `MODULE` with `.vectors.jsonl` instead of
+        /// `.wasm`, when that file exists).
+        #[arg(long)]
+        vectors: Option<PathBuf>,
+        /// Do not send test vectors.
+        #[arg(long, conflicts_with = "vectors")]
+        no_vectors: bool,
+        /// New transform config, `key=value` (repeatable; replaces the
+        /// running config; default: keep it).
+        #[arg(long = "config", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+    },
+    /// Return a pipeline of a running host to its previous transform
+    /// version (admin API `POST /transforms/NAME/rollback`).
+    Rollback {
+        /// The pipeline.
+        name: String,
+        /// The host's admin API, e.g. `http://127.0.0.1:9180`.
+        #[arg(long)]
+        to: String,
+        /// Environment variable holding the admin bearer token.
+        #[arg(long, default_value = "SLUICE_ADMIN_TOKEN")]
+        token_env: String,
+    },
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -99,6 +139,34 @@ pub fn run(command: TransformCommand) -> anyhow::Result<i32> {
             let errors = test(&module, &input, hex, &config, &source)?;
             Ok(if errors > 0 && !allow_errors { 1 } else { 0 })
         }
+        TransformCommand::Deploy {
+            module,
+            name,
+            to,
+            token_env,
+            vectors,
+            no_vectors,
+            config,
+        } => super::deploy::deploy(&super::deploy::DeployArgs {
+            module,
+            pipeline: name,
+            admin: to,
+            token_env,
+            vectors: if no_vectors {
+                super::deploy::Vectors::None
+            } else {
+                vectors.map_or(
+                    super::deploy::Vectors::Sidecar,
+                    super::deploy::Vectors::File,
+                )
+            },
+            config,
+        }),
+        TransformCommand::Rollback {
+            name,
+            to,
+            token_env,
+        } => super::deploy::rollback(&name, &to, &token_env),
     }
 }
 

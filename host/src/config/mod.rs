@@ -85,6 +85,10 @@ pub struct Config {
     /// The embedded MQTT broker (`[broker]`; off by default).
     #[serde(default)]
     pub broker: crate::broker::BrokerConfig,
+    /// Transform hot swap (`[hotswap]`: watched directory, canary,
+    /// quarantine, history).
+    #[serde(default)]
+    pub hotswap: crate::hotswap::HotswapConfig,
     /// Sandbox limits applied to every transform unless a pipeline overrides them.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -612,6 +616,7 @@ impl Config {
             influx.resolve_paths(base);
         }
         self.admin.resolve_paths(base);
+        self.hotswap.resolve_paths(base);
         for pipeline in &mut self.pipelines {
             resolve(&mut pipeline.transform.module);
             if let Some(capture) = &mut pipeline.capture {
@@ -683,6 +688,7 @@ impl Config {
             problems.extend(influx.validate());
         }
         problems.extend(self.admin.validate());
+        problems.extend(self.hotswap.validate());
         if self.pipelines.is_empty() {
             problems.push("pipeline: at least one [[pipeline]] is required".into());
         }

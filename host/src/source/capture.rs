@@ -607,6 +607,13 @@ impl CaptureHandle {
         let thread = self.thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
+
+    /// [`close`](Self::close) for a thread outside the async runtime (the
+    /// transform worker's dead letters): waits for the writer here.
+    pub fn close_blocking(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
 }
 
 /// The writer thread's state.
