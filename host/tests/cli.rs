@@ -407,6 +407,8 @@ fn reference_config_optional_keys_are_valid() {
         std::fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
         std::fs::write(&path, "not-a-secret\n").expect("write");
     }
+    // The directory `[hotswap] watch_dir` names (under the data dir).
+    std::fs::create_dir_all(tmp.path().join("data/transforms")).expect("mkdir");
     let is_setting = |line: &str| {
         line.strip_prefix('#')
             .and_then(|rest| rest.chars().next())
