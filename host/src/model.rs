@@ -275,6 +275,32 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// `ns` since the Unix epoch as an RFC 3339 UTC timestamp, with nine
+/// fractional digits when `nanos` is set (`1970-01-01T00:00:00.000000000Z`)
+/// or whole seconds otherwise. Hand-written (Howard Hinnant's
+/// civil-from-days) to avoid a date crate for two log/JSON fields.
+pub fn rfc3339(ns: u64, nanos: bool) -> String {
+    let secs = ns / 1_000_000_000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (hour, minute, second) = (rem / 3600, rem / 60 % 60, rem % 60);
+    if nanos {
+        let fraction = ns % 1_000_000_000;
+        format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{fraction:09}Z")
+    } else {
+        format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
