@@ -267,6 +267,20 @@ impl SluiceProcess {
         }
     }
 
+    /// `sluice run --config PATH`, returned once it logs "sluice running".
+    pub fn run_config(path: &Path) -> SluiceProcess {
+        let sluice = SluiceProcess::spawn(
+            &["run", "--config", path.to_str().expect("utf-8 path")],
+            &[],
+        );
+        assert!(
+            sluice.wait_for_log("sluice running", Duration::from_secs(30)),
+            "{}",
+            sluice.log()
+        );
+        sluice
+    }
+
     /// Sends `signal` (e.g. SIGHUP for a reload) without waiting.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         if let Some(child) = &self.child {
@@ -921,4 +935,16 @@ impl InfluxWriter {
     pub fn delivered(&self) -> u64 {
         self.metrics.influx.points_delivered.get()
     }
+}
+
+/// Writes the frames `{"seq":N}` for N in `from..from + count` to `to` (a
+/// pty master), pausing 5 ms every 50 frames; returns the next N.
+pub fn feed_seq(to: &mut impl std::io::Write, from: u64, count: u64) -> u64 {
+    for seq in from..from + count {
+        writeln!(to, r#"{{"seq":{seq}}}"#).expect("write frame");
+        if seq % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    from + count
 }

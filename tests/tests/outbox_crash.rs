@@ -11,11 +11,12 @@
 //! pauses the feed for a moment before the kill so that window is empty and
 //! the guarantee under test is exact: committed means delivered.
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use sluice::pty::Pty;
-use sluice_tests::{Mosquitto, SluiceProcess, free_port, mosquitto_sub, sluice_bin, wasm};
+use sluice_tests::{
+    Mosquitto, SluiceProcess, feed_seq, free_port, mosquitto_sub, sluice_bin, wasm,
+};
 
 fn config(pty: &Pty, broker: u16, data_dir: &std::path::Path) -> String {
     format!(
@@ -42,26 +43,6 @@ transform = {{ module = "{}" }}
     )
 }
 
-fn feed(pty: &mut Pty, from: u64, count: u64) -> u64 {
-    for seq in from..from + count {
-        writeln!(pty.master, r#"{{"seq":{seq}}}"#).expect("write frame");
-        if seq % 50 == 0 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    from + count
-}
-
-fn start(path: &std::path::Path) -> SluiceProcess {
-    let sluice = SluiceProcess::spawn(&["run", "--config", path.to_str().expect("utf-8")], &[]);
-    assert!(
-        sluice.wait_for_log("sluice running", Duration::from_secs(30)),
-        "{}",
-        sluice.log()
-    );
-    sluice
-}
-
 #[test]
 fn kill_9_while_the_broker_is_down_loses_nothing_committed() {
     let port = free_port();
@@ -77,13 +58,13 @@ fn kill_9_while_the_broker_is_down_loses_nothing_committed() {
     );
     std::thread::sleep(Duration::from_millis(300));
 
-    let mut sluice = start(&path);
-    let mut next = feed(&mut pty, 0, 500);
+    let mut sluice = SluiceProcess::run_config(&path);
+    let mut next = feed_seq(&mut pty.master, 0, 500);
     assert!(subscriber.wait_for(500, Duration::from_secs(30)).len() >= 500);
 
     // Broker gone: the outbox fills while frames keep coming.
     broker.stop();
-    next = feed(&mut pty, next, 1500);
+    next = feed_seq(&mut pty.master, next, 1500);
     std::thread::sleep(Duration::from_secs(1));
     sluice.kill();
     let outbox = dir.path().join("outbox/mqtt.redb");
@@ -102,12 +83,12 @@ fn kill_9_while_the_broker_is_down_loses_nothing_committed() {
     );
 
     // The host comes back first (broker still down), then the broker.
-    let mut sluice = start(&path);
-    next = feed(&mut pty, next, 500);
+    let mut sluice = SluiceProcess::run_config(&path);
+    next = feed_seq(&mut pty.master, next, 500);
     // Same persistence dir: the subscriber's session (and what the broker
     // queued for it) survives, as on a real broker.
     broker.restart();
-    next = feed(&mut pty, next, 500);
+    next = feed_seq(&mut pty.master, next, 500);
     let total = next as usize;
 
     let got = subscriber.wait_until(Duration::from_secs(60), |got| {

@@ -8,11 +8,10 @@
 //! every sequence number exactly once. As in `outbox_crash.rs`, the feed
 //! pauses before the kill so only committed data is at stake.
 
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use sluice::pty::Pty;
-use sluice_tests::{Influxd, Mosquitto, SluiceProcess, mosquitto_sub, wasm};
+use sluice_tests::{Influxd, Mosquitto, SluiceProcess, feed_seq, mosquitto_sub, wasm};
 
 fn config(pty: &Pty, broker: u16, influx: &str, data_dir: &std::path::Path) -> String {
     format!(
@@ -47,26 +46,6 @@ transform = {{ module = "{}" }}
     )
 }
 
-fn feed(pty: &mut Pty, from: u64, count: u64) -> u64 {
-    for seq in from..from + count {
-        writeln!(pty.master, r#"{{"seq":{seq}}}"#).expect("write frame");
-        if seq % 50 == 0 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    from + count
-}
-
-fn start(path: &std::path::Path) -> SluiceProcess {
-    let sluice = SluiceProcess::spawn(&["run", "--config", path.to_str().expect("utf-8")], &[]);
-    assert!(
-        sluice.wait_for_log("sluice running", Duration::from_secs(30)),
-        "{}",
-        sluice.log()
-    );
-    sluice
-}
-
 /// Distinct `seq` values stored in `gateway_stats`.
 fn stored(influx: &Influxd) -> Vec<u64> {
     let reply = influx.query("plant", "SELECT seq FROM gateway_stats");
@@ -98,8 +77,8 @@ fn influx_outage_and_kill_9_lose_no_point_and_do_not_stall_mqtt() {
     std::fs::write(&path, config(&pty, broker.port, &influx.url(), dir.path())).expect("config");
     let subscriber = mosquitto_sub(broker.port, "iiot/stats/seq", &[]);
 
-    let mut sluice = start(&path);
-    let mut next = feed(&mut pty, 0, 300);
+    let mut sluice = SluiceProcess::run_config(&path);
+    let mut next = feed_seq(&mut pty.master, 0, 300);
     let wait_stored = |influx: &Influxd, n: usize| {
         let deadline = Instant::now() + Duration::from_secs(60);
         while stored(influx).len() < n && Instant::now() < deadline {
@@ -111,7 +90,7 @@ fn influx_outage_and_kill_9_lose_no_point_and_do_not_stall_mqtt() {
 
     // InfluxDB away: MQTT keeps flowing, points pile up in the outbox.
     influx.stop();
-    next = feed(&mut pty, next, 1000);
+    next = feed_seq(&mut pty.master, next, 1000);
     let live = subscriber.wait_for(next as usize, Duration::from_secs(30));
     assert_eq!(
         live.len(),
@@ -123,10 +102,10 @@ fn influx_outage_and_kill_9_lose_no_point_and_do_not_stall_mqtt() {
     sluice.kill();
 
     // Back in the other order: sluice first, then InfluxDB.
-    let mut sluice = start(&path);
-    next = feed(&mut pty, next, 300);
+    let mut sluice = SluiceProcess::run_config(&path);
+    next = feed_seq(&mut pty.master, next, 300);
     influx.restart();
-    next = feed(&mut pty, next, 300);
+    next = feed_seq(&mut pty.master, next, 300);
     let total = next as usize;
     let seqs = wait_stored(&influx, total);
     assert_eq!(
