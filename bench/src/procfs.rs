@@ -1,0 +1,81 @@
+//! CPU time and memory of a process, from `/proc/<pid>/stat` and
+//! `/proc/<pid>/status`.
+
+use anyhow::{Context as _, Result, bail};
+
+/// One reading of a process's counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcSample {
+    /// utime + stime of every thread, living or exited, in seconds.
+    pub cpu_secs: f64,
+    /// Resident set size now (VmRSS), KiB.
+    pub rss_kib: u64,
+    /// Peak resident set size since the process started (VmHWM), KiB.
+    pub hwm_kib: u64,
+}
+
+/// Clock ticks per second for `/proc/<pid>/stat`'s times.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// Reads `pid`'s counters.
+pub fn sample(pid: u32) -> Result<ProcSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat (did the process exit?)"))?;
+    let cpu_secs = parse_cpu_ticks(&stat)
+        .with_context(|| format!("unexpected /proc/{pid}/stat: {stat}"))? as f64
+        / clock_ticks();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    Ok(ProcSample {
+        cpu_secs,
+        rss_kib: status_kib(&status, "VmRSS:").unwrap_or(0),
+        hwm_kib: status_kib(&status, "VmHWM:").unwrap_or(0),
+    })
+}
+
+/// utime + stime (fields 14 and 15) in clock ticks. The command name (field
+/// 2) is in parentheses and may contain spaces, so fields are counted from
+/// the last `)`.
+fn parse_cpu_ticks(stat: &str) -> Result<u64> {
+    let Some(close) = stat.rfind(')') else {
+        bail!("no `)` after the command name");
+    };
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // fields[0] is field 3 (state), so field n is fields[n - 3].
+    let field = |n: usize| -> Result<u64> {
+        let text = fields.get(n - 3).context("too few fields")?;
+        text.parse::<u64>()
+            .with_context(|| format!("field {n} = {text:?} is not a number"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// A `Key:   1234 kB` line of `/proc/<pid>/status`, in KiB.
+fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_a_command_name_containing_spaces_and_parens() {
+        let stat = "4242 (node (red) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 11 0 12345 1000000 2000 18446744073709551615";
+        assert_eq!(parse_cpu_ticks(stat).unwrap(), 325);
+    }
+
+    #[test]
+    fn reads_its_own_process() {
+        let s = sample(std::process::id()).unwrap();
+        assert!(s.rss_kib > 0 && s.hwm_kib >= s.rss_kib, "{s:?}");
+    }
+}
