@@ -110,6 +110,16 @@ pub struct MqttConfig {
     /// Default: `sluice-<hostname>`.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// Protocol version: `"3.1.1"` or `"5"`. MQTT 5 makes the broker say
+    /// why it refused a publish (e.g. an ACL denial), which the host counts
+    /// and logs instead of taking it for a delivery.
+    #[serde(default)]
+    pub protocol: MqttProtocol,
+    /// MQTT 5: how long the broker keeps our session (subscriptions and
+    /// in-flight messages) after a disconnect, in seconds. MQTT 3.1.1
+    /// sessions (`clean_session = false`) last as long as the broker allows.
+    #[serde(default = "default_session_expiry")]
+    pub session_expiry_secs: u32,
     /// Keep-alive interval in seconds.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_secs: NonZeroU16,
@@ -163,6 +173,18 @@ pub struct MqttConfig {
     pub outbox: crate::outbox::OutboxConfig,
 }
 
+/// The MQTT protocol version the sink speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum MqttProtocol {
+    /// MQTT 3.1.1: no reason codes; a broker drops a denied publish silently.
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    /// MQTT 5: reason codes on every acknowledgement.
+    #[serde(rename = "5")]
+    V5,
+}
+
 /// `[mqtt.tls]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +224,10 @@ fn default_queue_capacity() -> NonZeroUsize {
 
 fn default_mqtt_port() -> u16 {
     1883
+}
+fn default_session_expiry() -> u32 {
+    // A week: long enough for any outage the outbox is sized for.
+    7 * 24 * 3600
 }
 fn default_keep_alive() -> NonZeroU16 {
     NonZeroU16::new(30).unwrap_or(NonZeroU16::MIN)

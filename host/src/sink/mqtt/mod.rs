@@ -1,4 +1,4 @@
-//! The MQTT sink (rumqttc, MQTT 3.1.1): delivery the host can prove.
+//! The MQTT sink (rumqttc, MQTT 3.1.1 or 5): delivery the host can prove.
 //!
 //! rumqttc's `publish().await` only means "queued in the client"; a message
 //! is delivered when the broker acknowledges it (PubAck for QoS 1, PubComp
@@ -42,23 +42,33 @@
 //!   retained `offline` last will (and an explicit `offline` on clean
 //!   shutdown, since DISCONNECT suppresses the will).
 //!
+//! * **Refusals** (MQTT 5): an acknowledgement with an error reason code
+//!   (an ACL denial is `not_authorized`) settles the message as *refused*,
+//!   not delivered: counted in `sink_dropped{sink="mqtt",reason="refused_<code>"}`
+//!   and logged with the topic (rate-limited), and not re-sent — the broker
+//!   would refuse it again. A message larger than the broker's announced
+//!   maximum packet size is refused by the host before it is sent
+//!   (`exceeds_broker_max_packet`), because rumqttc would otherwise fail the
+//!   connection on it after every reconnect.
+//!
 //! Known limits: MQTT 3.1.1 gives no reason codes, so a publish an ACL denies
-//! is acknowledged like any other (mosquitto drops it silently); MQTT 5 is
-//! not implemented yet. With a `data_dir`, data messages wait in the durable
+//! is acknowledged like any other (mosquitto drops it silently); use MQTT 5
+//! where the broker supports it. With MQTT 5, a refused QoS 2 publish keeps
+//! one of rumqttc's in-flight slots until the next reconnect (rumqttc 0.25
+//! does not release it). With a `data_dir`, data messages wait in the durable
 //! outbox (`sink/durable.rs`) until confirmed and survive a crash; without
 //! one, the in-memory backlog is lost if the host dies.
+//!
+//! The protocol differences live in `link.rs`.
+
+mod link;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
-    Publish, QoS, Request, Subscribe, SubscribeFilter, SubscribeReasonCode, TlsConfiguration,
-    Transport,
-};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -71,10 +81,8 @@ use crate::pipeline::DownlinkCommand;
 use crate::ratelimit::RateLimiter;
 use crate::sink::durable::DurableQueue;
 use crate::source::serial::SerialMetrics;
+use link::{Client, Link, LinkEvent, Refusal};
 
-/// Bytes allowed in a PUBLISH packet beyond the payload: fixed header,
-/// topic (up to 65535 + 2 length bytes) and packet id.
-const PACKET_OVERHEAD: usize = 65_535 + 16;
 /// A connection that lasted this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
@@ -113,20 +121,12 @@ pub struct CommandRoute {
     pub metrics: SerialMetrics,
 }
 
-fn to_qos(qos: Qos) -> QoS {
-    match qos {
-        Qos::AtMostOnce => QoS::AtMostOnce,
-        Qos::AtLeastOnce => QoS::AtLeastOnce,
-        Qos::ExactlyOnce => QoS::ExactlyOnce,
-    }
-}
-
 /// One message on its way to the broker.
 #[derive(Debug, Clone)]
 struct Entry {
     topic: String,
     payload: Bytes,
-    qos: QoS,
+    qos: Qos,
     retain: bool,
     /// Status messages (birth/offline) are not counted as data.
     status: bool,
@@ -141,7 +141,7 @@ impl Entry {
         Entry {
             topic: message.topic,
             payload: Bytes::from(message.payload),
-            qos: to_qos(message.qos),
+            qos: message.qos,
             retain: message.retain,
             status: false,
             seq: 0,
@@ -149,10 +149,23 @@ impl Entry {
         }
     }
 
-    fn to_request(&self) -> Request {
-        let mut publish = Publish::from_bytes(self.topic.clone(), self.qos, self.payload.clone());
-        publish.retain = self.retain;
-        Request::Publish(publish)
+    fn status(topic: &str, payload: &'static [u8]) -> Self {
+        Entry {
+            topic: topic.to_owned(),
+            payload: Bytes::from_static(payload),
+            qos: Qos::AtLeastOnce,
+            retain: true,
+            status: true,
+            seq: 0,
+            durable: None,
+        }
+    }
+
+    /// An upper bound of its PUBLISH packet's size: fixed header (1 + up to
+    /// 4 length bytes), topic length and bytes, packet id, MQTT 5 property
+    /// length (none set), payload.
+    fn packet_size(&self) -> usize {
+        1 + 4 + 2 + self.topic.len() + 2 + 1 + self.payload.len()
     }
 }
 
@@ -211,6 +224,11 @@ struct Shared {
     /// waits in the outbox.
     durable_pushed: AtomicU64,
     durable_handed: AtomicU64,
+    /// The broker's maximum packet size from its last CONNACK (MQTT 5;
+    /// 0 = none announced).
+    broker_max_packet: AtomicU32,
+    /// Rate limit of the per-message refusal warnings.
+    refusal_warnings: Mutex<RateLimiter>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -222,7 +240,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The MQTT sink: submit messages, flush, shut down.
 pub struct MqttSink {
     shared: Arc<Shared>,
-    client: AsyncClient,
+    client: Client,
     publisher: tokio::task::JoinHandle<()>,
     connection: tokio::task::JoinHandle<()>,
     connection_stop: CancellationToken,
@@ -249,57 +267,7 @@ impl MqttSink {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client_id = config.effective_client_id();
         let status_topic = format!("{}/status/{}", config.status_topic_prefix, client_id);
-        let mut options = MqttOptions::new(client_id, config.host.clone(), config.port);
-        options.set_keep_alive(Duration::from_secs(u64::from(config.keep_alive_secs.get())));
-        options.set_clean_session(false);
-        options.set_inflight(config.max_inflight.get());
-        let max_packet = config
-            .max_payload_bytes
-            .get()
-            .saturating_add(PACKET_OVERHEAD);
-        options.set_max_packet_size(max_packet, max_packet);
-        options.set_last_will(LastWill::new(
-            status_topic.clone(),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
-        if let Some(username) = &config.username {
-            let password = crate::secret::read_secret(
-                "mqtt.password_env",
-                &config.password_env,
-                "mqtt.password_file",
-                &config.password_file,
-                &|var| std::env::var(var).ok(),
-            )?;
-            let password = password.map(|p| p.expose().to_owned()).unwrap_or_default();
-            options.set_credentials(username.clone(), password);
-        }
-        if let Some(tls) = &config.tls {
-            let read = |key: &'static str, path: &std::path::Path| {
-                std::fs::read(path).map_err(|source| MqttSetupError::ReadFile {
-                    key,
-                    path: path.display().to_string(),
-                    source,
-                })
-            };
-            let ca = read("tls.ca_file", &tls.ca_file)?;
-            let client_auth = match (&tls.client_cert_file, &tls.client_key_file) {
-                (Some(cert), Some(key)) => Some((
-                    read("tls.client_cert_file", cert)?,
-                    read("tls.client_key_file", key)?,
-                )),
-                _ => None,
-            };
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-                ca,
-                alpn: None,
-                client_auth,
-            }));
-        }
-        // A small client channel: what is offline should wait in our backlog,
-        // where the overflow policy applies, not in rumqttc.
-        let (client, eventloop) = AsyncClient::new(options, 16);
+        let (client, link) = link::connect(config, client_id, &status_topic)?;
         let shared = Arc::new(Shared {
             backlog: Mutex::new(Backlog {
                 queue: VecDeque::new(),
@@ -318,6 +286,8 @@ impl MqttSink {
             routes,
             durable_pushed: AtomicU64::new(0),
             durable_handed: AtomicU64::new(0),
+            broker_max_packet: AtomicU32::new(0),
+            refusal_warnings: Mutex::new(RateLimiter::new(5, Duration::from_secs(10))),
             durable,
         });
         if let Some(durable) = &shared.durable {
@@ -339,7 +309,7 @@ impl MqttSink {
         let endpoint = format!("{}:{}", config.host, config.port);
         let connection_stop = CancellationToken::new();
         let connection = tokio::spawn(drive_connection(
-            eventloop,
+            link,
             backoff,
             endpoint,
             shared.clone(),
@@ -451,15 +421,7 @@ impl MqttSink {
     /// `timeout` for the broker to confirm everything, then disconnects.
     /// Returns how many messages were still unconfirmed.
     pub async fn shutdown(mut self, timeout: Duration) -> usize {
-        let offline = Entry {
-            topic: self.shared.status_topic.clone(),
-            payload: Bytes::from_static(b"offline"),
-            qos: QoS::AtLeastOnce,
-            retain: true,
-            status: true,
-            seq: 0,
-            durable: None,
-        };
+        let offline = Entry::status(&self.shared.status_topic, b"offline");
         let deadline = tokio::time::Instant::now() + timeout;
         // Bounded: with `block` and a full backlog the broker may be gone.
         let _ = tokio::time::timeout_at(deadline, self.push(offline)).await;
@@ -473,7 +435,7 @@ impl MqttSink {
         let unconfirmed = self
             .flush(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await;
-        let _ = self.client.try_disconnect();
+        self.client.try_disconnect();
         if tokio::time::timeout(Duration::from_secs(1), &mut self.connection)
             .await
             .is_err()
@@ -496,7 +458,7 @@ const HAND_OVER_BATCH: usize = 64;
 /// per round (one backlog lock and one tracker lock per batch instead of per
 /// message): first the in-memory backlog (status messages, and data without
 /// an outbox), then the durable outbox after the last item handed over.
-async fn run_publisher(shared: Arc<Shared>, client: AsyncClient) {
+async fn run_publisher(shared: Arc<Shared>, client: Client) {
     let mut batch: Vec<Entry> = Vec::with_capacity(HAND_OVER_BATCH);
     let mut appended = shared.durable.as_ref().map(|d| d.appended());
     // The last outbox item handed to the client.
@@ -542,6 +504,10 @@ async fn run_publisher(shared: Arc<Shared>, client: AsyncClient) {
             }
             continue;
         }
+        refuse_oversized(&shared, &mut batch);
+        if batch.is_empty() {
+            continue;
+        }
         // Record them before the event loop can see them (FIFO mapping).
         {
             let mut tracker = lock(&shared.tracker);
@@ -550,13 +516,11 @@ async fn run_publisher(shared: Arc<Shared>, client: AsyncClient) {
         let data = batch.iter().filter(|e| !e.status).count();
         shared.metrics.mqtt_queued.inc_by(data as u64);
         for entry in batch.drain(..) {
-            if let Err(err) = client
-                .publish_bytes(entry.topic, entry.qos, entry.retain, entry.payload)
-                .await
-            {
+            let durable = entry.durable;
+            if let Err(err) = client.publish(entry).await {
                 // Only when the event loop is gone (shutdown); a durable
                 // message stays in the outbox.
-                if entry.durable.is_none() {
+                if durable.is_none() {
                     shared.metrics.sink_dropped("mqtt", "client_closed");
                     tracing::error!(error = %err, "MQTT client closed; message lost");
                 }
@@ -600,8 +564,32 @@ fn read_outbox(
     }
 }
 
+/// Refuses (counts, logs, settles) the entries of `batch` that exceed the
+/// broker's announced maximum packet size: rumqttc would fail the
+/// connection on such a packet, and again after every reconnect.
+fn refuse_oversized(shared: &Shared, batch: &mut Vec<Entry>) {
+    let max = shared.broker_max_packet.load(Ordering::Relaxed) as usize;
+    if max == 0 || batch.iter().all(|e| e.packet_size() <= max) {
+        return;
+    }
+    batch.retain(|entry| {
+        if entry.packet_size() <= max {
+            return true;
+        }
+        let refusal = Refusal {
+            code: "exceeds_broker_max_packet",
+            reason: Some(format!(
+                "packet of up to {} bytes, the broker accepts {max}",
+                entry.packet_size()
+            )),
+        };
+        refused(shared, entry, &refusal);
+        false
+    });
+}
+
 async fn drive_connection(
-    mut eventloop: EventLoop,
+    mut link: Link,
     mut backoff: Backoff,
     endpoint: String,
     shared: Arc<Shared>,
@@ -613,31 +601,46 @@ async fn drive_connection(
     let mut command_warnings = RateLimiter::new(5, Duration::from_secs(10));
     loop {
         let event = tokio::select! {
-            event = eventloop.poll() => event,
+            event = link.poll() => event,
             _ = stop.cancelled() => return,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            Ok(LinkEvent::Connected {
+                session_present,
+                max_packet_size,
+            }) => {
                 connected_at = Some(Instant::now());
                 last_error = None;
                 metrics.mqtt_connected.set(1);
-                let resent = on_connected(&shared, &mut eventloop, ack.session_present);
-                tracing::info!(broker = %endpoint, session_present = ack.session_present, resent,
-                    "MQTT connected");
+                shared
+                    .broker_max_packet
+                    .store(max_packet_size.unwrap_or(0), Ordering::Relaxed);
+                let resent = on_connected(&shared, &mut link, session_present);
+                tracing::info!(broker = %endpoint, session_present, resent, "MQTT connected");
             }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                settle(&shared, |t| t.in_flight.remove(&ack.pkid));
+            Ok(LinkEvent::PubAck { pkid, refusal }) => {
+                settle(&shared, |t| t.in_flight.remove(&pkid), refusal);
             }
-            Ok(Event::Incoming(Packet::PubRec(rec))) => {
+            Ok(LinkEvent::PubRec {
+                pkid,
+                refusal: Some(refusal),
+            }) => {
+                // Refused: no PubRel follows, the exchange ends here.
+                settle(&shared, |t| t.in_flight.remove(&pkid), Some(refusal));
+            }
+            Ok(LinkEvent::PubRec {
+                pkid,
+                refusal: None,
+            }) => {
                 let mut tracker = lock(&shared.tracker);
-                if let Some(entry) = tracker.in_flight.remove(&rec.pkid) {
-                    tracker.releasing.insert(rec.pkid, entry);
+                if let Some(entry) = tracker.in_flight.remove(&pkid) {
+                    tracker.releasing.insert(pkid, entry);
                 }
             }
-            Ok(Event::Incoming(Packet::PubComp(comp))) => {
-                settle(&shared, |t| t.releasing.remove(&comp.pkid));
+            Ok(LinkEvent::PubComp { pkid }) => {
+                settle(&shared, |t| t.releasing.remove(&pkid), None);
             }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+            Ok(LinkEvent::Sent(pkid)) => {
                 let mut tracker = lock(&shared.tracker);
                 if pkid != 0 && tracker.in_flight.contains_key(&pkid) {
                     metrics.mqtt_retransmitted.inc();
@@ -656,43 +659,48 @@ async fn drive_connection(
                     }
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                route_command(&shared, publish, &mut command_warnings);
+            Ok(LinkEvent::Command {
+                topic,
+                payload,
+                retain,
+            }) => {
+                route_command(&shared, &topic, &payload, retain, &mut command_warnings);
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                for (code, route) in ack.return_codes.iter().zip(&shared.routes) {
-                    if *code == SubscribeReasonCode::Failure {
-                        tracing::error!(pipeline = %route.pipeline, filter = %route.filter,
-                            "the broker refused the downlink subscription (ACL?); no commands will arrive");
-                    } else {
+            Ok(LinkEvent::SubAck(granted)) => {
+                for (granted, route) in granted.iter().zip(&shared.routes) {
+                    if *granted {
                         tracing::info!(pipeline = %route.pipeline, filter = %route.filter,
                             "downlink subscribed");
+                    } else {
+                        tracing::error!(pipeline = %route.pipeline, filter = %route.filter,
+                            "the broker refused the downlink subscription (ACL?); no commands will arrive");
                     }
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+            Ok(LinkEvent::Disconnected) => {
                 metrics.mqtt_connected.set(0);
                 return;
             }
-            Ok(_) => {}
-            Err(err) => {
+            Ok(LinkEvent::Other) => {}
+            Err(text) => {
                 metrics.mqtt_connected.set(0);
                 metrics.mqtt_connection_errors.inc();
                 if let Some(since) = connected_at.take() {
-                    restore_order(&mut eventloop, &mut lock(&shared.tracker));
+                    let mut tracker = lock(&shared.tracker);
+                    tracker.drained = link.restore_order(|pkid| {
+                        tracker.in_flight.get(&pkid).map_or(u64::MAX, |e| e.seq)
+                    });
+                    drop(tracker);
                     if since.elapsed() >= STABLE_CONNECTION {
                         backoff.reset();
                     }
-                    tracing::warn!(broker = %endpoint, error = %describe(&err),
+                    tracing::warn!(broker = %endpoint, error = %text,
                         "MQTT connection lost; reconnecting with backoff");
-                    last_error = Some(describe(&err));
-                } else {
-                    let text = describe(&err);
-                    if last_error.as_deref() != Some(text.as_str()) {
-                        tracing::warn!(broker = %endpoint, error = %text,
-                            "cannot connect to MQTT broker; retrying with backoff");
-                        last_error = Some(text);
-                    }
+                    last_error = Some(text);
+                } else if last_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(broker = %endpoint, error = %text,
+                        "cannot connect to MQTT broker; retrying with backoff");
+                    last_error = Some(text);
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -703,41 +711,9 @@ async fn drive_connection(
     }
 }
 
-/// After an established connection broke, rumqttc has put into `pending` the
-/// requests not yet written (packet id 0: the oldest entries of `awaiting`)
-/// and, *after* whatever `pending` still held, the unacknowledged publishes.
-/// The latter are older than anything still waiting, so this puts them back
-/// in front, in submission order (PubRels first), and records how many
-/// `awaiting` entries now sit in `pending` (lost if the session is).
-fn restore_order(eventloop: &mut EventLoop, tracker: &mut Tracker) {
-    let mut releases = Vec::new();
-    let mut replays = Vec::new();
-    let mut fresh = Vec::new();
-    let mut other = Vec::new();
-    for request in std::mem::take(&mut eventloop.pending) {
-        match &request {
-            Request::PubRel(_) => releases.push(request),
-            Request::Publish(p) if p.pkid != 0 => {
-                let seq = tracker.in_flight.get(&p.pkid).map_or(u64::MAX, |e| e.seq);
-                replays.push((seq, request));
-            }
-            Request::Publish(_) => fresh.push(request),
-            _ => other.push(request),
-        }
-    }
-    replays.sort_by_key(|(seq, _)| *seq);
-    tracker.drained = fresh.len();
-    eventloop.pending.extend(releases);
-    eventloop
-        .pending
-        .extend(replays.into_iter().map(|(_, r)| r));
-    eventloop.pending.extend(fresh);
-    eventloop.pending.extend(other);
-}
-
 /// After a ConnAck: re-send what a lost session dropped, then the birth
 /// message. Returns how many data messages were re-sent.
-fn on_connected(shared: &Shared, eventloop: &mut EventLoop, session_present: bool) -> usize {
+fn on_connected(shared: &Shared, link: &mut Link, session_present: bool) -> usize {
     let mut tracker = lock(&shared.tracker);
     let mut resent = 0;
     let mut in_pending = tracker.drained;
@@ -759,7 +735,7 @@ fn on_connected(shared: &Shared, eventloop: &mut EventLoop, session_present: boo
             );
         }
         for entry in lost.iter() {
-            eventloop.pending.push_back(entry.to_request());
+            link.push_publish(entry);
         }
         in_pending = lost.len();
         for entry in lost.into_iter().rev() {
@@ -767,42 +743,32 @@ fn on_connected(shared: &Shared, eventloop: &mut EventLoop, session_present: boo
         }
     }
     // Birth message, after the re-sends (pending is sent before anything new).
-    let birth = Entry {
-        topic: shared.status_topic.clone(),
-        payload: Bytes::from_static(b"online"),
-        qos: QoS::AtLeastOnce,
-        retain: true,
-        status: true,
-        seq: 0,
-        durable: None,
-    };
-    eventloop.pending.push_back(birth.to_request());
+    let birth = Entry::status(&shared.status_topic, b"online");
+    link.push_publish(&birth);
     let at = in_pending.min(tracker.awaiting.len());
     tracker.awaiting.insert(at, birth);
     tracker.drained = at + 1;
     if !shared.routes.is_empty() {
         // Not a publish: takes no place in the packet-id mapping.
-        eventloop
-            .pending
-            .push_back(Request::Subscribe(Subscribe::new_many(
-                shared
-                    .routes
-                    .iter()
-                    .map(|r| SubscribeFilter::new(r.filter.clone(), to_qos(r.qos))),
-            )));
+        link.push_subscribe(&shared.routes);
     }
     resent
 }
 
 /// Hands an incoming publish to every pipeline whose filter matches, without
 /// waiting (this runs in the task that polls the event loop).
-fn route_command(shared: &Shared, publish: Publish, warnings: &mut RateLimiter) {
-    let topic = publish.topic.as_str();
+fn route_command(
+    shared: &Shared,
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+    warnings: &mut RateLimiter,
+) {
     for route in &shared.routes {
         if !crate::model::topic_matches_filter(topic, &route.filter) {
             continue;
         }
-        if publish.retain && !route.accept_retained {
+        if retain && !route.accept_retained {
             route.metrics.downlink_dropped("retained");
             if let Some(suppressed) = warnings.check() {
                 tracing::warn!(pipeline = %route.pipeline, topic, suppressed,
@@ -812,7 +778,7 @@ fn route_command(shared: &Shared, publish: Publish, warnings: &mut RateLimiter) 
         }
         let command = DownlinkCommand {
             topic: topic.to_owned(),
-            payload: publish.payload.to_vec(),
+            payload: payload.to_vec(),
         };
         match route.commands.try_send(command) {
             Ok(()) => {}
@@ -830,15 +796,23 @@ fn route_command(shared: &Shared, publish: Publish, warnings: &mut RateLimiter) 
     }
 }
 
-/// Removes a confirmed entry from the tracker with `take` and counts it,
-/// then wakes [`MqttSink::flush`] if nothing is left unconfirmed (after
-/// counting, so a woken flush sees the delivery).
-fn settle(shared: &Shared, take: impl FnOnce(&mut Tracker) -> Option<Entry>) {
+/// Removes an acknowledged entry from the tracker with `take` and counts it
+/// as delivered, or as refused when the broker said so, then wakes
+/// [`MqttSink::flush`] if nothing is left unconfirmed (after counting, so a
+/// woken flush sees the outcome).
+fn settle(
+    shared: &Shared,
+    take: impl FnOnce(&mut Tracker) -> Option<Entry>,
+    refusal: Option<Refusal>,
+) {
     let mut tracker = lock(&shared.tracker);
     let entry = take(&mut tracker);
     let settled = tracker.unconfirmed() == 0;
     drop(tracker);
-    confirm(shared, entry);
+    match (refusal, &entry) {
+        (Some(refusal), Some(entry)) => refused(shared, entry, &refusal),
+        _ => confirm(shared, entry),
+    }
     if settled {
         shared.settled.notify_waiters();
     }
@@ -855,15 +829,19 @@ fn confirm(shared: &Shared, entry: Option<Entry>) {
     }
 }
 
-/// A one-line reason an operator can act on.
-fn describe(err: &ConnectionError) -> String {
-    match err {
-        ConnectionError::ConnectionRefused(code) => {
-            format!(
-                "broker refused the connection: {code:?} (check credentials, client id and ACLs)"
-            )
-        }
-        ConnectionError::Io(e) => format!("network: {e}"),
-        other => other.to_string(),
+/// A message the broker (or the broker's announced limit) refused: counted
+/// by reason, logged with its topic (rate-limited), and removed from the
+/// outbox — sending it again would be refused again.
+fn refused(shared: &Shared, entry: &Entry, refusal: &Refusal) {
+    shared
+        .metrics
+        .sink_dropped("mqtt", &format!("refused_{}", refusal.code));
+    if let Some(suppressed) = lock(&shared.refusal_warnings).check() {
+        tracing::warn!(topic = %entry.topic, code = refusal.code,
+            reason = refusal.reason.as_deref().unwrap_or(""), suppressed,
+            "the MQTT broker refused a publish; it is counted and not sent again");
+    }
+    if let (Some(seq), Some(durable)) = (entry.durable, &shared.durable) {
+        durable.ack(seq);
     }
 }

@@ -1,0 +1,502 @@
+//! One interface over rumqttc's two clients: MQTT 3.1.1 (`rumqttc`) and
+//! MQTT 5 (`rumqttc::v5`).
+//!
+//! The sink's delivery tracking (`mod.rs`) is the same for both protocols;
+//! what differs is how options are built, how events look and what an
+//! acknowledgement can say. MQTT 5 acknowledgements carry a reason code, so a
+//! publish the broker refused (an ACL denial, an invalid topic, a quota) is
+//! reported as a [`Refusal`] instead of passing for a delivery; MQTT 3.1.1
+//! has no way to say so (mosquitto acknowledges and drops a denied publish).
+//!
+//! The two rumqttc APIs are near-copies with distinct types, hence enums
+//! with one arm per protocol rather than a trait with associated types: the
+//! sink code stays non-generic and the match arms show every difference.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5 as v5p;
+use rumqttc::{Outgoing, TlsConfiguration, Transport};
+
+use super::{CommandRoute, Entry, MqttSetupError};
+use crate::config::{MqttConfig, MqttProtocol};
+use crate::model::Qos;
+
+/// Bytes allowed in a PUBLISH packet beyond the payload: fixed header,
+/// topic (up to 65535 + 2 length bytes), packet id and (MQTT 5) properties.
+pub(super) const PACKET_OVERHEAD: usize = 65_535 + 16;
+
+/// Handing messages to the client (the publisher task's side).
+#[derive(Clone)]
+pub(super) enum Client {
+    V311(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+/// The event loop (the connection task's side).
+pub(super) enum Link {
+    V311(Box<rumqttc::EventLoop>),
+    V5(Box<rumqttc::v5::EventLoop>),
+}
+
+/// What the broker said when it refused a publish (MQTT 5 only).
+#[derive(Debug, Clone)]
+pub(super) struct Refusal {
+    /// The reason code in snake case, also the metric label
+    /// (`refused_<code>`), e.g. `not_authorized`.
+    pub code: &'static str,
+    /// The broker's reason string, when it sent one.
+    pub reason: Option<String>,
+}
+
+/// What the sink needs to know of one event-loop event.
+#[derive(Debug)]
+pub(super) enum LinkEvent {
+    /// A CONNACK that accepted the connection.
+    Connected {
+        session_present: bool,
+        /// The broker's maximum packet size (MQTT 5), if it announced one.
+        max_packet_size: Option<u32>,
+    },
+    /// QoS 1 acknowledgement (or refusal).
+    PubAck { pkid: u16, refusal: Option<Refusal> },
+    /// QoS 2, first acknowledgement (or refusal).
+    PubRec { pkid: u16, refusal: Option<Refusal> },
+    /// QoS 2, completed.
+    PubComp { pkid: u16 },
+    /// A publish was written with this packet id (0 for QoS 0).
+    Sent(u16),
+    /// An incoming publish (a downlink command).
+    Command {
+        topic: String,
+        payload: Bytes,
+        retain: bool,
+    },
+    /// SUBACK: per filter, whether the broker granted it.
+    SubAck(Vec<bool>),
+    /// Our DISCONNECT was written (clean shutdown).
+    Disconnected,
+    /// Anything else (pings, our own acks, …).
+    Other,
+}
+
+/// Where a request in the event loop's `pending` queue stands, for
+/// [`Link::restore_order`].
+enum Pending {
+    PubRel,
+    /// A publish; packet id 0 means "not written yet".
+    Publish(u16),
+    Other,
+}
+
+fn qos_v311(qos: Qos) -> rumqttc::QoS {
+    match qos {
+        Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
+        Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+        Qos::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+fn qos_v5(qos: Qos) -> rumqttc::v5::mqttbytes::QoS {
+    match qos {
+        Qos::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        Qos::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        Qos::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+/// Builds the client and its event loop from `[mqtt]`, with a persistent
+/// session and `offline` (retained) as last will on `status_topic`.
+pub(super) fn connect(
+    config: &MqttConfig,
+    client_id: String,
+    status_topic: &str,
+) -> Result<(Client, Link), MqttSetupError> {
+    let credentials = match &config.username {
+        Some(username) => {
+            let password = crate::secret::read_secret(
+                "mqtt.password_env",
+                &config.password_env,
+                "mqtt.password_file",
+                &config.password_file,
+                &|var| std::env::var(var).ok(),
+            )?;
+            let password = password.map(|p| p.expose().to_owned()).unwrap_or_default();
+            Some((username.clone(), password))
+        }
+        None => None,
+    };
+    let transport = match &config.tls {
+        Some(tls) => {
+            let read = |key: &'static str, path: &std::path::Path| {
+                std::fs::read(path).map_err(|source| MqttSetupError::ReadFile {
+                    key,
+                    path: path.display().to_string(),
+                    source,
+                })
+            };
+            let ca = read("tls.ca_file", &tls.ca_file)?;
+            let client_auth = match (&tls.client_cert_file, &tls.client_key_file) {
+                (Some(cert), Some(key)) => Some((
+                    read("tls.client_cert_file", cert)?,
+                    read("tls.client_key_file", key)?,
+                )),
+                _ => None,
+            };
+            Some(Transport::tls_with_config(TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth,
+            }))
+        }
+        None => None,
+    };
+    let keep_alive = Duration::from_secs(u64::from(config.keep_alive_secs.get()));
+    let max_packet = config
+        .max_payload_bytes
+        .get()
+        .saturating_add(PACKET_OVERHEAD);
+    // A small client channel: what is offline should wait in the sink's
+    // backlog or outbox, where the overflow policy applies, not in rumqttc.
+    const CHANNEL: usize = 16;
+    Ok(match config.protocol {
+        MqttProtocol::V311 => {
+            let mut options =
+                rumqttc::MqttOptions::new(client_id, config.host.clone(), config.port);
+            options.set_keep_alive(keep_alive);
+            options.set_clean_session(false);
+            options.set_inflight(config.max_inflight.get());
+            options.set_max_packet_size(max_packet, max_packet);
+            options.set_last_will(rumqttc::LastWill::new(
+                status_topic,
+                "offline",
+                rumqttc::QoS::AtLeastOnce,
+                true,
+            ));
+            if let Some((username, password)) = credentials {
+                options.set_credentials(username, password);
+            }
+            if let Some(transport) = transport {
+                options.set_transport(transport);
+            }
+            let (client, eventloop) = rumqttc::AsyncClient::new(options, CHANNEL);
+            (Client::V311(client), Link::V311(Box::new(eventloop)))
+        }
+        MqttProtocol::V5 => {
+            let mut options =
+                rumqttc::v5::MqttOptions::new(client_id, config.host.clone(), config.port);
+            options.set_keep_alive(keep_alive);
+            // Keep the session: clean start off, and an expiry (0, the
+            // default, would end the session at every disconnect).
+            options.set_clean_start(false);
+            options.set_session_expiry_interval(Some(config.session_expiry_secs));
+            options.set_outgoing_inflight_upper_limit(config.max_inflight.get());
+            options.set_max_packet_size(Some(u32::try_from(max_packet).unwrap_or(u32::MAX)));
+            options.set_last_will(v5p::LastWill::new(
+                status_topic,
+                "offline",
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                true,
+                None,
+            ));
+            if let Some((username, password)) = credentials {
+                options.set_credentials(username, password);
+            }
+            if let Some(transport) = transport {
+                options.set_transport(transport);
+            }
+            let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, CHANNEL);
+            (Client::V5(client), Link::V5(Box::new(eventloop)))
+        }
+    })
+}
+
+impl Client {
+    /// Hands one message to the event loop (waits while the channel is
+    /// full). Fails only when the event loop is gone.
+    pub(super) async fn publish(&self, entry: Entry) -> Result<(), String> {
+        match self {
+            Client::V311(client) => client
+                .publish_bytes(
+                    entry.topic,
+                    qos_v311(entry.qos),
+                    entry.retain,
+                    entry.payload,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Client::V5(client) => client
+                .publish_bytes(entry.topic, qos_v5(entry.qos), entry.retain, entry.payload)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Asks the event loop to send DISCONNECT (without waiting).
+    pub(super) fn try_disconnect(&self) {
+        let _ = match self {
+            Client::V311(client) => client.try_disconnect().map_err(|e| e.to_string()),
+            Client::V5(client) => client.try_disconnect().map_err(|e| e.to_string()),
+        };
+    }
+}
+
+impl Link {
+    /// Polls the event loop once. Errors come back as one line an operator
+    /// can act on; the event loop reconnects on the next poll.
+    pub(super) async fn poll(&mut self) -> Result<LinkEvent, String> {
+        match self {
+            Link::V311(eventloop) => eventloop
+                .poll()
+                .await
+                .map(event_v311)
+                .map_err(|e| describe_v311(&e)),
+            Link::V5(eventloop) => eventloop
+                .poll()
+                .await
+                .map(event_v5)
+                .map_err(|e| describe_v5(&e)),
+        }
+    }
+
+    /// Queues a publish ahead of anything new (the event loop sends its
+    /// `pending` queue before reading the client channel).
+    pub(super) fn push_publish(&mut self, entry: &Entry) {
+        match self {
+            Link::V311(eventloop) => {
+                let mut publish = rumqttc::Publish::from_bytes(
+                    entry.topic.clone(),
+                    qos_v311(entry.qos),
+                    entry.payload.clone(),
+                );
+                publish.retain = entry.retain;
+                eventloop
+                    .pending
+                    .push_back(rumqttc::Request::Publish(publish));
+            }
+            Link::V5(eventloop) => {
+                let mut publish = v5p::Publish::new(
+                    entry.topic.clone(),
+                    qos_v5(entry.qos),
+                    entry.payload.clone(),
+                    None,
+                );
+                publish.retain = entry.retain;
+                eventloop
+                    .pending
+                    .push_back(rumqttc::v5::Request::Publish(publish));
+            }
+        }
+    }
+
+    /// Queues one SUBSCRIBE for every downlink route.
+    pub(super) fn push_subscribe(&mut self, routes: &[CommandRoute]) {
+        match self {
+            Link::V311(eventloop) => {
+                let filters = routes
+                    .iter()
+                    .map(|r| rumqttc::SubscribeFilter::new(r.filter.clone(), qos_v311(r.qos)));
+                eventloop.pending.push_back(rumqttc::Request::Subscribe(
+                    rumqttc::Subscribe::new_many(filters),
+                ));
+            }
+            Link::V5(eventloop) => {
+                let filters = routes
+                    .iter()
+                    .map(|r| v5p::Filter::new(r.filter.clone(), qos_v5(r.qos)));
+                eventloop.pending.push_back(rumqttc::v5::Request::Subscribe(
+                    v5p::Subscribe::new_many(filters, None),
+                ));
+            }
+        }
+    }
+
+    /// After an established connection broke, rumqttc has put into
+    /// `pending` the requests not yet written (packet id 0) and, *after*
+    /// whatever `pending` still held, the unacknowledged publishes. The
+    /// latter are older than anything still waiting, so this puts them back
+    /// in front, ordered by `seq_of(packet id)` (their submission order;
+    /// PubRels first). Returns how many unwritten publishes `pending` holds.
+    pub(super) fn restore_order(&mut self, seq_of: impl Fn(u16) -> u64) -> usize {
+        match self {
+            Link::V311(eventloop) => reorder(&mut eventloop.pending, &seq_of, |r| match r {
+                rumqttc::Request::PubRel(_) => Pending::PubRel,
+                rumqttc::Request::Publish(p) => Pending::Publish(p.pkid),
+                _ => Pending::Other,
+            }),
+            Link::V5(eventloop) => reorder(&mut eventloop.pending, &seq_of, |r| match r {
+                rumqttc::v5::Request::PubRel(_) => Pending::PubRel,
+                rumqttc::v5::Request::Publish(p) => Pending::Publish(p.pkid),
+                _ => Pending::Other,
+            }),
+        }
+    }
+}
+
+/// See [`Link::restore_order`].
+fn reorder<R>(
+    pending: &mut VecDeque<R>,
+    seq_of: &impl Fn(u16) -> u64,
+    kind: impl Fn(&R) -> Pending,
+) -> usize {
+    let mut releases = Vec::new();
+    let mut replays = Vec::new();
+    let mut fresh = Vec::new();
+    let mut other = Vec::new();
+    for request in std::mem::take(pending) {
+        match kind(&request) {
+            Pending::PubRel => releases.push(request),
+            Pending::Publish(pkid) if pkid != 0 => replays.push((seq_of(pkid), request)),
+            Pending::Publish(_) => fresh.push(request),
+            Pending::Other => other.push(request),
+        }
+    }
+    replays.sort_by_key(|(seq, _)| *seq);
+    let unwritten = fresh.len();
+    pending.extend(releases);
+    pending.extend(replays.into_iter().map(|(_, r)| r));
+    pending.extend(fresh);
+    pending.extend(other);
+    unwritten
+}
+
+fn event_v311(event: rumqttc::Event) -> LinkEvent {
+    use rumqttc::{Event, Packet, SubscribeReasonCode};
+    match event {
+        Event::Incoming(Packet::ConnAck(ack)) => LinkEvent::Connected {
+            session_present: ack.session_present,
+            max_packet_size: None,
+        },
+        Event::Incoming(Packet::PubAck(ack)) => LinkEvent::PubAck {
+            pkid: ack.pkid,
+            refusal: None,
+        },
+        Event::Incoming(Packet::PubRec(rec)) => LinkEvent::PubRec {
+            pkid: rec.pkid,
+            refusal: None,
+        },
+        Event::Incoming(Packet::PubComp(comp)) => LinkEvent::PubComp { pkid: comp.pkid },
+        Event::Incoming(Packet::Publish(publish)) => LinkEvent::Command {
+            topic: publish.topic,
+            payload: publish.payload,
+            retain: publish.retain,
+        },
+        Event::Incoming(Packet::SubAck(ack)) => LinkEvent::SubAck(
+            ack.return_codes
+                .iter()
+                .map(|code| *code != SubscribeReasonCode::Failure)
+                .collect(),
+        ),
+        Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::Sent(pkid),
+        Event::Outgoing(Outgoing::Disconnect) => LinkEvent::Disconnected,
+        _ => LinkEvent::Other,
+    }
+}
+
+fn event_v5(event: rumqttc::v5::Event) -> LinkEvent {
+    use rumqttc::v5::Event;
+    use v5p::{Packet, PubAckReason, PubRecReason, SubscribeReasonCode};
+    match event {
+        Event::Incoming(Packet::ConnAck(ack)) => LinkEvent::Connected {
+            session_present: ack.session_present,
+            max_packet_size: ack.properties.and_then(|p| p.max_packet_size),
+        },
+        Event::Incoming(Packet::PubAck(ack)) => {
+            let code = match ack.reason {
+                PubAckReason::Success | PubAckReason::NoMatchingSubscribers => None,
+                PubAckReason::UnspecifiedError => Some("unspecified_error"),
+                PubAckReason::ImplementationSpecificError => Some("implementation_specific_error"),
+                PubAckReason::NotAuthorized => Some("not_authorized"),
+                PubAckReason::TopicNameInvalid => Some("topic_name_invalid"),
+                PubAckReason::PacketIdentifierInUse => Some("packet_identifier_in_use"),
+                PubAckReason::QuotaExceeded => Some("quota_exceeded"),
+                PubAckReason::PayloadFormatInvalid => Some("payload_format_invalid"),
+            };
+            LinkEvent::PubAck {
+                pkid: ack.pkid,
+                refusal: code.map(|code| Refusal {
+                    code,
+                    reason: ack.properties.and_then(|p| p.reason_string),
+                }),
+            }
+        }
+        Event::Incoming(Packet::PubRec(rec)) => {
+            let code = match rec.reason {
+                PubRecReason::Success | PubRecReason::NoMatchingSubscribers => None,
+                PubRecReason::UnspecifiedError => Some("unspecified_error"),
+                PubRecReason::ImplementationSpecificError => Some("implementation_specific_error"),
+                PubRecReason::NotAuthorized => Some("not_authorized"),
+                PubRecReason::TopicNameInvalid => Some("topic_name_invalid"),
+                PubRecReason::PacketIdentifierInUse => Some("packet_identifier_in_use"),
+                PubRecReason::QuotaExceeded => Some("quota_exceeded"),
+                PubRecReason::PayloadFormatInvalid => Some("payload_format_invalid"),
+            };
+            LinkEvent::PubRec {
+                pkid: rec.pkid,
+                refusal: code.map(|code| Refusal {
+                    code,
+                    reason: rec.properties.and_then(|p| p.reason_string),
+                }),
+            }
+        }
+        Event::Incoming(Packet::PubComp(comp)) => LinkEvent::PubComp { pkid: comp.pkid },
+        Event::Incoming(Packet::Publish(publish)) => LinkEvent::Command {
+            // The protocol requires UTF-8 topics; a broker that breaks that
+            // gets its topic mangled, which no command route matches.
+            topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+            payload: publish.payload,
+            retain: publish.retain,
+        },
+        Event::Incoming(Packet::SubAck(ack)) => LinkEvent::SubAck(
+            ack.return_codes
+                .iter()
+                .map(|code| matches!(code, SubscribeReasonCode::Success(_)))
+                .collect(),
+        ),
+        Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::Sent(pkid),
+        Event::Outgoing(Outgoing::Disconnect) => LinkEvent::Disconnected,
+        _ => LinkEvent::Other,
+    }
+}
+
+/// A one-line reason an operator can act on.
+fn describe_v311(err: &rumqttc::ConnectionError) -> String {
+    match err {
+        rumqttc::ConnectionError::ConnectionRefused(code) => {
+            format!(
+                "broker refused the connection: {code:?} (check credentials, client id and ACLs)"
+            )
+        }
+        rumqttc::ConnectionError::Io(e) => format!("network: {e}"),
+        other => other.to_string(),
+    }
+}
+
+fn describe_v5(err: &rumqttc::v5::ConnectionError) -> String {
+    use rumqttc::v5::{ConnectionError, StateError};
+    match err {
+        ConnectionError::ConnectionRefused(code) => {
+            format!(
+                "broker refused the connection: {code:?} (check credentials, client id and ACLs)"
+            )
+        }
+        ConnectionError::MqttState(StateError::ConnFail { reason }) => {
+            format!(
+                "broker refused the connection: {reason:?} (check credentials, client id and ACLs)"
+            )
+        }
+        ConnectionError::MqttState(StateError::ServerDisconnect {
+            reason_code,
+            reason_string,
+        }) => format!(
+            "broker closed the connection: {reason_code:?}{}",
+            reason_string
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
+        ),
+        ConnectionError::Io(e) => format!("network: {e}"),
+        other => other.to_string(),
+    }
+}
