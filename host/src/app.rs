@@ -161,7 +161,7 @@ pub fn start_pipelines_from(
         let module = runtime
             .load_file(&pipeline.transform.module)
             .with_context(|| format!("pipeline {:?}: cannot load transform", pipeline.name))?;
-        let limits = pipeline.limits.unwrap_or(config.limits).into();
+        let limits = pipeline.effective_limits(config.limits).into();
         let instance = module
             .instantiate(&pipeline.name, &pipeline.transform.init_pairs(), limits)
             .with_context(|| format!("pipeline {:?}: transform rejected", pipeline.name))?;

@@ -43,7 +43,7 @@ pub fn problems(path: &Path) -> Vec<String> {
     let mut problems = secret_problems(&config, &|var| std::env::var(var).ok());
     for (i, pipeline) in config.pipelines.iter().enumerate() {
         let key = format!("pipeline[{i}].transform");
-        let limits = pipeline.limits.unwrap_or(config.limits).into();
+        let limits = pipeline.effective_limits(config.limits).into();
         match runtime.load_file(&pipeline.transform.module) {
             Ok(module) => {
                 if let Err(err) =
