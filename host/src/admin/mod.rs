@@ -656,8 +656,20 @@ mod tests {
             crate::outbox::Outbox::open(dir.path().join("mqtt.redb"), config).expect("open outbox");
         let queue =
             Arc::new(DurableQueue::start("mqtt", outbox, metrics.clone()).expect("writer thread"));
+        // An empty InfluxDB outbox beside it, reported under `influx`.
+        let influx_outbox = crate::outbox::Outbox::open(
+            dir.path().join("influx.redb"),
+            crate::outbox::OutboxConfig::default(),
+        )
+        .expect("open outbox");
+        let influx = Arc::new(
+            DurableQueue::start("influx", influx_outbox, metrics.clone()).expect("writer thread"),
+        );
+        let (points, _writer) = mpsc::channel::<Point>(10);
         let mut state = AdminState::new(metrics);
+        state.influx_queue = Some(points.downgrade());
         state.outboxes.push(("mqtt", Arc::downgrade(&queue)));
+        state.outboxes.push(("influx", Arc::downgrade(&influx)));
         state.ready_outbox_fraction = 0.5;
         let mut appended = queue.appended();
         let mut push = async |n: u64| {
@@ -678,6 +690,8 @@ mod tests {
         assert_eq!(body["mqtt"]["outbox"]["depth_bytes"], 5_000, "{body}");
         assert_eq!(body["mqtt"]["outbox"]["max_bytes"], 10_000, "{body}");
         assert_eq!(body["mqtt"]["outbox"]["ready_limit_bytes"], 5_000, "{body}");
+        assert_eq!(body["influx"]["outbox"]["depth_bytes"], 0, "{body}");
+        assert_eq!(body["influx"]["outbox"]["max_bytes"], 256 << 20, "{body}");
 
         push(1).await;
         let (is_ready, body) = readiness(&state);
@@ -703,9 +717,14 @@ mod tests {
 
         queue.close().await;
         drop(queue);
+        influx.close().await;
+        drop(influx);
         let (is_ready, body) = readiness(&state);
         assert!(!is_ready, "{body}");
-        assert_eq!(body["reasons"], json!(["mqtt: outbox closed"]));
+        assert_eq!(
+            body["reasons"],
+            json!(["mqtt: outbox closed", "influx: outbox closed"])
+        );
     }
 
     #[tokio::test]
