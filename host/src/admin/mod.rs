@@ -247,7 +247,7 @@ pub fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
     if state.shutdown.is_cancelled() {
         reasons.push("shutting down".into());
     }
-    let mqtt = if state.mqtt_configured {
+    let mut mqtt = if state.mqtt_configured {
         let connected = metrics.mqtt_connected.get() == 1;
         if !connected {
             reasons.push("mqtt: not connected to the broker".into());
@@ -260,7 +260,7 @@ pub fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
     } else {
         json!({ "configured": false })
     };
-    let influx = match &state.influx_queue {
+    let mut influx = match &state.influx_queue {
         None => json!({ "configured": false }),
         Some(queue) => match queue.upgrade() {
             Some(sender) => {
@@ -285,7 +285,6 @@ pub fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
             }
         },
     };
-    let (mut mqtt, mut influx) = (mqtt, influx);
     for (sink, queue) in &state.outboxes {
         let details = outbox_readiness(sink, queue, state.ready_outbox_fraction, &mut reasons);
         match *sink {
