@@ -201,11 +201,11 @@ fn main() {
         .instantiate(
             "bench",
             &[],
-            pipeline.limits.unwrap_or(config.limits).into(),
+            pipeline.effective_limits(config.limits).into(),
         )
         .expect("instantiate");
     let (mut first_calls, mut second_calls) = (Vec::new(), Vec::new());
-    let limits = pipeline.limits.unwrap_or(config.limits).into();
+    let limits = pipeline.effective_limits(config.limits).into();
     for seq in 0..200u32 {
         let mut fresh = module
             .instantiate("bench", &[], limits)

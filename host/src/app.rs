@@ -161,7 +161,7 @@ pub fn start_pipelines_from(
         let module = runtime
             .load_file(&pipeline.transform.module)
             .with_context(|| format!("pipeline {:?}: cannot load transform", pipeline.name))?;
-        let limits = pipeline.limits.unwrap_or(config.limits).into();
+        let limits = pipeline.effective_limits(config.limits).into();
         let instance = module
             .instantiate(&pipeline.name, &pipeline.transform.init_pairs(), limits)
             .with_context(|| format!("pipeline {:?}: transform rejected", pipeline.name))?;
@@ -274,6 +274,8 @@ async fn run_inner(
         Source::Serial => command_routes(&config, &metrics),
         Source::Replay(_) => (Vec::new(), CommandQueues::new()),
     };
+    // Each durable outbox, for `GET /ready`.
+    let mut outboxes: Vec<(&'static str, std::sync::Weak<DurableQueue>)> = Vec::new();
     let mqtt = match &config.mqtt {
         Some(mqtt_config) => {
             let durable = match config.data_dir.as_deref() {
@@ -291,6 +293,9 @@ async fn run_inner(
                     None
                 }
             };
+            if let Some(queue) = &durable {
+                outboxes.push(("mqtt", Arc::downgrade(queue)));
+            }
             Some(Arc::new(MqttSink::start_with(
                 mqtt_config,
                 metrics.clone(),
@@ -313,6 +318,7 @@ async fn run_inner(
             };
             match durable {
                 Some(queue) => {
+                    outboxes.push(("influx", Arc::downgrade(&queue)));
                     let (sink, input, writer) = InfluxSink::start_durable(
                         influx_config,
                         config.data_dir.as_deref(),
@@ -352,6 +358,8 @@ async fn run_inner(
             let mut state = AdminState::new(metrics.clone());
             state.mqtt_configured = mqtt.is_some();
             state.influx_queue = influx_queue;
+            state.outboxes = outboxes;
+            state.ready_outbox_fraction = config.admin.ready_outbox_fraction;
             state.transforms = pipelines.transforms().to_vec();
             state.hotswap = Some(pipelines.hotswap());
             state.shutdown = shutdown.clone();

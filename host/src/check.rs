@@ -7,7 +7,9 @@
 //! contract or refuses its config is caught before deployment. Secrets
 //! (passwords, tokens) are read from their environment variable or file the
 //! way start-up reads them, so a missing variable or an unreadable file shows
-//! here, not on the box at 3 a.m.; their values are never printed.
+//! here, not on the box at 3 a.m.; their values are never printed. It
+//! writes nothing: no data, cache or dead-letter directory is created (the
+//! compiled-module cache is only read).
 
 use std::path::Path;
 
@@ -36,14 +38,16 @@ pub fn problems(path: &Path) -> Vec<String> {
         Err(ConfigError::Invalid { problems, .. }) => return problems,
         Err(err) => return vec![err.to_string()],
     };
-    let runtime = match Runtime::new(ModuleCache::new(config.cache_dir())) {
+    // Read-only: check-config creates nothing (not even the cache or data
+    // directory), so it can run before the box is set up, as any user.
+    let runtime = match Runtime::new(ModuleCache::read_only(config.cache_dir())) {
         Ok(runtime) => runtime,
         Err(err) => return vec![format!("cannot start the Wasm runtime: {err:#}")],
     };
     let mut problems = secret_problems(&config, &|var| std::env::var(var).ok());
     for (i, pipeline) in config.pipelines.iter().enumerate() {
         let key = format!("pipeline[{i}].transform");
-        let limits = pipeline.limits.unwrap_or(config.limits).into();
+        let limits = pipeline.effective_limits(config.limits).into();
         match runtime.load_file(&pipeline.transform.module) {
             Ok(module) => {
                 if let Err(err) =

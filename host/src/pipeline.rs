@@ -184,8 +184,8 @@ pub struct WorkerGuard {
 /// Runs the transform worker on its own thread until `frames` closes and all
 /// its emissions are handed over. Returns the thread handle.
 ///
-/// The thread drives a minimal executor of its own ([`block_on`]; not a
-/// tokio runtime, see there), only to wait on frames and commands at once;
+/// The thread drives an executor of its own (futures-executor's `block_on`,
+/// not a tokio runtime: see the comment there), only to wait on frames and commands at once;
 /// the guest calls themselves are synchronous and run on this thread. Commands are
 /// served first: they are rare, and an operator's command should not queue
 /// behind a busy uplink.
@@ -249,41 +249,17 @@ pub fn spawn_controlled_worker(
                 dead_letter,
                 swap_pause,
             };
-            block_on(worker.run(frames, downlink, control));
+            // futures-executor's `block_on` parks this thread while nothing
+            // is ready. Not a tokio runtime, on purpose: wasmtime-wasi's
+            // synchronous bindings run their I/O with `block_on` on the
+            // *current* tokio runtime when there is one (e.g. a Rust guest
+            // writing its panic message to stderr before it aborts), and
+            // that panics inside a runtime's own thread — which killed the
+            // worker on the first guest panic. Without a runtime context
+            // here, wasmtime-wasi uses its own. Everything the worker awaits
+            // (tokio mpsc channels, oneshots) only needs a waker.
+            futures_executor::block_on(worker.run(frames, downlink, control));
         })
-}
-
-/// Runs `future` to completion on this thread, parking it while nothing is
-/// ready: the worker's executor.
-///
-/// Not a tokio runtime, on purpose: wasmtime-wasi's synchronous bindings
-/// run their I/O with `block_on` on the *current* tokio runtime when there
-/// is one (e.g. a Rust guest writing its panic message to stderr before it
-/// aborts), and `block_on` inside a runtime's own thread panics — which
-/// killed the pipeline's worker on the first guest panic. Without a runtime
-/// context here, wasmtime-wasi uses its own. Everything the worker awaits
-/// (tokio mpsc channels, oneshots) only needs a waker, which this provides.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut context = std::task::Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        match future.as_mut().poll(&mut context) {
-            std::task::Poll::Ready(output) => return output,
-            // A wake-up between the poll and the park makes park return
-            // at once (the token is kept), so none is missed.
-            std::task::Poll::Pending => std::thread::park(),
-        }
-    }
 }
 
 /// The instance serving frames, and its version.

@@ -18,7 +18,8 @@
 //! for an unrelated change does not undo a version deployed through the
 //! admin API or the watched directory.
 //!
-//! Everything else (ports, framing, downlink, capture, sinks, the admin API,
+//! Everything else (ports, framing, downlink, capture, sinks, `data_dir`,
+//! `[hotswap]`, the admin API (`[admin]`), the embedded broker (`[broker]`),
 //! pipelines added or removed) is structural: it is reported as needing a
 //! restart and left as it runs, so a reload never half-applies a change.
 
@@ -71,6 +72,8 @@ pub fn structural_changes(old: &Config, new: &Config) -> Vec<String> {
     check("mqtt", same(&old.mqtt, &new.mqtt));
     check("influx", same(&old.influx, &new.influx));
     check("hotswap", same(&old.hotswap, &new.hotswap));
+    check("admin", same(&old.admin, &new.admin));
+    check("broker", same(&old.broker, &new.broker));
     let names = |c: &Config| {
         c.pipelines
             .iter()
@@ -104,8 +107,8 @@ fn transform_settings_changed(
 ) -> bool {
     !same(&a.transform, &b.transform)
         || !same(
-            &a.limits.unwrap_or(old.limits),
-            &b.limits.unwrap_or(new.limits),
+            &a.effective_limits(old.limits),
+            &b.effective_limits(new.limits),
         )
 }
 
@@ -163,7 +166,7 @@ impl Reloader {
                 && let Some(fresh) = new.pipelines.iter().find(|p| p.name == pipeline.name)
             {
                 pipeline.transform = fresh.transform.clone();
-                pipeline.limits = fresh.limits.or(Some(new.limits));
+                pipeline.limits = Some(fresh.effective_limits(new.limits).into());
             }
         }
         report
@@ -194,7 +197,7 @@ impl Reloader {
             origin: module_path.display().to_string(),
             wasm: Some(wasm),
             config: Some(pipeline.transform.init_pairs()),
-            limits: Some(pipeline.limits.unwrap_or(new_config.limits).into()),
+            limits: Some(pipeline.effective_limits(new_config.limits).into()),
             vectors,
         };
         let report = self
@@ -204,5 +207,76 @@ impl Reloader {
             .map_err(|e| format!("rejected: {e}"))?;
         self.running.insert(pipeline.name.clone(), hash);
         Ok(report.outcome == "activated")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+version = 1
+[mqtt]
+host = "127.0.0.1"
+[[pipeline]]
+name = "gw"
+serial = { path = "/dev/ttyUSB0" }
+transform = { module = "t.wasm" }
+"#;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(Path::new("sluice.toml"), text, |_| None).expect("parses")
+    }
+
+    #[test]
+    fn admin_and_broker_changes_need_a_restart() {
+        let old = parse(BASE);
+        assert!(structural_changes(&old, &parse(BASE)).is_empty());
+
+        let admin = parse(&format!(
+            "{BASE}[admin]\nlisten = \"127.0.0.1:9999\"\ntoken_env = \"T\"\n"
+        ));
+        assert_eq!(
+            structural_changes(&old, &admin),
+            ["admin: changed; takes effect after a restart"]
+        );
+
+        let broker = parse(&format!("{BASE}[broker]\nembedded = true\n"));
+        assert_eq!(
+            structural_changes(&old, &broker),
+            ["broker: changed; takes effect after a restart"]
+        );
+
+        let both = parse(&format!(
+            "{BASE}[admin]\nenabled = false\n[broker]\nlisten = \"127.0.0.1:1884\"\n"
+        ));
+        assert_eq!(
+            structural_changes(&old, &both),
+            [
+                "admin: changed; takes effect after a restart",
+                "broker: changed; takes effect after a restart",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_global_limit_change_reaches_pipelines_that_override_other_keys() {
+        let old = parse(&format!("{BASE}[pipeline.limits]\nmemory_mb = 64\n"));
+        let new = parse(&format!(
+            "{BASE}[pipeline.limits]\nmemory_mb = 64\n[limits]\ncall_timeout_ms = 20\n"
+        ));
+        assert!(structural_changes(&old, &new).is_empty());
+        assert!(transform_settings_changed(
+            &old,
+            &old.pipelines[0],
+            &new,
+            &new.pipelines[0]
+        ));
+        assert!(!transform_settings_changed(
+            &old,
+            &old.pipelines[0],
+            &old,
+            &old.pipelines[0]
+        ));
     }
 }

@@ -469,3 +469,266 @@ fn reference_config_optional_keys_are_valid() {
         assert!(out.status.success(), "{name}: {stdout}{stderr}");
     }
 }
+
+/// `sluice transform build DIR` with DIR relative to the working directory
+/// (cargo runs inside DIR, where the relative path would name DIR/DIR).
+#[test]
+fn transform_build_takes_a_relative_directory() {
+    let absolute = json_telemetry_module();
+    let out = sluice()
+        .args(["transform", "build", "transforms"])
+        .current_dir(repo())
+        .output()
+        .expect("run sluice");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let artifacts: Vec<PathBuf> = stdout.lines().map(PathBuf::from).collect();
+    assert!(
+        artifacts.iter().any(|p| p == absolute),
+        "{} not among {artifacts:?}",
+        absolute.display()
+    );
+    assert!(artifacts.iter().all(|p| p.is_absolute() && p.is_file()));
+}
+
+/// check-config leaves the box as it found it: no data directory, no module
+/// cache (neither `<data_dir>/cache` nor `~/.cache/sluice`), nothing else.
+#[test]
+fn check_config_creates_no_directories() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).expect("mkdir home");
+    let module = json_telemetry_module();
+    let quote = |p: &Path| format!("{:?}", p.display().to_string());
+    let pipeline = format!(
+        "[[pipeline]]\nname = \"gw\"\nserial = {{ path = \"/dev/ttyUSB0\" }}\ntransform = {{ module = {} }}\n",
+        quote(module)
+    );
+    let data_dir = tmp.path().join("var/lib/sluice");
+    let with_data_dir = tmp.path().join("with-data-dir.toml");
+    std::fs::write(
+        &with_data_dir,
+        format!(
+            "version = 1\ndata_dir = \"${{SLUICE_DATA_DIR:-{}}}\"\n[mqtt]\nhost = \"127.0.0.1\"\n{pipeline}",
+            data_dir.display()
+        ),
+    )
+    .expect("write");
+    let without = tmp.path().join("without-data-dir.toml");
+    std::fs::write(&without, format!("version = 1\n{pipeline}")).expect("write");
+    let reference = repo().join("examples/reference.toml");
+    let reference_data = tmp.path().join("reference-data");
+
+    for (config, data) in [
+        (&with_data_dir, None),
+        (&without, None),
+        (&reference, Some(&reference_data)),
+    ] {
+        let mut command = sluice();
+        command
+            .arg("check-config")
+            .arg(config)
+            .current_dir(tmp.path())
+            .env("HOME", &home)
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("XDG_STATE_HOME")
+            .env_remove("SLUICE_DATA_DIR")
+            .env(
+                "SLUICE_TRANSFORMS_DIR",
+                module.parent().expect("artifact dir"),
+            );
+        if let Some(data) = data {
+            command.env("SLUICE_DATA_DIR", data);
+        }
+        let out = command.output().expect("run sluice");
+        let (stdout, stderr) = text(&out);
+        assert!(
+            out.status.success(),
+            "{}: {stdout}{stderr}",
+            config.display()
+        );
+    }
+    let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+        .expect("read tmp")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["home", "with-data-dir.toml", "without-data-dir.toml"],
+        "check-config created something"
+    );
+    assert_eq!(
+        std::fs::read_dir(&home).expect("read home").count(),
+        0,
+        "check-config wrote under $HOME"
+    );
+}
+
+/// Bad configs produce exactly these messages (a snapshot: any change to a
+/// message shows up here and must be deliberate).
+#[test]
+fn check_config_messages_snapshot() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "unknown-key.toml",
+            "version = 1\n[mqtt]\nhost = \"h\"\nprot = 1\n",
+            "unknown-key.toml: 1 problem(s)
+  - unknown-key.toml: TOML parse error at line 4, column 1
+  |
+4 | prot = 1
+  | ^^^^
+unknown field `prot`, expected one of `host`, `port`, `client_id`, `keep_alive_secs`, `max_payload_bytes`, `max_inflight`, `reconnect_min_ms`, `reconnect_max_ms`, `username`, `password_env`, `password_file`, `tls`, `status_topic_prefix`, `stats_interval_secs`, `queue_capacity`, `queue_full`, `durable`, `outbox`
+
+",
+        ),
+        (
+            "unset-var.toml",
+            "version = 1\n[mqtt]\nhost = \"${SURELY_UNSET_VAR}\"\n",
+            "unset-var.toml: 1 problem(s)
+  - unset-var.toml: line 3: environment variable SURELY_UNSET_VAR is not set (write ${SURELY_UNSET_VAR:-default} to give a default)
+",
+        ),
+        (
+            "out-of-range.toml",
+            "version = 1\n[mqtt]\nhost = \"h\"\nport = 70000\n",
+            "out-of-range.toml: 1 problem(s)
+  - out-of-range.toml: TOML parse error at line 4, column 8
+  |
+4 | port = 70000
+  |        ^^^^^
+invalid value: integer `70000`, expected u16
+
+",
+        ),
+        (
+            "limits-typo.toml",
+            "version = 1\n[[pipeline]]\nname = \"gw\"\nserial = { path = \"/dev/x\" }\ntransform = { module = \"/nonexistent.wasm\" }\n[pipeline.limits]\nmemory = 3\n",
+            "limits-typo.toml: 1 problem(s)
+  - limits-typo.toml: TOML parse error at line 7, column 1
+  |
+7 | memory = 3
+  | ^^^^^^
+unknown field `memory`, expected `call_timeout_ms` or `memory_mb`
+
+",
+        ),
+        (
+            "every-problem.toml",
+            "version = 2
+[mqtt]
+host = \" \"
+port = 0
+username = \"u\"
+password_env = \"P\"
+password_file = \"/x\"
+reconnect_min_ms = 9000
+reconnect_max_ms = 10
+[admin]
+token_env = \"\"
+ready_outbox_fraction = 0
+[[pipeline]]
+name = \"a b\"
+serial = { path = \"/dev/x\", baud = 7, data_bits = 9, stop_bits = 3 }
+transform = { module = \"/nonexistent.wasm\" }
+[[pipeline]]
+name = \"gw\"
+serial = { path = \"/dev/x\" }
+transform = { module = \"/nonexistent.wasm\" }
+downlink = { topic = \"a/#/b\", qos = 3 }
+",
+            "every-problem.toml: 16 problem(s)
+  - version: this host reads config version 1, the file says 2
+  - mqtt.host: must not be empty
+  - mqtt.port: must not be 0
+  - mqtt.password_env: give password_env or password_file, not both
+  - mqtt.reconnect_min_ms: must not exceed mqtt.reconnect_max_ms
+  - admin.token_env: must name an environment variable
+  - admin.ready_outbox_fraction: 0 is not in (0, 1]
+  - pipeline[0].name: \"a b\" must be non-empty and use only letters, digits, '-', '_', '.'
+  - pipeline[0].serial.baud: 7 is outside 50..=16000000
+  - pipeline[0].serial.data_bits: must be 5, 6, 7 or 8, not 9
+  - pipeline[0].serial.stop_bits: must be 1 or 2, not 3
+  - pipeline[0].transform.module: /nonexistent.wasm is not a file
+  - pipeline[1].downlink.topic: \"a/#/b\" is not a valid MQTT topic filter
+  - pipeline[1].downlink.qos: 3 is not 0, 1 or 2
+  - pipeline[1].transform.module: /nonexistent.wasm is not a file
+  - pipeline[1].serial.path: /dev/x is already read by pipeline[0]
+",
+        ),
+    ];
+    for (name, config, expected) in cases {
+        std::fs::write(tmp.path().join(name), config).expect("write");
+        let out = sluice()
+            .arg("check-config")
+            .arg(name)
+            .current_dir(tmp.path())
+            .output()
+            .expect("run sluice");
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stdout}{stderr}");
+        assert_eq!(stdout, "", "{name}");
+        assert_eq!(stderr, *expected, "{name}");
+    }
+}
+
+/// check-config reads every secret and names the key of one it cannot read,
+/// never a value, on stdout or stderr.
+#[test]
+fn check_config_never_prints_secrets() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let module = json_telemetry_module();
+    std::fs::write(tmp.path().join("influx-token"), "influx-T0KEN-value\n").expect("write");
+    let config = tmp.path().join("secrets.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1
+[mqtt]
+host = \"127.0.0.1\"
+username = \"u\"
+password_env = \"SNAPSHOT_MQTT_PASSWORD\"
+[influx]
+url = \"http://127.0.0.1:8086\"
+database = \"db\"
+token_file = \"influx-token\"
+[admin]
+token_env = \"SNAPSHOT_ADMIN_TOKEN\"
+[[pipeline]]
+name = \"gw\"
+serial = {{ path = \"/dev/x\" }}
+transform = {{ module = {:?} }}
+",
+            module.display().to_string()
+        ),
+    )
+    .expect("write");
+    let run = |env: &[(&str, &str)]| {
+        let mut command = sluice();
+        command.arg("check-config").arg(&config);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let out = command.output().expect("run sluice");
+        let (stdout, stderr) = text(&out);
+        for secret in ["mqtt-Pa55-value", "admin-T0KEN-value", "influx-T0KEN-value"] {
+            assert!(
+                !stdout.contains(secret) && !stderr.contains(secret),
+                "{secret} printed: {stdout}{stderr}"
+            );
+        }
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, _, stderr) = run(&[("SNAPSHOT_ADMIN_TOKEN", "admin-T0KEN-value")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("mqtt.password_env") && stderr.contains("SNAPSHOT_MQTT_PASSWORD"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = run(&[
+        ("SNAPSHOT_ADMIN_TOKEN", "admin-T0KEN-value"),
+        ("SNAPSHOT_MQTT_PASSWORD", "mqtt-Pa55-value"),
+    ]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}

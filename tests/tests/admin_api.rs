@@ -12,10 +12,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use openmetrics_parser::OpenMetricsValue;
 use sluice::pty::Pty;
-use sluice_tests::{Mosquitto, SluiceProcess, program, wasm};
+use sluice_tests::{Mosquitto, SluiceProcess, free_port, program, wasm};
 
 const TOKEN: &str = "correct-horse-battery-staple";
+const MQTT_PASSWORD: &str = "mqtt-Pa55word-never-logged";
+/// The MQTT outbox bound in the admin test: about 18 telemetry lines.
+const OUTBOX_BYTES: u64 = 16_384;
 
 /// One telemetry line of the simulated gateway (11 MQTT messages).
 fn frame(seq: u32) -> String {
@@ -59,7 +63,7 @@ fn logged_addr(sluice: &SluiceProcess, needle: &str) -> String {
     let start = log.find(needle).map(|i| i + needle.len()).unwrap_or(0);
     log[start..]
         .chars()
-        .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
+        .take_while(|c| !c.is_whitespace() && !matches!(c, '\u{1b}' | '"'))
         .collect()
 }
 
@@ -137,72 +141,71 @@ fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A strict reader of the OpenMetrics text format as prometheus-client
-/// writes it: `# HELP/TYPE/UNIT` comments, one `name{labels} value` sample
-/// per line, the `# EOF` terminator last. Returns every sample by its series
-/// (`name{labels}` exactly as written); panics on anything else.
-fn parse_openmetrics(text: &str) -> BTreeMap<String, f64> {
+/// Every sample of `/metrics`, parsed by `openmetrics-parser` (a strict
+/// OpenMetrics parser: it refuses malformed lines, unknown types, samples
+/// that do not fit their family and a missing `# EOF`). Keyed by the series
+/// as an exporter writes it, labels in the family's order: counters as
+/// `name_total{…}`, gauges as `name{…}`, histograms as `name_count{…}` and
+/// `name_sum{…}`.
+fn scrape(text: &str) -> BTreeMap<String, f64> {
+    let exposition = openmetrics_parser::openmetrics::parse_openmetrics(text)
+        .unwrap_or_else(|err| panic!("/metrics is not valid OpenMetrics ({err:?}):\n{text}"));
     let mut samples = BTreeMap::new();
-    let mut lines = text.lines().peekable();
-    let mut saw_eof = false;
-    while let Some(line) = lines.next() {
-        if line == "# EOF" {
-            assert!(lines.peek().is_none(), "content after # EOF");
-            saw_eof = true;
-            break;
-        }
-        if let Some(comment) = line.strip_prefix("# ") {
-            let kind = comment.split(' ').next().unwrap_or_default();
-            assert!(
-                matches!(kind, "HELP" | "TYPE" | "UNIT"),
-                "unknown comment line {line:?}"
-            );
-            continue;
-        }
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("no value in {line:?}"));
-        let name_end = series.find('{').unwrap_or(series.len());
-        let name = &series[..name_end];
-        assert!(
-            !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-                && !name.starts_with(|c: char| c.is_ascii_digit()),
-            "bad metric name in {line:?}"
-        );
-        if name_end < series.len() {
-            let labels = series[name_end..]
-                .strip_prefix('{')
-                .and_then(|l| l.strip_suffix('}'))
-                .unwrap_or_else(|| panic!("bad label set in {line:?}"));
-            for pair in labels.split("\",").filter(|p| !p.is_empty()) {
-                let (key, value) = pair
-                    .split_once("=\"")
-                    .unwrap_or_else(|| panic!("bad label {pair:?} in {line:?}"));
+    for (name, family) in &exposition.families {
+        for sample in family.iter_samples() {
+            let labels = sample.get_labelset().expect("bound to its family");
+            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            let labels = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", labels.join(","))
+            };
+            let mut insert = |suffix: &str, value: f64| {
+                let series = format!("{name}{suffix}{labels}");
                 assert!(
-                    !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-                    "bad label name {key:?} in {line:?}"
+                    samples.insert(series.clone(), value).is_none(),
+                    "duplicate series {series}"
                 );
-                assert!(!value.contains('\n'), "{line:?}");
+            };
+            match &sample.value {
+                OpenMetricsValue::Counter(counter) => insert("_total", counter.value.as_f64()),
+                OpenMetricsValue::Gauge(value) | OpenMetricsValue::Unknown(value) => {
+                    insert("", value.as_f64())
+                }
+                OpenMetricsValue::Histogram(histogram) => {
+                    let count = histogram.count.expect("histogram _count");
+                    insert("_count", count as f64);
+                    insert("_sum", histogram.sum.expect("histogram _sum").as_f64());
+                    let last = histogram.buckets.last().expect("buckets");
+                    assert!(last.upper_bound.is_infinite(), "{name}: no +Inf bucket");
+                    assert_eq!(last.count.as_f64(), count as f64, "{name}: +Inf != count");
+                }
+                other => panic!("{name}: unexpected metric type {other:?}"),
             }
         }
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        assert!(
-            samples.insert(series.to_owned(), value).is_none(),
-            "duplicate series {series}"
-        );
     }
-    assert!(saw_eof, "no # EOF terminator");
     samples
 }
 
 #[test]
 fn admin_api_of_a_running_host() {
-    let mut broker = Mosquitto::start();
+    // A broker that checks the password sluice reads from its environment.
+    let auth = tempfile::tempdir().expect("tempdir");
+    let passwd = auth.path().join("passwd");
+    let status = Command::new(program("mosquitto_passwd"))
+        .args(["-b", "-c"])
+        .arg(&passwd)
+        .args(["gateway", MQTT_PASSWORD])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(status.success());
+    let mut broker = Mosquitto::start_with(
+        free_port(),
+        &format!(
+            "allow_anonymous false\npassword_file {}\n",
+            passwd.display()
+        ),
+    );
     let mut pty = Pty::open().expect("openpty");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(
@@ -210,14 +213,24 @@ fn admin_api_of_a_running_host() {
         &pty,
         &format!(
             "[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nclient_id = \"sluice-admin-test\"\n\
+             username = \"gateway\"\npassword_env = \"SLUICE_TEST_MQTT_PASSWORD\"\n\
              reconnect_max_ms = 500\nstats_interval_secs = 0\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"SLUICE_TEST_ADMIN_TOKEN\"\n",
+             [mqtt.outbox]\nmax_bytes = {OUTBOX_BYTES}\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"SLUICE_TEST_ADMIN_TOKEN\"\n\
+             ready_outbox_fraction = 0.5\n",
             broker.port
         ),
     );
+    // Debug logging everywhere (rumqttc, hyper, sluice), JSON lines: where
+    // a credential would show if anything printed it.
     let mut sluice = SluiceProcess::spawn(
         &["run", "--config", config.to_str().expect("utf-8 path")],
-        &[("SLUICE_TEST_ADMIN_TOKEN", TOKEN.to_owned())],
+        &[
+            ("SLUICE_TEST_ADMIN_TOKEN", TOKEN.to_owned()),
+            ("SLUICE_TEST_MQTT_PASSWORD", MQTT_PASSWORD.to_owned()),
+            ("SLUICE_LOG", "debug".to_owned()),
+            ("SLUICE_LOG_FORMAT", "json".to_owned()),
+        ],
     );
     let addr = logged_addr(&sluice, "admin API listening on http://");
     assert!(
@@ -264,7 +277,7 @@ fn admin_api_of_a_running_host() {
             content_type,
             "application/openmetrics-text; version=1.0.0; charset=utf-8"
         );
-        parse_openmetrics(&body)
+        scrape(&body)
     };
     let before = metrics();
     assert_eq!(before.get(frames_series).copied().unwrap_or(0.0), 0.0);
@@ -348,18 +361,69 @@ fn admin_api_of_a_running_host() {
     );
     let (_, ready) = http.get_json("/ready");
     assert_eq!(ready["mqtt"]["connected"], false, "{ready}");
-    assert!(
-        ready["reasons"].as_array().is_some_and(|r| r
-            .iter()
-            .any(|r| r.as_str().is_some_and(|r| r.starts_with("mqtt:")))),
+    let reasons = |ready: &serde_json::Value, prefix: &str| {
+        ready["reasons"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|r| r.as_str().is_some_and(|r| r.starts_with(prefix)))
+        })
+    };
+    assert!(reasons(&ready, "mqtt: not connected"), "{ready}");
+    assert!(!reasons(&ready, "mqtt: outbox"), "{ready}");
+    assert_eq!(
+        ready["mqtt"]["outbox"]["max_bytes"], OUTBOX_BYTES,
         "{ready}"
     );
-    // …and ready again when it is back.
+    assert_eq!(
+        ready["mqtt"]["outbox"]["ready_limit_bytes"],
+        OUTBOX_BYTES / 2,
+        "{ready}"
+    );
+
+    // Meanwhile the line keeps talking: the messages fill the outbox on disk
+    // until it holds more than half its bound, and /ready says so.
+    let mut sent = 8;
+    while !reasons(&http.get_json("/ready").1, "mqtt: outbox") {
+        assert!(
+            sent < 30,
+            "outbox never over half full: {}",
+            http.get_json("/ready").1
+        );
+        sent += 1;
+        pty.master
+            .write_all(frame(sent).as_bytes())
+            .expect("write frame");
+        eventually(Duration::from_secs(10), || {
+            metrics().get(frames_series) == Some(&f64::from(sent))
+        });
+    }
+    let (status, ready) = http.get_json("/ready");
+    assert_eq!(status, 503, "{ready}");
+    let outbox = &ready["mqtt"]["outbox"];
+    let depth = outbox["depth_bytes"].as_u64().expect("depth_bytes");
+    assert!(depth > OUTBOX_BYTES / 2 && depth <= OUTBOX_BYTES, "{ready}");
+    assert_eq!(
+        metrics().get("sluice_outbox_bytes{sink=\"mqtt\"}"),
+        Some(&(depth as f64)),
+        "the gauge and /ready agree"
+    );
+
+    // …and ready again when the broker is back and the outbox has drained.
     broker.restart();
     assert!(
-        eventually(Duration::from_secs(20), || http.get_json("/ready").0 == 200),
+        eventually(Duration::from_secs(30), || http.get_json("/ready").0 == 200),
         "not ready after the broker came back: {}",
         http.get_json("/ready").1
+    );
+    let messages = f64::from(sent) * 11.0;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let m = metrics();
+            m.get(frames_series) == Some(&f64::from(sent))
+                && m.get("sluice_messages_emitted_total{pipeline=\"gateway\"}") == Some(&messages)
+                && m.get("sluice_mqtt_delivered_total") == Some(&messages)
+        }),
+        "{:?}",
+        metrics()
     );
 
     assert!(
@@ -367,7 +431,11 @@ fn admin_api_of_a_running_host() {
         "sluice should exit cleanly on SIGTERM:\n{}",
         sluice.log()
     );
-    assert!(!sluice.log().contains(TOKEN));
+    let log = sluice.log();
+    assert!(log.contains("MQTT connected"), "{log}");
+    for secret in [TOKEN, MQTT_PASSWORD] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
 }
 
 #[test]

@@ -55,13 +55,11 @@ fn sighup_swaps_the_transform_config_between_two_frames() {
     let pty = Pty::open().expect("openpty");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("sluice.toml");
-    let write = |prefix: &str, module: &str, baud: u32| {
-        std::fs::write(
-            &path,
-            config(&pty, broker.port, dir.path(), prefix, module, baud),
-        )
-        .expect("write config");
+    let write_with = |prefix: &str, module: &str, baud: u32, more: &str| {
+        let text = config(&pty, broker.port, dir.path(), prefix, module, baud);
+        std::fs::write(&path, text + more).expect("write config");
     };
+    let write = |prefix: &str, module: &str, baud: u32| write_with(prefix, module, baud, "");
     write("v0", wasm::JSON_TELEMETRY, 115_200);
     let subscriber = mosquitto_sub(broker.port, "+/stats/seq", &[]);
     let mut sluice = SluiceProcess::spawn(&["run", "--config", path.to_str().expect("utf-8")], &[]);
@@ -109,8 +107,8 @@ fn sighup_swaps_the_transform_config_between_two_frames() {
 
     // A reload that cannot apply changes nothing: a file that does not
     // validate (missing module); a transform config the transform refuses
-    // (`#` in the prefix), with a structural change (the port's baud rate)
-    // that needs a restart.
+    // (`#` in the prefix), with structural changes (the port's baud rate,
+    // the admin API, the embedded broker) that need a restart.
     wait_frames(300);
     write("broken", "/nonexistent/module.wasm", 115_200);
     sluice.signal(Signal::SIGHUP);
@@ -120,21 +118,29 @@ fn sighup_swaps_the_transform_config_between_two_frames() {
         sluice.log()
     );
     wait_frames(300);
-    write("bad/#", wasm::JSON_TELEMETRY, 9600);
+    write_with(
+        "bad/#",
+        wasm::JSON_TELEMETRY,
+        9600,
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[broker]\nlisten = \"127.0.0.1:0\"\n",
+    );
     sluice.signal(Signal::SIGHUP);
     assert!(
         sluice.wait_for_log("the running transform stays", WAIT),
         "{}",
         sluice.log()
     );
-    assert!(
-        sluice.wait_for_log(
-            "pipeline[0].serial: changed; takes effect after a restart",
-            WAIT
-        ),
-        "{}",
-        sluice.log()
-    );
+    for change in [
+        "pipeline[0].serial: changed; takes effect after a restart",
+        "admin: changed; takes effect after a restart",
+        "broker: changed; takes effect after a restart",
+    ] {
+        assert!(
+            sluice.wait_for_log(change, WAIT),
+            "{change}:\n{}",
+            sluice.log()
+        );
+    }
     wait_frames(300);
     stop.store(true, Ordering::Relaxed);
     feeder.join().expect("feeder");

@@ -26,6 +26,17 @@ pub struct AdminConfig {
     /// File holding that token (trailing newline ignored).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// `GET /ready` answers 503 while a durable outbox holds more than this
+    /// fraction of its `max_bytes` (default 0.8; 0 < x ≤ 1).
+    #[serde(default = "default_ready_outbox_fraction")]
+    pub ready_outbox_fraction: f64,
+}
+
+/// `admin.ready_outbox_fraction` by default.
+pub const DEFAULT_READY_OUTBOX_FRACTION: f64 = 0.8;
+
+fn default_ready_outbox_fraction() -> f64 {
+    DEFAULT_READY_OUTBOX_FRACTION
 }
 
 fn default_enabled() -> bool {
@@ -43,6 +54,7 @@ impl Default for AdminConfig {
             listen: default_listen(),
             token_env: None,
             token_file: None,
+            ready_outbox_fraction: DEFAULT_READY_OUTBOX_FRACTION,
         }
     }
 }
@@ -56,6 +68,13 @@ impl AdminConfig {
         }
         if self.token_env.as_deref().is_some_and(str::is_empty) {
             problems.push("admin.token_env: must name an environment variable".into());
+        }
+        // Written so that NaN fails too.
+        if !(self.ready_outbox_fraction > 0.0 && self.ready_outbox_fraction <= 1.0) {
+            problems.push(format!(
+                "admin.ready_outbox_fraction: {} is not in (0, 1]",
+                self.ready_outbox_fraction
+            ));
         }
         problems
     }
@@ -109,6 +128,28 @@ mod tests {
         let config: AdminConfig =
             toml::from_str("token_env = \"A\"\ntoken_file = \"/t\"").expect("parses");
         assert_eq!(config.validate().len(), 1);
+    }
+
+    #[test]
+    fn ready_outbox_fraction_is_a_fraction() {
+        let config: AdminConfig = toml::from_str("").expect("empty section");
+        assert_eq!(config.ready_outbox_fraction, 0.8);
+        for ok in ["1.0", "0.5", "0.001"] {
+            let config: AdminConfig =
+                toml::from_str(&format!("ready_outbox_fraction = {ok}")).expect("parses");
+            assert!(config.validate().is_empty(), "{ok}");
+        }
+        for bad in ["0.0", "-0.5", "1.01", "nan", "inf"] {
+            let config: AdminConfig =
+                toml::from_str(&format!("ready_outbox_fraction = {bad}")).expect("parses");
+            let problems = config.validate();
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert!(
+                problems[0].starts_with("admin.ready_outbox_fraction: ")
+                    && problems[0].ends_with(" is not in (0, 1]"),
+                "{problems:?}"
+            );
+        }
     }
 
     #[test]

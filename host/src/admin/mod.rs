@@ -24,7 +24,7 @@ pub mod config;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -44,6 +44,7 @@ pub use config::AdminConfig;
 use crate::hotswap::{DeployError, DeployRequest, DeploySource, Hotswap};
 use crate::metrics::Metrics;
 use crate::model::Point;
+use crate::sink::durable::DurableQueue;
 
 /// The content type of `GET /metrics` (prometheus-client writes OpenMetrics).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -72,6 +73,12 @@ pub struct AdminState {
     pub mqtt_configured: bool,
     /// The InfluxDB writer's input queue, when `[influx]` is configured.
     pub influx_queue: Option<mpsc::WeakSender<Point>>,
+    /// The durable outbox of each sink that has one, by sink (`mqtt`,
+    /// `influx`); weak, like the InfluxDB queue.
+    pub outboxes: Vec<(&'static str, Weak<DurableQueue>)>,
+    /// `[admin] ready_outbox_fraction`: an outbox fuller than this fraction
+    /// of its `max_bytes` makes the host not ready.
+    pub ready_outbox_fraction: f64,
     /// Every pipeline's transform.
     pub transforms: Vec<TransformInfo>,
     /// The transform managers; `None`: deploy and rollback answer 501.
@@ -89,6 +96,8 @@ impl AdminState {
             metrics,
             mqtt_configured: false,
             influx_queue: None,
+            outboxes: Vec::new(),
+            ready_outbox_fraction: config::DEFAULT_READY_OUTBOX_FRACTION,
             transforms: Vec::new(),
             hotswap: None,
             shutdown: CancellationToken::new(),
@@ -225,8 +234,10 @@ async fn ready(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 /// Whether the host can take data now, and why not. Ready means: not
-/// shutting down, the MQTT sink (if configured) is connected, and the
-/// InfluxDB writer's queue (if configured) is below 90 % full. Serial ports
+/// shutting down, the MQTT sink (if configured) is connected, the InfluxDB
+/// writer's queue (if configured) is below 90 % full, and every durable
+/// outbox holds at most `ready_outbox_fraction` of its `max_bytes` (its
+/// depth and limits are under `outbox` in the sink's details). Serial ports
 /// are reported but do not count: an unplugged device is retried by the
 /// host, and restarting sluice (what a failing check usually triggers)
 /// would not bring it back.
@@ -236,7 +247,7 @@ pub fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
     if state.shutdown.is_cancelled() {
         reasons.push("shutting down".into());
     }
-    let mqtt = if state.mqtt_configured {
+    let mut mqtt = if state.mqtt_configured {
         let connected = metrics.mqtt_connected.get() == 1;
         if !connected {
             reasons.push("mqtt: not connected to the broker".into());
@@ -249,7 +260,7 @@ pub fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
     } else {
         json!({ "configured": false })
     };
-    let influx = match &state.influx_queue {
+    let mut influx = match &state.influx_queue {
         None => json!({ "configured": false }),
         Some(queue) => match queue.upgrade() {
             Some(sender) => {
@@ -274,6 +285,14 @@ pub fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
             }
         },
     };
+    for (sink, queue) in &state.outboxes {
+        let details = outbox_readiness(sink, queue, state.ready_outbox_fraction, &mut reasons);
+        match *sink {
+            "mqtt" => mqtt["outbox"] = details,
+            "influx" => influx["outbox"] = details,
+            _ => {}
+        }
+    }
     let pipelines: Vec<_> = state
         .transforms
         .iter()
@@ -293,6 +312,36 @@ pub fn readiness(state: &AdminState) -> (bool, serde_json::Value) {
         "pipelines": pipelines,
     });
     (is_ready, body)
+}
+
+/// One durable outbox's share of [`readiness`]: its depth against
+/// `fraction` of its bound.
+fn outbox_readiness(
+    sink: &str,
+    queue: &Weak<DurableQueue>,
+    fraction: f64,
+    reasons: &mut Vec<String>,
+) -> serde_json::Value {
+    let Some(queue) = queue.upgrade() else {
+        reasons.push(format!("{sink}: outbox closed"));
+        return json!({ "closed": true });
+    };
+    let stats = queue.outbox().stats();
+    drop(queue);
+    // f64 holds every byte count below 2^53 exactly; bounds are far below.
+    let limit = (stats.max_bytes as f64 * fraction).floor() as u64;
+    if stats.depth_bytes > limit {
+        reasons.push(format!(
+            "{sink}: outbox holds {} of {} bytes, above the ready limit of {limit} ({fraction} of max_bytes; sink slow or down?)",
+            stats.depth_bytes, stats.max_bytes
+        ));
+    }
+    json!({
+        "depth_items": stats.depth_items,
+        "depth_bytes": stats.depth_bytes,
+        "max_bytes": stats.max_bytes,
+        "ready_limit_bytes": limit,
+    })
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
@@ -588,6 +637,93 @@ mod tests {
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["reasons"][0], "shutting down");
         server.shutdown().await;
+    }
+
+    /// A real outbox (redb file, writer thread) of 10,000 bytes filled with
+    /// 1,000-byte records: ready up to the limit (0.5 here: 5,000 bytes),
+    /// not ready above it with depth and limit in the details, ready again
+    /// once acks drain it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ready_follows_the_outbox_depth() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Arc::new(Metrics::new());
+        let config = crate::outbox::OutboxConfig {
+            max_bytes: std::num::NonZeroU64::new(10_000).expect("non-zero"),
+            ..Default::default()
+        };
+        let outbox =
+            crate::outbox::Outbox::open(dir.path().join("mqtt.redb"), config).expect("open outbox");
+        let queue =
+            Arc::new(DurableQueue::start("mqtt", outbox, metrics.clone()).expect("writer thread"));
+        // An empty InfluxDB outbox beside it, reported under `influx`.
+        let influx_outbox = crate::outbox::Outbox::open(
+            dir.path().join("influx.redb"),
+            crate::outbox::OutboxConfig::default(),
+        )
+        .expect("open outbox");
+        let influx = Arc::new(
+            DurableQueue::start("influx", influx_outbox, metrics.clone()).expect("writer thread"),
+        );
+        let (points, _writer) = mpsc::channel::<Point>(10);
+        let mut state = AdminState::new(metrics);
+        state.influx_queue = Some(points.downgrade());
+        state.outboxes.push(("mqtt", Arc::downgrade(&queue)));
+        state.outboxes.push(("influx", Arc::downgrade(&influx)));
+        state.ready_outbox_fraction = 0.5;
+        let mut appended = queue.appended();
+        let mut push = async |n: u64| {
+            for _ in 0..n {
+                assert!(queue.push(vec![7u8; 984]).await);
+            }
+            let target = *appended.borrow() + n;
+            appended
+                .wait_for(|next| *next >= target)
+                .await
+                .expect("appended");
+        };
+
+        // 5 × (984 + 16 bytes of overhead) = 5,000: at the limit, still ready.
+        push(5).await;
+        let (is_ready, body) = readiness(&state);
+        assert!(is_ready, "{body}");
+        assert_eq!(body["mqtt"]["outbox"]["depth_bytes"], 5_000, "{body}");
+        assert_eq!(body["mqtt"]["outbox"]["max_bytes"], 10_000, "{body}");
+        assert_eq!(body["mqtt"]["outbox"]["ready_limit_bytes"], 5_000, "{body}");
+        assert_eq!(body["influx"]["outbox"]["depth_bytes"], 0, "{body}");
+        assert_eq!(body["influx"]["outbox"]["max_bytes"], 256 << 20, "{body}");
+
+        push(1).await;
+        let (is_ready, body) = readiness(&state);
+        assert!(!is_ready, "{body}");
+        assert_eq!(body["mqtt"]["outbox"]["depth_items"], 6, "{body}");
+        assert_eq!(
+            body["reasons"],
+            json!([
+                "mqtt: outbox holds 6000 of 10000 bytes, above the ready limit of 5000 (0.5 of max_bytes; sink slow or down?)"
+            ])
+        );
+
+        // The sink confirms two items: back under the limit.
+        for item in queue.read_after(None, 2).expect("read") {
+            queue.ack(item.seq);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !readiness(&state).0 {
+            assert!(Instant::now() < deadline, "{}", readiness(&state).1);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(readiness(&state).1["mqtt"]["outbox"]["depth_bytes"], 4_000);
+
+        queue.close().await;
+        drop(queue);
+        influx.close().await;
+        drop(influx);
+        let (is_ready, body) = readiness(&state);
+        assert!(!is_ready, "{body}");
+        assert_eq!(
+            body["reasons"],
+            json!(["mqtt: outbox closed", "influx: outbox closed"])
+        );
     }
 
     #[tokio::test]

@@ -202,6 +202,10 @@ fn check_wasm_target(dir: &Path) -> anyhow::Result<()> {
 /// Builds the crate or workspace in `dir` for wasm32-wasip2 (release) and
 /// returns the component files cargo produced.
 pub fn build(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    // Absolute first: cargo runs with `dir` as its working directory, where a
+    // relative `dir/Cargo.toml` would name `dir/dir/Cargo.toml`.
+    let dir =
+        &std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))?;
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
         bail!("{} has no Cargo.toml", dir.display());

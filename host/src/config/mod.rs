@@ -258,7 +258,7 @@ impl MqttConfig {
     }
 }
 
-/// `[limits]` and `[pipeline.limits]`: the sandbox budget per transform call.
+/// `[limits]`: the sandbox budget per transform call.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -282,6 +282,39 @@ impl Default for LimitsConfig {
         Self {
             call_timeout_ms: default_call_timeout(),
             memory_mb: default_memory_mb(),
+        }
+    }
+}
+
+/// `[pipeline.limits]`: each key given replaces that key of the global
+/// `[limits]`; a key left out keeps the global value.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsOverride {
+    /// Replaces `limits.call_timeout_ms`.
+    #[serde(default)]
+    pub call_timeout_ms: Option<NonZeroU64>,
+    /// Replaces `limits.memory_mb`.
+    #[serde(default)]
+    pub memory_mb: Option<NonZeroU32>,
+}
+
+impl LimitsOverride {
+    /// `global` with the keys this override gives replaced.
+    pub fn over(&self, global: LimitsConfig) -> LimitsConfig {
+        LimitsConfig {
+            call_timeout_ms: self.call_timeout_ms.unwrap_or(global.call_timeout_ms),
+            memory_mb: self.memory_mb.unwrap_or(global.memory_mb),
+        }
+    }
+}
+
+impl From<LimitsConfig> for LimitsOverride {
+    /// An override that sets every key (pins the limits whatever `[limits]` says).
+    fn from(l: LimitsConfig) -> Self {
+        LimitsOverride {
+            call_timeout_ms: Some(l.call_timeout_ms),
+            memory_mb: Some(l.memory_mb),
         }
     }
 }
@@ -323,9 +356,10 @@ pub struct PipelineConfig {
     pub serial: SerialConfig,
     /// The transform that decodes its frames.
     pub transform: TransformConfig,
-    /// Overrides of the global `[limits]`.
+    /// Overrides of the global `[limits]`, key by key
+    /// ([`PipelineConfig::effective_limits`]).
     #[serde(default)]
-    pub limits: Option<LimitsConfig>,
+    pub limits: Option<LimitsOverride>,
     /// Frames buffered between the port and the transform; when full, the
     /// port task stops reading (backpressure) and the OS buffers the rest.
     #[serde(default = "default_channel_capacity")]
@@ -338,6 +372,14 @@ pub struct PipelineConfig {
     /// pipeline subscribes to nothing.
     #[serde(default)]
     pub downlink: Option<DownlinkConfig>,
+}
+
+impl PipelineConfig {
+    /// The sandbox limits of this pipeline's transform: the global `[limits]`
+    /// with the keys `[pipeline.limits]` gives replaced.
+    pub fn effective_limits(&self, global: LimitsConfig) -> LimitsConfig {
+        self.limits.map_or(global, |o| o.over(global))
+    }
 }
 
 /// `[pipeline.downlink]`: MQTT messages on `topic` (a filter) are handed to
@@ -907,6 +949,38 @@ transform = { module = "t.wasm", config = { prefix = "iiot", qos = 1, on = true,
                 ("ratio".into(), "0.5".into()),
             ]
         );
+    }
+
+    #[test]
+    fn pipeline_limits_override_the_global_limits_key_by_key() {
+        let text = MINIMAL.replace(
+            "[[pipeline]]",
+            "[limits]\ncall_timeout_ms = 40\nmemory_mb = 8\n[[pipeline]]",
+        );
+        // (pipeline.limits table, expected call_timeout_ms, memory_mb)
+        for (table, timeout, memory) in [
+            ("", 40, 8),
+            // Only memory_mb overridden: the timeout stays the global 40 ms
+            // (it used to fall back to the 100 ms default).
+            ("[pipeline.limits]\nmemory_mb = 64\n", 40, 64),
+            ("[pipeline.limits]\ncall_timeout_ms = 250\n", 250, 8),
+            (
+                "[pipeline.limits]\nmemory_mb = 64\ncall_timeout_ms = 250\n",
+                250,
+                64,
+            ),
+        ] {
+            let c = parse(&format!("{text}{table}")).expect("parses");
+            let limits = c.pipelines[0].effective_limits(c.limits);
+            assert_eq!(
+                (limits.call_timeout_ms.get(), limits.memory_mb.get()),
+                (timeout, memory),
+                "{table}"
+            );
+        }
+        let typo = format!("{text}[pipeline.limits]\nmemory = 64\n");
+        let err = parse(&typo).unwrap_err().to_string();
+        assert!(err.contains("unknown field `memory`"), "{err}");
     }
 
     #[test]

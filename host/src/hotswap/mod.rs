@@ -866,7 +866,7 @@ impl HotswapBuilder<'_> {
     ) -> WorkerGuard {
         let hotswap = &self.config.hotswap;
         let stats = Arc::new(VersionStats::default());
-        let limits: Limits = pipeline.limits.unwrap_or(self.config.limits).into();
+        let limits: Limits = pipeline.effective_limits(self.config.limits).into();
         let version = Version {
             id: 1,
             sha256: module.hash().to_owned(),

@@ -24,6 +24,8 @@ use wasmtime::component::Component;
 #[derive(Debug, Clone)]
 pub struct ModuleCache {
     dir: Option<PathBuf>,
+    /// False: artifacts already there are used, nothing is written or removed.
+    writable: bool,
 }
 
 /// How a component was obtained, for logs and benchmarks.
@@ -38,7 +40,21 @@ pub enum CacheOutcome {
 impl ModuleCache {
     /// A cache in `dir` (created on first write).
     pub fn new(dir: Option<PathBuf>) -> Self {
-        Self { dir }
+        Self {
+            dir,
+            writable: true,
+        }
+    }
+
+    /// A cache in `dir` that only reads: artifacts already there are loaded,
+    /// a module not there is compiled in memory, and nothing (not even the
+    /// directory) is created or removed. For `sluice check-config`, which
+    /// must leave the box as it found it.
+    pub fn read_only(dir: Option<PathBuf>) -> Self {
+        Self {
+            dir,
+            writable: false,
+        }
     }
 
     /// The user-level default: `$XDG_CACHE_HOME/sluice` or `~/.cache/sluice`.
@@ -74,12 +90,19 @@ impl ModuleCache {
             // our own cache dir) carry this name; see the module docs.
             match unsafe { Component::deserialize(engine, &artifact) } {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
-                Err(err) => {
+                Err(err) if self.writable => {
                     tracing::warn!(path = %path.display(), error = %err,
                         "discarding unreadable compiled-module cache entry");
                     let _ = std::fs::remove_file(&path);
                 }
+                Err(err) => {
+                    tracing::debug!(path = %path.display(), error = %err,
+                        "unreadable compiled-module cache entry (read-only cache: left)");
+                }
             }
+        }
+        if !self.writable {
+            return Ok((Component::new(engine, wasm)?, CacheOutcome::Compiled));
         }
         let artifact = engine.precompile_component(wasm)?;
         if let Err(err) = store(dir, &path, &artifact) {
