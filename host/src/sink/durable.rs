@@ -247,18 +247,9 @@ impl Writer {
         let mut delay = Duration::from_millis(10);
         loop {
             match self.outbox.append(&refs) {
-                Ok(appended) => {
-                    if appended.evicted > 0 {
-                        self.metrics.sink_dropped_by(
-                            self.sink,
-                            "outbox_overflow",
-                            appended.evicted,
-                        );
-                    }
-                    if appended.expired > 0 {
-                        self.metrics
-                            .sink_dropped_by(self.sink, "outbox_expired", appended.expired);
-                    }
+                Ok(_) => {
+                    // Evictions and expiries are in the outbox's stats,
+                    // which `export_depth` turns into `sink_dropped` (once).
                     if failing {
                         tracing::info!(sink = self.sink, "outbox: writes succeed again");
                     }
