@@ -254,14 +254,15 @@ impl Writer {
                         tracing::info!(sink = self.sink, "outbox: writes succeed again");
                     }
                     if full {
-                        tracing::info!(sink = self.sink, "outbox: room again; taking new data");
+                        tracing::debug!(sink = self.sink, "outbox: room again; taking new data");
                     }
                     return;
                 }
                 Err(OutboxError::Full { max_bytes, .. }) => {
                     if !full {
                         full = true;
-                        tracing::warn!(
+                        // The outbox warns once per episode (not per batch).
+                        tracing::debug!(
                             sink = self.sink,
                             max_bytes,
                             "outbox full (when_full = block): holding new data until the sink confirms older data"
