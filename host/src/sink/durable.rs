@@ -323,3 +323,37 @@ impl Writer {
         *exported = (stats.dropped_overflow, stats.dropped_expired);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU64;
+
+    use super::*;
+    use crate::outbox::{OutboxConfig, QueueFullPolicy};
+
+    /// Every eviction is counted once in `sink_dropped` (it used to be
+    /// counted on append and again from the outbox's stats).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn evictions_are_counted_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = OutboxConfig {
+            max_bytes: NonZeroU64::new(4096).expect("non-zero"),
+            when_full: QueueFullPolicy::DropOldest,
+            ..OutboxConfig::default()
+        };
+        let outbox = Outbox::open(dir.path().join("x.redb"), config).expect("open");
+        let metrics = Arc::new(Metrics::new());
+        let queue = DurableQueue::start("mqtt", outbox, metrics.clone()).expect("start");
+        for i in 0..1000u32 {
+            assert!(queue.push(i.to_le_bytes().repeat(8)).await);
+        }
+        queue.close().await;
+        let evicted = queue.outbox().stats().dropped_overflow;
+        assert!(evicted > 0, "the outbox overflowed");
+        let line = format!(
+            r#"sluice_sink_dropped_total{{sink="mqtt",reason="outbox_overflow"}} {evicted}"#
+        );
+        let text = metrics.encode();
+        assert!(text.contains(&line), "want {line} in:\n{text}");
+    }
+}
