@@ -278,8 +278,9 @@ fn missing_outside(
 /// died, or it reached the pty while no process read it — bytes a restarted
 /// process finds in the pty buffer are read, so usually these arrive too),
 /// and the test prints how many were missing per kill and per sink.
-/// Per-topic order of the data after the last restart holds, and duplicates
-/// (re-sends of committed but unconfirmed items) are counted, not failures.
+/// Per-topic order holds over the whole run (first arrivals), and
+/// duplicates (re-sends of committed but unconfirmed items) are counted, not
+/// failures.
 #[test]
 fn sigkill_five_times_while_the_feed_runs() {
     let seed = seed();
@@ -353,20 +354,12 @@ fn sigkill_five_times_while_the_feed_runs() {
     // InfluxDB: a point per frame at most (re-sends overwrite themselves).
     let doubled: Vec<_> = points.iter().filter(|(_, n)| **n > 1).take(10).collect();
     assert!(doubled.is_empty(), "points stored twice: {doubled:?}");
-    // MQTT order: after the last restart's backlog, first arrivals of the
-    // frames written after it are in order (earlier ones may interleave
-    // with re-sends across restarts, which is what at-least-once allows).
-    let after_last = windows.last().map_or(0, |w| w.1 + 1);
-    let tail: Vec<u64> = first.iter().copied().filter(|n| *n >= after_last).collect();
-    assert!(
-        tail.windows(2).all(|w| w[0] < w[1]),
-        "per-topic order after the last restart"
-    );
-    assert_eq!(
-        tail.len() as u64,
-        total - after_last,
-        "every frame after the last restart arrived"
-    );
+    // MQTT order: the outbox is FIFO across restarts (what was committed
+    // and unconfirmed is re-sent before anything newer, frames read after a
+    // restart are appended after it), so the first arrivals are in order
+    // over the whole run; re-sends only add duplicates.
+    let out_of_order: Vec<_> = first.windows(2).filter(|w| w[0] >= w[1]).take(10).collect();
+    assert!(out_of_order.is_empty(), "per-topic order: {out_of_order:?}");
     // Per kill: how many frames each sink lost, and when the earliest of
     // them was written relative to the kill (negative: before it).
     for (k, kill) in kills.iter().enumerate() {
