@@ -281,6 +281,11 @@ impl SluiceProcess {
         sluice
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends `signal` (e.g. SIGHUP for a reload) without waiting.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         if let Some(child) = &self.child {
@@ -947,4 +952,238 @@ pub fn feed_seq(to: &mut impl std::io::Write, from: u64, count: u64) -> u64 {
         }
     }
     from + count
+}
+
+/// Polls `condition` every `every` until it holds or `timeout` passes;
+/// returns whether it held.
+pub fn eventually_every(
+    timeout: Duration,
+    every: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// A value of sluice's `/metrics` (Prometheus text): the sample whose name
+/// and labels are exactly `series` (e.g.
+/// `sluice_sink_dropped_total{sink="mqtt",reason="outbox_overflow"}`); 0 when
+/// absent (a counter never moved).
+pub fn metric(admin_port: u16, series: &str) -> f64 {
+    let (status, body) = http(admin_port, "GET", "/metrics", b"").expect("GET /metrics");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// `VmRSS` of process `pid` in KiB (from `/proc/PID/status`), if it runs.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Writes numbered frames `{"seq":N}` to a pty master from a thread of its
+/// own at a steady rate, and records when each write completed. The master
+/// is switched to non-blocking mode so that a full kernel buffer — sluice
+/// not reading, i.e. backpressure reaching the serial port — is observed
+/// (`EAGAIN`, counted in [`FeedLog::stalls`]) instead of just slowing down.
+pub struct Feeder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    log: std::sync::Arc<std::sync::Mutex<FeedLog>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What a [`Feeder`] wrote.
+#[derive(Debug, Clone, Default)]
+pub struct FeedLog {
+    /// The first sequence number.
+    pub first: u64,
+    /// When the write of `first + i` completed (its last byte was accepted).
+    pub written_at: Vec<Instant>,
+    /// Times a write found the pty's buffer full (`EAGAIN`).
+    pub stalls: u64,
+}
+
+impl FeedLog {
+    /// The next sequence number (one past the last written).
+    pub fn next(&self) -> u64 {
+        self.first + self.written_at.len() as u64
+    }
+}
+
+impl Feeder {
+    /// Starts writing `{"seq":N}` for N = `from`, `from + 1`, … to `master`
+    /// at `per_sec` frames per second (0: as fast as the pty accepts),
+    /// stopping by itself after `limit` frames if given.
+    pub fn start(master: &std::fs::File, from: u64, per_sec: u32, limit: Option<u64>) -> Feeder {
+        use std::io::Write as _;
+        use std::os::fd::AsRawFd as _;
+        use std::sync::atomic::Ordering;
+        let mut out = master.try_clone().expect("clone the pty master");
+        let flags =
+            nix::fcntl::fcntl(out.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL).expect("F_GETFL");
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(out.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).expect("F_SETFL");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(FeedLog {
+            first: from,
+            ..FeedLog::default()
+        }));
+        let (stop2, log2) = (stop.clone(), log.clone());
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut seq = from;
+            while !stop2.load(Ordering::SeqCst) && limit.is_none_or(|n| seq < from + n) {
+                if per_sec > 0 {
+                    let due =
+                        start + Duration::from_secs_f64((seq - from) as f64 / f64::from(per_sec));
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                let frame = format!("{{\"seq\":{seq}}}\n");
+                let mut rest = frame.as_bytes();
+                while !rest.is_empty() {
+                    match out.write(rest) {
+                        Ok(n) => rest = &rest[n..],
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                            log2.lock().expect("not poisoned").stalls += 1;
+                            if stop2.load(Ordering::SeqCst) && rest.len() == frame.len() {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                        Err(err) => panic!("write to the pty: {err}"),
+                    }
+                }
+                log2.lock()
+                    .expect("not poisoned")
+                    .written_at
+                    .push(Instant::now());
+                seq += 1;
+            }
+        });
+        Feeder {
+            stop,
+            log,
+            thread: Some(thread),
+        }
+    }
+
+    /// What it wrote so far.
+    pub fn log(&self) -> FeedLog {
+        self.log.lock().expect("not poisoned").clone()
+    }
+
+    /// Waits until it wrote its `limit` (see [`start`](Self::start)) and
+    /// returns the log.
+    pub fn join(mut self) -> FeedLog {
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("feeder thread");
+        }
+        self.log()
+    }
+
+    /// Stops after the frame being written (a frame is never cut) and
+    /// returns the log. A frame not started because the pty stayed full is
+    /// not written.
+    pub fn stop(mut self) -> FeedLog {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("feeder thread");
+        }
+        self.log()
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Samples a process's RSS from a thread every 100 ms; follows the process
+/// it is pointed at ([`RssSampler::watch`]) across restarts.
+pub struct RssSampler {
+    pid: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    max_kib: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    samples: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    /// Starts sampling nothing (point it at a process with `watch`).
+    pub fn start() -> RssSampler {
+        use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+        let pid = std::sync::Arc::new(AtomicU32::new(0));
+        let max_kib = std::sync::Arc::new(AtomicU64::new(0));
+        let samples = std::sync::Arc::new(AtomicU64::new(0));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (p, m, n, s) = (pid.clone(), max_kib.clone(), samples.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let current = p.load(Ordering::SeqCst);
+                if current != 0
+                    && let Some(kib) = rss_kib(current)
+                {
+                    m.fetch_max(kib, Ordering::SeqCst);
+                    n.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        RssSampler {
+            pid,
+            max_kib,
+            samples,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Samples `process` from now on.
+    pub fn watch(&self, process: &SluiceProcess) {
+        self.pid.store(
+            process.pid().unwrap_or(0),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// The highest RSS seen (KiB) and how many samples were taken.
+    pub fn max_kib(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.max_kib.load(Ordering::SeqCst),
+            self.samples.load(Ordering::SeqCst),
+        )
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -26,17 +26,8 @@ use tokio_util::sync::CancellationToken;
 pub const WAIT: Duration = Duration::from_secs(20);
 
 /// Polls `condition` every 10 ms until it holds or `timeout` passes.
-pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+pub fn eventually(timeout: Duration, condition: impl FnMut() -> bool) -> bool {
+    crate::eventually_every(timeout, Duration::from_millis(10), condition)
 }
 
 /// A one-pipeline config: `[pipeline.serial]` gets `path` and the TOML

@@ -814,8 +814,13 @@ impl Outbox {
                     tally.apply(&mut s, meta);
                 }
                 shared.note_expired(&mut w, appended.expired);
-                shared.note_overflow(&mut w, appended.evicted);
-                if let Some(refused) = w.blocked_episode.take() {
+                // An episode (of evictions or refusals) ends once the outbox
+                // is back under half its bound: while deliveries free room
+                // item by item, appends alternate between fitting and not,
+                // and each of those must not be a new episode (and warning).
+                let relieved = meta.depth_bytes <= max_bytes / 2;
+                shared.note_overflow(&mut w, appended.evicted, relieved);
+                if relieved && let Some(refused) = w.blocked_episode.take() {
                     tracing::info!(
                         outbox = %shared.name,
                         refused,
@@ -1255,7 +1260,7 @@ impl Shared {
         }
     }
 
-    fn note_overflow(&self, w: &mut Writer, evicted: u64) {
+    fn note_overflow(&self, w: &mut Writer, evicted: u64, relieved: bool) {
         if evicted > 0 {
             let episode = w.overflow_episode.get_or_insert(0);
             if *episode == 0 {
@@ -1266,7 +1271,7 @@ impl Shared {
                 );
             }
             *episode += evicted;
-        } else if let Some(total) = w.overflow_episode.take() {
+        } else if relieved && let Some(total) = w.overflow_episode.take() {
             tracing::info!(
                 outbox = %self.name,
                 dropped = total,

@@ -247,30 +247,22 @@ impl Writer {
         let mut delay = Duration::from_millis(10);
         loop {
             match self.outbox.append(&refs) {
-                Ok(appended) => {
-                    if appended.evicted > 0 {
-                        self.metrics.sink_dropped_by(
-                            self.sink,
-                            "outbox_overflow",
-                            appended.evicted,
-                        );
-                    }
-                    if appended.expired > 0 {
-                        self.metrics
-                            .sink_dropped_by(self.sink, "outbox_expired", appended.expired);
-                    }
+                Ok(_) => {
+                    // Evictions and expiries are in the outbox's stats,
+                    // which `export_depth` turns into `sink_dropped` (once).
                     if failing {
                         tracing::info!(sink = self.sink, "outbox: writes succeed again");
                     }
                     if full {
-                        tracing::info!(sink = self.sink, "outbox: room again; taking new data");
+                        tracing::debug!(sink = self.sink, "outbox: room again; taking new data");
                     }
                     return;
                 }
                 Err(OutboxError::Full { max_bytes, .. }) => {
                     if !full {
                         full = true;
-                        tracing::warn!(
+                        // The outbox warns once per episode (not per batch).
+                        tracing::debug!(
                             sink = self.sink,
                             max_bytes,
                             "outbox full (when_full = block): holding new data until the sink confirms older data"
@@ -329,5 +321,39 @@ impl Writer {
                 .sink_dropped_by(self.sink, "outbox_expired", expired);
         }
         *exported = (stats.dropped_overflow, stats.dropped_expired);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU64;
+
+    use super::*;
+    use crate::outbox::{OutboxConfig, QueueFullPolicy};
+
+    /// Every eviction is counted once in `sink_dropped` (it used to be
+    /// counted on append and again from the outbox's stats).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn evictions_are_counted_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = OutboxConfig {
+            max_bytes: NonZeroU64::new(4096).expect("non-zero"),
+            when_full: QueueFullPolicy::DropOldest,
+            ..OutboxConfig::default()
+        };
+        let outbox = Outbox::open(dir.path().join("x.redb"), config).expect("open");
+        let metrics = Arc::new(Metrics::new());
+        let queue = DurableQueue::start("mqtt", outbox, metrics.clone()).expect("start");
+        for i in 0..1000u32 {
+            assert!(queue.push(i.to_le_bytes().repeat(8)).await);
+        }
+        queue.close().await;
+        let evicted = queue.outbox().stats().dropped_overflow;
+        assert!(evicted > 0, "the outbox overflowed");
+        let line = format!(
+            r#"sluice_sink_dropped_total{{sink="mqtt",reason="outbox_overflow"}} {evicted}"#
+        );
+        let text = metrics.encode();
+        assert!(text.contains(&line), "want {line} in:\n{text}");
     }
 }

@@ -151,6 +151,13 @@ pub struct InfluxConfig {
     /// The outbox's bounds, full policy and fsync policy (`[influx.outbox]`).
     #[serde(default)]
     pub outbox: crate::outbox::OutboxConfig,
+    /// With the outbox: after an outage (or a restart with points left over)
+    /// new points are written first and the backlog at most this many points
+    /// per second; 0 = as fast as InfluxDB takes it (still after new points).
+    /// A key of `[influx]`, not `[influx.outbox]`, because that table is the
+    /// outbox settings shared with MQTT, which always drains oldest first.
+    #[serde(default = "default_backfill")]
+    pub backfill_points_per_sec: u32,
     /// Timeout of one write request, in milliseconds.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_ms: NonZeroU64,
@@ -189,6 +196,9 @@ fn default_in_flight() -> NonZeroUsize {
 }
 fn default_durable() -> bool {
     true
+}
+fn default_backfill() -> u32 {
+    5000
 }
 
 fn default_channel_capacity() -> NonZeroUsize {

@@ -48,7 +48,7 @@ pub use config::InfluxConfig;
 
 use crate::metrics::Metrics;
 use crate::model::Point;
-use crate::outbox::record;
+use crate::outbox::{Drain, Item, OutboxError, record};
 use crate::sink::durable::DurableQueue;
 use dead_letter::DeadLetters;
 use transport::HttpTransport;
@@ -118,6 +118,8 @@ impl InfluxInput {
 struct OutboxHook {
     outbox_seq: Mutex<HashMap<u64, u64>>,
     queue: Arc<DurableQueue>,
+    /// Wakes the feeder when points settled (room in its window).
+    settled: tokio::sync::Notify,
 }
 
 impl OutboxHook {
@@ -128,6 +130,16 @@ impl OutboxHook {
                 self.queue.ack(outbox_seq);
             }
         }
+        drop(map);
+        self.settled.notify_one();
+    }
+
+    /// Points handed to the writer and not settled yet.
+    fn unsettled(&self) -> usize {
+        self.outbox_seq
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 
@@ -140,61 +152,224 @@ impl DeliveryHook for OutboxHook {
     }
 }
 
-/// Reads the outbox oldest-first and hands the points to the writer,
-/// recording which writer sequence number each got. Ends when the queue is
-/// sealed and everything was handed over, or on `stop`.
+/// How the feeder paces: its window and the backlog's rate.
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    /// Points handed to the writer and not settled, at most: what the writer
+    /// can have in batches (`batch_lines × (max_batches_in_flight + 1)`).
+    /// During an outage this much waits in the writer's memory; the rest
+    /// stays in the outbox and, once behind by more than a window, becomes
+    /// backlog.
+    window: usize,
+    /// Backlog points per second; `None` = unlimited.
+    backfill_per_sec: Option<u32>,
+}
+
+impl Pacing {
+    fn from_config(config: &InfluxConfig) -> Pacing {
+        Pacing {
+            window: config
+                .batch_lines
+                .get()
+                .saturating_mul(config.max_batches_in_flight.get().saturating_add(1)),
+            backfill_per_sec: (config.backfill_points_per_sec > 0)
+                .then_some(config.backfill_points_per_sec),
+        }
+    }
+}
+
+/// A token bucket for the backlog: `per_sec` tokens a second, at most one
+/// second's worth saved up.
+struct Bucket {
+    per_sec: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn new(per_sec: u32) -> Bucket {
+        Bucket {
+            per_sec: f64::from(per_sec),
+            tokens: 0.0,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Whole tokens available now.
+    fn available(&mut self) -> usize {
+        let now = tokio::time::Instant::now();
+        let elapsed = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.per_sec.max(1.0));
+        self.tokens as usize
+    }
+
+    fn take(&mut self, n: usize) {
+        self.tokens = (self.tokens - n as f64).max(0.0);
+    }
+
+    /// How long until the next token.
+    fn next_in(&self) -> Duration {
+        Duration::from_secs_f64(((1.0 - self.tokens).max(0.0) / self.per_sec).min(1.0))
+    }
+}
+
+/// Reads the outbox and hands the points to the writer, recording which
+/// writer sequence number each got: live first, backlog paced.
+///
+/// * Points that were in the outbox at start-up are backlog; so are points
+///   that piled up while the writer could not keep up (InfluxDB away): when
+///   the feeder finds more than a window of unsent live points, it defers
+///   them to the backlog ([`Drain::defer_live`]) and serves points appended
+///   after that moment first.
+/// * The backlog is handed out oldest first, at most `backfill_per_sec`,
+///   and only while less than half the window is unsettled, so new points
+///   always find room. Points carry their own timestamps, so InfluxDB does
+///   not care in which order they are written.
+/// * Acks stay per point: a point leaves the outbox only when settled.
+///
+/// Ends when the queue is sealed and every live point was handed over (the
+/// backlog stays in the outbox for the next start), or on `stop`.
 async fn feed(
     queue: Arc<DurableQueue>,
     points: mpsc::Sender<Point>,
     hook: Arc<OutboxHook>,
     metrics: Arc<Metrics>,
+    pacing: Pacing,
     stop: CancellationToken,
 ) {
+    let outbox = queue.outbox();
     let mut appended = queue.appended();
-    let mut cursor: Option<u64> = None;
-    let mut writer_seq: u64 = 0;
+    let mut drain = Drain::new(outbox.next_seq());
+    let mut bucket = pacing.backfill_per_sec.map(Bucket::new);
+    let mut handover = Handover {
+        points,
+        hook: hook.clone(),
+        metrics,
+        queue: queue.clone(),
+        writer_seq: 0,
+        stop: stop.clone(),
+    };
+    let mut backlog_logged = outbox.stats().depth_items > 0;
     loop {
         appended.borrow_and_update();
+        let settled = hook.settled.notified();
+        tokio::pin!(settled);
+        settled.as_mut().enable();
         let sealed = queue.is_sealed();
-        let items = match queue.read_after(cursor, 256) {
-            Ok(items) => items,
-            Err(err) => {
-                tracing::error!(error = %err, "InfluxDB outbox: cannot read; retrying");
-                Vec::new()
+        let mut handed = 0;
+        let mut live_left = false;
+        let unsettled = hook.unsettled();
+        if unsettled < pacing.window {
+            let next_seq = outbox.next_seq();
+            if !sealed && drain.live_lag(next_seq) > pacing.window as u64 {
+                let deferred = drain.defer_live(next_seq);
+                backlog_logged = true;
+                tracing::info!(
+                    behind = deferred,
+                    backfill_points_per_sec = pacing.backfill_per_sec.unwrap_or(0),
+                    "InfluxDB outbox: fell behind; writing new points first, the backlog paced"
+                );
             }
-        };
-        if items.is_empty() {
-            if sealed {
+            let room = (pacing.window - unsettled).min(READ_BATCH);
+            let live = drain.next_live(outbox, room, READ_BYTES);
+            let live = read_or_log(live);
+            live_left = live.len() == room;
+            handed += live.len();
+            if !handover.hand(live).await {
                 return;
             }
-            tokio::select! {
-                _ = appended.changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = stop.cancelled() => return,
+        }
+        let unsettled = hook.unsettled();
+        let mut backlog_wait = None;
+        if !sealed && !drain.backlog_done() && unsettled < pacing.window / 2 {
+            let mut n = (pacing.window / 2 - unsettled).min(READ_BATCH);
+            if let Some(bucket) = &mut bucket {
+                n = n.min(bucket.available());
+                if n == 0 {
+                    backlog_wait = Some(bucket.next_in());
+                }
             }
+            if n > 0 {
+                let items = read_or_log(drain.next_backlog(outbox, n, READ_BYTES));
+                if let Some(bucket) = &mut bucket {
+                    bucket.take(items.len());
+                }
+                handed += items.len();
+                if !handover.hand(items).await {
+                    return;
+                }
+                if drain.backlog_done() && backlog_logged {
+                    backlog_logged = false;
+                    tracing::info!("InfluxDB outbox: backlog handed to the writer");
+                }
+            }
+        }
+        if handed > 0 || live_left {
             continue;
         }
+        if sealed {
+            return;
+        }
+        let pause = backlog_wait.unwrap_or(Duration::from_millis(100));
+        tokio::select! {
+            _ = appended.changed() => {}
+            _ = &mut settled => {}
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Items read from the outbox at once.
+const READ_BATCH: usize = 256;
+/// Bytes read from the outbox at once.
+const READ_BYTES: usize = 4 << 20;
+
+fn read_or_log(items: Result<Vec<Item>, OutboxError>) -> Vec<Item> {
+    items.unwrap_or_else(|err| {
+        tracing::error!(error = %err, "InfluxDB outbox: cannot read; retrying");
+        Vec::new()
+    })
+}
+
+/// What hands points to the writer: its channel, the sequence numbers it
+/// assigned, and where to report what it could not decode.
+struct Handover {
+    points: mpsc::Sender<Point>,
+    hook: Arc<OutboxHook>,
+    metrics: Arc<Metrics>,
+    queue: Arc<DurableQueue>,
+    writer_seq: u64,
+    stop: CancellationToken,
+}
+
+impl Handover {
+    /// Hands `items` to the writer; false when the writer is gone or on
+    /// `stop`.
+    async fn hand(&mut self, items: Vec<Item>) -> bool {
         for item in items {
-            cursor = Some(item.seq);
             match record::decode_point(&item.record) {
                 Ok(point) => {
-                    hook.outbox_seq
+                    self.hook
+                        .outbox_seq
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(writer_seq, item.seq);
-                    writer_seq += 1;
+                        .insert(self.writer_seq, item.seq);
+                    self.writer_seq += 1;
                     tokio::select! {
-                        sent = points.send(point) => if sent.is_err() { return },
-                        _ = stop.cancelled() => return,
+                        sent = self.points.send(point) => if sent.is_err() { return false },
+                        _ = self.stop.cancelled() => return false,
                     }
                 }
                 Err(err) => {
-                    metrics.sink_dropped("influx", "outbox_corrupt_record");
+                    self.metrics.sink_dropped("influx", "outbox_corrupt_record");
                     tracing::error!(seq = item.seq, error = %err, "InfluxDB outbox: undecodable record dropped");
-                    queue.ack(item.seq);
+                    self.queue.ack(item.seq);
                 }
             }
         }
+        true
     }
 }
 
@@ -270,12 +445,14 @@ impl InfluxSink {
         let hook = Arc::new(OutboxHook {
             outbox_seq: Mutex::new(HashMap::new()),
             queue: queue.clone(),
+            settled: tokio::sync::Notify::new(),
         });
         let waiting = queue.outbox().stats().depth_items;
         if waiting > 0 {
             tracing::info!(
                 waiting,
-                "InfluxDB outbox: writing points left from the previous run"
+                backfill_points_per_sec = config.backfill_points_per_sec,
+                "InfluxDB outbox: points left from the previous run are backlog; new points go first"
             );
         }
         let (mut sink, points) =
@@ -287,6 +464,7 @@ impl InfluxSink {
             points,
             hook,
             metrics,
+            Pacing::from_config(config),
             stop_feeding.clone(),
         ));
         sink.durable = Some(DurableParts {
