@@ -262,7 +262,8 @@ impl MqttConfig {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Wall-clock budget per call, in milliseconds.
+    /// CPU-time budget per call on the worker thread, in milliseconds (a
+    /// call also ends after 50× this in wall time).
     #[serde(default = "default_call_timeout")]
     pub call_timeout_ms: NonZeroU64,
     /// Linear memory cap per transform instance, in MiB.

@@ -9,8 +9,14 @@
 //! (an `InstancePre`). A [`TransformInstance`] is one live instance in its own
 //! [`Store`], reused across calls. The sandbox guarantees:
 //!
-//! * **Deadline**: every call gets an epoch deadline; a guest that spins is
-//!   interrupted with a trap ([`TrapKind::Timeout`]).
+//! * **Deadline**: every call has a budget of CPU time on its worker thread;
+//!   a guest that spins is interrupted with a trap ([`TrapKind::Timeout`]).
+//!   The epoch ticker only decides *when to look*: when a call has run for
+//!   its budget in wall-clock time, the deadline callback reads the thread's
+//!   CPU clock and extends the deadline by what is left of the budget. Time
+//!   the OS did not run the worker (a loaded box) is not charged to the
+//!   guest, so a busy machine does not drop good frames; a call still ends
+//!   after [`WALL_CAP_FACTOR`] × its budget in wall time, whatever happened.
 //! * **Memory cap**: linear memory beyond the cap makes `memory.grow` trap
 //!   ([`TrapKind::MemoryLimit`]).
 //! * **Stack**: wasmtime's `max_wasm_stack` turns runaway recursion into a
@@ -53,10 +59,14 @@ pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["sluice:transform@0.1.0"];
 /// How often the epoch ticker advances; deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// However starved the worker thread is, a call ends after this many times
+/// its budget in wall-clock time.
+pub const WALL_CAP_FACTOR: u32 = 50;
+
 /// Limits applied to every call of every instance.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Wall-clock budget per call.
+    /// CPU-time budget per call (on the worker thread; see the module docs).
     pub call_timeout: Duration,
     /// Maximum linear memory per instance, in bytes.
     pub memory_bytes: usize,
@@ -260,6 +270,50 @@ struct GuestState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     log: GuestLog,
+    budget: CallBudget,
+}
+
+/// The running call's CPU budget (see the module docs, "Deadline").
+struct CallBudget {
+    /// The budget per call.
+    limit: Duration,
+    /// The worker thread's CPU clock when the call started.
+    cpu_at_start: Duration,
+    /// Wall-clock deadline checks so far in this call.
+    checks: u32,
+}
+
+/// CPU time the calling thread has used (CLOCK_THREAD_CPUTIME_ID). The
+/// clock cannot fail for the calling thread on Linux; should it, the zero
+/// makes the budget fall back to wall-clock time.
+fn thread_cpu_time() -> Duration {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+impl CallBudget {
+    /// Epoch ticks covering `duration` (+1: the current tick may be about to
+    /// end).
+    fn ticks(duration: Duration) -> u64 {
+        u64::try_from(duration.as_nanos().div_ceil(EPOCH_TICK.as_nanos()))
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    /// Called when the call has run for its remaining budget in wall time:
+    /// interrupt if it used the budget in CPU time (or hit the wall-clock
+    /// cap), else look again when the rest of the budget could be used up.
+    fn on_deadline(&mut self, cpu_now: Duration) -> wasmtime::UpdateDeadline {
+        self.checks += 1;
+        let used = cpu_now.saturating_sub(self.cpu_at_start);
+        // Checks come at least one budget of wall time apart.
+        if used >= self.limit || self.checks >= WALL_CAP_FACTOR {
+            return wasmtime::UpdateDeadline::Interrupt;
+        }
+        wasmtime::UpdateDeadline::Continue(Self::ticks(self.limit - used))
+    }
 }
 
 impl WasiView for GuestState {
@@ -459,6 +513,11 @@ impl Runtime {
                 max_bytes: limits.memory_bytes,
                 hit: false,
             },
+            budget: CallBudget {
+                limit: limits.call_timeout,
+                cpu_at_start: Duration::ZERO,
+                checks: 0,
+            },
             log: GuestLog {
                 transform: transform.clone(),
                 limiter: crate::ratelimit::RateLimiter::new(20, Duration::from_secs(1)),
@@ -466,6 +525,9 @@ impl Runtime {
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(|mut context| {
+            Ok(context.data_mut().budget.on_deadline(thread_cpu_time()))
+        });
         store
     }
 }
@@ -692,13 +754,14 @@ impl TransformInstance {
     }
 }
 
+/// Starts a call's budget: the first look at its CPU time comes after the
+/// whole budget in wall time (a call cannot use more CPU than wall time).
 fn set_deadline(store: &mut Store<GuestState>, limits: &Limits) {
-    let ticks = limits
-        .call_timeout
-        .as_nanos()
-        .div_ceil(EPOCH_TICK.as_nanos());
-    // +1: the current tick may be about to end.
-    store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1));
+    let budget = &mut store.data_mut().budget;
+    budget.limit = limits.call_timeout;
+    budget.cpu_at_start = thread_cpu_time();
+    budget.checks = 0;
+    store.set_epoch_deadline(CallBudget::ticks(limits.call_timeout));
 }
 
 fn classify_trap(err: &wasmtime::Error, store: &Store<GuestState>) -> TrapKind {
@@ -771,5 +834,76 @@ fn convert_output(output: wit::Output) -> TransformOutput {
                 timestamp_ns: p.timestamp_ns,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(limit_ms: u64, cpu_at_start_ms: u64) -> CallBudget {
+        CallBudget {
+            limit: Duration::from_millis(limit_ms),
+            cpu_at_start: Duration::from_millis(cpu_at_start_ms),
+            checks: 0,
+        }
+    }
+
+    #[test]
+    fn a_call_that_used_its_budget_in_cpu_time_is_interrupted() {
+        let mut b = budget(100, 1_000);
+        assert!(matches!(
+            b.on_deadline(Duration::from_millis(1_100)),
+            wasmtime::UpdateDeadline::Interrupt
+        ));
+    }
+
+    #[test]
+    fn a_starved_call_gets_the_rest_of_its_budget() {
+        // 100 ms of wall time passed but the thread ran for 30 ms only.
+        let mut b = budget(100, 1_000);
+        match b.on_deadline(Duration::from_millis(1_030)) {
+            wasmtime::UpdateDeadline::Continue(ticks) => {
+                assert_eq!(ticks, CallBudget::ticks(Duration::from_millis(70)));
+            }
+            _ => panic!("a starved call must go on"),
+        }
+        // Later it has used it all: interrupted.
+        assert!(matches!(
+            b.on_deadline(Duration::from_millis(1_100)),
+            wasmtime::UpdateDeadline::Interrupt
+        ));
+    }
+
+    #[test]
+    fn however_starved_a_call_ends_at_the_wall_clock_cap() {
+        let mut b = budget(100, 1_000);
+        let mut checks = 0;
+        while let wasmtime::UpdateDeadline::Continue(_) =
+            b.on_deadline(Duration::from_millis(1_001))
+        {
+            checks += 1;
+            assert!(checks < WALL_CAP_FACTOR, "no cap");
+        }
+        assert_eq!(checks + 1, WALL_CAP_FACTOR);
+    }
+
+    #[test]
+    fn the_thread_cpu_clock_counts_work_not_waiting() {
+        let before = thread_cpu_time();
+        std::thread::sleep(Duration::from_millis(50));
+        let slept = thread_cpu_time() - before;
+        assert!(slept < Duration::from_millis(20), "sleeping cost {slept:?}");
+        let before = thread_cpu_time();
+        let wall = std::time::Instant::now();
+        let mut x = 0u64;
+        while wall.elapsed() < Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let spun = thread_cpu_time() - before;
+        assert!(
+            spun > Duration::ZERO && spun <= wall.elapsed(),
+            "spinning cost {spun:?}"
+        );
     }
 }
