@@ -77,9 +77,9 @@ pub struct Metrics {
     outbox_items: Family<SinkLabel, Gauge>,
     /// Bytes counted against a sink's outbox bound, by sink.
     outbox_bytes: Family<SinkLabel, Gauge>,
-    /// Frame received → confirmed by a sink, by sink. Registered for the
-    /// admin API; no sink observes it yet (that needs the frame's receive
-    /// time carried to the confirmation), see [`Metrics::end_to_end`].
+    /// Output accepted by a sink (appended to its outbox, or queued in
+    /// memory without one) → confirmed by the broker/database, by sink; see
+    /// [`Metrics::end_to_end`].
     end_to_end_seconds: Family<SinkLabel, Histogram>,
     /// The InfluxDB writer (`sluice_influx_*`).
     pub influx: InfluxMetrics,
@@ -196,7 +196,7 @@ impl Metrics {
         );
         registry.register(
             "end_to_end_seconds",
-            "Time from a frame being received to its output being confirmed by the sink",
+            "Time from an output entering a sink (its durable outbox, or its in-memory queue) to its confirmation by the broker or database, outages included",
             end_to_end_seconds.clone(),
         );
         let influx = InfluxMetrics::register(&mut registry);
@@ -226,14 +226,22 @@ impl Metrics {
         }
     }
 
-    /// The end-to-end latency histogram of `sink` (frame received → output
-    /// confirmed); resolve once, then `observe(seconds)` per confirmation.
+    /// The delivery latency histogram of `sink` (output accepted → confirmed;
+    /// the transform call before it is `transform_seconds`); resolve once,
+    /// then [`Metrics::observe_since`] per confirmation.
     pub fn end_to_end(&self, sink: &str) -> Histogram {
         self.end_to_end_seconds
             .get_or_create(&SinkLabel {
                 sink: sink.to_owned(),
             })
             .clone()
+    }
+
+    /// Observes the seconds from `since_ns` (ns since the Unix epoch) to now
+    /// in `histogram`; a clock that went backwards counts as 0.
+    pub fn observe_since(histogram: &Histogram, since_ns: u64) {
+        let elapsed = crate::model::now_ns().saturating_sub(since_ns);
+        histogram.observe(elapsed as f64 / 1e9);
     }
 
     /// Pre-resolved serial, downlink and capture counters for one pipeline.

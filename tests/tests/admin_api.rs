@@ -291,6 +291,8 @@ fn admin_api_of_a_running_host() {
             let m = metrics();
             m.get(frames_series) == Some(&5.0)
                 && m.get("sluice_mqtt_delivered_total") == Some(&55.0)
+                // One delivery-latency observation per confirmed message.
+                && m.get("sluice_end_to_end_seconds_count{sink=\"mqtt\"}") == Some(&55.0)
         }),
         "{:?}\n{}",
         metrics(),
@@ -425,6 +427,17 @@ fn admin_api_of_a_running_host() {
         "{:?}",
         metrics()
     );
+    // What waited in the outbox during the outage shows in the latency.
+    let m = metrics();
+    assert_eq!(
+        m.get("sluice_end_to_end_seconds_count{sink=\"mqtt\"}"),
+        Some(&messages)
+    );
+    let sum = m
+        .get("sluice_end_to_end_seconds_sum{sink=\"mqtt\"}")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(sum > 0.5, "latency sum {sum} s after an outage");
 
     assert!(
         sluice.stop(),

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sluice::pty::Pty;
-use sluice_tests::{Mosquitto, Received, SluiceProcess, free_port, mosquitto_sub, wasm};
+use sluice_tests::{Mosquitto, Received, SluiceProcess, free_port, metric, mosquitto_sub, wasm};
 
 /// A telemetry line whose every value is derived from `seq`, so each message
 /// is identifiable: loss, duplication and order can be checked per topic.
@@ -393,15 +393,6 @@ fn broker_with_acl() -> (Mosquitto, tempfile::TempDir) {
     (Mosquitto::start_with(port, &conf), auth_dir)
 }
 
-/// The value of one sample in sluice's `/metrics` (0 when absent).
-fn metric(admin_port: u16, series: &str) -> f64 {
-    let (status, body) = sluice_tests::http(admin_port, "GET", "/metrics", b"").expect("/metrics");
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Runs `lines` telemetry lines through sluice as `gateway` on the ACL broker
 /// and returns (what the subscriber got, sluice's log, refused counter,
 /// delivered counter, MQTT outbox depth at the end).
@@ -435,8 +426,8 @@ fn publish_through_acl(protocol: &str, lines: u64) -> (Vec<Received>, String, f6
             .expect("write");
     }
     let emitted = (lines as usize * MESSAGES_PER_LINE) as f64;
-    let delivered = "sluice_mqtt_delivered_total ";
-    let refused = "sluice_sink_dropped_total{sink=\"mqtt\",reason=\"refused_not_authorized\"} ";
+    let delivered = "sluice_mqtt_delivered_total";
+    let refused = "sluice_sink_dropped_total{sink=\"mqtt\",reason=\"refused_not_authorized\"}";
     let deadline = Instant::now() + Duration::from_secs(30);
     while metric(admin, delivered) + metric(admin, refused) < emitted && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -447,7 +438,7 @@ fn publish_through_acl(protocol: &str, lines: u64) -> (Vec<Received>, String, f6
         sluice.log(),
         metric(admin, refused),
         metric(admin, delivered),
-        metric(admin, "sluice_outbox_items{sink=\"mqtt\"} "),
+        metric(admin, "sluice_outbox_items{sink=\"mqtt\"}"),
     );
     assert!(sluice.stop(), "clean exit:\n{}", outcome.1);
     outcome
@@ -624,7 +615,7 @@ fn a_message_above_the_brokers_maximum_packet_size_is_refused_not_looped() {
     );
     assert!(received.iter().all(|m| m.topic != "test/big"));
     let refused =
-        "sluice_sink_dropped_total{sink=\"mqtt\",reason=\"refused_exceeds_broker_max_packet\"} ";
+        "sluice_sink_dropped_total{sink=\"mqtt\",reason=\"refused_exceeds_broker_max_packet\"}";
     assert_eq!(metric(admin, refused), 1.0);
     let log = sluice.log();
     assert!(log.contains("exceeds_broker_max_packet"), "{log}");

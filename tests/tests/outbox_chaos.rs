@@ -666,5 +666,15 @@ fn broker_and_influx_outages_while_the_feed_runs() {
         "{total} frames through two {OUTAGE:?} outages; {duplicates} MQTT duplicates; max RSS {max_rss} KiB"
     );
     assert!(samples > 0 && max_rss < RSS_BOUND_KIB, "RSS {max_rss} KiB");
+    // Delivery latency: one observation per written point, and the outage
+    // shows (points waited ≥ the outage in the outbox).
+    let influx_latency = |part: &str| {
+        sluice_tests::metric(
+            s.admin,
+            &format!("sluice_end_to_end_seconds_{part}{{sink=\"influx\"}}"),
+        )
+    };
+    assert!(influx_latency("count") >= total as f64);
+    assert!(influx_latency("sum") > OUTAGE.as_secs_f64());
     assert!(sluice.stop(), "{}", sluice.log());
 }

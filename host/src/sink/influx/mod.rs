@@ -116,18 +116,25 @@ impl InfluxInput {
 /// Maps the writer's sequence numbers (assigned in the order the feeder
 /// sends) to outbox sequence numbers, and acks settled points.
 struct OutboxHook {
-    outbox_seq: Mutex<HashMap<u64, u64>>,
+    /// Writer sequence number → (outbox sequence number, when it was
+    /// appended to the outbox, ms since the Unix epoch).
+    outbox_seq: Mutex<HashMap<u64, (u64, u64)>>,
+    /// `end_to_end_seconds{sink="influx"}`, observed for written points.
+    latency: prometheus_client::metrics::histogram::Histogram,
     queue: Arc<DurableQueue>,
     /// Wakes the feeder when points settled (room in its window).
     settled: tokio::sync::Notify,
 }
 
 impl OutboxHook {
-    fn settle(&self, seqs: &[u64]) {
+    fn settle(&self, seqs: &[u64], written: bool) {
         let mut map = self.outbox_seq.lock().unwrap_or_else(|e| e.into_inner());
         for seq in seqs {
-            if let Some(outbox_seq) = map.remove(seq) {
+            if let Some((outbox_seq, enqueued_ms)) = map.remove(seq) {
                 self.queue.ack(outbox_seq);
+                if written {
+                    Metrics::observe_since(&self.latency, enqueued_ms.saturating_mul(1_000_000));
+                }
             }
         }
         drop(map);
@@ -145,10 +152,10 @@ impl OutboxHook {
 
 impl DeliveryHook for OutboxHook {
     fn delivered(&self, seqs: &[u64]) {
-        self.settle(seqs);
+        self.settle(seqs, true);
     }
     fn dead_lettered(&self, seqs: &[u64]) {
-        self.settle(seqs);
+        self.settle(seqs, false);
     }
 }
 
@@ -355,7 +362,7 @@ impl Handover {
                         .outbox_seq
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(self.writer_seq, item.seq);
+                        .insert(self.writer_seq, (item.seq, item.enqueued_ms));
                     self.writer_seq += 1;
                     tokio::select! {
                         sent = self.points.send(point) => if sent.is_err() { return false },
@@ -444,6 +451,7 @@ impl InfluxSink {
     ) -> Result<(InfluxSink, InfluxInput, mpsc::WeakSender<Point>), StartError> {
         let hook = Arc::new(OutboxHook {
             outbox_seq: Mutex::new(HashMap::new()),
+            latency: metrics.end_to_end("influx"),
             queue: queue.clone(),
             settled: tokio::sync::Notify::new(),
         });

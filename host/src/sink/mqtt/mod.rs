@@ -134,6 +134,9 @@ struct Entry {
     seq: u64,
     /// Its sequence number in the durable outbox (acked on confirmation).
     durable: Option<u64>,
+    /// When the sink accepted it (ns since the Unix epoch; ms resolution
+    /// for outbox items), for the delivery latency histogram.
+    accepted_ns: u64,
 }
 
 impl Entry {
@@ -146,6 +149,7 @@ impl Entry {
             status: false,
             seq: 0,
             durable: None,
+            accepted_ns: crate::model::now_ns(),
         }
     }
 
@@ -158,6 +162,7 @@ impl Entry {
             status: true,
             seq: 0,
             durable: None,
+            accepted_ns: 0,
         }
     }
 
@@ -229,6 +234,8 @@ struct Shared {
     broker_max_packet: AtomicU32,
     /// Rate limit of the per-message refusal warnings.
     refusal_warnings: Mutex<RateLimiter>,
+    /// `end_to_end_seconds{sink="mqtt"}`.
+    latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -268,6 +275,7 @@ impl MqttSink {
         let client_id = config.effective_client_id();
         let status_topic = format!("{}/status/{}", config.status_topic_prefix, client_id);
         let (client, link) = link::connect(config, client_id, &status_topic)?;
+        let latency = metrics.end_to_end("mqtt");
         let shared = Arc::new(Shared {
             backlog: Mutex::new(Backlog {
                 queue: VecDeque::new(),
@@ -288,6 +296,7 @@ impl MqttSink {
             durable_handed: AtomicU64::new(0),
             broker_max_packet: AtomicU32::new(0),
             refusal_warnings: Mutex::new(RateLimiter::new(5, Duration::from_secs(10))),
+            latency,
             durable,
         });
         if let Some(durable) = &shared.durable {
@@ -553,6 +562,7 @@ fn read_outbox(
                 let mut entry = Entry::data(message);
                 entry.seq = item.seq;
                 entry.durable = Some(item.seq);
+                entry.accepted_ns = item.enqueued_ms.saturating_mul(1_000_000);
                 batch.push(entry);
             }
             Err(err) => {
@@ -823,6 +833,7 @@ fn confirm(shared: &Shared, entry: Option<Entry>) {
         && !entry.status
     {
         shared.metrics.mqtt_delivered.inc();
+        Metrics::observe_since(&shared.latency, entry.accepted_ns);
         if let (Some(seq), Some(durable)) = (entry.durable, &shared.durable) {
             durable.ack(seq);
         }
