@@ -181,18 +181,25 @@ impl Counted {
     }
 
     /// At the end of the stream (called when [`decode`](Self::decode) needs
-    /// more). In sync, what is left is one partial frame: truncated. While
-    /// hunting, the position waiting for more was garbage anyway, so the hunt
-    /// goes on through the rest of the buffer and still finds the good frames
-    /// in it.
+    /// more). While hunting, the position waiting for more was garbage
+    /// anyway, so the hunt goes on through the rest of the buffer and still
+    /// finds the good frames in it. In sync, what is left is a partial frame
+    /// — or garbage whose first bytes read as a length, with good frames
+    /// behind it: with a CRC to tell them apart, the rest is hunted the same
+    /// way (the skipped bytes are `truncated`); without one it is all
+    /// `truncated`.
     pub(super) fn eof(&mut self, buf: &mut BytesMut) -> Option<Step> {
         if let Some(step) = self.pending.take() {
             return Some(step);
         }
-        let Some((reason, mut skipped)) = self.hunt.take() else {
-            let rest = buf.len();
-            buf.clear();
-            return (rest > 0).then_some(Step::Drop(FramingDrop::Truncated, rest));
+        let (reason, mut skipped) = match self.hunt.take() {
+            Some(hunt) => hunt,
+            None if self.crc.is_some() && !buf.is_empty() => (FramingDrop::Truncated, 0),
+            None => {
+                let rest = buf.len();
+                buf.clear();
+                return (rest > 0).then_some(Step::Drop(FramingDrop::Truncated, rest));
+            }
         };
         while !buf.is_empty() {
             if let Candidate::Valid { total } = self.candidate(buf) {

@@ -821,10 +821,16 @@ fn length_prefixed_hunt_at_eof_still_finds_the_last_frame() {
         run(&mut f, &[&[0xFF, 60], &good]),
         [dropped(FramingDrop::LengthInvalid, 2), frame(b"last")]
     );
-    // In sync, a partial frame at EOF is just that.
+    // In sync, a length byte claiming more than what follows: at EOF the
+    // CRC tells the good frame behind it apart (the byte is `truncated`).
     assert_eq!(
         run(&mut f, &[&[60], &good]),
-        [dropped(FramingDrop::Truncated, 1 + good.len())]
+        [dropped(FramingDrop::Truncated, 1), frame(b"last")]
+    );
+    // A real partial frame at EOF is just that.
+    assert_eq!(
+        run(&mut f, &[&good[..good.len() - 1]]),
+        [dropped(FramingDrop::Truncated, good.len() - 1)]
     );
     // Starting mid-frame with a plausible length: once enough bytes are in,
     // the CRC fails and the hunt finds every good frame.
@@ -952,6 +958,43 @@ fn idle_gap_megabyte_is_dropped_in_bounded_memory_and_eof_truncates() {
     assert_eq!(
         run(&mut f, &[b"half a frame"]),
         [dropped(FramingDrop::Truncated, 12)]
+    );
+}
+
+/// Found by the property test below: garbage that reads as a length header
+/// right before the last frame made the framer wait for bytes that never
+/// came, and the end of the stream dropped the good frame with it. With a
+/// CRC the rest is now hunted at EOF.
+#[test]
+fn garbage_length_before_the_last_crc_frame_does_not_cost_it_at_eof() {
+    let mut f = framer(
+        r#"{ kind = "length_prefixed", header = "u16_be", crc = "crc32" }"#,
+        64,
+    );
+    let mut wire = Vec::new();
+    for _ in 0..2 {
+        wire.extend(encode(&f, b"\x00"));
+    }
+    // Claims 40 bytes; fewer follow, so the framer waits until the end.
+    wire.extend_from_slice(&[0, 40]);
+    wire.extend(encode(&f, b"last"));
+    assert_eq!(
+        run(&mut f, &[&wire]),
+        [
+            frame(b"\x00"),
+            frame(b"\x00"),
+            dropped(FramingDrop::Truncated, 2),
+            frame(b"last"),
+        ]
+    );
+    // Without a CRC nothing can tell garbage from a frame: all truncated.
+    let mut f = framer(r#"{ kind = "length_prefixed", header = "u16_be" }"#, 64);
+    let mut wire = encode(&f, b"first");
+    wire.extend_from_slice(&[0, 40]);
+    wire.extend(encode(&f, b"last"));
+    assert_eq!(
+        run(&mut f, &[&wire]),
+        [frame(b"first"), dropped(FramingDrop::Truncated, 8)]
     );
 }
 
