@@ -135,12 +135,41 @@ async fn bare(port: u16, level: u8) -> (f64, Vec<f64>) {
     (rate, latencies)
 }
 
-/// sluice's MQTT sink: submit → confirmation counted by the sink; with
-/// `durable`, through the durable outbox (fsync always, in a temp dir).
-async fn sluice_sink(port: u16, level: u8, durable: bool) -> (f64, Vec<f64>) {
+/// One way of running sluice's sink in the comparison.
+struct Variant {
+    label: &'static str,
+    /// Through the durable outbox (fsync always, in a temp dir).
+    durable: bool,
+    /// `[mqtt] protocol`.
+    protocol: &'static str,
+}
+
+const VARIANTS: [Variant; 3] = [
+    Variant {
+        label: "sluice, in memory",
+        durable: false,
+        protocol: "3.1.1",
+    },
+    Variant {
+        label: "sluice, MQTT 5",
+        durable: false,
+        protocol: "5",
+    },
+    Variant {
+        label: "sluice, durable",
+        durable: true,
+        protocol: "3.1.1",
+    },
+];
+
+/// sluice's MQTT sink: submit → confirmation counted by the sink.
+async fn sluice_sink(port: u16, level: u8, variant: &Variant) -> (f64, Vec<f64>) {
     let (_, qos) = qos_of(level);
+    let Variant {
+        durable, protocol, ..
+    } = *variant;
     let text = format!(
-        "version = 1\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"sluice-bench-{level}\"\nstats_interval_secs = 0\n"
+        "version = 1\n[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nclient_id = \"sluice-bench-{level}\"\nstats_interval_secs = 0\nprotocol = \"{protocol}\"\n"
     );
     let config = Config::parse(std::path::Path::new("bench.toml"), &text, |_| None)
         .expect("config")
@@ -205,12 +234,12 @@ fn main() {
     for level in [0u8, 1] {
         // Alternate and repeat so neither side always gets the warm broker.
         let mut bare_runs = vec![];
-        let mut sluice_runs = vec![];
-        let mut durable_runs = vec![];
+        let mut variant_runs: Vec<Vec<(f64, Vec<f64>)>> = VARIANTS.iter().map(|_| vec![]).collect();
         for _ in 0..2 {
             bare_runs.push(runtime.block_on(bare(broker.port, level)));
-            sluice_runs.push(runtime.block_on(sluice_sink(broker.port, level, false)));
-            durable_runs.push(runtime.block_on(sluice_sink(broker.port, level, true)));
+            for (variant, runs) in VARIANTS.iter().zip(&mut variant_runs) {
+                runs.push(runtime.block_on(sluice_sink(broker.port, level, variant)));
+            }
         }
         let best = |runs: Vec<(f64, Vec<f64>)>| {
             let rate = runs.iter().map(|r| r.0).fold(0.0, f64::max);
@@ -219,25 +248,18 @@ fn main() {
             (rate, lat)
         };
         let (bare_rate, bare_lat) = best(bare_runs);
-        let (sluice_rate, sluice_lat) = best(sluice_runs);
-        let (durable_rate, durable_lat) = best(durable_runs);
-        println!(
-            "| {level} | bare rumqttc       | {bare_rate:7.0} | {:5.2} | {:6.0} | {:6.0} |",
-            1.0,
-            percentile(&bare_lat, 0.5),
-            percentile(&bare_lat, 0.99)
-        );
-        println!(
-            "| {level} | sluice, in memory  | {sluice_rate:7.0} | {:5.2} | {:6.0} | {:6.0} |",
-            sluice_rate / bare_rate,
-            percentile(&sluice_lat, 0.5),
-            percentile(&sluice_lat, 0.99)
-        );
-        println!(
-            "| {level} | sluice, durable    | {durable_rate:7.0} | {:5.2} | {:6.0} | {:6.0} |",
-            durable_rate / bare_rate,
-            percentile(&durable_lat, 0.5),
-            percentile(&durable_lat, 0.99)
-        );
+        let row = |label: &str, rate: f64, lat: &[f64]| {
+            println!(
+                "| {level} | {label:<18} | {rate:7.0} | {:5.2} | {:6.0} | {:6.0} |",
+                rate / bare_rate,
+                percentile(lat, 0.5),
+                percentile(lat, 0.99)
+            );
+        };
+        row("bare rumqttc", bare_rate, &bare_lat);
+        for (variant, runs) in VARIANTS.iter().zip(variant_runs) {
+            let (rate, lat) = best(runs);
+            row(variant.label, rate, &lat);
+        }
     }
 }
