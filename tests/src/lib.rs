@@ -1100,9 +1100,19 @@ impl Feeder {
         self.log()
     }
 
+    /// Asks the feeder to start no new frame, without waiting for it. A
+    /// frame already half written is still finished, which needs a reader:
+    /// when sluice is blocked (sinks down, `when_full = "block"`), call this,
+    /// bring the sinks back, then [`stop`](Self::stop) — stopping first
+    /// would wait for a reader that waits for the sinks.
+    pub fn request_stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Stops after the frame being written (a frame is never cut) and
     /// returns the log. A frame not started because the pty stayed full is
-    /// not written.
+    /// not written. Waits for that frame to be accepted by the pty: see
+    /// [`request_stop`](Self::request_stop) when nothing reads it.
     pub fn stop(mut self) -> FeedLog {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {

@@ -558,13 +558,17 @@ fn both_sinks_down_past_the_bound() {
         feeder.log().written_at.len(),
         sluice.log()
     );
+    // The feeder may be half-way through a frame the full pty cannot take
+    // until the sinks are back and sluice reads again: stop it starting new
+    // frames, bring the sinks back, then wait for it.
+    feeder.request_stop();
+    s.broker.restart();
+    s.influx.restart();
     let total = feeder.stop().next();
     println!(
         "block: the pty buffer was full after {} frames",
         total - from
     );
-    s.broker.restart();
-    s.influx.restart();
     let got = subscriber.wait_until(Duration::from_secs(120), |got| {
         let (seen, _) = received_seqs(got);
         (from..total).all(|n| seen.contains_key(&n))
