@@ -45,16 +45,13 @@ const COMMIT_WINDOW: Duration = Duration::from_secs(2);
 /// Frames per second of the steady feed.
 const RATE: u32 = 200;
 
-/// Each outage of [`broker_and_influx_outages_while_the_feed_runs`]. The
-/// issue asks for 30 s; 12 s exercises the same states: the outbox's
-/// behaviour does not depend on how long a sink is away (it only gets
-/// deeper; depth beyond the bound is the drop/block test's subject), and
-/// with the default backoff (MQTT 200 ms doubling to 30 s, InfluxDB 100 ms
-/// doubling to 30 s) 12 s already takes the reconnect loop through six
-/// doublings, so a reconnect happens on a long, jittered backoff as after a
-/// long outage. 30 s each would add a minute to a CI suite that has a
-/// 30-minute budget.
-const OUTAGE: Duration = Duration::from_secs(12);
+/// Each outage of [`broker_and_influx_outages_while_the_feed_runs`], as
+/// long as issue #6 asks. With the default backoff (MQTT 200 ms doubling to
+/// 30 s, InfluxDB 100 ms doubling to 30 s) it takes the reconnect loop
+/// through seven or eight doublings, so the sinks come back on a long,
+/// jittered backoff as after a real outage (up to ~26 s after the restart,
+/// which the waits below allow for).
+const OUTAGE: Duration = Duration::from_secs(30);
 
 struct Setup {
     broker: Mosquitto,

@@ -17,6 +17,11 @@
 //!   the OS did not run the worker (a loaded box) is not charged to the
 //!   guest, so a busy machine does not drop good frames; a call still ends
 //!   after [`WALL_CAP_FACTOR`] × its budget in wall time, whatever happened.
+//!   Reading the thread's CPU clock is a system call (the vDSO does not
+//!   serve per-thread clocks), which cost ~6 % of a small call; calls that
+//!   start within [`CPU_ORIGIN_MAX_AGE`] of the last reading on the same
+//!   thread reuse it as their origin, so a call may be charged up to that
+//!   much CPU time of its predecessors.
 //! * **Memory cap**: linear memory beyond the cap makes `memory.grow` trap
 //!   ([`TrapKind::MemoryLimit`]).
 //! * **Stack**: wasmtime's `max_wasm_stack` turns runaway recursion into a
@@ -33,7 +38,8 @@ mod cache;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
@@ -62,6 +68,10 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// However starved the worker thread is, a call ends after this many times
 /// its budget in wall-clock time.
 pub const WALL_CAP_FACTOR: u32 = 50;
+
+/// How old (in wall time) the CPU-clock reading a call uses as its origin
+/// may be: at most this much of earlier calls' CPU time is charged to it.
+pub const CPU_ORIGIN_MAX_AGE: Duration = Duration::from_millis(1);
 
 /// Limits applied to every call of every instance.
 #[derive(Debug, Clone, Copy)]
@@ -277,8 +287,11 @@ struct GuestState {
 struct CallBudget {
     /// The budget per call.
     limit: Duration,
-    /// The worker thread's CPU clock when the call started.
+    /// The worker thread's CPU clock at the call's start, or up to
+    /// [`CPU_ORIGIN_MAX_AGE`] before it (see [`CallBudget::start`]).
     cpu_at_start: Duration,
+    /// When and on which thread `cpu_at_start` was read.
+    sampled: Option<(Instant, ThreadId)>,
     /// Wall-clock deadline checks so far in this call.
     checks: u32,
 }
@@ -294,6 +307,32 @@ fn thread_cpu_time() -> Duration {
 }
 
 impl CallBudget {
+    fn new(limit: Duration) -> Self {
+        CallBudget {
+            limit,
+            cpu_at_start: Duration::ZERO,
+            sampled: None,
+            checks: 0,
+        }
+    }
+
+    /// Starts a call with budget `limit` at wall time `now` on the calling
+    /// thread. The CPU clock is read again only when the last reading is
+    /// older than [`CPU_ORIGIN_MAX_AGE`] or from another thread (an
+    /// instance validated on the blocking pool, then run by its worker).
+    fn start(&mut self, limit: Duration, now: Instant, read_cpu: impl FnOnce() -> Duration) {
+        self.limit = limit;
+        self.checks = 0;
+        let thread = std::thread::current().id();
+        let fresh = self.sampled.is_some_and(|(at, on)| {
+            on == thread && now.saturating_duration_since(at) <= CPU_ORIGIN_MAX_AGE
+        });
+        if !fresh {
+            self.cpu_at_start = read_cpu();
+            self.sampled = Some((now, thread));
+        }
+    }
+
     /// Epoch ticks covering `duration` (+1: the current tick may be about to
     /// end).
     fn ticks(duration: Duration) -> u64 {
@@ -513,11 +552,7 @@ impl Runtime {
                 max_bytes: limits.memory_bytes,
                 hit: false,
             },
-            budget: CallBudget {
-                limit: limits.call_timeout,
-                cpu_at_start: Duration::ZERO,
-                checks: 0,
-            },
+            budget: CallBudget::new(limits.call_timeout),
             log: GuestLog {
                 transform: transform.clone(),
                 limiter: crate::ratelimit::RateLimiter::new(20, Duration::from_secs(1)),
@@ -757,10 +792,10 @@ impl TransformInstance {
 /// Starts a call's budget: the first look at its CPU time comes after the
 /// whole budget in wall time (a call cannot use more CPU than wall time).
 fn set_deadline(store: &mut Store<GuestState>, limits: &Limits) {
-    let budget = &mut store.data_mut().budget;
-    budget.limit = limits.call_timeout;
-    budget.cpu_at_start = thread_cpu_time();
-    budget.checks = 0;
+    store
+        .data_mut()
+        .budget
+        .start(limits.call_timeout, Instant::now(), thread_cpu_time);
     store.set_epoch_deadline(CallBudget::ticks(limits.call_timeout));
 }
 
@@ -842,11 +877,43 @@ mod tests {
     use super::*;
 
     fn budget(limit_ms: u64, cpu_at_start_ms: u64) -> CallBudget {
-        CallBudget {
-            limit: Duration::from_millis(limit_ms),
-            cpu_at_start: Duration::from_millis(cpu_at_start_ms),
-            checks: 0,
-        }
+        let mut b = CallBudget::new(Duration::from_millis(limit_ms));
+        b.start(b.limit, Instant::now(), || {
+            Duration::from_millis(cpu_at_start_ms)
+        });
+        b
+    }
+
+    #[test]
+    fn calls_close_together_share_one_cpu_clock_reading() {
+        let reads = std::cell::Cell::new(0);
+        let clock = |ms| {
+            reads.set(reads.get() + 1);
+            Duration::from_millis(ms)
+        };
+        let mut b = CallBudget::new(Duration::from_millis(100));
+        let t0 = Instant::now();
+        b.start(b.limit, t0, || clock(10));
+        b.start(b.limit, t0 + CPU_ORIGIN_MAX_AGE / 2, || clock(11));
+        assert_eq!(
+            (b.cpu_at_start, reads.get()),
+            (Duration::from_millis(10), 1)
+        );
+        b.start(b.limit, t0 + CPU_ORIGIN_MAX_AGE * 2, || clock(12));
+        assert_eq!(
+            (b.cpu_at_start, reads.get()),
+            (Duration::from_millis(12), 2)
+        );
+        assert_eq!(b.checks, 0);
+        // Another thread's clock is never reused, however recent.
+        let later = t0 + CPU_ORIGIN_MAX_AGE * 2;
+        let b = std::thread::spawn(move || {
+            b.start(b.limit, later, || Duration::from_millis(99));
+            b
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(b.cpu_at_start, Duration::from_millis(99));
     }
 
     #[test]
