@@ -65,9 +65,7 @@ rustup target add --toolchain "$toolchain" wasm32-wasip2
 
 echo "==> building sluice and sluice-bench (release) and the transforms"
 cargo build --release -p sluice -p sluice-bench
-# An absolute path: `sluice transform build` with a relative one fails (it
-# passes the manifest path relative to the directory it changes into).
-target/release/sluice transform build "$PWD/transforms"
+target/release/sluice transform build transforms
 
 echo "==> running the benchmark"
 exec target/release/sluice-bench run --repo . --out bench/out "$@"
