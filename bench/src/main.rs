@@ -139,7 +139,12 @@ fn phases(scale: f64) -> Vec<Phase> {
         Phase {
             id: "search-qos0",
             qos: 0,
-            suts: vec![Sut::Sluice, Sut::SluiceDurable, Sut::Bare],
+            suts: vec![
+                Sut::Sluice,
+                Sut::SluiceDurable,
+                Sut::SluiceDurableInterval,
+                Sut::Bare,
+            ],
             spec: search,
         },
     ]
@@ -218,13 +223,13 @@ fn run_all(args: RunArgs) -> Result<()> {
         (work.join(&id), id)
     };
 
-    if suts.contains(&Sut::Sluice) || suts.contains(&Sut::SluiceDurable) {
+    if suts.iter().any(|s| s.is_sluice()) {
         warm_cache(&paths, broker.port)?;
     }
 
     // sluice start-up and memory with three transforms: once compiling
     // (an empty cache of its own), three times from the .cwasm cache.
-    if (suts.contains(&Sut::Sluice) || suts.contains(&Sut::SluiceDurable)) && wanted("startup") {
+    if (suts.iter().any(|s| s.is_sluice())) && wanted("startup") {
         for cold in [true, false, false, false] {
             let (dir, id) = next_run("startup");
             let ctx = RunContext {
@@ -296,7 +301,7 @@ fn warm_cache(paths: &Paths, broker_port: u16) -> Result<()> {
         broker_port,
         util::free_port()?,
         "sluice-bench-warm",
-        false,
+        None,
         &[
             sut::SluicePipeline::gateway(&gateway.path, "iiot", 1),
             sut::SluicePipeline::cayenne(&lpp.path),

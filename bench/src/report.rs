@@ -553,7 +553,7 @@ pub fn targets(results: &Results) -> Vec<Target> {
         verdict: "see there",
     });
     for (phase, qos) in [("search-qos1", 1), ("search-qos0", 0)] {
-        for sut in [Sut::Sluice, Sut::SluiceDurable] {
+        for sut in [Sut::Sluice, Sut::SluiceDurable, Sut::SluiceDurableInterval] {
             let s = search_summary(results, phase, sut).and_then(|s| s.sustained);
             let b = search_summary(results, phase, Sut::Bare).and_then(|s| s.sustained);
             let r = paired_ratio(results, phase, sut, Sut::Bare, metric::sustained);
@@ -610,7 +610,11 @@ pub fn targets(results: &Results) -> Vec<Target> {
         ),
         verdict: verdict(vs_nr.map(|r| r <= 0.2)),
     });
-    for (sut, limit) in [(Sut::Sluice, 1.5), (Sut::SluiceDurable, 5.0)] {
+    for (sut, limit) in [
+        (Sut::Sluice, 1.5),
+        (Sut::SluiceDurable, 5.0),
+        (Sut::SluiceDurableInterval, 5.0),
+    ] {
         let summary = rate_summary(results, "rate-1000", sut);
         let p99 = summary.as_ref().map(|s| median(s.p99_by_round.clone()));
         let bare_p99 =
