@@ -1,6 +1,7 @@
 //! The `sluice` binary: parses the command line, sets up logging and signals,
 //! and hands over to the library.
 
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match dispatch(cli.command) {
+    match dispatch(cli.command, cli.async_threads) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -20,10 +21,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command) -> anyhow::Result<u8> {
+fn dispatch(command: Command, async_threads: Option<NonZeroUsize>) -> anyhow::Result<u8> {
+    let runtime = || tokio_runtime(async_threads);
     match command {
         Command::Run { config } => {
-            tokio_runtime()?.block_on(async {
+            runtime()?.block_on(async {
                 let shutdown = shutdown_on_signal();
                 sluice::app::run_file(&config, shutdown).await
             })?;
@@ -31,18 +33,18 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
         }
         Command::CheckConfig { config } => Ok(sluice::check::check_config(&config)),
         Command::Demo(args) => {
-            tokio_runtime()?.block_on(async {
+            runtime()?.block_on(async {
                 let shutdown = shutdown_on_signal();
                 sluice::demo::run(args, shutdown).await
             })?;
             Ok(0)
         }
-        Command::Replay(args) => tokio_runtime()?.block_on(async {
+        Command::Replay(args) => runtime()?.block_on(async {
             let shutdown = shutdown_on_signal();
             sluice::replay::run(args, shutdown).await
         }),
         Command::Simulate(args) => {
-            tokio_runtime()?.block_on(async {
+            runtime()?.block_on(async {
                 let shutdown = shutdown_on_signal();
                 sluice::sim::simulate(args, shutdown).await
             })?;
@@ -56,8 +58,12 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
     }
 }
 
-fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+fn tokio_runtime(threads: Option<NonZeroUsize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads.get());
+    }
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")

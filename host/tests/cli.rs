@@ -297,6 +297,47 @@ fn demo_runs_headless_and_accounts_for_every_frame() {
     assert!(lines.starts_with("environment,node=node1 "), "{lines}");
 }
 
+/// `--async-threads` (`SLUICE_ASYNC_THREADS`) sizes the async runtime: the
+/// demo runs, and accounts for every frame, on a single worker thread; a
+/// count of 0 is refused before anything starts.
+#[test]
+fn async_threads_one_runs_the_demo_and_zero_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = sluice()
+        .args([
+            "--async-threads",
+            "1",
+            "demo",
+            "--frames",
+            "5",
+            "--rate",
+            "50",
+            "--json",
+        ])
+        .args(["--mqtt-port", "0", "--admin-port", "0", "--points"])
+        .arg(tmp.path().join("points.lp"))
+        .arg("--module")
+        .arg(json_telemetry_module())
+        .output()
+        .expect("run sluice demo");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 75, "{stdout}");
+    assert!(
+        stderr.contains("55 messages published (55 confirmed by the broker)"),
+        "{stderr}"
+    );
+
+    let out = sluice()
+        .env("SLUICE_ASYNC_THREADS", "0")
+        .args(["demo", "--frames", "1"])
+        .output()
+        .expect("run sluice");
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--async-threads"), "{stderr}");
+}
+
 /// The demo's embedded broker is a real MQTT broker: an independent client
 /// (mosquitto_sub, MQTT 3.1.1) receives the telemetry on `iiot/#`, and the
 /// metrics URL the demo prints serves the host's counters.

@@ -15,6 +15,12 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Worker threads of the async runtime (serial ports, sinks, admin API;
+    /// transforms and outbox writers have threads of their own). Default:
+    /// one per core. On a small box 1 costs less CPU per frame (fewer
+    /// cross-thread wake-ups; see BENCHMARKS.md).
+    #[arg(long, global = true, env = "SLUICE_ASYNC_THREADS")]
+    pub async_threads: Option<std::num::NonZeroUsize>,
     /// Subcommand.
     #[command(subcommand)]
     pub command: Command,
