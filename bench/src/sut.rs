@@ -626,5 +626,30 @@ mod tests {
             pipelines[1]["transform"]["module"].as_str(),
             Some("/x/wasm/cayenne_lpp.wasm")
         );
+        assert!(value["mqtt"].get("outbox").is_none(), "{text}");
+
+        // The durable variants: the outbox on, with their fsync policy.
+        for (sut, fsync) in [
+            (Sut::SluiceDurable, "always"),
+            (Sut::SluiceDurableInterval, "interval"),
+        ] {
+            let text = sluice_config(
+                &paths,
+                Path::new("/tmp/w/data"),
+                1883,
+                9999,
+                "sluice-bench-1",
+                sut.outbox_fsync(),
+                &[SluicePipeline::gateway(Path::new("/dev/pts/3"), "iiot", 1)],
+            );
+            let value: toml::Value = toml::from_str(&text).unwrap();
+            assert_eq!(value["mqtt"]["durable"].as_bool(), Some(true), "{text}");
+            assert_eq!(
+                value["mqtt"]["outbox"]["fsync"].as_str(),
+                Some(fsync),
+                "{text}"
+            );
+            assert_eq!(value["admin"]["listen"].as_str(), Some("127.0.0.1:9999"));
+        }
     }
 }
