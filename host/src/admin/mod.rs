@@ -703,16 +703,19 @@ mod tests {
             ])
         );
 
-        // The sink confirms two items: back under the limit.
+        // The sink confirms two items: back under the limit. The writer
+        // thread may apply the two acks in separate batches (ready again
+        // after the first, at 5,000 bytes), so wait for both.
         for item in queue.read_after(None, 2).expect("read") {
             queue.ack(item.seq);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !readiness(&state).0 {
+        while readiness(&state).1["mqtt"]["outbox"]["depth_bytes"] != 4_000 {
             assert!(Instant::now() < deadline, "{}", readiness(&state).1);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(readiness(&state).1["mqtt"]["outbox"]["depth_bytes"], 4_000);
+        let (is_ready, body) = readiness(&state);
+        assert!(is_ready, "{body}");
 
         queue.close().await;
         drop(queue);
