@@ -229,7 +229,7 @@ fn run_all(args: RunArgs) -> Result<()> {
 
     // sluice start-up and memory with three transforms: once compiling
     // (an empty cache of its own), three times from the .cwasm cache.
-    if (suts.iter().any(|s| s.is_sluice())) && wanted("startup") {
+    if suts.iter().any(|s| s.is_sluice()) && wanted("startup") {
         for cold in [true, false, false, false] {
             let (dir, id) = next_run("startup");
             let ctx = RunContext {

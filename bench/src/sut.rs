@@ -96,7 +96,10 @@ impl Sut {
 
     /// Whether it is one of the sluice variants.
     pub fn is_sluice(self) -> bool {
-        self.outbox_fsync().is_some() || self == Sut::Sluice
+        matches!(
+            self,
+            Sut::Sluice | Sut::SluiceDurable | Sut::SluiceDurableInterval
+        )
     }
 
     /// The durable outbox's `fsync` policy, for the variants that have one.
@@ -594,12 +597,18 @@ mod tests {
             node_bin: "node".into(),
             work_dir: "/tmp/w".into(),
         };
-        let text = sluice_config(
-            &paths,
-            Path::new("/tmp/w/data"),
-            1883,
-            9999,
-            "sluice-bench-1",
+        let config = |fsync, pipelines: &[SluicePipeline]| {
+            sluice_config(
+                &paths,
+                Path::new("/tmp/w/data"),
+                1883,
+                9999,
+                "sluice-bench-1",
+                fsync,
+                pipelines,
+            )
+        };
+        let text = config(
             None,
             &[
                 SluicePipeline::gateway(Path::new("/dev/pts/3"), "iiot", 1),
@@ -633,12 +642,7 @@ mod tests {
             (Sut::SluiceDurable, "always"),
             (Sut::SluiceDurableInterval, "interval"),
         ] {
-            let text = sluice_config(
-                &paths,
-                Path::new("/tmp/w/data"),
-                1883,
-                9999,
-                "sluice-bench-1",
+            let text = config(
                 sut.outbox_fsync(),
                 &[SluicePipeline::gateway(Path::new("/dev/pts/3"), "iiot", 1)],
             );

@@ -254,6 +254,20 @@ fn check_config_accepts_the_examples_and_explains_broken_ones() {
     }
 }
 
+/// `sluice [global_args] demo` for 5 frames at 50/s, JSON lines on stdout,
+/// ephemeral ports, points into `points`, the freshly built json-telemetry.
+fn headless_demo(global_args: &[&str], points: &Path) -> Output {
+    sluice()
+        .args(global_args)
+        .args(["demo", "--frames", "5", "--rate", "50", "--json"])
+        .args(["--mqtt-port", "0", "--admin-port", "0", "--points"])
+        .arg(points)
+        .arg("--module")
+        .arg(json_telemetry_module())
+        .output()
+        .expect("run sluice demo")
+}
+
 /// The README's main command, headless: the simulated node's frames go
 /// through the real transform and come out as JSON lines (`--json`); nothing
 /// is lost. Ephemeral ports, so it never collides with a broker on 1883.
@@ -261,14 +275,7 @@ fn check_config_accepts_the_examples_and_explains_broken_ones() {
 fn demo_runs_headless_and_accounts_for_every_frame() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let points_path = tmp.path().join("points.lp");
-    let out = sluice()
-        .args(["demo", "--frames", "5", "--rate", "50", "--json"])
-        .args(["--mqtt-port", "0", "--admin-port", "0", "--points"])
-        .arg(&points_path)
-        .arg("--module")
-        .arg(json_telemetry_module())
-        .output()
-        .expect("run sluice demo");
+    let out = headless_demo(&[], &points_path);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let lines: Vec<serde_json::Value> = stdout
@@ -303,23 +310,7 @@ fn demo_runs_headless_and_accounts_for_every_frame() {
 #[test]
 fn async_threads_one_runs_the_demo_and_zero_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let out = sluice()
-        .args([
-            "--async-threads",
-            "1",
-            "demo",
-            "--frames",
-            "5",
-            "--rate",
-            "50",
-            "--json",
-        ])
-        .args(["--mqtt-port", "0", "--admin-port", "0", "--points"])
-        .arg(tmp.path().join("points.lp"))
-        .arg("--module")
-        .arg(json_telemetry_module())
-        .output()
-        .expect("run sluice demo");
+    let out = headless_demo(&["--async-threads", "1"], &tmp.path().join("points.lp"));
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout.lines().count(), 75, "{stdout}");
