@@ -31,7 +31,13 @@ fn main() {
         ),
         (
             root.join("tests/guests/Cargo.toml"),
-            &["misbehave", "tagger_a", "tagger_b", "tagger_flaky"][..],
+            &[
+                "misbehave",
+                "tagger_a",
+                "tagger_b",
+                "tagger_flaky",
+                "legacy_v0_1",
+            ][..],
         ),
     ];
     for (manifest, components) in builds {

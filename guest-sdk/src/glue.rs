@@ -5,14 +5,14 @@
 //! static functions. [`Adapter`] is that type, generic over a [`Slot`]: the
 //! per-component storage for the transform instance that `export!` declares
 //! in the author's crate (a static cannot be generic, so it has to live
-//! there). Conversions between the bindings' types and the SDK's move every
-//! string and vector; nothing is copied.
+//! there). Frames and commands move from the bindings' types into the SDK's
+//! without a copy; each frame's output goes back as one `packed-output`
+//! buffer (see [`crate::packed`]).
 
 use std::marker::PhantomData;
 
 use crate::__bindings::exports::sluice::transform::transform as wit;
-use crate::__bindings::sluice::transform::types as wit_types;
-use crate::{Command, Config, Error, FieldValue, Frame, Message, Output, Point, Qos, Transform};
+use crate::{Command, Config, Error, Frame, Output, Transform};
 
 /// Storage for the one transform instance of a component.
 pub trait Slot: 'static {
@@ -38,24 +38,28 @@ impl<S: Slot> wit::Guest for Adapter<S> {
         Ok(())
     }
 
-    fn process(frame: wit::Frame) -> Result<wit::Output, wit::Error> {
+    fn process(frame: wit::Frame) -> Result<wit::PackedOutput, wit::Error> {
         let frame = frame_from_wit(frame);
         S::with(|slot| match slot {
             Some(transform) => crate::process(transform, &frame),
             None => Err(not_initialised()),
         })
-        .map(output_to_wit)
+        .and_then(|output| pack(&output))
         .map_err(error_to_wit)
     }
 
-    fn process_batch(frames: Vec<wit::Frame>) -> Vec<Result<wit::Output, wit::Error>> {
+    fn process_batch(frames: Vec<wit::Frame>) -> Vec<Result<wit::PackedOutput, wit::Error>> {
         let frames: Vec<Frame> = frames.into_iter().map(frame_from_wit).collect();
         S::with(|slot| match slot {
             Some(transform) => crate::process_batch(transform, &frames),
             None => frames.iter().map(|_| Err(not_initialised())).collect(),
         })
         .into_iter()
-        .map(|result| result.map(output_to_wit).map_err(error_to_wit))
+        .map(|result| {
+            result
+                .and_then(|output| pack(&output))
+                .map_err(error_to_wit)
+        })
         .collect()
     }
 
@@ -85,49 +89,6 @@ fn error_to_wit(error: Error) -> wit::Error {
     }
 }
 
-fn output_to_wit(output: Output) -> wit::Output {
-    let (messages, points) = output.into_parts();
-    wit::Output {
-        messages: messages.into_iter().map(message_to_wit).collect(),
-        points: points.into_iter().map(point_to_wit).collect(),
-    }
-}
-
-fn message_to_wit(m: Message) -> wit_types::Message {
-    wit_types::Message {
-        topic: m.topic,
-        payload: m.payload,
-        qos: match m.qos {
-            Qos::AtMostOnce => wit_types::Qos::AtMostOnce,
-            Qos::AtLeastOnce => wit_types::Qos::AtLeastOnce,
-            Qos::ExactlyOnce => wit_types::Qos::ExactlyOnce,
-        },
-        retain: m.retain,
-    }
-}
-
-fn point_to_wit(p: Point) -> wit_types::Point {
-    wit_types::Point {
-        measurement: p.measurement,
-        tags: p
-            .tags
-            .into_iter()
-            .map(|(key, value)| wit_types::Tag { key, value })
-            .collect(),
-        fields: p
-            .fields
-            .into_iter()
-            .map(|(key, value)| wit_types::Field {
-                key,
-                value: match value {
-                    FieldValue::Float(v) => wit_types::FieldValue::Float(v),
-                    FieldValue::Int(v) => wit_types::FieldValue::Int(v),
-                    FieldValue::Uint(v) => wit_types::FieldValue::Uint(v),
-                    FieldValue::Boolean(v) => wit_types::FieldValue::Boolean(v),
-                    FieldValue::Text(v) => wit_types::FieldValue::Text(v),
-                },
-            })
-            .collect(),
-        timestamp_ns: p.timestamp_ns,
-    }
+fn pack(output: &Output) -> Result<Vec<u8>, Error> {
+    crate::packed::encode(output.messages(), output.points())
 }

@@ -73,8 +73,25 @@ fn main() {
     assert_eq!(native_out.messages().len(), wasm_out.messages.len());
     assert_eq!(native_out.points().len(), wasm_out.points.len());
 
+    // The two halves of 0.2.0's packed output, run natively: what the SDK
+    // adds in the guest (encode) and what the host does after the call
+    // (decode into its own types).
+    let packed = sluice_sdk::__private::encode_output(&native_out).expect("encode");
     let (mut native_ns, mut wasm_ns, mut batch_ns) = (vec![], vec![], vec![]);
+    let (mut encode_ns, mut decode_ns) = (vec![], vec![]);
     for _ in 0..ROUNDS {
+        let t = Instant::now();
+        for _ in 0..FRAMES_PER_ROUND {
+            black_box(sluice_sdk::__private::encode_output(black_box(&native_out)).expect("ok"));
+        }
+        encode_ns.push(t.elapsed().as_nanos() as f64 / FRAMES_PER_ROUND as f64);
+
+        let t = Instant::now();
+        for _ in 0..FRAMES_PER_ROUND {
+            black_box(sluice::runtime::packed::decode(black_box(&packed)).expect("ok"));
+        }
+        decode_ns.push(t.elapsed().as_nanos() as f64 / FRAMES_PER_ROUND as f64);
+
         let t = Instant::now();
         for _ in 0..FRAMES_PER_ROUND {
             black_box(sluice_sdk::process(&mut native, black_box(&sdk_frame)).expect("ok"));
@@ -95,6 +112,7 @@ fn main() {
         batch_ns.push(t.elapsed().as_nanos() as f64 / (FRAMES_PER_ROUND / BATCH * BATCH) as f64);
     }
     let (n, w, b) = (median(native_ns), median(wasm_ns), median(batch_ns));
+    let (enc, dec) = (median(encode_ns), median(decode_ns));
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "json-telemetry decode of the sample frame (11 messages + 4 points), median of {ROUNDS} rounds × {FRAMES_PER_ROUND} frames"
@@ -106,6 +124,14 @@ fn main() {
     println!(
         "| wasm, process-batch ({BATCH}) | {b:8.0} | {:15.2} |",
         b / n
+    );
+    println!(
+        "| native: SDK packs output  | {enc:8.0} | {:15.2} |",
+        enc / n
+    );
+    println!(
+        "| native: host unpacks it   | {dec:8.0} | {:15.2} |",
+        dec / n
     );
     println!();
     println!("| one-off                               | ms      |");

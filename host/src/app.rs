@@ -166,7 +166,8 @@ pub fn start_pipelines_from(
             .instantiate(&pipeline.name, &pipeline.transform.init_pairs(), limits)
             .with_context(|| format!("pipeline {:?}: transform rejected", pipeline.name))?;
         tracing::info!(pipeline = %pipeline.name, module = %pipeline.transform.module.display(),
-            hash = &module.hash()[..12], cache = ?module.cache_outcome(), "transform loaded");
+            hash = &module.hash()[..12], contract = module.contract(),
+            cache = ?module.cache_outcome(), "transform loaded");
         transforms.push(TransformInfo {
             pipeline: pipeline.name.clone(),
             module: pipeline.transform.module.clone(),

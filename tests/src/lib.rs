@@ -30,6 +30,9 @@ pub mod wasm {
     pub const TAGGER_B: &str = env!("SLUICE_WASM_TAGGER_B");
     /// tests/guests/tagger-flaky: tags `tag/flaky`, traps on odd numbers.
     pub const TAGGER_FLAKY: &str = env!("SLUICE_WASM_TAGGER_FLAKY");
+    /// tests/guests/legacy-v0-1: the old contract, `sluice:transform@0.1.0`,
+    /// built without the SDK.
+    pub const LEGACY_V0_1: &str = env!("SLUICE_WASM_LEGACY_V0_1");
 }
 
 /// The repository root.

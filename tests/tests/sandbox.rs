@@ -132,6 +132,79 @@ fn init_errors_and_broken_modules_are_refused_with_a_reason() {
     ));
 }
 
+/// A module of the old contract (0.1.0, output as WIT records) loads beside
+/// the SDK's 0.2.0 modules (output as one packed buffer), and every entry
+/// point gives the same host-side result either way.
+#[test]
+fn modules_of_both_contract_versions_load_and_run() {
+    use sluice::model::{FieldValue, Point};
+
+    let runtime = runtime();
+    let legacy = runtime
+        .load_file(wasm::LEGACY_V0_1.as_ref())
+        .expect("a 0.1.0 module loads");
+    assert_eq!(legacy.contract(), "sluice:transform@0.1.0");
+    let current = runtime
+        .load_file(wasm::MISBEHAVE.as_ref())
+        .expect("an SDK module loads");
+    assert_eq!(current.contract(), "sluice:transform@0.2.0");
+
+    let mut legacy = legacy.instantiate("legacy", &[], LIMITS).expect("init");
+    let output = legacy.process(frame("héllo")).expect("decodes");
+    assert_eq!(output.messages.len(), 1);
+    let message = &output.messages[0];
+    assert_eq!(
+        (message.topic.as_str(), message.payload.as_slice()),
+        ("legacy/test", "héllo".as_bytes())
+    );
+    assert_eq!((message.qos, message.retain), (Qos::AtLeastOnce, true));
+    assert_eq!(
+        output.points,
+        [Point {
+            measurement: "legacy".into(),
+            tags: vec![("source".into(), "test".into())],
+            fields: vec![
+                ("len".into(), FieldValue::UInt(6)),
+                ("neg".into(), FieldValue::Int(-6)),
+                ("half".into(), FieldValue::Float(3.0)),
+                ("even".into(), FieldValue::Bool(true)),
+                ("text".into(), FieldValue::Text("héllo".into())),
+            ],
+            timestamp_ns: Some(1_700_000_000_000_000_000),
+        }]
+    );
+
+    let rejected = legacy.process(frame("fail")).expect_err("refused");
+    assert_eq!(rejected.error.reason(), "decode_malformed");
+    assert_eq!(rejected.frame.data, b"fail", "the frame is handed back");
+
+    let results = legacy
+        .process_batch(vec![frame("a"), frame("fail"), frame("bc")])
+        .expect("no trap");
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0].as_ref().expect("ok").messages[0].payload, b"a");
+    assert!(results[1].is_err());
+    assert_eq!(results[2].as_ref().expect("ok").messages[0].payload, b"bc");
+
+    assert_eq!(
+        legacy.encode_command("cmd/x", b"1").expect("encodes"),
+        b"cmd/x=1"
+    );
+}
+
+#[test]
+fn a_module_of_no_supported_contract_names_the_versions() {
+    // The smallest valid component, `(component)`: it exports nothing.
+    let err = runtime()
+        .load_bytes(b"\0asm\x0d\0\x01\0")
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("sluice:transform@0.2.0") && err.contains("sluice:transform@0.1.0"),
+        "{err}"
+    );
+}
+
 #[test]
 fn downlink_encode_goes_through_the_sandbox() {
     let runtime = runtime();

@@ -32,8 +32,14 @@
 //!
 //! Calls are synchronous: pipelines run transforms on their own OS threads
 //! (see [`crate::pipeline`]), so a slow guest never blocks the async runtime.
+//!
+//! Two versions of the contract load side by side ([`SUPPORTED_WIT_VERSIONS`]):
+//! `sluice:transform@0.2.0`, which the SDK builds, returns each frame's
+//! output as one postcard buffer ([`packed`]); `0.1.0` returns it as WIT
+//! records. A module is bound to the newest version it exports.
 
 mod cache;
+pub mod packed;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -49,18 +55,26 @@ pub use cache::{CacheOutcome, ModuleCache, module_hash};
 
 use crate::model::{self, Frame, TransformOutput};
 
-mod bindings {
+/// Bindings of `sluice:transform@0.1.0`: output as WIT records.
+mod v0_1 {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../wit/v0.1.0",
         world: "sluice:transform/transform-module",
     });
+    pub use self::sluice::transform::{log, types as wit};
 }
 
-use bindings::TransformModulePre;
-use bindings::sluice::transform::{log as guest_log, types as wit};
+/// Bindings of `sluice:transform@0.2.0`: output as one packed buffer.
+mod v0_2 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.2.0",
+        world: "sluice:transform/transform-module",
+    });
+    pub use self::sluice::transform::{log, types as wit};
+}
 
-/// The WIT versions this host can load.
-pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["sluice:transform@0.1.0"];
+/// The WIT versions this host can load, newest first.
+pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["sluice:transform@0.2.0", "sluice:transform@0.1.0"];
 
 /// How often the epoch ticker advances; deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -168,17 +182,24 @@ impl std::fmt::Display for GuestErrorKind {
     }
 }
 
-impl From<wit::Error> for GuestError {
-    fn from(e: wit::Error) -> Self {
-        let (kind, message) = match e {
-            wit::Error::Malformed(m) => (GuestErrorKind::Malformed, m),
-            wit::Error::Unsupported(m) => (GuestErrorKind::Unsupported, m),
-            wit::Error::InvalidConfig(m) => (GuestErrorKind::InvalidConfig, m),
-            wit::Error::Internal(m) => (GuestErrorKind::Internal, m),
-        };
-        GuestError { kind, message }
-    }
+/// The `error` variant is the same in every contract version.
+macro_rules! guest_error_from {
+    ($($wit:ident),*) => {$(
+        impl From<$wit::wit::Error> for GuestError {
+            fn from(e: $wit::wit::Error) -> Self {
+                use $wit::wit::Error as E;
+                let (kind, message) = match e {
+                    E::Malformed(m) => (GuestErrorKind::Malformed, m),
+                    E::Unsupported(m) => (GuestErrorKind::Unsupported, m),
+                    E::InvalidConfig(m) => (GuestErrorKind::InvalidConfig, m),
+                    E::Internal(m) => (GuestErrorKind::Internal, m),
+                };
+                GuestError { kind, message }
+            }
+        }
+    )*};
 }
+guest_error_from!(v0_1, v0_2);
 
 /// Why a call trapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -406,8 +427,31 @@ struct GuestLog {
     limiter: crate::ratelimit::RateLimiter,
 }
 
-impl guest_log::Host for GuestState {
-    fn log(&mut self, level: guest_log::Level, mut message: String) {
+/// The `log` interface is the same in every contract version.
+macro_rules! guest_log_host {
+    ($($wit:ident),*) => {$(
+        impl $wit::log::Host for GuestState {
+            fn log(&mut self, level: $wit::log::Level, message: String) {
+                use $wit::log::Level as L;
+                let level = match level {
+                    L::Trace => tracing::Level::TRACE,
+                    L::Debug => tracing::Level::DEBUG,
+                    L::Info => tracing::Level::INFO,
+                    L::Warn => tracing::Level::WARN,
+                    L::Error => tracing::Level::ERROR,
+                };
+                self.guest_log(level, message);
+            }
+        }
+
+        impl $wit::wit::Host for GuestState {}
+    )*};
+}
+guest_log_host!(v0_1, v0_2);
+
+impl GuestState {
+    /// A line from the guest's `log` import: truncated, rate-limited.
+    fn guest_log(&mut self, level: tracing::Level, mut message: String) {
         const MAX_LEN: usize = 1024;
         if !self.log.limiter.allow() {
             return;
@@ -422,26 +466,24 @@ impl guest_log::Host for GuestState {
         }
         let transform = &*self.log.transform;
         match level {
-            guest_log::Level::Trace => {
+            tracing::Level::TRACE => {
                 tracing::trace!(target: "sluice::guest", transform, "{message}")
             }
-            guest_log::Level::Debug => {
+            tracing::Level::DEBUG => {
                 tracing::debug!(target: "sluice::guest", transform, "{message}")
             }
-            guest_log::Level::Info => {
+            tracing::Level::INFO => {
                 tracing::info!(target: "sluice::guest", transform, "{message}")
             }
-            guest_log::Level::Warn => {
+            tracing::Level::WARN => {
                 tracing::warn!(target: "sluice::guest", transform, "{message}")
             }
-            guest_log::Level::Error => {
+            tracing::Level::ERROR => {
                 tracing::error!(target: "sluice::guest", transform, "{message}")
             }
         }
     }
 }
-
-impl wit::Host for GuestState {}
 
 /// The engine, linker and epoch ticker shared by all transforms of a host.
 #[derive(Clone)]
@@ -479,7 +521,8 @@ impl Runtime {
         // WASI is linked so that Rust std guests instantiate, but the context
         // built in `new_store` grants nothing: no preopens, env, args, sockets.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::TransformModule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        v0_1::TransformModule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        v0_2::TransformModule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
@@ -532,8 +575,14 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Contract("unsatisfied imports", e))?;
-        let pre = TransformModulePre::new(instance_pre)
-            .map_err(|e| LoadError::Contract("missing exports", e))?;
+        // Bound to the newest contract it exports.
+        let pre = match v0_2::TransformModulePre::new(instance_pre.clone()) {
+            Ok(pre) => Pre::V0_2(pre),
+            Err(newest) => match v0_1::TransformModulePre::new(instance_pre) {
+                Ok(pre) => Pre::V0_1(pre),
+                Err(_) => return Err(LoadError::Contract("missing exports", newest)),
+            },
+        };
         Ok(Module {
             pre,
             hash: module_hash(wasm).into(),
@@ -570,7 +619,7 @@ impl Runtime {
 /// A compiled component that passed the contract check, ready to instantiate.
 #[derive(Clone)]
 pub struct Module {
-    pre: TransformModulePre<GuestState>,
+    pre: Pre,
     hash: Arc<str>,
     cache: CacheOutcome,
     runtime: Runtime,
@@ -585,7 +634,29 @@ impl std::fmt::Debug for Module {
     }
 }
 
+/// A module's pre-instantiated bindings, by contract version.
+#[derive(Clone)]
+enum Pre {
+    V0_1(v0_1::TransformModulePre<GuestState>),
+    V0_2(v0_2::TransformModulePre<GuestState>),
+}
+
+/// A live instance's bindings, by contract version.
+enum Bindings {
+    V0_1(v0_1::TransformModule),
+    V0_2(v0_2::TransformModule),
+}
+
 impl Module {
+    /// The contract version the module implements, e.g.
+    /// `sluice:transform@0.2.0` (one of [`SUPPORTED_WIT_VERSIONS`]).
+    pub fn contract(&self) -> &'static str {
+        match self.pre {
+            Pre::V0_1(_) => "sluice:transform@0.1.0",
+            Pre::V0_2(_) => "sluice:transform@0.2.0",
+        }
+    }
+
     /// SHA-256 of the module bytes.
     pub fn hash(&self) -> &str {
         &self.hash
@@ -622,17 +693,25 @@ impl Module {
     ) -> Result<Live, LoadError> {
         let mut store = self.runtime.new_store(name, limits);
         set_deadline(&mut store, limits);
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(LoadError::Instantiate)?;
+        let bindings = match &self.pre {
+            Pre::V0_1(pre) => pre.instantiate(&mut store).map(Bindings::V0_1),
+            Pre::V0_2(pre) => pre.instantiate(&mut store).map(Bindings::V0_2),
+        }
+        .map_err(LoadError::Instantiate)?;
         set_deadline(&mut store, limits);
-        match bindings
-            .sluice_transform_transform()
-            .call_init(&mut store, config)
-        {
+        let init = match &bindings {
+            Bindings::V0_1(b) => b
+                .sluice_transform_transform()
+                .call_init(&mut store, config)
+                .map(|r| r.map_err(GuestError::from)),
+            Bindings::V0_2(b) => b
+                .sluice_transform_transform()
+                .call_init(&mut store, config)
+                .map(|r| r.map_err(GuestError::from)),
+        };
+        match init {
             Ok(Ok(())) => Ok(Live { store, bindings }),
-            Ok(Err(e)) => Err(LoadError::Init(e.into())),
+            Ok(Err(e)) => Err(LoadError::Init(e)),
             Err(trap) => {
                 let kind = classify_trap(&trap, &store);
                 Err(LoadError::InitTrap {
@@ -647,7 +726,7 @@ impl Module {
 /// A live instance with its store.
 struct Live {
     store: Store<GuestState>,
-    bindings: bindings::TransformModule,
+    bindings: Bindings,
 }
 
 /// One transform instance, reused across calls and rebuilt after a trap.
@@ -674,24 +753,30 @@ impl TransformInstance {
             Ok(live) => live,
             Err(error) => return Err(Rejected { error, frame }),
         };
-        let Frame {
-            source,
-            received_at_ns,
-            data,
-        } = frame;
-        let input = wit::Frame {
-            source: source.to_string(),
-            received_at_ns,
-            data,
-        };
+        let (source, received_at_ns) = (frame.source.clone(), frame.received_at_ns);
         set_deadline(&mut live.store, &limits);
-        let result = live
-            .bindings
-            .sluice_transform_transform()
-            .call_process(&mut live.store, &input);
+        // Each arm hands the frame's bytes back with the result.
+        let (result, data) = match &live.bindings {
+            Bindings::V0_1(b) => {
+                let input = wit_frame!(v0_1, frame);
+                let result = b
+                    .sluice_transform_transform()
+                    .call_process(&mut live.store, &input)
+                    .map(from_v0_1);
+                (result, input.data)
+            }
+            Bindings::V0_2(b) => {
+                let input = wit_frame!(v0_2, frame);
+                let result = b
+                    .sluice_transform_transform()
+                    .call_process(&mut live.store, &input)
+                    .map(from_v0_2);
+                (result, input.data)
+            }
+        };
         let error = match result {
-            Ok(Ok(output)) => return Ok(convert_output(output)),
-            Ok(Err(e)) => ProcessError::Guest(e.into()),
+            Ok(Ok(output)) => return Ok(output),
+            Ok(Err(error)) => error,
             Err(trap) => self.poison(&trap),
         };
         Err(Rejected {
@@ -699,7 +784,7 @@ impl TransformInstance {
             frame: Frame {
                 source,
                 received_at_ns,
-                data: input.data,
+                data,
             },
         })
     }
@@ -712,27 +797,23 @@ impl TransformInstance {
         let limits = self.limits;
         let live = self.live()?;
         let count = frames.len();
-        let input: Vec<wit::Frame> = frames
-            .into_iter()
-            .map(|f| wit::Frame {
-                source: f.source.to_string(),
-                received_at_ns: f.received_at_ns,
-                data: f.data,
-            })
-            .collect();
         set_deadline(&mut live.store, &limits);
-        let result = live
-            .bindings
-            .sluice_transform_transform()
-            .call_process_batch(&mut live.store, &input);
+        let result = match &live.bindings {
+            Bindings::V0_1(b) => {
+                let input: Vec<_> = frames.into_iter().map(|f| wit_frame!(v0_1, f)).collect();
+                b.sluice_transform_transform()
+                    .call_process_batch(&mut live.store, &input)
+                    .map(|results| results.into_iter().map(from_v0_1).collect::<Vec<_>>())
+            }
+            Bindings::V0_2(b) => {
+                let input: Vec<_> = frames.into_iter().map(|f| wit_frame!(v0_2, f)).collect();
+                b.sluice_transform_transform()
+                    .call_process_batch(&mut live.store, &input)
+                    .map(|results| results.into_iter().map(from_v0_2).collect::<Vec<_>>())
+            }
+        };
         match result {
-            Ok(results) if results.len() == count => Ok(results
-                .into_iter()
-                .map(|r| match r {
-                    Ok(output) => Ok(convert_output(output)),
-                    Err(e) => Err(ProcessError::Guest(e.into())),
-                })
-                .collect()),
+            Ok(results) if results.len() == count => Ok(results),
             Ok(results) => Err(ProcessError::Contract(format!(
                 "process-batch returned {} results for {count} frames",
                 results.len()
@@ -745,18 +826,29 @@ impl TransformInstance {
     pub fn encode_command(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<u8>, ProcessError> {
         let limits = self.limits;
         let live = self.live()?;
-        let command = wit::Command {
-            topic: topic.to_owned(),
-            payload: payload.to_vec(),
-        };
         set_deadline(&mut live.store, &limits);
-        let result = live
-            .bindings
-            .sluice_transform_transform()
-            .call_encode_command(&mut live.store, &command);
+        let result = match &live.bindings {
+            Bindings::V0_1(b) => {
+                let command = v0_1::wit::Command {
+                    topic: topic.to_owned(),
+                    payload: payload.to_vec(),
+                };
+                b.sluice_transform_transform()
+                    .call_encode_command(&mut live.store, &command)
+                    .map(|r| r.map_err(guest_error))
+            }
+            Bindings::V0_2(b) => {
+                let command = v0_2::wit::Command {
+                    topic: topic.to_owned(),
+                    payload: payload.to_vec(),
+                };
+                b.sluice_transform_transform()
+                    .call_encode_command(&mut live.store, &command)
+                    .map(|r| r.map_err(guest_error))
+            }
+        };
         match result {
-            Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(e)) => Err(ProcessError::Guest(e.into())),
+            Ok(result) => result,
             Err(trap) => Err(self.poison(&trap)),
         }
     }
@@ -830,7 +922,42 @@ fn trap_message(err: &wasmtime::Error) -> String {
     format!("{what}{frame}")
 }
 
-fn convert_output(output: wit::Output) -> TransformOutput {
+/// A host frame as the WIT `frame` record of contract module `$v` (the
+/// record is the same in every version); moves the bytes.
+macro_rules! wit_frame {
+    ($v:ident, $frame:expr) => {{
+        let frame: Frame = $frame;
+        $v::wit::Frame {
+            source: frame.source.to_string(),
+            received_at_ns: frame.received_at_ns,
+            data: frame.data,
+        }
+    }};
+}
+use wit_frame;
+
+/// A guest's typed error, of any contract version.
+fn guest_error(e: impl Into<GuestError>) -> ProcessError {
+    ProcessError::Guest(e.into())
+}
+
+/// A 0.1.0 `process` result in the host's terms.
+fn from_v0_1(
+    result: Result<v0_1::wit::Output, v0_1::wit::Error>,
+) -> Result<TransformOutput, ProcessError> {
+    result.map(convert_output).map_err(guest_error)
+}
+
+/// A 0.2.0 `process` result in the host's terms: a `packed-output` that
+/// does not decode breaks the contract.
+fn from_v0_2(result: Result<Vec<u8>, v0_2::wit::Error>) -> Result<TransformOutput, ProcessError> {
+    let packed = result.map_err(guest_error)?;
+    packed::decode(&packed).map_err(ProcessError::Contract)
+}
+
+/// Converts a 0.1.0 output (WIT records) into the host's model.
+fn convert_output(output: v0_1::wit::Output) -> TransformOutput {
+    use v0_1::wit;
     TransformOutput {
         messages: output
             .messages

@@ -1,0 +1,253 @@
+//! Reads the `packed-output` buffer of `sluice:transform@0.2.0`: one frame's
+//! messages and points, encoded with postcard in the layout the WIT file
+//! documents (`wit/v0.2.0/transform.wit`).
+//!
+//! The mirror types below are the wire layout and nothing else: field order
+//! and variant order are the format, so they never change; the host's
+//! [`model`] types are free to. The guest SDK writes the same layout in
+//! `guest-sdk/src/packed.rs`; the tests here decode the SDK's pinned sample
+//! (which its encoder must produce) and round-trip what the SDK encodes.
+//!
+//! A buffer is untrusted guest output: anything that does not decode to
+//! exactly one output (truncated, trailing bytes, a QoS above 2, invalid
+//! UTF-8) is a contract violation for the frame. What decodes is then
+//! checked like any 0.1.0 output ([`model::MqttMessage::validate`],
+//! [`model::Point::validate`]).
+
+use serde::Deserialize;
+
+use crate::model::{self, TransformOutput};
+
+/// Decodes one frame's output.
+pub fn decode(bytes: &[u8]) -> Result<TransformOutput, String> {
+    let (wire, rest): (WireOutput, _) =
+        postcard::take_from_bytes(bytes).map_err(|e| format!("packed output: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!(
+            "packed output: {} bytes after the end of the output",
+            rest.len()
+        ));
+    }
+    let messages = wire
+        .messages
+        .into_iter()
+        .map(|m| {
+            let qos = model::Qos::from_u8(m.qos)
+                .ok_or_else(|| format!("packed output: QoS {} on topic {:?}", m.qos, m.topic))?;
+            Ok(model::MqttMessage {
+                topic: m.topic,
+                payload: m.payload.into_vec(),
+                qos,
+                retain: m.retain,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let points = wire
+        .points
+        .into_iter()
+        .map(|p| model::Point {
+            measurement: p.measurement,
+            tags: p.tags,
+            fields: p
+                .fields
+                .into_iter()
+                .map(|(key, value)| (key, value.into()))
+                .collect(),
+            timestamp_ns: p.timestamp_ns,
+        })
+        .collect();
+    Ok(TransformOutput { messages, points })
+}
+
+#[derive(Deserialize)]
+struct WireOutput {
+    messages: Vec<WireMessage>,
+    points: Vec<WirePoint>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    topic: String,
+    payload: serde_bytes::ByteBuf,
+    qos: u8,
+    retain: bool,
+}
+
+#[derive(Deserialize)]
+struct WirePoint {
+    measurement: String,
+    tags: Vec<(String, String)>,
+    fields: Vec<(String, WireValue)>,
+    timestamp_ns: Option<i64>,
+}
+
+/// The variants' order is their number on the wire.
+#[derive(Deserialize)]
+enum WireValue {
+    Float(f64),
+    Int(i64),
+    Uint(u64),
+    Boolean(bool),
+    Text(String),
+}
+
+impl From<WireValue> for model::FieldValue {
+    fn from(value: WireValue) -> Self {
+        match value {
+            WireValue::Float(v) => model::FieldValue::Float(v),
+            WireValue::Int(v) => model::FieldValue::Int(v),
+            WireValue::Uint(v) => model::FieldValue::UInt(v),
+            WireValue::Boolean(v) => model::FieldValue::Bool(v),
+            WireValue::Text(v) => model::FieldValue::Text(v),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::model::{FieldValue, MqttMessage, Point, Qos};
+
+    /// The SDK's pinned sample (its encoder test checks it produces these
+    /// bytes): what every 0.2.0 module built so far sends.
+    const GOLDEN_HEX: &str = sluice_sdk::__private::PACKED_GOLDEN_HEX;
+
+    fn unhex(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn golden() -> TransformOutput {
+        TransformOutput {
+            messages: vec![
+                MqttMessage {
+                    topic: "a/b".into(),
+                    payload: b"27".to_vec(),
+                    qos: Qos::AtLeastOnce,
+                    retain: true,
+                },
+                MqttMessage {
+                    topic: "c".into(),
+                    payload: vec![0xff, 0x00, 0x01],
+                    qos: Qos::AtMostOnce,
+                    retain: false,
+                },
+            ],
+            points: vec![Point {
+                measurement: "env".into(),
+                tags: vec![("node".into(), "n1".into())],
+                fields: vec![
+                    ("t".into(), FieldValue::Float(27.6)),
+                    ("i".into(), FieldValue::Int(-39)),
+                    ("u".into(), FieldValue::UInt(65536)),
+                    ("o".into(), FieldValue::Bool(true)),
+                    ("s".into(), FieldValue::Text("é".into())),
+                ],
+                timestamp_ns: Some(1_000_000_000),
+            }],
+        }
+    }
+
+    #[test]
+    fn decodes_the_pinned_encoding() {
+        assert_eq!(decode(&unhex(GOLDEN_HEX)).unwrap(), golden());
+    }
+
+    #[test]
+    fn an_empty_output_is_two_zero_counts() {
+        assert_eq!(decode(&[0, 0]).unwrap(), TransformOutput::default());
+    }
+
+    #[test]
+    fn refuses_what_is_not_exactly_one_output() {
+        let golden = unhex(GOLDEN_HEX);
+        // Truncated anywhere.
+        for len in 0..golden.len() {
+            let err = decode(&golden[..len]).unwrap_err();
+            assert!(err.starts_with("packed output: "), "{len}: {err}");
+        }
+        // Something after the output.
+        let mut long = golden.clone();
+        long.push(0);
+        assert_eq!(
+            decode(&long).unwrap_err(),
+            "packed output: 1 bytes after the end of the output"
+        );
+    }
+
+    #[test]
+    fn refuses_a_qos_above_two_and_invalid_utf8() {
+        // One message on "t", payload "", QoS 3.
+        let err = decode(&[1, 1, b't', 0, 3, 0, 0]).unwrap_err();
+        assert_eq!(err, "packed output: QoS 3 on topic \"t\"");
+        // A topic that is not UTF-8.
+        let err = decode(&[1, 1, 0xff, 0, 0, 0, 0]).unwrap_err();
+        assert!(err.starts_with("packed output: "), "{err}");
+        // An unknown field-value variant.
+        let err = decode(&[0, 1, 1, b'm', 0, 1, 1, b'f', 9, 0]).unwrap_err();
+        assert!(err.starts_with("packed output: "), "{err}");
+    }
+
+    #[test]
+    fn a_huge_claimed_count_is_an_error_not_an_allocation() {
+        // "4 billion messages" in a 6-byte buffer.
+        let err = decode(&[0xff, 0xff, 0xff, 0xff, 0x0f, 0]).unwrap_err();
+        assert!(err.starts_with("packed output: "), "{err}");
+    }
+
+    #[test]
+    fn round_trips_what_the_sdk_encodes() {
+        use sluice_sdk::{Message, Output, Point as SdkPoint, Qos as SdkQos};
+        let mut out = Output::new();
+        out.publish(Message::new("plant/ünï/temp", "21.5").qos(SdkQos::ExactlyOnce));
+        out.publish(Message::new("bin", vec![0u8; 70_000]).retain(true));
+        out.point(
+            SdkPoint::new("m")
+                .tag("k", "v w")
+                .field("f", f64::MIN_POSITIVE)
+                .field("i", i64::MIN)
+                .field("u", u64::MAX)
+                .field("b", false)
+                .field("s", "line\nbreak")
+                .timestamp_ns(-1),
+        );
+        out.point(SdkPoint::new("empty"));
+        let bytes = sluice_sdk::__private::encode_output(&out).unwrap();
+        let decoded = decode(&bytes).unwrap();
+        assert_eq!(decoded.messages.len(), 2);
+        assert_eq!(decoded.messages[0].topic, "plant/ünï/temp");
+        assert_eq!(decoded.messages[0].payload, b"21.5");
+        assert_eq!(decoded.messages[0].qos, Qos::ExactlyOnce);
+        assert!(!decoded.messages[0].retain);
+        assert_eq!(decoded.messages[1].payload, vec![0u8; 70_000]);
+        assert_eq!(decoded.messages[1].qos, Qos::AtMostOnce);
+        assert!(decoded.messages[1].retain);
+        assert_eq!(
+            decoded.points,
+            [
+                Point {
+                    measurement: "m".into(),
+                    tags: vec![("k".into(), "v w".into())],
+                    fields: vec![
+                        ("f".into(), FieldValue::Float(f64::MIN_POSITIVE)),
+                        ("i".into(), FieldValue::Int(i64::MIN)),
+                        ("u".into(), FieldValue::UInt(u64::MAX)),
+                        ("b".into(), FieldValue::Bool(false)),
+                        ("s".into(), FieldValue::Text("line\nbreak".into())),
+                    ],
+                    timestamp_ns: Some(-1),
+                },
+                Point {
+                    measurement: "empty".into(),
+                    tags: vec![],
+                    fields: vec![],
+                    timestamp_ns: None,
+                },
+            ]
+        );
+    }
+}
