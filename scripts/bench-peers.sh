@@ -2,18 +2,21 @@
 # End to end against the tools users would pick instead (issue #9): sluice,
 # Node-RED 4, a Python paho-mqtt + pyserial gateway and a bare rumqttc
 # publisher, each reading the same pseudo-terminal (the bare publisher reads
-# nothing: it is the ceiling) and publishing to the same real mosquitto,
-# measured alternately in one run. One command, from a clean clone:
+# nothing: it is the ceiling) and publishing to the same real mosquitto (and,
+# in the InfluxDB phase, writing points to the same real influxd), measured
+# alternately in one run. One command, from a clean clone:
 #
 #   scripts/bench-peers.sh                 # ~8 minutes of benchmark
 #   scripts/bench-peers.sh --rounds 1      # half of that
 #   scripts/bench-peers.sh --only sluice,bare --phases rate-1000
 #
 # What it does:
-#   1. installs the system packages it needs (mosquitto, Node.js + npm,
-#      python3-venv) when they are missing (run as root, or have them);
-#   2. installs the peers into bench/peers (git-ignored): Node-RED and
-#      node-red-node-serialport from package-lock.json (npm ci; the serial
+#   1. installs the system packages it needs (mosquitto, influxdb 1.x,
+#      Node.js + npm, python3-venv) when they are missing (run as root, or
+#      have them);
+#   2. installs the peers into bench/peers (git-ignored): Node-RED,
+#      node-red-node-serialport and node-red-contrib-influxdb from
+#      package-lock.json (npm ci; the serial
 #      port's native binding ships prebuilt for linux-x64 inside the npm
 #      package), and a venv with paho-mqtt and pyserial (requirements.txt);
 #   3. builds sluice and sluice-bench in release and the transforms
@@ -29,6 +32,7 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 missing=()
 command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v influxd >/dev/null || missing+=(influxdb)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
@@ -43,7 +47,7 @@ if ((node_major < 18)); then
   exit 1
 fi
 
-echo "==> Node-RED 4 + node-red-node-serialport (bench/peers/node_modules)"
+echo "==> Node-RED 4 + node-red-node-serialport + node-red-contrib-influxdb (bench/peers/node_modules)"
 (
   cd bench/peers
   if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then

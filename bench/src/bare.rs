@@ -16,6 +16,11 @@
 //! which it writes the step's times as JSON ([`StepTimes`]) to
 //! `<times-dir>/step-<first_seq>.json` and prints `done <path>`. It exits at
 //! the end of stdin.
+//!
+//! With `--influx-port` it also writes each frame's four points, as the
+//! line protocol json-telemetry's points become (pre-formatted but for the
+//! `seq` field and the timestamp), in sluice's default batches: 5000 lines
+//! or 1 s after a batch's first line, one `POST /write` each.
 
 use std::io::{BufRead as _, Write as _};
 use std::path::PathBuf;
@@ -42,7 +47,27 @@ pub struct BareArgs {
     /// Where to write each step's times.
     #[arg(long)]
     pub times_dir: PathBuf,
+    /// Also write the points to InfluxDB 1.x on this port of 127.0.0.1.
+    #[arg(long, requires = "influx_db")]
+    pub influx_port: Option<u16>,
+    /// The database for `--influx-port`.
+    #[arg(long)]
+    pub influx_db: Option<String>,
 }
+
+/// Lines per InfluxDB write at most (sluice's `batch_lines` default).
+const INFLUX_BATCH_LINES: usize = 5000;
+/// A batch is written this long after its first line at the latest
+/// (sluice's `flush_interval_ms` default).
+const INFLUX_FLUSH: Duration = Duration::from_secs(1);
+
+/// A frame's points but for `seq` and the timestamp: (line up to the
+/// timestamp), in json-telemetry's order.
+const POINT_LINES: [&str; 3] = [
+    "environment,node=node1 temperature=27.6,humidity=54.1,battery=3.71",
+    "environment,node=node2 temperature=26,humidity=50.2,battery=3.65",
+    "signal rssi=-39i,snr=9.5",
+];
 
 /// What one step published, and when.
 #[derive(Debug, Serialize, Deserialize)]
@@ -93,6 +118,10 @@ async fn run(args: BareArgs, qos: QoS) -> Result<()> {
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_session(true);
     let (client, mut eventloop) = AsyncClient::new(options, 100);
+    let points = match (args.influx_port, &args.influx_db) {
+        (Some(port), Some(db)) => Some(spawn_influx_writer(port, db)),
+        _ => None,
+    };
     let (connected_tx, connected_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     tokio::spawn(async move {
         let mut connected = Some(connected_tx);
@@ -143,7 +172,16 @@ async fn run(args: BareArgs, qos: QoS) -> Result<()> {
             ),
             _ => bail!("unexpected command {line:?}"),
         };
-        let step = publish_step(&client, qos, first_seq, pace, frames, max_ms).await?;
+        let step = publish_step(
+            &client,
+            points.as_ref(),
+            qos,
+            first_seq,
+            pace,
+            frames,
+            max_ms,
+        )
+        .await?;
         let path = args.times_dir.join(format!("step-{first_seq}.json"));
         std::fs::write(&path, serde_json::to_vec(&step)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -153,6 +191,7 @@ async fn run(args: BareArgs, qos: QoS) -> Result<()> {
 
 async fn publish_step(
     client: &AsyncClient,
+    points: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
     qos: QoS,
     first_seq: u64,
     rate: Option<f64>,
@@ -191,8 +230,66 @@ async fn publish_step(
                 .await
                 .context("publish")?;
         }
+        if let Some(points) = points {
+            let ts = epoch_ns();
+            let mut lines = String::with_capacity(256);
+            for line in POINT_LINES {
+                lines.push_str(&format!("{line} {ts}\n"));
+            }
+            lines.push_str(&format!(
+                "gateway_stats rx=1201i,crc_err=3i,seq={seq}i {ts}\n"
+            ));
+            points
+                .send(lines)
+                .map_err(|_| anyhow!("the InfluxDB writer stopped"))?;
+        }
     }
     Ok(step)
+}
+
+/// Nanoseconds since the Unix epoch (the points' timestamps).
+fn epoch_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// The task that batches the frames' lines and writes them; frames are sent
+/// to it as one string of lines each.
+fn spawn_influx_writer(port: u16, db: &str) -> tokio::sync::mpsc::UnboundedSender<String> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let url = format!("http://127.0.0.1:{port}/write?db={db}&precision=ns");
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut batch = String::new();
+        let mut lines = 0usize;
+        loop {
+            // Wait for a batch's first frame, then fill it until it is full
+            // or INFLUX_FLUSH has passed.
+            let Some(first) = rx.recv().await else { break };
+            batch.push_str(&first);
+            lines += first.lines().count();
+            let deadline = tokio::time::Instant::now() + INFLUX_FLUSH;
+            while lines < INFLUX_BATCH_LINES {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(more)) => {
+                        batch.push_str(&more);
+                        lines += more.lines().count();
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let body = std::mem::take(&mut batch);
+            lines = 0;
+            match http.post(&url).body(body).send().await {
+                Ok(answer) if answer.status().is_success() => {}
+                Ok(answer) => eprintln!("bare publisher: InfluxDB answered {}", answer.status()),
+                Err(e) => eprintln!("bare publisher: InfluxDB write failed: {e}"),
+            }
+        }
+    });
+    tx
 }
 
 fn say(line: &str) -> Result<()> {

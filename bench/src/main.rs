@@ -6,7 +6,8 @@
 //! run that the bench writes numbered gateway telemetry lines into (the
 //! "serial port"); an independent rumqttc subscriber (`iiot/#`, QoS 1) that
 //! timestamps every message. Phases (fixed rates of 100, 1000 and 10,000
-//! frames/s; a zero-loss search at QoS 1 and QoS 0) each run every system
+//! frames/s; a zero-loss search at QoS 1 and QoS 0; 1000 frames/s writing
+//! the points to a real influxd as well) each run every system
 //! once per round, one after another, the order rotated per phase and round
 //! so no system always goes first. Every system is started fresh for each
 //! phase and stopped before the next starts, so only one system under test
@@ -19,6 +20,7 @@
 mod bare;
 mod broker;
 mod feed;
+mod influx;
 mod procfs;
 mod report;
 mod run;
@@ -70,7 +72,7 @@ struct RunArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Sut>,
     /// Only these phases (ids as in the report: startup, rate-100,
-    /// rate-1000, rate-10000, search-qos1, search-qos0).
+    /// rate-1000, rate-10000, search-qos1, search-qos0, influx-1000).
     #[arg(long, value_delimiter = ',')]
     phases: Vec<String>,
     /// Seconds per fixed-rate step, multiplied by this (0.5 = a quick look).
@@ -99,6 +101,8 @@ struct Phase {
     qos: u8,
     suts: Vec<Sut>,
     spec: StepSpec,
+    /// Also write every frame's points to InfluxDB.
+    influx: bool,
 }
 
 fn phases(scale: f64) -> Vec<Phase> {
@@ -117,24 +121,28 @@ fn phases(scale: f64) -> Vec<Phase> {
             qos: 1,
             suts: all.clone(),
             spec: rate(100.0, 3.0),
+            influx: false,
         },
         Phase {
             id: "rate-1000",
             qos: 1,
             suts: all.clone(),
             spec: rate(1000.0, 4.0),
+            influx: false,
         },
         Phase {
             id: "rate-10000",
             qos: 1,
             suts: all.clone(),
             spec: rate(10_000.0, 1.0),
+            influx: false,
         },
         Phase {
             id: "search-qos1",
             qos: 1,
             suts: all,
             spec: search,
+            influx: false,
         },
         Phase {
             id: "search-qos0",
@@ -146,6 +154,21 @@ fn phases(scale: f64) -> Vec<Phase> {
                 Sut::Bare,
             ],
             spec: search,
+            influx: false,
+        },
+        // The same gateway with InfluxDB as well: MQTT and points.
+        Phase {
+            id: "influx-1000",
+            qos: 1,
+            suts: vec![
+                Sut::Sluice,
+                Sut::SluiceDurable,
+                Sut::NodeRed,
+                Sut::Python,
+                Sut::Bare,
+            ],
+            spec: rate(1000.0, 4.0),
+            influx: true,
         },
     ]
 }
@@ -226,6 +249,17 @@ fn run_all(args: RunArgs) -> Result<()> {
     if suts.iter().any(|s| s.is_sluice()) {
         warm_cache(&paths, broker.port)?;
     }
+    let phases = phases(args.scale);
+    let influxd = if phases
+        .iter()
+        .any(|p| p.influx && wanted(p.id) && p.suts.iter().any(|s| suts.contains(s)))
+    {
+        let server = influx::Influxd::start(&work)?;
+        eprintln!("sluice-bench: influxd on 127.0.0.1:{}", server.port);
+        Some(server)
+    } else {
+        None
+    };
 
     // sluice start-up and memory with three transforms: once compiling
     // (an empty cache of its own), three times from the .cwasm cache.
@@ -237,6 +271,7 @@ fn run_all(args: RunArgs) -> Result<()> {
                 broker: &broker,
                 run_dir: &dir,
                 run_id: &id,
+                influx: None,
             };
             let r = run::startup(&ctx, cold);
             eprintln!("{}", report::startup_line(&r));
@@ -244,7 +279,6 @@ fn run_all(args: RunArgs) -> Result<()> {
         }
     }
 
-    let phases = phases(args.scale);
     for round in 0..args.rounds {
         for (index, phase) in phases.iter().enumerate() {
             if !wanted(phase.id) {
@@ -268,6 +302,7 @@ fn run_all(args: RunArgs) -> Result<()> {
                     broker: &broker,
                     run_dir: &dir,
                     run_id: &id,
+                    influx: if phase.influx { influxd.as_ref() } else { None },
                 };
                 let r = run::run(&ctx, sut, phase.qos, phase.spec, phase.id, round, position);
                 eprintln!("round {round} {}", report::run_line(&r));
@@ -298,10 +333,13 @@ fn warm_cache(paths: &Paths, broker_port: u16) -> Result<()> {
     let config = sut::sluice_config(
         paths,
         &paths.sluice_data_dir(),
-        broker_port,
         util::free_port()?,
         "sluice-bench-warm",
-        None,
+        sut::SluiceSinks {
+            broker_port,
+            outbox_fsync: None,
+            influx: None,
+        },
         &[
             sut::SluicePipeline::gateway(&gateway.path, "iiot", 1),
             sut::SluicePipeline::cayenne(&lpp.path),

@@ -275,6 +275,100 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// A table row for a system whose runs of `phase` all failed: the first
+/// error, then `empty` empty cells.
+fn failed_row(md: &mut String, results: &Results, phase: &str, sut: Sut, empty: usize) {
+    if let Some(error) = results.errors(phase, sut).first() {
+        let _ = writeln!(
+            md,
+            "| {} | failed: {} |{}",
+            sut.label(),
+            error.replace('|', "\\|"),
+            " |".repeat(empty)
+        );
+    }
+}
+
+/// The InfluxDB phase: MQTT as in the latency tables, plus what reached the
+/// database.
+fn influx_table(md: &mut String, results: &Results, suts: &[Sut]) {
+    const PHASE: &str = "influx-1000";
+    if !suts
+        .iter()
+        .any(|&s| results.runs(PHASE, s).next().is_some())
+    {
+        return;
+    }
+    let _ = writeln!(md, "\n## With InfluxDB too: 1000 frames/s (QoS 1)\n");
+    let _ = writeln!(
+        md,
+        "The same gateway writing each frame's four points to a real influxd (1.x, a database \
+         per run) as well as the eleven MQTT messages: sluice with its InfluxDB writer \
+         (default batches: 5000 lines or 1 s), Node-RED with node-red-contrib-influxdb's \
+         `influxdb out` (one write per frame), Python with a `POST /write` per frame \
+         (urllib, in the read loop), the bare publisher with pre-formatted lines in \
+         sluice's batches. *Points*: four per frame that arrived complete over MQTT, \
+         against what the database held once the count settled (or after the system's \
+         shutdown flush, if more), all rounds. CPU is the system's own over the step \
+         (until its MQTT messages were in), not influxd's.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| system | kept up | lost msgs | p99 ms (median of rounds) | CPU % of a core | CPU µs/frame | × sluice | points expected | points stored | points lost | settled after ms | steady RSS MiB |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for &sut in suts {
+        let Some(s) = rate_summary(results, PHASE, sut) else {
+            failed_row(md, results, PHASE, sut, 10);
+            continue;
+        };
+        let checks: Vec<_> = results
+            .runs(PHASE, sut)
+            .filter_map(|r| r.influx.as_ref())
+            .collect();
+        let expected: u64 = checks.iter().map(|c| c.points_expected).sum();
+        let stored: u64 = checks
+            .iter()
+            .map(|c| c.points_stored.max(c.points_after_stop))
+            .sum();
+        let lost: u64 = checks.iter().map(|c| c.lost()).sum();
+        let settle = median(checks.iter().map(|c| c.settle_ms).collect());
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.0} | {:.1} |",
+            sut.label(),
+            if s.kept_up {
+                "yes".to_owned()
+            } else {
+                format!("**no** (last frame {:.0} ms late)", s.late_ms)
+            },
+            s.lost,
+            median(s.p99_by_round.clone()),
+            s.cpu_cores * 100.0,
+            s.cpu_us_per_frame,
+            fmt_ratio(paired_ratio(
+                results,
+                PHASE,
+                sut,
+                Sut::Sluice,
+                metric::cpu_per_frame
+            )),
+            expected,
+            stored,
+            if lost == 0 {
+                "0".to_owned()
+            } else {
+                format!("**{lost}**")
+            },
+            settle,
+            s.rss_mib,
+        );
+    }
+}
+
 /// Summary of a fixed-rate phase for `sut`, if any round measured it.
 pub fn rate_summary(results: &Results, phase: &str, sut: Sut) -> Option<RateSummary> {
     let steps: Vec<&StepResult> = results
@@ -502,6 +596,17 @@ pub fn run_line(r: &RunResult) -> String {
             s.cpu_us_per_frame,
             s.cpu_cores * 100.0,
             if s.kept_up { "" } else { " (not kept up)" }
+        );
+    }
+    if let Some(c) = &r.influx {
+        let _ = write!(
+            line,
+            " | influx {}/{} points ({} after stop, {} lost), settled in {:.0} ms",
+            c.points_stored,
+            c.points_expected,
+            c.points_after_stop,
+            c.lost(),
+            c.settle_ms
         );
     }
     if let Some(e) = &r.error {
@@ -889,16 +994,7 @@ pub fn tables(results: &Results) -> String {
         );
         for &sut in &suts {
             let Some(s) = rate_summary(results, phase, sut) else {
-                let errors = results.errors(phase, sut);
-                if !errors.is_empty() {
-                    let _ = writeln!(
-                        md,
-                        "| {} | failed: {} |{}",
-                        sut.label(),
-                        errors[0].replace('|', "\\|"),
-                        " |".repeat(16)
-                    );
-                }
+                failed_row(&mut md, results, phase, sut, 16);
                 continue;
             };
             let l = s.latency;
@@ -946,6 +1042,8 @@ pub fn tables(results: &Results) -> String {
             );
         }
     }
+
+    influx_table(&mut md, results, &suts);
 
     let _ = writeln!(md, "\n## Start-up\n");
     let _ = writeln!(

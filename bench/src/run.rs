@@ -13,7 +13,11 @@
 //! 3. Each step writes its frames (fixed rate or burst), waits until every
 //!    frame is complete (or 2 s pass without a message, or 20 s in all),
 //!    and reads the process's CPU time and memory before and after.
-//! 4. The system is stopped (SIGTERM) before the next one starts.
+//! 4. In the InfluxDB phase, the run's database is counted until it holds
+//!    four points per frame that arrived complete over MQTT, or stops
+//!    growing for 3 s (20 s at most); then again after the stop, which
+//!    flushes what a system still held.
+//! 5. The system is stopped (SIGTERM) before the next one starts.
 
 use std::path::Path;
 use std::time::Duration;
@@ -23,9 +27,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::Mosquitto;
 use crate::feed::{FeedPlan, MESSAGES_PER_FRAME, Pace, Pty, feed};
+use crate::influx::{Influxd, POINTS_PER_FRAME};
 use crate::procfs::{self, ProcSample};
 use crate::subscriber::{Collected, Subscriber};
-use crate::sut::{Launch, Paths, Proc, Sut, spawn};
+use crate::sut::{InfluxTarget, Launch, Paths, Proc, Sut, spawn};
 use crate::util::mono_ns;
 
 /// Warm-up frames after start-up, before any step.
@@ -193,6 +198,31 @@ pub struct RunResult {
     /// Subscriber anomalies: messages with no frame, `seq` out of range,
     /// connection errors.
     pub anomalies: Vec<String>,
+    /// The InfluxDB phase: what reached the database.
+    #[serde(default)]
+    pub influx: Option<InfluxCheck>,
+}
+
+/// What a run stored in InfluxDB.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InfluxCheck {
+    /// Four per frame that arrived complete over MQTT (probes, warm-up and
+    /// steps).
+    pub points_expected: u64,
+    /// Counted in the run's database before the system was stopped.
+    pub points_stored: u64,
+    /// Counted again after the stop (what a clean shutdown flushed).
+    pub points_after_stop: u64,
+    /// From the end of the last step until the count settled.
+    pub settle_ms: f64,
+}
+
+impl InfluxCheck {
+    /// Points that never arrived, counting the shutdown's flush.
+    pub fn lost(&self) -> u64 {
+        self.points_expected
+            .saturating_sub(self.points_stored.max(self.points_after_stop))
+    }
 }
 
 /// Everything a run needs.
@@ -205,6 +235,8 @@ pub struct RunContext<'a> {
     pub run_dir: &'a Path,
     /// Unique id (client ids).
     pub run_id: &'a str,
+    /// The InfluxDB server, when the phase writes points.
+    pub influx: Option<&'a Influxd>,
 }
 
 /// The frames a step may write at most, so the subscriber's arrays fit.
@@ -237,6 +269,7 @@ pub fn run(
         steps: Vec::new(),
         error: None,
         anomalies: Vec::new(),
+        influx: None,
     };
     if let Err(e) = run_inner(ctx, sut, qos, spec, &mut result) {
         result.error = Some(format!("{e:#}"));
@@ -305,6 +338,20 @@ fn run_inner(
     } else {
         None
     };
+    let influx = match ctx.influx {
+        Some(server) => {
+            let database = format!("run_{}", ctx.run_id.replace('-', "_"));
+            server.create_database(&database)?;
+            Some((
+                server,
+                InfluxTarget {
+                    port: server.port,
+                    database,
+                },
+            ))
+        }
+        None => None,
+    };
     let mut next_seq = 1u64;
     if let Some(pty) = &mut pty {
         write_frames(pty, next_seq, 1)?;
@@ -320,6 +367,7 @@ fn run_inner(
         run_id: ctx.run_id,
         sluice_pipelines: None,
         sluice_data_dir: None,
+        influx: influx.as_ref().map(|(_, target)| target),
     })?;
     let mut target = Target { proc, pty };
 
@@ -451,7 +499,34 @@ fn run_inner(
             }
         }
     }
+    let mut influx_check = None;
+    if let Some((server, influx)) = &influx {
+        let expected = sub.with(|c| c.completed) * POINTS_PER_FRAME;
+        let start = mono_ns();
+        let mut stored = server.count_points(&influx.database)?;
+        let mut changed = start;
+        while stored < expected
+            && mono_ns() - changed < 3_000_000_000
+            && mono_ns() - start < 20_000_000_000
+        {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = server.count_points(&influx.database)?;
+            if now != stored {
+                (stored, changed) = (now, mono_ns());
+            }
+        }
+        influx_check = Some(InfluxCheck {
+            points_expected: expected,
+            points_stored: stored,
+            points_after_stop: 0,
+            settle_ms: (changed - start) as f64 / 1e6,
+        });
+    }
     target.proc.stop();
+    if let (Some((server, influx)), Some(check)) = (&influx, &mut influx_check) {
+        check.points_after_stop = server.count_points(&influx.database)?;
+    }
+    result.influx = influx_check;
     let collected = sub.finish();
     if collected.unassigned > 0 {
         result.anomalies.push(format!(
@@ -692,6 +767,7 @@ fn startup_inner(ctx: &RunContext<'_>, cold: bool, result: &mut StartupResult) -
             SluicePipeline::cayenne(&lpp.path),
         ]),
         sluice_data_dir: cold.then(|| cold_dir.clone()),
+        influx: None,
     })?;
     let mut target = Target {
         proc,

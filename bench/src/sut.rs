@@ -11,6 +11,12 @@
 //!   `bench/peers/venv`.
 //! * bare — `sluice-bench bare-publisher` (see [`crate::bare`]): no serial,
 //!   no decoding.
+//!
+//! With an [`InfluxTarget`] every system also writes the frame's four points
+//! to InfluxDB: sluice with its `[influx]` writer (batches of 5000 lines or
+//! 1 s; durable exactly when the MQTT side is), Node-RED with `bench/peers/flow-influx.json` (the same flow plus
+//! node-red-contrib-influxdb's `influxdb out`), Python with a `POST /write`
+//! per frame, the bare publisher with pre-formatted lines in sluice's batches.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -185,6 +191,13 @@ impl Paths {
                 "node-red-node-serialport",
                 &mut missing,
             );
+            need(
+                &self
+                    .peers_dir
+                    .join("node_modules/node-red-contrib-influxdb"),
+                "node-red-contrib-influxdb",
+                &mut missing,
+            );
         }
         if suts.contains(&Sut::Python) {
             need(&self.python_bin(), "the Python venv", &mut missing);
@@ -198,6 +211,15 @@ impl Paths {
             )
         }
     }
+}
+
+/// The InfluxDB 1.x database a run writes its points to.
+#[derive(Debug, Clone)]
+pub struct InfluxTarget {
+    /// influxd's HTTP port on 127.0.0.1.
+    pub port: u16,
+    /// The run's own database.
+    pub database: String,
 }
 
 /// One sluice pipeline in a generated config.
@@ -246,16 +268,31 @@ impl SluicePipeline {
     }
 }
 
+/// Where a generated config sends the data.
+#[derive(Debug, Clone, Copy)]
+pub struct SluiceSinks<'a> {
+    /// The broker's port on 127.0.0.1.
+    pub broker_port: u16,
+    /// The durable outbox's `fsync` policy; `None`: no outbox.
+    pub outbox_fsync: Option<&'a str>,
+    /// InfluxDB as well.
+    pub influx: Option<&'a InfluxTarget>,
+}
+
 /// A generated `sluice run` config.
 pub fn sluice_config(
     paths: &Paths,
     data_dir: &Path,
-    broker_port: u16,
     admin_port: u16,
     client_id: &str,
-    outbox_fsync: Option<&str>,
+    sinks: SluiceSinks<'_>,
     pipelines: &[SluicePipeline],
 ) -> String {
+    let SluiceSinks {
+        broker_port,
+        outbox_fsync,
+        influx,
+    } = sinks;
     let durable = outbox_fsync.is_some();
     let outbox = outbox_fsync
         .map(|fsync| format!("[mqtt.outbox]\nfsync = {fsync:?}\n\n"))
@@ -267,6 +304,19 @@ pub fn sluice_config(
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n",
         data = data_dir.display().to_string(),
     );
+    if let Some(influx) = influx {
+        // Durable like MQTT, with the same fsync policy; the writer's
+        // defaults otherwise: batches of 5000 lines or 1 s.
+        let outbox = outbox_fsync
+            .map(|fsync| format!("\n[influx.outbox]\nfsync = {fsync:?}\n"))
+            .unwrap_or_default();
+        toml.push_str(&format!(
+            "\n[influx]\nurl = \"http://127.0.0.1:{port}\"\ndatabase = {db:?}\n\
+             durable = {durable}\n{outbox}",
+            port = influx.port,
+            db = influx.database,
+        ));
+    }
     for p in pipelines {
         toml.push_str(&format!(
             "\n[[pipeline]]\nname = {name:?}\n\n[pipeline.serial]\npath = {path:?}\n\
@@ -309,6 +359,8 @@ pub struct Launch<'a> {
     pub sluice_pipelines: Option<Vec<SluicePipeline>>,
     /// sluice only: a data directory instead of the shared one (a cold cache).
     pub sluice_data_dir: Option<PathBuf>,
+    /// Also write the points to this InfluxDB database.
+    pub influx: Option<&'a InfluxTarget>,
 }
 
 /// A running system under test; stopped on drop.
@@ -342,6 +394,7 @@ pub fn spawn(launch: Launch<'_>) -> Result<Proc> {
         run_id,
         sluice_pipelines,
         sluice_data_dir,
+        influx,
     } = launch;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let log = run_dir.join(format!("{}.log", sut.id()));
@@ -364,10 +417,13 @@ pub fn spawn(launch: Launch<'_>) -> Result<Proc> {
             let config = sluice_config(
                 paths,
                 &data_dir,
-                broker_port,
                 port,
                 &format!("sluice-bench-{run_id}"),
-                sut.outbox_fsync(),
+                SluiceSinks {
+                    broker_port,
+                    outbox_fsync: sut.outbox_fsync(),
+                    influx,
+                },
                 &pipelines,
             );
             let config_path = run_dir.join("sluice.toml");
@@ -381,11 +437,12 @@ pub fn spawn(launch: Launch<'_>) -> Result<Proc> {
         Sut::NodeRed => {
             let user_dir = run_dir.join("node-red");
             std::fs::create_dir_all(&user_dir)?;
-            std::fs::copy(
-                paths.peers_dir.join("flow.json"),
-                user_dir.join("flow.json"),
-            )
-            .context("copying bench/peers/flow.json")?;
+            let flow = match influx {
+                Some(_) => "flow-influx.json",
+                None => "flow.json",
+            };
+            std::fs::copy(paths.peers_dir.join(flow), user_dir.join("flow.json"))
+                .with_context(|| format!("copying bench/peers/{flow}"))?;
             let mut c = Command::new(&paths.node_bin);
             c.arg(paths.node_red_js())
                 .arg("--settings")
@@ -395,6 +452,10 @@ pub fn spawn(launch: Launch<'_>) -> Result<Proc> {
             c.env("SERIAL_PORT", pty_path()?)
                 .env("MQTT_PORT", broker_port.to_string())
                 .env("NODE_RED_PORT", crate::util::free_port()?.to_string());
+            if let Some(influx) = influx {
+                c.env("INFLUX_PORT", influx.port.to_string())
+                    .env("INFLUX_DB", &influx.database);
+            }
             c
         }
         Sut::Python => {
@@ -406,6 +467,12 @@ pub fn spawn(launch: Launch<'_>) -> Result<Proc> {
                 .arg(broker_port.to_string())
                 .arg("--qos")
                 .arg(qos.to_string());
+            if let Some(influx) = influx {
+                c.arg("--influx-url")
+                    .arg(format!("http://127.0.0.1:{}", influx.port))
+                    .arg("--influx-db")
+                    .arg(&influx.database);
+            }
             c
         }
         Sut::Bare => {
@@ -419,6 +486,12 @@ pub fn spawn(launch: Launch<'_>) -> Result<Proc> {
                 .arg(format!("bare-{run_id}"))
                 .arg("--times-dir")
                 .arg(run_dir.join("bare-times"));
+            if let Some(influx) = influx {
+                c.arg("--influx-port")
+                    .arg(influx.port.to_string())
+                    .arg("--influx-db")
+                    .arg(&influx.database);
+            }
             c
         }
     };
@@ -597,18 +670,22 @@ mod tests {
             node_bin: "node".into(),
             work_dir: "/tmp/w".into(),
         };
-        let config = |fsync, pipelines: &[SluicePipeline]| {
+        let config = |fsync, influx, pipelines: &[SluicePipeline]| {
             sluice_config(
                 &paths,
                 Path::new("/tmp/w/data"),
-                1883,
                 9999,
                 "sluice-bench-1",
-                fsync,
+                SluiceSinks {
+                    broker_port: 1883,
+                    outbox_fsync: fsync,
+                    influx,
+                },
                 pipelines,
             )
         };
         let text = config(
+            None,
             None,
             &[
                 SluicePipeline::gateway(Path::new("/dev/pts/3"), "iiot", 1),
@@ -636,6 +713,7 @@ mod tests {
             Some("/x/wasm/cayenne_lpp.wasm")
         );
         assert!(value["mqtt"].get("outbox").is_none(), "{text}");
+        assert!(value.get("influx").is_none(), "{text}");
 
         // The durable variants: the outbox on, with their fsync policy.
         for (sut, fsync) in [
@@ -644,6 +722,7 @@ mod tests {
         ] {
             let text = config(
                 sut.outbox_fsync(),
+                None,
                 &[SluicePipeline::gateway(Path::new("/dev/pts/3"), "iiot", 1)],
             );
             let value: toml::Value = toml::from_str(&text).unwrap();
@@ -655,5 +734,36 @@ mod tests {
             );
             assert_eq!(value["admin"]["listen"].as_str(), Some("127.0.0.1:9999"));
         }
+
+        // The InfluxDB phase: the writer on, to the run's own database.
+        let influx = InfluxTarget {
+            port: 8086,
+            database: "run_042".into(),
+        };
+        let text = config(
+            None,
+            Some(&influx),
+            &[SluicePipeline::gateway(Path::new("/dev/pts/3"), "iiot", 1)],
+        );
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(
+            value["influx"]["url"].as_str(),
+            Some("http://127.0.0.1:8086"),
+            "{text}"
+        );
+        assert_eq!(value["influx"]["database"].as_str(), Some("run_042"));
+        assert_eq!(value["influx"]["durable"].as_bool(), Some(false));
+        let text = config(
+            Sut::SluiceDurable.outbox_fsync(),
+            Some(&influx),
+            &[SluicePipeline::gateway(Path::new("/dev/pts/3"), "iiot", 1)],
+        );
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(value["influx"]["durable"].as_bool(), Some(true), "{text}");
+        assert_eq!(
+            value["influx"]["outbox"]["fsync"].as_str(),
+            Some("always"),
+            "{text}"
+        );
     }
 }
