@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command, async_threads: Option<NonZeroUsize>) -> anyhow::Result<u8> {
+fn dispatch(command: Command, async_threads: NonZeroUsize) -> anyhow::Result<u8> {
     let runtime = || tokio_runtime(async_threads);
     match command {
         Command::Run { config } => {
@@ -58,12 +58,9 @@ fn dispatch(command: Command, async_threads: Option<NonZeroUsize>) -> anyhow::Re
     }
 }
 
-fn tokio_runtime(threads: Option<NonZeroUsize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = threads {
-        builder.worker_threads(threads.get());
-    }
-    builder
+fn tokio_runtime(threads: NonZeroUsize) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.get())
         .enable_all()
         .build()
         .context("cannot start the async runtime")

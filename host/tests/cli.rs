@@ -304,13 +304,14 @@ fn demo_runs_headless_and_accounts_for_every_frame() {
     assert!(lines.starts_with("environment,node=node1 "), "{lines}");
 }
 
-/// `--async-threads` (`SLUICE_ASYNC_THREADS`) sizes the async runtime: the
-/// demo runs, and accounts for every frame, on a single worker thread; a
-/// count of 0 is refused before anything starts.
+/// `--async-threads` (`SLUICE_ASYNC_THREADS`) sizes the async runtime (one
+/// worker by default, which every other test runs on): the demo runs, and
+/// accounts for every frame, on three worker threads too; a count of 0 is
+/// refused before anything starts.
 #[test]
-fn async_threads_one_runs_the_demo_and_zero_is_refused() {
+fn async_threads_three_run_the_demo_and_zero_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let out = headless_demo(&["--async-threads", "1"], &tmp.path().join("points.lp"));
+    let out = headless_demo(&["--async-threads", "3"], &tmp.path().join("points.lp"));
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout.lines().count(), 75, "{stdout}");

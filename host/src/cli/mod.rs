@@ -16,11 +16,12 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Worker threads of the async runtime (serial ports, sinks, admin API;
-    /// transforms and outbox writers have threads of their own). Default:
-    /// one per core. On a small box 1 costs less CPU per frame (fewer
-    /// cross-thread wake-ups; see BENCHMARKS.md).
-    #[arg(long, global = true, env = "SLUICE_ASYNC_THREADS")]
-    pub async_threads: Option<std::num::NonZeroUsize>,
+    /// transforms, outbox writers and gzip have threads of their own).
+    /// One is the default: it costs a third less CPU per frame than one per
+    /// core (fewer cross-thread wake-ups) at the same throughput (see
+    /// BENCHMARKS.md). Raise it if sluice's async side keeps a core busy.
+    #[arg(long, global = true, env = "SLUICE_ASYNC_THREADS", default_value = "1")]
+    pub async_threads: std::num::NonZeroUsize,
     /// Subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -64,4 +65,23 @@ pub enum Command {
     /// Inspect or verify the durable outboxes (depth, oldest item, integrity).
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    /// One async worker unless told otherwise (BENCHMARKS.md: a third less
+    /// CPU per frame at the same throughput); the environment and the flag
+    /// override it.
+    #[test]
+    fn one_async_worker_by_default() {
+        let cli = Cli::try_parse_from(["sluice", "check-config", "x.toml"]).expect("parses");
+        assert_eq!(cli.async_threads.get(), 1);
+        let cli = Cli::try_parse_from(["sluice", "--async-threads", "4", "check-config", "x"])
+            .expect("parses");
+        assert_eq!(cli.async_threads.get(), 4);
+        assert!(Cli::try_parse_from(["sluice", "--async-threads", "0", "demo"]).is_err());
+    }
 }

@@ -172,9 +172,10 @@ impl Batch {
         part.iter().map(|&i| self.seqs[i]).collect()
     }
 
-    /// The request body for `part` (line indices, ascending).
-    fn body(&self, part: &[usize], gzip: bool) -> Body {
-        let raw = match (part.first(), part.last()) {
+    /// The uncompressed request body for `part` (line indices, ascending):
+    /// a slice of the batch when the lines are contiguous.
+    fn raw(&self, part: &[usize]) -> Bytes {
+        match (part.first(), part.last()) {
             (Some(&first), Some(&last)) if last - first + 1 == part.len() => {
                 self.data.slice(self.offsets[first]..self.offsets[last + 1])
             }
@@ -185,26 +186,55 @@ impl Batch {
                 }
                 Bytes::from(joined)
             }
-        };
-        if gzip {
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(raw.len() / 8 + 64),
-                flate2::Compression::fast(),
-            );
-            // Writing to a Vec cannot fail; if it somehow did, send it plain.
-            if encoder.write_all(&raw).is_ok()
-                && let Ok(compressed) = encoder.finish()
-            {
-                return Body {
-                    bytes: Bytes::from(compressed),
-                    gzip: true,
-                };
-            }
         }
-        Body {
+    }
+}
+
+/// Bodies up to this size are compressed on the calling task; larger ones on
+/// tokio's blocking pool. gzip (level 1) of a full batch (5000 lines, ~350
+/// KB) takes milliseconds, more on a Raspberry Pi, and on an async worker
+/// that would hold up MQTT and the serial ports — with `--async-threads 1`,
+/// all of them.
+const INLINE_GZIP_MAX: usize = 16 << 10;
+
+/// The request body for `raw`: gzip'ed when `gzip` is set.
+async fn request_body(raw: Bytes, gzip: bool) -> Body {
+    if !gzip {
+        return Body {
             bytes: raw,
             gzip: false,
-        }
+        };
+    }
+    if raw.len() <= INLINE_GZIP_MAX {
+        return gzipped(raw);
+    }
+    let plain = raw.clone();
+    tokio::task::spawn_blocking(move || gzipped(raw))
+        .await
+        .unwrap_or(Body {
+            bytes: plain,
+            gzip: false,
+        })
+}
+
+/// `raw` gzip'ed (level 1), or as it is if compression somehow failed.
+fn gzipped(raw: Bytes) -> Body {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(raw.len() / 8 + 64),
+        flate2::Compression::fast(),
+    );
+    // Writing to a Vec cannot fail; if it somehow did, send it plain.
+    if encoder.write_all(&raw).is_ok()
+        && let Ok(compressed) = encoder.finish()
+    {
+        return Body {
+            bytes: Bytes::from(compressed),
+            gzip: true,
+        };
+    }
+    Body {
+        bytes: raw,
+        gzip: false,
     }
 }
 
@@ -533,7 +563,7 @@ async fn deliver<T: Transport>(shared: Arc<Shared<T>>, batch: Batch) {
     let mut backoff = Backoff::new(settings.retry_min, settings.retry_max);
     let mut parts: VecDeque<Vec<usize>> = VecDeque::from([(0..batch.len()).collect()]);
     while let Some(part) = parts.pop_front() {
-        let body = batch.body(&part, settings.gzip);
+        let body = request_body(batch.raw(&part), settings.gzip).await;
         let mut failures: u32 = 0;
         loop {
             if shared.give_up.is_cancelled() {
@@ -926,6 +956,30 @@ mod tests {
     }
     fn lines_in(bodies: &[String]) -> usize {
         bodies.iter().map(|b| b.lines().count()).sum()
+    }
+
+    #[tokio::test]
+    async fn bodies_are_gzipped_inline_or_on_the_blocking_pool() {
+        let gunzip = |body: &Body| {
+            let mut text = Vec::new();
+            flate2::read::GzDecoder::new(&body.bytes[..])
+                .read_to_end(&mut text)
+                .expect("valid gzip");
+            text
+        };
+        let small = Bytes::from_static(b"m v=1i 1\n");
+        let large: Bytes = b"environment,node=node1 temperature=27.6 1700000000000000000\n"
+            .repeat(2 * INLINE_GZIP_MAX / 50)
+            .into();
+        assert!(large.len() > INLINE_GZIP_MAX);
+        for raw in [small, large] {
+            let body = request_body(raw.clone(), true).await;
+            assert!(body.gzip);
+            assert_eq!(gunzip(&body), raw);
+            let plain = request_body(raw.clone(), false).await;
+            assert!(!plain.gzip);
+            assert_eq!(plain.bytes, raw);
+        }
     }
 
     #[tokio::test(start_paused = true)]
