@@ -70,7 +70,6 @@ pub enum Command {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser as _;
 
     /// One async worker unless told otherwise (BENCHMARKS.md: a third less
     /// CPU per frame at the same throughput); the environment and the flag
