@@ -247,7 +247,7 @@ fn run_all(args: RunArgs) -> Result<()> {
     };
 
     if suts.iter().any(|s| s.is_sluice()) {
-        warm_cache(&paths, broker.port)?;
+        warm_cache(&paths, &broker)?;
     }
     let phases = phases(args.scale);
     let influxd = if phases
@@ -325,41 +325,31 @@ fn run_all(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Compiles the transforms into the shared `.cwasm` cache once
-/// (`sluice check-config` loads them through the cache), so no measured
-/// sluice start-up includes compiling.
-fn warm_cache(paths: &Paths, broker_port: u16) -> Result<()> {
+/// Compiles the transforms into the shared `.cwasm` cache once, so no
+/// measured sluice start-up includes compiling: a `sluice run` with both
+/// transforms until it is ready, then stopped. (`sluice check-config` would
+/// not do: it only reads the cache.)
+fn warm_cache(paths: &Paths, broker: &broker::Mosquitto) -> Result<()> {
     let (gateway, lpp) = (feed::Pty::open()?, feed::Pty::open()?);
-    let config = sut::sluice_config(
+    let run_dir = paths.work_dir.join("warm-cache");
+    let mut proc = sut::spawn(sut::Launch {
+        sut: Sut::Sluice,
         paths,
-        &paths.sluice_data_dir(),
-        util::free_port()?,
-        "sluice-bench-warm",
-        sut::SluiceSinks {
-            broker_port,
-            outbox_fsync: None,
-            influx: None,
-        },
-        &[
+        broker_port: broker.port,
+        pty: None,
+        qos: 1,
+        run_dir: &run_dir,
+        run_id: "warm-cache",
+        sluice_pipelines: Some(vec![
             sut::SluicePipeline::gateway(&gateway.path, "iiot", 1),
             sut::SluicePipeline::cayenne(&lpp.path),
-        ],
-    );
-    let path = paths.work_dir.join("warm-cache.toml");
-    std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
-    let out = std::process::Command::new(&paths.sluice_bin)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .context("running sluice check-config")?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "sluice check-config {} failed:\n{}{}",
-            path.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+        ]),
+        sluice_data_dir: None,
+        influx: None,
+    })?;
+    proc.wait_ready_http(std::time::Duration::from_secs(120))
+        .context("warming the .cwasm cache")?;
+    proc.stop();
     Ok(())
 }
 
