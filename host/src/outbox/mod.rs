@@ -739,18 +739,21 @@ impl Outbox {
     /// and `block` returns [`OutboxError::Full`] without writing anything. A
     /// batch larger than `max_bytes` is [`OutboxError::TooLarge`] in both.
     pub fn append(&self, records: &[&[u8]]) -> Result<Appended, OutboxError> {
+        self.append_and_ack(records, &[])
+    }
+
+    /// [`append`](Self::append) and [`ack`](Self::ack) in one transaction:
+    /// the acked items are removed first (so they make room), then the
+    /// records are appended. A commit costs the same whether it carries one
+    /// change or both, and the durable queue's writer has both most of the
+    /// time, so this halves its commits. The acks are applied even when the
+    /// append is refused ([`OutboxError::Full`], [`OutboxError::TooLarge`]);
+    /// after any other error they are not (as with `ack`, which can be
+    /// retried).
+    pub fn append_and_ack(&self, records: &[&[u8]], acks: &[u64]) -> Result<Appended, OutboxError> {
         let shared = &*self.shared;
-        let needed: u64 = records.iter().map(|r| cost(r.len())).sum();
-        let max_bytes = shared.config.max_bytes.get();
-        if needed > max_bytes {
-            return Err(OutboxError::TooLarge {
-                path: shared.path.clone(),
-                needed,
-                max_bytes,
-            });
-        }
-        let mut w = lock(&shared.writer);
         if records.is_empty() {
+            self.ack(acks)?;
             let next = lock(&shared.state).next_seq;
             return Ok(Appended {
                 seqs: next..next,
@@ -758,11 +761,23 @@ impl Outbox {
                 expired: 0,
             });
         }
+        let needed: u64 = records.iter().map(|r| cost(r.len())).sum();
+        let max_bytes = shared.config.max_bytes.get();
+        if needed > max_bytes {
+            self.ack(acks)?;
+            return Err(OutboxError::TooLarge {
+                path: shared.path.clone(),
+                needed,
+                max_bytes,
+            });
+        }
+        let mut w = lock(&shared.writer);
         let durable = shared.config.fsync == FsyncPolicy::Always || shared.flush_due(&w);
         let now = (shared.clock)();
         let block = shared.config.when_full == QueueFullPolicy::Block;
         let result = shared.write(&mut w, "append", durable, false, |txn, meta| {
             let mut items = txn.open_table(ITEMS)?;
+            let acked = shared.remove_in(&mut items, meta, acks)?;
             let expired = shared.expire_in(&mut items, meta, now)?;
             let mut evicted = 0;
             while meta.depth_bytes + needed > max_bytes {
@@ -795,19 +810,23 @@ impl Outbox {
             }
             let tally = Tally::of(&items)?;
             Ok((
-                Appended {
-                    seqs: first..meta.next_seq,
-                    evicted,
-                    expired,
-                },
+                (
+                    Appended {
+                        seqs: first..meta.next_seq,
+                        evicted,
+                        expired,
+                    },
+                    acked,
+                ),
                 tally,
             ))
         });
         match result {
-            Ok((appended, tally, meta)) => {
+            Ok(((appended, acked), tally, meta)) => {
                 let records_n = appended.seqs.end - appended.seqs.start;
                 {
                     let mut s = lock(&shared.state);
+                    s.acked += acked;
                     s.appended += records_n;
                     s.dropped_overflow += appended.evicted;
                     s.dropped_expired += appended.expired;
@@ -829,6 +848,9 @@ impl Outbox {
                 }
                 drop(w);
                 shared.appended_tx.send_replace(meta.next_seq);
+                if acked > 0 {
+                    shared.room.notify_all();
+                }
                 Ok(appended)
             }
             Err(err @ OutboxError::Full { .. }) => {
@@ -842,6 +864,9 @@ impl Outbox {
                     );
                 }
                 *episode += 1;
+                drop(w);
+                // The refusal rolled the acks back with the append.
+                self.ack(acks)?;
                 Err(err)
             }
             Err(err) => Err(err),
@@ -861,15 +886,7 @@ impl Outbox {
         let durable = shared.flush_due(&w);
         let (removed, tally, meta) = shared.write(&mut w, "ack", durable, false, |txn, meta| {
             let mut items = txn.open_table(ITEMS)?;
-            let mut removed = 0;
-            for &seq in seqs {
-                if let Some(value) = items.remove(seq)? {
-                    meta.depth_bytes = meta
-                        .depth_bytes
-                        .saturating_sub(cost(value.value().len().saturating_sub(8)));
-                    removed += 1;
-                }
-            }
+            let removed = shared.remove_in(&mut items, meta, seqs)?;
             Ok((removed, Tally::of(&items)?))
         })?;
         drop(w);
@@ -1166,6 +1183,26 @@ impl Shared {
         })?;
         tally.apply(&mut lock(&self.state), meta);
         Ok(())
+    }
+
+    /// Removes the items with these sequence numbers (unknown ones are
+    /// ignored) and returns how many were removed.
+    fn remove_in(
+        &self,
+        items: &mut redb::Table<'_, u64, &'static [u8]>,
+        meta: &mut Meta,
+        seqs: &[u64],
+    ) -> Result<u64, TxError> {
+        let mut removed = 0;
+        for &seq in seqs {
+            if let Some(value) = items.remove(seq)? {
+                meta.depth_bytes = meta
+                    .depth_bytes
+                    .saturating_sub(cost(value.value().len().saturating_sub(8)));
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Pops expired items off the head. Enqueue times follow the wall clock,

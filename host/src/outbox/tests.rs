@@ -509,7 +509,7 @@ fn a_newer_format_is_refused_and_left_alone() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append(Vec<usize>),
+    Append(Vec<usize>, Vec<prop::sample::Index>),
     Ack(Vec<prop::sample::Index>),
     AckUnknown(u64),
     Peek(Option<prop::sample::Index>, usize, usize),
@@ -521,7 +521,11 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => proptest::collection::vec(0usize..60, 0..6).prop_map(Op::Append),
+        4 => (
+            proptest::collection::vec(0usize..60, 0..6),
+            proptest::collection::vec(any::<prop::sample::Index>(), 0..3)
+        )
+            .prop_map(|(sizes, acks)| Op::Append(sizes, acks)),
         2 => proptest::collection::vec(any::<prop::sample::Index>(), 1..4).prop_map(Op::Ack),
         1 => (100u64..200).prop_map(Op::AckUnknown),
         2 => (proptest::option::of(any::<prop::sample::Index>()), 0usize..6, 0usize..200)
@@ -616,7 +620,17 @@ fn run_model(ops: Vec<Op>, drop_oldest: bool, interval: bool) -> Result<(), Test
     let mut counter = 0u8;
     for op in ops {
         match op {
-            Op::Append(sizes) => {
+            Op::Append(sizes, picks) => {
+                // `append_and_ack`: the acks apply first, and whether or
+                // not the append is refused.
+                let mut acks: Vec<u64> = picks
+                    .iter()
+                    .filter(|_| !model.items.is_empty())
+                    .map(|p| model.items[p.index(model.items.len())].0)
+                    .collect();
+                acks.sort_unstable();
+                acks.dedup();
+                model.items.retain(|(s, _, _)| !acks.contains(s));
                 let records: Vec<Vec<u8>> = sizes
                     .iter()
                     .map(|&n| {
@@ -625,7 +639,14 @@ fn run_model(ops: Vec<Op>, drop_oldest: bool, interval: bool) -> Result<(), Test
                     })
                     .collect();
                 let needed: u64 = records.iter().map(|r| cost(r.len())).sum();
-                let result = outbox.append(&refs(&records));
+                let acked_before = outbox.stats().acked;
+                let result = outbox.append_and_ack(&refs(&records), &acks);
+                prop_assert_eq!(
+                    outbox.stats().acked - acked_before,
+                    acks.len() as u64,
+                    "{:?}",
+                    result
+                );
                 let t = now.load(Ordering::SeqCst);
                 if records.is_empty() {
                     prop_assert!(result.is_ok());
