@@ -212,7 +212,7 @@ impl Writer {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
-            if batch.is_empty() && open && !self.stop.load(Ordering::SeqCst) {
+            if batch.is_empty() && open && !lock(&self.pending_acks).is_empty() {
                 // Woken by acks alone: give them ACK_LINGER to ride along
                 // with the next append instead of a commit of their own.
                 if let Ok(Some(record)) = tokio::time::timeout(ACK_LINGER, records.recv()).await {
@@ -318,11 +318,11 @@ impl Writer {
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
+            // The next attempt carries the acks that arrive meanwhile.
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.wake.notified() => {}
             }
-            self.apply_acks();
             self.export_depth();
         }
     }
