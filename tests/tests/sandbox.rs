@@ -236,8 +236,11 @@ fn compiled_modules_are_cached_and_a_corrupt_cache_entry_is_recompiled() {
     let runtime = Runtime::new(ModuleCache::new(Some(cache_dir.path().to_owned()))).expect("rt");
     let first = runtime.load_file(wasm::MISBEHAVE.as_ref()).expect("loads");
     assert_eq!(first.cache_outcome(), CacheOutcome::Compiled);
+    // Dropped, so that the next load reads the cache instead of sharing it.
+    drop(first);
     let second = runtime.load_file(wasm::MISBEHAVE.as_ref()).expect("loads");
     assert_eq!(second.cache_outcome(), CacheOutcome::Hit);
+    drop(second);
 
     let entries: Vec<_> = std::fs::read_dir(cache_dir.path())
         .expect("read cache dir")
@@ -253,6 +256,55 @@ fn compiled_modules_are_cached_and_a_corrupt_cache_entry_is_recompiled() {
     assert_eq!(third.cache_outcome(), CacheOutcome::Compiled);
     let mut instance = third.instantiate("x", &[], LIMITS).expect("init");
     assert_ok_frame_works(&mut instance, "from-recompiled");
+}
+
+/// Two pipelines running the same module bytes share its compiled code —
+/// the second load is `Shared`, nothing is read or compiled — and nothing
+/// else: each instance has its own config, and a trap in one leaves the
+/// other running. Once the last module of those bytes is gone the next load
+/// reads the cache again.
+#[test]
+fn the_same_module_loaded_twice_shares_its_code_not_its_state() {
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let runtime = Runtime::new(ModuleCache::new(Some(cache_dir.path().to_owned()))).expect("rt");
+    let first = runtime
+        .load_file(wasm::JSON_TELEMETRY.as_ref())
+        .expect("loads");
+    let second = runtime
+        .load_file(wasm::JSON_TELEMETRY.as_ref())
+        .expect("loads");
+    assert_eq!(first.cache_outcome(), CacheOutcome::Compiled);
+    assert_eq!(second.cache_outcome(), CacheOutcome::Shared);
+    assert_eq!(first.hash(), second.hash());
+
+    let config = |prefix: &str| vec![("prefix".to_string(), prefix.to_string())];
+    let mut plant1 = first
+        .instantiate("plant1", &config("plant1"), LIMITS)
+        .expect("init");
+    let mut plant2 = second
+        .instantiate("plant2", &config("plant2"), LIMITS)
+        .expect("init");
+    let reading = frame(r#"{"n1":{"t":21.5}}"#);
+    let topics = |instance: &mut TransformInstance| -> Vec<String> {
+        let output = instance
+            .process(reading.clone())
+            .unwrap_or_else(|r| panic!("{}", r.error));
+        output.messages.into_iter().map(|m| m.topic).collect()
+    };
+    assert_eq!(topics(&mut plant1), ["plant1/node1/temperature"]);
+    assert_eq!(topics(&mut plant2), ["plant2/node1/temperature"]);
+
+    let mut crashing = misbehave(&runtime, &[]).expect("init");
+    let mut healthy = misbehave(&runtime, &[]).expect("init");
+    assert!(crashing.process(frame("panic")).is_err());
+    assert_ok_frame_works(&mut healthy, "after-the-other-trapped");
+    assert_ok_frame_works(&mut crashing, "after-its-own-trap");
+
+    drop((first, second, plant1, plant2));
+    let again = runtime
+        .load_file(wasm::JSON_TELEMETRY.as_ref())
+        .expect("loads");
+    assert_eq!(again.cache_outcome(), CacheOutcome::Hit);
 }
 
 /// Through the real pipeline worker: invalid outputs never reach a sink,

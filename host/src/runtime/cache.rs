@@ -35,6 +35,9 @@ pub enum CacheOutcome {
     Hit,
     /// Compiled now (and stored, when a cache directory is set).
     Compiled,
+    /// The same bytes were already loaded: that module is shared (its code
+    /// is in memory once), nothing was read or compiled.
+    Shared,
 }
 
 impl ModuleCache {
