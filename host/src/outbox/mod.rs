@@ -114,9 +114,22 @@
 //! every commit), except that `fsync = "interval"` may reuse the numbers of
 //! appends lost in a crash. `max_bytes` bounds the sum of record lengths plus
 //! [`ITEM_OVERHEAD`] per item; the file is larger than that by redb's page
-//! overhead and free pages (it grows in steps and shrinks when its tail is
-//! free), so keep a margin on the disk. The counters in [`OutboxStats`] count
-//! since [`Outbox::open`]; depth and sequence numbers come from the file.
+//! overhead and free pages, so keep a margin on the disk ("Disk space"
+//! below). The counters in [`OutboxStats`] count since [`Outbox::open`];
+//! depth and sequence numbers come from the file.
+//!
+//! # Disk space
+//!
+//! During an outage the file grows with the backlog, in steps, to about
+//! twice the record bytes while it fills (redb allocates ahead, and a
+//! commit's copy-on-write pages are freed only by a later one). Acks free
+//! pages that later appends reuse, so the file does not grow beyond what
+//! the largest backlog needed, but redb gives space back to the file system
+//! only from the end of the file, which a drained queue rarely frees. So the
+//! background thread compacts a drained file ([`SHRINK_ABOVE_BYTES`],
+//! [`SHRINK_FREE_RATIO`]): the hundreds of MiB an outage left shrink back to
+//! a few MiB within a second of the backlog being delivered
+//! ([`OutboxStats::compactions`] counts it).
 
 mod cursor;
 pub mod record;
@@ -161,6 +174,11 @@ pub const ITEM_OVERHEAD: u64 = 16;
 const CACHE_BYTES: usize = 16 << 20;
 /// How often the background thread wakes at most to expire items.
 const MAINTENANCE_TICK: Duration = Duration::from_secs(1);
+/// A file at least this large, and at least [`SHRINK_FREE_RATIO`] times
+/// what it holds, is compacted by the background thread (see "Disk space").
+const SHRINK_ABOVE_BYTES: u64 = 8 << 20;
+/// See [`SHRINK_ABOVE_BYTES`].
+const SHRINK_FREE_RATIO: u64 = 8;
 
 /// `fsync` policy, see the module documentation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -453,6 +471,8 @@ pub struct OutboxStats {
     pub write_errors: u64,
     /// Durable commits (fsyncs) since open.
     pub durable_commits: u64,
+    /// Times the background thread compacted the drained file since open.
+    pub compactions: u64,
 }
 
 /// What [`Outbox::open`] found.
@@ -537,6 +557,10 @@ struct Writer {
     expiry_episode: Option<u64>,
     /// Appends refused in the current blocked episode.
     blocked_episode: Option<u64>,
+    /// File length right after the last compaction (0: none yet); the next
+    /// one waits until the file has grown by [`SHRINK_ABOVE_BYTES`] since, so
+    /// a file that cannot get smaller is not compacted on every tick.
+    compacted_len: u64,
 }
 
 /// What the file says: next sequence number and bytes in use.
@@ -1427,6 +1451,7 @@ impl Shared {
                     Ok(())
                 }
             });
+            let result = result.and_then(|()| self.shrink_if_drained());
             if let Err(err) = result
                 && let Some(suppressed) = errors.check()
             {
@@ -1438,6 +1463,55 @@ impl Shared {
                 );
             }
         }
+    }
+
+    /// Gives a drained file's free pages back to the file system: when the
+    /// file is larger than [`SHRINK_ABOVE_BYTES`] and [`SHRINK_FREE_RATIO`]
+    /// times what it holds, compacts it (redb moves the live pages to the
+    /// front and truncates the free tail). Appends, acks and reads wait for
+    /// it; with little left in the file that is short (BENCHMARKS.md).
+    fn shrink_if_drained(&self) -> Result<(), OutboxError> {
+        let held = |s: &OutboxStats| s.depth_bytes.max(1);
+        let file_len = || std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        let worth_it = |len: u64, w: &Writer| {
+            len > SHRINK_ABOVE_BYTES
+                && len / SHRINK_FREE_RATIO >= held(&lock(&self.state))
+                && len > w.compacted_len.saturating_add(SHRINK_ABOVE_BYTES)
+        };
+        let mut w = lock(&self.writer);
+        let before = file_len();
+        if w.broken || !worth_it(before, &w) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        // The write lock waits for reads in progress and keeps new ones out:
+        // compaction needs no live transaction.
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(db) = slot.as_mut() else {
+            return Ok(());
+        };
+        let compacted = db.compact();
+        drop(slot);
+        if let Err(err) = compacted {
+            // Nothing was lost (compaction commits like any write), but the
+            // handle may be unusable: reopen before the next write.
+            w.broken = true;
+            lock(&self.state).write_errors += 1;
+            return Err(OutboxError::from_redb(&self.path, "compact", err.into()));
+        }
+        // Compaction's commits are durable, so whatever was pending is too.
+        w.pending_since = None;
+        let after = file_len();
+        w.compacted_len = after;
+        lock(&self.state).compactions += 1;
+        tracing::info!(
+            outbox = %self.name,
+            before_mib = before as f64 / (1 << 20) as f64,
+            after_mib = after as f64 / (1 << 20) as f64,
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "outbox drained: compacted its file"
+        );
+        Ok(())
     }
 }
 

@@ -1101,3 +1101,58 @@ fn a_full_disk_is_a_clear_error_and_recovers() {
     let report = verify(&path, |_| Ok(())).expect("verify");
     assert_eq!(report.problem_count, 0, "{:?}", report.problems);
 }
+
+/// After an outage's backlog is delivered the file gives its space back:
+/// not while the file still holds much (half the backlog), then within a
+/// tick once little is left; what is left survives it, in order, and the
+/// outbox keeps working and reopens. A file that cannot shrink further is
+/// not compacted again on every tick.
+#[test]
+fn a_drained_file_is_compacted_by_the_background_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let mut cfg = config(1 << 30);
+    cfg.fsync = FsyncPolicy::Interval;
+    let outbox = Outbox::open(&path, cfg.clone()).expect("open");
+    let records: Vec<Vec<u8>> = (0..20_000).map(|i| indexed(i, 1000)).collect();
+    let mut seqs = Vec::new();
+    for chunk in records.chunks(1000) {
+        seqs.extend(outbox.append(&refs(chunk)).expect("append").seqs);
+    }
+    outbox.flush().expect("flush");
+    let file_len = || std::fs::metadata(&path).expect("stat").len();
+    let full = file_len();
+    assert!(full > 2 * SHRINK_ABOVE_BYTES, "{full}");
+    let wait_ticks = |n: u32| std::thread::sleep(MAINTENANCE_TICK * n + MAINTENANCE_TICK / 2);
+
+    outbox.ack(&seqs[..10_000]).expect("ack half");
+    wait_ticks(2);
+    assert_eq!(
+        outbox.stats().compactions,
+        0,
+        "half the backlog is still there"
+    );
+
+    // Keep the last 10 items.
+    outbox.ack(&seqs[10_000..19_990]).expect("ack the rest");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while outbox.stats().compactions == 0 {
+        assert!(Instant::now() < deadline, "no compaction");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let small = file_len();
+    assert!(small * 8 < full, "{full} -> {small}");
+    wait_ticks(2);
+    assert_eq!(outbox.stats().compactions, 1, "compacted again for nothing");
+    let left: Vec<u64> = all(&outbox)
+        .iter()
+        .map(|item| index_of(&item.record).expect("intact"))
+        .collect();
+    assert_eq!(left, (19_990..20_000).collect::<Vec<_>>());
+
+    let more = outbox.append(&[b"after"]).expect("append after");
+    outbox.close().expect("close");
+    let reopened = Outbox::open(&path, cfg).expect("reopen");
+    assert_eq!(reopened.stats().depth_items, 11);
+    assert_eq!(all(&reopened).last().expect("item").seq, more.seqs.start);
+}
