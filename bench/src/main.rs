@@ -262,9 +262,21 @@ fn run_all(args: RunArgs) -> Result<()> {
     };
 
     // sluice start-up and memory with three transforms: once compiling
-    // (an empty cache of its own), three times from the .cwasm cache.
+    // (an empty cache of its own), then from the .cwasm cache, twice with
+    // the binary's pages as the page cache had them (usually as the build
+    // wrote them) and three times read from disk (as after a reboot, the
+    // usual state of a box that starts sluice at boot). Eviction first would
+    // change what "as found" means, so it comes last.
     if suts.iter().any(|s| s.is_sluice()) && wanted("startup") {
-        for cold in [true, false, false, false] {
+        let rounds = [
+            (true, false),
+            (false, false),
+            (false, false),
+            (false, true),
+            (false, true),
+            (false, true),
+        ];
+        for (cold, evict) in rounds {
             let (dir, id) = next_run("startup");
             let ctx = RunContext {
                 paths: &paths,
@@ -273,7 +285,7 @@ fn run_all(args: RunArgs) -> Result<()> {
                 run_id: &id,
                 influx: None,
             };
-            let r = run::startup(&ctx, cold);
+            let r = run::startup(&ctx, cold, evict);
             eprintln!("{}", report::startup_line(&r));
             results.startup.push(r);
         }

@@ -1,5 +1,5 @@
 //! CPU time and memory of a process, from `/proc/<pid>/stat` and
-//! `/proc/<pid>/status`.
+//! `/proc/<pid>/status`, and evicting a file from the page cache.
 
 use anyhow::{Context as _, Result, bail};
 
@@ -12,6 +12,35 @@ pub struct ProcSample {
     pub rss_kib: u64,
     /// Peak resident set size since the process started (VmHWM), KiB.
     pub hwm_kib: u64,
+    /// The anonymous part of VmRSS (heap, stacks, relocated data), KiB.
+    pub rss_anon_kib: u64,
+    /// The file-backed part (the binary's and libraries' pages), KiB.
+    pub rss_file_kib: u64,
+}
+
+/// Drops `path`'s clean pages from the page cache (after writing back dirty
+/// ones), so that the next process mapping it reads it from disk, as after
+/// a reboot. A process's file-backed RSS depends on what is cached: on a
+/// page fault the kernel also maps the cached pages around it
+/// (fault-around, by folio), so the same binary maps a different number of
+/// pages when the build left it in the cache than when it is read on
+/// demand. Pages another process has mapped stay.
+pub fn evict_from_page_cache(path: &std::path::Path) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    // SAFETY: a valid open descriptor; the advice has no memory effects.
+    let rc =
+        unsafe { nix::libc::posix_fadvise(file.as_raw_fd(), 0, 0, nix::libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        bail!(
+            "posix_fadvise(DONTNEED) on {}: {}",
+            path.display(),
+            std::io::Error::from_raw_os_error(rc)
+        );
+    }
+    Ok(())
 }
 
 /// Clock ticks per second for `/proc/<pid>/stat`'s times.
@@ -34,6 +63,8 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
         cpu_secs,
         rss_kib: status_kib(&status, "VmRSS:").unwrap_or(0),
         hwm_kib: status_kib(&status, "VmHWM:").unwrap_or(0),
+        rss_anon_kib: status_kib(&status, "RssAnon:").unwrap_or(0),
+        rss_file_kib: status_kib(&status, "RssFile:").unwrap_or(0),
     })
 }
 
@@ -77,5 +108,8 @@ mod tests {
     fn reads_its_own_process() {
         let s = sample(std::process::id()).unwrap();
         assert!(s.rss_kib > 0 && s.hwm_kib >= s.rss_kib, "{s:?}");
+        // RssShmem is the rest of VmRSS.
+        assert!(s.rss_anon_kib > 0 && s.rss_file_kib > 0, "{s:?}");
+        assert!(s.rss_anon_kib + s.rss_file_kib <= s.rss_kib, "{s:?}");
     }
 }

@@ -709,6 +709,12 @@ pub fn load_average() -> f64 {
 pub struct StartupResult {
     /// `cold` (empty cache: compiles) or `cached` (`.cwasm` cache).
     pub cache: String,
+    /// How the sluice binary's pages were in the page cache: `as found`
+    /// (usually as the build wrote them) or `read from disk` (evicted just
+    /// before the spawn, as after a reboot); see
+    /// [`procfs::evict_from_page_cache`].
+    #[serde(default)]
+    pub binary_pages: String,
     /// Spawn → `GET /ready` answers 200 (MQTT connected).
     pub ready_ms: Option<f64>,
     /// Spawn → first frame's last message at the subscriber.
@@ -717,23 +723,37 @@ pub struct StartupResult {
     pub rss_kib: u64,
     /// VmHWM then, KiB.
     pub hwm_kib: u64,
+    /// RssAnon then, KiB: what the process itself allocated.
+    #[serde(default)]
+    pub rss_anon_kib: u64,
+    /// RssFile then, KiB: mapped pages of the binary and the libraries.
+    #[serde(default)]
+    pub rss_file_kib: u64,
     /// CPU seconds from spawn to ready.
     pub startup_cpu_ms: f64,
     /// Why it failed, if it did.
     pub error: Option<String>,
 }
 
-/// Runs the start-up measurement once.
-pub fn startup(ctx: &RunContext<'_>, cold: bool) -> StartupResult {
+/// Runs the start-up measurement once: `cold` with an empty `.cwasm` cache,
+/// `evict` with the sluice binary dropped from the page cache first.
+pub fn startup(ctx: &RunContext<'_>, cold: bool, evict: bool) -> StartupResult {
     let mut result = StartupResult {
         cache: if cold { "cold" } else { "cached" }.into(),
+        binary_pages: if evict { "read from disk" } else { "as found" }.into(),
         ready_ms: None,
         first_frame_ms: None,
         rss_kib: 0,
         hwm_kib: 0,
+        rss_anon_kib: 0,
+        rss_file_kib: 0,
         startup_cpu_ms: 0.0,
         error: None,
     };
+    if evict && let Err(e) = crate::procfs::evict_from_page_cache(&ctx.paths.sluice_bin) {
+        result.error = Some(format!("{e:#}"));
+        return result;
+    }
     if let Err(e) = startup_inner(ctx, cold, &mut result) {
         result.error = Some(format!("{e:#}"));
     }
@@ -786,6 +806,8 @@ fn startup_inner(ctx: &RunContext<'_>, cold: bool, result: &mut StartupResult) -
     let s = target.proc.sample()?;
     result.rss_kib = s.rss_kib;
     result.hwm_kib = s.hwm_kib;
+    result.rss_anon_kib = s.rss_anon_kib;
+    result.rss_file_kib = s.rss_file_kib;
     target.proc.stop();
     drop(sub);
     if cold {
