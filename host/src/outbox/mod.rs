@@ -1459,7 +1459,7 @@ impl Shared {
                     outbox = %self.name,
                     error = %err,
                     suppressed,
-                    "outbox background flush failed; retrying"
+                    "outbox background flush or compaction failed; retrying"
                 );
             }
         }
@@ -1492,12 +1492,21 @@ impl Shared {
         };
         let compacted = db.compact();
         drop(slot);
-        if let Err(err) = compacted {
-            // Nothing was lost (compaction commits like any write), but the
-            // handle may be unusable: reopen before the next write.
-            w.broken = true;
-            lock(&self.state).write_errors += 1;
-            return Err(OutboxError::from_redb(&self.path, "compact", err.into()));
+        match compacted {
+            Ok(_) => {}
+            Err(err @ redb::CompactionError::Storage(_)) => {
+                // Nothing was lost (compaction commits like any write), but
+                // the handle may be unusable: reopen before the next write.
+                w.broken = true;
+                lock(&self.state).write_errors += 1;
+                return Err(OutboxError::from_redb(&self.path, "compact", err.into()));
+            }
+            Err(err) => {
+                // A live transaction or savepoint (none of ours outlives its
+                // call): try again once the file has grown.
+                w.compacted_len = before;
+                return Err(OutboxError::from_redb(&self.path, "compact", err.into()));
+            }
         }
         // Compaction's commits are durable, so whatever was pending is too.
         w.pending_since = None;
