@@ -6,8 +6,9 @@
 //! 24 bytes per pointer — ~1.4 MiB of `.rela.dyn` for ~60,000 pointers
 //! (wasmtime, Cranelift, rustls and axum are full of vtables and static
 //! tables) — which the loader reads once and which then stays mapped in
-//! the process: ~3 MiB of resident memory in total, measured with
-//! `/proc/PID/pagemap` (BENCHMARKS.md, "Memory"). `-z pack-relative-relocs`
+//! the process: 1–3 MiB of resident memory, depending on how much of the
+//! binary is in the page cache (measured with `/proc/PID/pagemap`;
+//! BENCHMARKS.md, "Memory"). `-z pack-relative-relocs`
 //! stores the same relocations as bitmaps (13 KiB). It needs glibc ≥ 2.36
 //! at run time (Debian 12, Raspberry Pi OS bookworm, Ubuntu 22.10+); the
 //! binary then names the `GLIBC_ABI_DT_RELR` version, so an older glibc
@@ -22,6 +23,7 @@
 
 fn main() {
     println!("cargo:rerun-if-env-changed=SLUICE_LINK_RELR");
+    println!("cargo:rerun-if-env-changed=RUSTC_LINKER");
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     let wanted = var("SLUICE_LINK_RELR") != "0";
     // Cargo tells build scripts the linker it resolved for the target.

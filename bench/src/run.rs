@@ -712,7 +712,7 @@ pub struct StartupResult {
     /// How the sluice binary's pages were in the page cache: `as found`
     /// (usually as the build wrote them) or `read from disk` (evicted just
     /// before the spawn, as after a reboot); see
-    /// [`procfs::evict_from_page_cache`].
+    /// [`crate::procfs::evict_from_page_cache`].
     #[serde(default)]
     pub binary_pages: String,
     /// Spawn → `GET /ready` answers 200 (MQTT connected).
