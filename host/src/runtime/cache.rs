@@ -75,16 +75,18 @@ impl ModuleCache {
         self.dir.as_deref()
     }
 
-    /// Compiles `wasm` or loads its cached artifact.
+    /// Compiles `wasm` or loads its cached artifact; `hash` is its
+    /// [`module_hash`], which the caller already has.
     pub fn load(
         &self,
         engine: &Engine,
         wasm: &[u8],
+        hash: &str,
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let Some(dir) = &self.dir else {
             return Ok((Component::new(engine, wasm)?, CacheOutcome::Compiled));
         };
-        let path = dir.join(format!("{}.cwasm", cache_key(engine, wasm)));
+        let path = dir.join(format!("{}.cwasm", cache_key(engine, hash)));
         if let Ok(artifact) = std::fs::read(&path) {
             // Read into memory rather than `deserialize_file` (mmap): a file
             // truncated behind our back while mapped would kill the process
@@ -119,13 +121,14 @@ impl ModuleCache {
     }
 }
 
-/// `<sha256 of module>-<engine compatibility hash>`.
-pub fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
+/// `<sha256 of module>-<engine compatibility hash>`, from the module's
+/// [`module_hash`].
+fn cache_key(engine: &Engine, module_hash: &str) -> String {
     let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
     engine
         .precompile_compatibility_hash()
         .hash(&mut engine_hash);
-    format!("{}-{:016x}", module_hash(wasm), engine_hash.finish())
+    format!("{module_hash}-{:016x}", engine_hash.finish())
 }
 
 /// Hex SHA-256 of a module's bytes: its identity in logs, caches and version history.

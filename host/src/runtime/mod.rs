@@ -587,7 +587,7 @@ impl Runtime {
         let (component, cache) = self
             .inner
             .cache
-            .load(&self.inner.engine, wasm)
+            .load(&self.inner.engine, wasm, &hash)
             .map_err(LoadError::Compile)?;
         let instance_pre = self
             .inner
