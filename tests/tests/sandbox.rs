@@ -294,8 +294,15 @@ fn the_same_module_loaded_twice_shares_its_code_not_its_state() {
     assert_eq!(topics(&mut plant1), ["plant1/node1/temperature"]);
     assert_eq!(topics(&mut plant2), ["plant2/node1/temperature"]);
 
-    let mut crashing = misbehave(&runtime, &[]).expect("init");
-    let mut healthy = misbehave(&runtime, &[]).expect("init");
+    let load_misbehave = || {
+        runtime
+            .load_file(wasm::MISBEHAVE.as_ref())
+            .expect("misbehave loads")
+    };
+    let (one, other) = (load_misbehave(), load_misbehave());
+    assert_eq!(other.cache_outcome(), CacheOutcome::Shared);
+    let mut crashing = one.instantiate("crashing", &[], LIMITS).expect("init");
+    let mut healthy = other.instantiate("healthy", &[], LIMITS).expect("init");
     assert!(crashing.process(frame("panic")).is_err());
     assert_ok_frame_works(&mut healthy, "after-the-other-trapped");
     assert_ok_frame_works(&mut crashing, "after-its-own-trap");
