@@ -759,16 +759,9 @@ pub fn targets(results: &Results) -> Vec<Target> {
     // starts sluice at boot runs it); the figure with the binary's pages as
     // the build left them in the page cache is shown next to it.
     let mib = |kib: u64| kib as f64 / 1024.0;
-    let from_disk: Vec<&StartupResult> = cached
+    let (from_disk, as_found): (Vec<&StartupResult>, Vec<&StartupResult>) = cached
         .iter()
-        .copied()
-        .filter(|s| s.binary_pages == "read from disk")
-        .collect();
-    let as_found: Vec<&StartupResult> = cached
-        .iter()
-        .copied()
-        .filter(|s| s.binary_pages != "read from disk")
-        .collect();
+        .partition(|s| s.binary_pages == crate::run::READ_FROM_DISK);
     let median_of = |rows: &[&StartupResult], f: &dyn Fn(&StartupResult) -> u64| {
         (!rows.is_empty()).then(|| median(rows.iter().map(|s| mib(f(s))).collect()))
     };

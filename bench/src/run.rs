@@ -735,12 +735,15 @@ pub struct StartupResult {
     pub error: Option<String>,
 }
 
+/// [`StartupResult::binary_pages`] of a run that evicted the binary first.
+pub const READ_FROM_DISK: &str = "read from disk";
+
 /// Runs the start-up measurement once: `cold` with an empty `.cwasm` cache,
 /// `evict` with the sluice binary dropped from the page cache first.
 pub fn startup(ctx: &RunContext<'_>, cold: bool, evict: bool) -> StartupResult {
     let mut result = StartupResult {
         cache: if cold { "cold" } else { "cached" }.into(),
-        binary_pages: if evict { "read from disk" } else { "as found" }.into(),
+        binary_pages: if evict { READ_FROM_DISK } else { "as found" }.into(),
         ready_ms: None,
         first_frame_ms: None,
         rss_kib: 0,
