@@ -7,7 +7,8 @@
 //! subscriber receiving the telemetry from it.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -469,6 +470,205 @@ fn mutating_endpoints_refuse_without_a_configured_token() {
     let (status, ready) = http.get_json("/ready");
     assert_eq!(status, 200, "{ready}");
     pty.master.write_all(frame(1).as_bytes()).expect("write");
+    assert!(sluice.stop(), "{}", sluice.log());
+}
+
+/// An HTTP/1.1 request written by hand, so that the test decides when (and
+/// whether) its body is sent.
+struct RawRequest {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+/// One response as read off a [`RawRequest`]'s connection.
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    /// Header names lower-case.
+    headers: BTreeMap<String, String>,
+}
+
+impl RawRequest {
+    /// Connects and writes the head of `PUT path` with `Content-Length:
+    /// length` and `headers`; none of the body.
+    fn put(addr: &str, path: &str, length: u64, headers: &[&str]) -> RawRequest {
+        let mut stream = TcpStream::connect(addr).expect("connect to the admin API");
+        // A guard against a host that never answers; no assertion on time.
+        for timeout in [TcpStream::set_read_timeout, TcpStream::set_write_timeout] {
+            timeout(&stream, Some(Duration::from_secs(30))).expect("socket timeout");
+        }
+        let mut head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/wasm\r\nContent-Length: {length}\r\n"
+        );
+        for header in headers {
+            head.push_str(header);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).expect("write the head");
+        let reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+        RawRequest { stream, reader }
+    }
+
+    /// Reads the next response's status line and headers.
+    fn read_head(&mut self) -> RawResponse {
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .expect("a status line (no answer?)");
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not a status line: {line:?}"));
+        let mut headers = BTreeMap::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).expect("a header line");
+            let Some((name, value)) = line.trim_end().split_once(':') else {
+                break;
+            };
+            headers.insert(name.to_ascii_lowercase(), value.trim().to_owned());
+        }
+        RawResponse { status, headers }
+    }
+
+    /// Reads the body of `response` (it has a `Content-Length`) as JSON.
+    fn read_json(&mut self, response: &RawResponse) -> serde_json::Value {
+        let length: usize = response.headers["content-length"]
+            .parse()
+            .expect("content-length");
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).expect("the body");
+        serde_json::from_slice(&body).expect("a JSON body")
+    }
+
+    /// Writes `count` zero bytes of body, as far as the connection takes
+    /// them; returns how many it took.
+    fn send_body(&mut self, count: u64) -> u64 {
+        let chunk = vec![0u8; 64 << 10];
+        let mut sent = 0;
+        while sent < count {
+            let n = chunk.len().min((count - sent) as usize);
+            if self.stream.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            sent += n as u64;
+        }
+        sent
+    }
+}
+
+/// A host with the admin token set and no sinks; its admin address.
+fn start_with_token(dir: &Path, pty: &Pty) -> (SluiceProcess, String) {
+    let config = write_config(
+        dir,
+        pty,
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"SLUICE_TEST_ADMIN_TOKEN\"\n",
+    );
+    let sluice = SluiceProcess::spawn(
+        &["run", "--config", config.to_str().expect("utf-8 path")],
+        &[("SLUICE_TEST_ADMIN_TOKEN", TOKEN.to_owned())],
+    );
+    let addr = logged_addr(&sluice, "admin API listening on http://");
+    (sluice, addr)
+}
+
+/// An unauthenticated upload is answered before the host reads its body,
+/// so it costs the host no memory: a client that asks first
+/// (`Expect: 100-continue`) gets the 401 instead of the go-ahead and sends
+/// nothing; one that just sends gets the 401 after the first MiB of 50, and
+/// the host takes no more (the connection is closed, the rest cannot be
+/// written).
+#[test]
+fn refused_uploads_are_answered_before_their_body() {
+    const LENGTH: u64 = 50_000_000;
+    let pty = Pty::open().expect("openpty");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut sluice, addr) = start_with_token(dir.path(), &pty);
+    let path = "/transforms/gateway";
+
+    let mut asking = RawRequest::put(&addr, path, LENGTH, &["Expect: 100-continue"]);
+    let response = asking.read_head();
+    assert_eq!(response.status, 401, "{response:?}");
+    assert_eq!(response.headers["connection"], "close", "{response:?}");
+    let body = asking.read_json(&response);
+    assert_eq!(body["error"], "missing bearer token", "{body}");
+    let mut rest = Vec::new();
+    asking
+        .reader
+        .read_to_end(&mut rest)
+        .expect("the host closes the connection");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+
+    let mut pushing = RawRequest::put(
+        &addr,
+        path,
+        LENGTH,
+        &["Authorization: Bearer correct-horse-battery-stapl"],
+    );
+    assert_eq!(pushing.send_body(1 << 20), 1 << 20);
+    let response = pushing.read_head();
+    assert_eq!(response.status, 401, "{response:?}");
+    assert_eq!(response.headers["connection"], "close", "{response:?}");
+    let body = pushing.read_json(&response);
+    assert_eq!(body["error"], "invalid bearer token", "{body}");
+    let sent = (1 << 20) + pushing.send_body(LENGTH - (1 << 20));
+    assert!(sent < LENGTH, "the host took all {sent} bytes of the body");
+
+    let http = Http::new(&addr);
+    let (status, health) = http.get_json("/health");
+    assert_eq!(status, 200, "{health}");
+    assert!(sluice.stop(), "{}", sluice.log());
+}
+
+/// Authenticated uploads are held in memory until their deploy is done, so
+/// only two are taken at once: with two in progress (the host said
+/// `100 Continue` to both) a third is refused with 503 before its body is
+/// read; once they are done, uploads are taken again.
+#[test]
+fn concurrent_uploads_are_bounded() {
+    const LENGTH: u64 = 1 << 20;
+    let pty = Pty::open().expect("openpty");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut sluice, addr) = start_with_token(dir.path(), &pty);
+    let path = "/transforms/gateway";
+    let authorization = format!("Authorization: Bearer {TOKEN}");
+    let headers = [authorization.as_str(), "Expect: 100-continue"];
+
+    let mut uploads: Vec<RawRequest> = (0..2)
+        .map(|_| {
+            let mut upload = RawRequest::put(&addr, path, LENGTH, &headers);
+            let response = upload.read_head();
+            assert_eq!(response.status, 100, "{response:?}");
+            upload
+        })
+        .collect();
+
+    let mut third = RawRequest::put(&addr, path, LENGTH, &headers);
+    let response = third.read_head();
+    assert_eq!(response.status, 503, "{response:?}");
+    assert_eq!(response.headers["retry-after"], "1", "{response:?}");
+    let body = third.read_json(&response);
+    assert_eq!(
+        body["error"], "2 module uploads are already in progress; retry when one has finished",
+        "{body}"
+    );
+
+    // The two finish (a MiB of zeros is no module) and free their places.
+    for upload in &mut uploads {
+        assert_eq!(upload.send_body(LENGTH), LENGTH);
+        let response = upload.read_head();
+        assert_eq!(response.status, 422, "{response:?}");
+        let body = upload.read_json(&response);
+        assert_eq!(body["outcome"], "invalid_module", "{body}");
+    }
+    let mut next = RawRequest::put(&addr, path, LENGTH, &headers);
+    let response = next.read_head();
+    assert_eq!(response.status, 100, "{response:?}");
+    assert_eq!(next.send_body(LENGTH), LENGTH);
+    let response = next.read_head();
+    assert_eq!(response.status, 422, "{response:?}");
     assert!(sluice.stop(), "{}", sluice.log());
 }
 

@@ -10,10 +10,14 @@
 //! * the comparison is constant-time: both tokens are hashed (SHA-256, so
 //!   the length does not leak either) and the digests compared without an
 //!   early exit;
-//! * a refused request's body is read and discarded (up to 64 MiB) before
-//!   the answer: a client uploading a module without a token otherwise sees
-//!   a reset connection instead of the 401 (the server answers, closes, and
-//!   the unread upload makes the kernel reset the socket).
+//! * a refused request is answered before its body is read, and the
+//!   connection is closed after the answer (`Connection: close`): an
+//!   unauthenticated upload costs the host nothing but the headers. A
+//!   client that sends `Expect: 100-continue` (curl does for large bodies)
+//!   gets the answer instead of the `100 Continue` and never sends the body;
+//!   one that sends the body without waiting may see the connection reset
+//!   after the answer arrived (Linux still delivers the answer to a client
+//!   that reads it).
 //!
 //! Only the digest of the configured token is kept in memory here.
 
@@ -22,7 +26,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -87,8 +91,16 @@ fn bearer(value: &HeaderValue) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// The answer to a refused request. Its body is never read: the request
+/// (and with it the unread body) is dropped when the answer is sent, and
+/// `Connection: close` tells the client this connection is done.
 fn refuse(status: StatusCode, message: &'static str, challenge: Option<&'static str>) -> Response {
-    let mut response = (status, Json(serde_json::json!({ "error": message }))).into_response();
+    let mut response = (
+        status,
+        [(header::CONNECTION, HeaderValue::from_static("close"))],
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response();
     if let Some(challenge) = challenge {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -96,6 +108,15 @@ fn refuse(status: StatusCode, message: &'static str, challenge: Option<&'static 
         );
     }
     response
+}
+
+/// Whether `headers` present a bearer token, and if so whether it is
+/// `expected`.
+fn presented(expected: &[u8; 32], headers: &HeaderMap) -> Option<bool> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(bearer)
+        .map(|token| same(&digest(token), expected))
 }
 
 /// axum middleware: lets the request through only with the configured
@@ -107,18 +128,11 @@ pub async fn require_token(
 ) -> Response {
     let Some(expected) = &check.digest else {
         check.log_refusal(StatusCode::FORBIDDEN, "no admin token configured");
-        drain(request).await;
         return refuse(StatusCode::FORBIDDEN, "admin token not configured", None);
     };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(bearer)
-        .map(|token| same(&digest(token), expected));
-    match presented {
+    match presented(expected, request.headers()) {
         None => {
             check.log_refusal(StatusCode::UNAUTHORIZED, "no bearer token");
-            drain(request).await;
             refuse(
                 StatusCode::UNAUTHORIZED,
                 "missing bearer token",
@@ -127,7 +141,6 @@ pub async fn require_token(
         }
         Some(false) => {
             check.log_refusal(StatusCode::UNAUTHORIZED, "wrong bearer token");
-            drain(request).await;
             refuse(
                 StatusCode::UNAUTHORIZED,
                 "invalid bearer token",
@@ -136,13 +149,6 @@ pub async fn require_token(
         }
         Some(true) => next.run(request).await,
     }
-}
-
-/// Reads and discards a refused request's body, up to 64 MiB (see the
-/// module docs); the handler never sees it.
-async fn drain(request: Request) {
-    const DRAIN_LIMIT: usize = 64 << 20;
-    let _ = axum::body::to_bytes(request.into_body(), DRAIN_LIMIT).await;
 }
 
 /// `router` with [`require_token`] in front of each of its routes.

@@ -7,12 +7,15 @@
 //! | `GET /ready` | 200 when the sinks can take data, else 503; JSON details either way (see [`readiness`]) |
 //! | `GET /metrics` | [`Metrics::encode`] (prometheus-client's OpenMetrics text) |
 //! | `GET /transforms` | each pipeline's transform: active version, history, per-version frames, failures by reason, mean call time, canary and quarantine state |
-//! | `PUT /transforms/{name}` | bearer token required: deploy a module (the body), see [`deploy`] |
+//! | `PUT /transforms/{name}` | bearer token required: deploy a module (the body), see [`deploy`]; at most [`MAX_CONCURRENT_UPLOADS`] at once, 503 beyond |
 //! | `POST /transforms/{name}/rollback` | bearer token required: back to the previous version |
 //!
 //! Mutating endpoints go behind [`auth::protect`]: without a configured
-//! token they answer 403, without the right bearer token 401, and the
-//! handler never runs (so nothing changes).
+//! token they answer 403, without the right bearer token 401, before any of
+//! the body is read, and the handler never runs (so nothing changes). An
+//! authenticated deploy body is held in memory until the deploy is done, so
+//! only [`MAX_CONCURRENT_UPLOADS`] are taken at once, each up to the body
+//! limit (`hotswap.max_module_bytes` as base64 plus 1 MiB).
 //!
 //! Besides deploys and rollbacks, which go through [`crate::hotswap`], the
 //! API only reads: metrics (atomics), gauges the sinks maintain, and a weak
@@ -29,13 +32,14 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use base64::Engine as _;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{TokenCheck, protect, require_token};
@@ -52,6 +56,9 @@ pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 const INFLUX_QUEUE_NOT_READY: f64 = 0.9;
 /// How long shutdown waits for open admin requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Deploy bodies received and held at once; one more is answered 503
+/// before its body is read.
+pub const MAX_CONCURRENT_UPLOADS: usize = 2;
 
 /// One pipeline's transform, as `GET /transforms` lists it.
 #[derive(Debug, Clone)]
@@ -196,11 +203,14 @@ pub fn router(state: Arc<AdminState>, check: Arc<TokenCheck>) -> axum::Router {
             .saturating_div(2)
             .saturating_add(1 << 20)
     });
+    let uploads = Arc::new(Semaphore::new(MAX_CONCURRENT_UPLOADS));
     let mutating = protect(
         axum::Router::new()
             .route(
                 "/transforms/{name}",
-                put(deploy).layer(DefaultBodyLimit::max(body_limit)),
+                put(deploy)
+                    .layer(DefaultBodyLimit::max(body_limit))
+                    .layer(axum::middleware::from_fn_with_state(uploads, limit_uploads)),
             )
             .route("/transforms/{name}/rollback", post(rollback)),
         check,
@@ -350,6 +360,33 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
         state.metrics.encode(),
     )
         .into_response()
+}
+
+/// axum middleware: holds one of [`MAX_CONCURRENT_UPLOADS`] permits while
+/// the request is served (its body received, the deploy run), or answers 503
+/// without reading the body.
+async fn limit_uploads(
+    State(uploads): State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(_permit) = uploads.try_acquire() else {
+        tracing::warn!("admin API: upload refused: {MAX_CONCURRENT_UPLOADS} already in progress");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [
+                (header::RETRY_AFTER, HeaderValue::from_static("1")),
+                (header::CONNECTION, HeaderValue::from_static("close")),
+            ],
+            Json(json!({
+                "error": format!(
+                    "{MAX_CONCURRENT_UPLOADS} module uploads are already in progress; retry when one has finished"
+                ),
+            })),
+        )
+            .into_response();
+    };
+    next.run(request).await
 }
 
 async fn transforms(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
