@@ -111,7 +111,16 @@ impl Http {
     }
 
     fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
-        let (status, _, body) = self.get(path);
+        self.get_json_as(path, None)
+    }
+
+    /// `GET path`, with `token` as bearer token if there is one.
+    fn get_json_as(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let (status, _, body) = self.send(request);
         let value = serde_json::from_str(&body)
             .unwrap_or_else(|err| panic!("GET {path}: not JSON ({err}): {body}"));
         (status, value)
@@ -340,6 +349,26 @@ fn admin_api_of_a_running_host() {
         "{transforms}"
     );
     assert_eq!(entry["frames_received"], 8, "{transforms}");
+
+    // Config values only for the operator (a config can hold device keys):
+    // without the token, or with a wrong one, the keys with the values
+    // redacted; with it, the values.
+    for (token, prefix) in [
+        (None, "<redacted>"),
+        (Some("correct-horse-battery-stapl"), "<redacted>"),
+        (Some(TOKEN), "iiot"),
+    ] {
+        let (status, listing) = http.get_json_as("/transforms", token);
+        assert_eq!(status, 200, "{listing}");
+        let entry = &listing["transforms"][0];
+        assert_eq!(
+            entry["active"]["config"],
+            serde_json::json!({ "prefix": prefix }),
+            "{listing}"
+        );
+        assert_eq!(entry["history"][0]["config"], entry["active"]["config"]);
+        assert_eq!(listing.to_string().contains("iiot"), prefix == "iiot");
+    }
 
     // Mutating endpoints: 401 without or with a wrong token; the right one
     // passes the auth layer (and there is no earlier version to return to).

@@ -1,7 +1,9 @@
 //! Bearer-token authentication for the admin API's mutating endpoints.
 //!
 //! [`require_token`] is an axum middleware; [`protect`] applies it to every
-//! route of a router (as a route layer, so unknown paths stay 404). Rules:
+//! route of a router (as a route layer, so unknown paths stay 404);
+//! [`TokenCheck::authorizes`] lets an open endpoint show more to the
+//! operator (`GET /transforms` shows config values only to them). Rules:
 //!
 //! * no token configured (`admin.token_env` / `admin.token_file` absent):
 //!   403 `admin token not configured` — a mutating endpoint is never open;
@@ -49,6 +51,16 @@ impl TokenCheck {
             digest: token.map(|t| digest(t.expose())),
             log_limit: Mutex::new(RateLimiter::new(5, Duration::from_secs(60))),
         }
+    }
+
+    /// Whether `headers` carry the configured bearer token (never true when
+    /// none is configured): for endpoints that answer everyone but show
+    /// more to an operator.
+    pub fn authorizes(&self, headers: &HeaderMap) -> bool {
+        self.digest
+            .as_ref()
+            .and_then(|expected| presented(expected, headers))
+            == Some(true)
     }
 
     /// Whether a token is configured at all.

@@ -6,7 +6,7 @@
 //! | `GET /health` | liveness: always 200 while the process serves, `{status, version, uptime_secs}` |
 //! | `GET /ready` | 200 when the sinks can take data, else 503; JSON details either way (see [`readiness`]) |
 //! | `GET /metrics` | [`Metrics::encode`] (prometheus-client's OpenMetrics text) |
-//! | `GET /transforms` | each pipeline's transform: active version, history, per-version frames, failures by reason, mean call time, canary and quarantine state |
+//! | `GET /transforms` | each pipeline's transform: active version, history, per-version frames, failures by reason, mean call time, canary and quarantine state; config values only with the bearer token (a config can hold device keys), `"<redacted>"` otherwise |
 //! | `PUT /transforms/{name}` | bearer token required: deploy a module (the body), see [`deploy`]; at most [`MAX_CONCURRENT_UPLOADS`] at once, 503 beyond |
 //! | `POST /transforms/{name}/rollback` | bearer token required: back to the previous version |
 //!
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -213,13 +213,13 @@ pub fn router(state: Arc<AdminState>, check: Arc<TokenCheck>) -> axum::Router {
                     .layer(axum::middleware::from_fn_with_state(uploads, limit_uploads)),
             )
             .route("/transforms/{name}/rollback", post(rollback)),
-        check,
+        check.clone(),
     );
     axum::Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/transforms", get(transforms))
+        .route("/transforms", get(transforms).layer(Extension(check)))
         .merge(mutating)
         .fallback(not_found)
         .with_state(state)
@@ -389,7 +389,12 @@ async fn limit_uploads(
     next.run(request).await
 }
 
-async fn transforms(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+async fn transforms(
+    State(state): State<Arc<AdminState>>,
+    Extension(check): Extension<Arc<TokenCheck>>,
+    headers: HeaderMap,
+) -> Json<serde_json::Value> {
+    let show_config = check.authorizes(&headers);
     let list: Vec<_> = state
         .transforms
         .iter()
@@ -407,7 +412,7 @@ async fn transforms(State(state): State<Arc<AdminState>>) -> Json<serde_json::Va
                 let (_, hash) = manager.active();
                 entry["sha256"] = hash.into();
                 if let (Some(entry), serde_json::Value::Object(more)) =
-                    (entry.as_object_mut(), manager.to_json())
+                    (entry.as_object_mut(), manager.to_json(show_config))
                 {
                     entry.extend(more.into_iter().filter(|(k, _)| k != "module"));
                 }

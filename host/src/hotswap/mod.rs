@@ -66,6 +66,10 @@ use crate::source::capture::CaptureHandle;
 use guard::{CanaryPolicy, VersionStats};
 use vectors::VectorError;
 
+/// What the listing shows instead of a config value to a caller without
+/// the admin token.
+pub const REDACTED: &str = "<redacted>";
+
 /// Where a version came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeploySource {
@@ -269,11 +273,16 @@ struct Version {
 }
 
 impl Version {
-    fn to_json(&self, canary: bool) -> serde_json::Value {
+    /// `show_config` false: the config's keys with every value
+    /// [`REDACTED`].
+    fn to_json(&self, canary: bool, show_config: bool) -> serde_json::Value {
         let config: serde_json::Map<String, serde_json::Value> = self
             .config
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .map(|(k, v)| {
+                let value = if show_config { v.as_str() } else { REDACTED };
+                (k.clone(), value.into())
+            })
             .collect();
         let (status, rollback) = match &self.status {
             Status::Active if canary => ("canary", None),
@@ -752,11 +761,14 @@ impl TransformManager {
     }
 
     /// The JSON listing of `GET /transforms`: active version, history
-    /// (newest first) and per-version counters.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// (newest first) and per-version counters. Config values only with
+    /// `show_config` (a config can hold device keys), [`REDACTED`] otherwise.
+    pub fn to_json(&self, show_config: bool) -> serde_json::Value {
         let state = self.state();
         let canary = state.canary;
-        let active = state.active().map(|v| v.to_json(canary == Some(v.id)));
+        let active = state
+            .active()
+            .map(|v| v.to_json(canary == Some(v.id), show_config));
         let rollback_to = state
             .active()
             .and_then(|v| v.previous)
@@ -765,7 +777,7 @@ impl TransformManager {
             .versions
             .iter()
             .rev()
-            .map(|v| v.to_json(canary == Some(v.id)))
+            .map(|v| v.to_json(canary == Some(v.id), show_config))
             .collect();
         json!({
             "module": self.module_path.display().to_string(),
