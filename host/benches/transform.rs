@@ -23,7 +23,6 @@ use sluice_sdk::Transform as _;
 const SAMPLE: &str = r#"{"seq":1042,"n1":{"t":27.6,"h":54.1,"bat":3.71},"n2":{"t":26.0,"h":50.2,"bat":3.65},"sig":{"rssi":-39,"snr":9.5},"stats":{"rx":1201,"crc_err":3}}"#;
 const ROUNDS: usize = 15;
 const FRAMES_PER_ROUND: usize = 20_000;
-const BATCH: usize = 64;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -77,7 +76,7 @@ fn main() {
     // adds in the guest (encode) and what the host does after the call
     // (decode into its own types).
     let packed = sluice_sdk::__private::encode_output(&native_out).expect("encode");
-    let (mut native_ns, mut wasm_ns, mut batch_ns) = (vec![], vec![], vec![]);
+    let (mut native_ns, mut wasm_ns) = (vec![], vec![]);
     let (mut encode_ns, mut decode_ns) = (vec![], vec![]);
     for _ in 0..ROUNDS {
         let t = Instant::now();
@@ -88,7 +87,10 @@ fn main() {
 
         let t = Instant::now();
         for _ in 0..FRAMES_PER_ROUND {
-            black_box(sluice::runtime::packed::decode(black_box(&packed)).expect("ok"));
+            let mut budget = sluice::runtime::output::Budget::new(Default::default());
+            black_box(
+                sluice::runtime::packed::decode(black_box(&packed), &mut budget).expect("ok"),
+            );
         }
         decode_ns.push(t.elapsed().as_nanos() as f64 / FRAMES_PER_ROUND as f64);
 
@@ -103,15 +105,8 @@ fn main() {
             black_box(instance.process(black_box(host_frame.clone())).expect("ok"));
         }
         wasm_ns.push(t.elapsed().as_nanos() as f64 / FRAMES_PER_ROUND as f64);
-
-        let t = Instant::now();
-        for _ in 0..FRAMES_PER_ROUND / BATCH {
-            let batch = vec![host_frame.clone(); BATCH];
-            black_box(instance.process_batch(batch).expect("ok"));
-        }
-        batch_ns.push(t.elapsed().as_nanos() as f64 / (FRAMES_PER_ROUND / BATCH * BATCH) as f64);
     }
-    let (n, w, b) = (median(native_ns), median(wasm_ns), median(batch_ns));
+    let (n, w) = (median(native_ns), median(wasm_ns));
     let (enc, dec) = (median(encode_ns), median(decode_ns));
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
@@ -121,10 +116,6 @@ fn main() {
     println!("|---------------------------|---------:|----------------:|");
     println!("| native (same Rust code)   | {n:8.0} | {:15.2} |", 1.0);
     println!("| wasm, process (1 frame)   | {w:8.0} | {:15.2} |", w / n);
-    println!(
-        "| wasm, process-batch ({BATCH}) | {b:8.0} | {:15.2} |",
-        b / n
-    );
     println!(
         "| native: SDK packs output  | {enc:8.0} | {:15.2} |",
         enc / n

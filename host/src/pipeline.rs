@@ -559,7 +559,8 @@ impl Worker {
                     rejected.error,
                     ProcessError::Trap { .. } | ProcessError::Reinstantiate(_)
                 );
-                if trapped || self.canary.is_some() {
+                let over_limit = matches!(rejected.error, ProcessError::OverLimit(_));
+                if trapped || over_limit || self.canary.is_some() {
                     self.dead_letter(&rejected.frame);
                 }
                 if let Some(event) = self.quarantine.record(trapped, now) {

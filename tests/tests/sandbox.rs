@@ -10,14 +10,15 @@ use sluice::metrics::Metrics;
 use sluice::model::{Frame, Qos};
 use sluice::pipeline::{Emission, WorkerSettings, spawn_worker};
 use sluice::runtime::{
-    CacheOutcome, GuestErrorKind, Limits, LoadError, ModuleCache, ProcessError, Runtime,
-    TransformInstance, TrapKind,
+    CacheOutcome, GuestErrorKind, Limits, LoadError, ModuleCache, OutputLimits, ProcessError,
+    Runtime, TransformInstance, TrapKind,
 };
 use sluice_tests::wasm;
 
 const LIMITS: Limits = Limits {
     call_timeout: Duration::from_millis(50),
     memory_bytes: 16 << 20,
+    output: OutputLimits::DEFAULT,
 };
 
 fn frame(text: &str) -> Frame {
@@ -178,14 +179,6 @@ fn modules_of_both_contract_versions_load_and_run() {
     assert_eq!(rejected.error.reason(), "decode_malformed");
     assert_eq!(rejected.frame.data, b"fail", "the frame is handed back");
 
-    let results = legacy
-        .process_batch(vec![frame("a"), frame("fail"), frame("bc")])
-        .expect("no trap");
-    assert_eq!(results.len(), 3);
-    assert_eq!(results[0].as_ref().expect("ok").messages[0].payload, b"a");
-    assert!(results[1].is_err());
-    assert_eq!(results[2].as_ref().expect("ok").messages[0].payload, b"bc");
-
     assert_eq!(
         legacy.encode_command("cmd/x", b"1").expect("encodes"),
         b"cmd/x=1"
@@ -215,19 +208,6 @@ fn downlink_encode_goes_through_the_sandbox() {
     );
     let err = instance.encode_command("cmd/x", b"").expect_err("refused");
     assert_eq!(err.reason(), "decode_unsupported");
-}
-
-#[test]
-fn batch_entry_point_returns_one_result_per_frame() {
-    let runtime = runtime();
-    let mut instance = misbehave(&runtime, &[]).expect("init");
-    let results = instance
-        .process_batch(vec![frame("ok:a"), frame("error"), frame("ok:b")])
-        .expect("no trap");
-    assert_eq!(results.len(), 3);
-    assert_eq!(results[0].as_ref().expect("ok").messages[0].payload, b"a");
-    assert!(results[1].is_err());
-    assert_eq!(results[2].as_ref().expect("ok").messages[0].payload, b"b");
 }
 
 #[test]

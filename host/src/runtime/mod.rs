@@ -44,7 +44,9 @@
 //! records. A module is bound to the newest version it exports.
 
 mod cache;
+pub mod output;
 pub mod packed;
+mod virtual_wasi;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -53,13 +55,19 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{
+    ComponentExportIndex, Func, HasSelf, InstancePre, Linker, ResourceTable,
+};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use cache::{CacheOutcome, ModuleCache, module_hash};
+pub use output::{Limit, OutputError, OutputLimits, guest_text};
 
-use crate::model::{self, Frame, TransformOutput};
+use crate::model::{Frame, TransformOutput};
+use crate::ratelimit::RateLimiter;
+use output::{Budget, Bytes, WitCommand, WitError, WitFrame, WitOutputV01};
+use virtual_wasi::CallClock;
 
 /// Bindings of `sluice:transform@0.1.0`: output as WIT records.
 mod v0_1 {
@@ -98,8 +106,11 @@ pub const CPU_ORIGIN_MAX_AGE: Duration = Duration::from_millis(1);
 pub struct Limits {
     /// CPU-time budget per call (on the worker thread; see the module docs).
     pub call_timeout: Duration,
-    /// Maximum linear memory per instance, in bytes.
+    /// Maximum linear memory per instance (all its memories together), in
+    /// bytes.
     pub memory_bytes: usize,
+    /// What one frame's output may hold.
+    pub output: OutputLimits,
 }
 
 impl Default for Limits {
@@ -107,9 +118,18 @@ impl Default for Limits {
         Self {
             call_timeout: Duration::from_millis(100),
             memory_bytes: 32 << 20,
+            output: OutputLimits::default(),
         }
     }
 }
+
+/// Core instances, tables and memories one instance may create: a Rust
+/// component has a handful of each; these bound what a crafted one costs.
+const MAX_CORE_INSTANCES: usize = 64;
+const MAX_TABLES: usize = 64;
+const MAX_MEMORIES: usize = 16;
+/// Table elements per instance, all tables together.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 
 /// Errors from loading or instantiating a module.
 #[derive(Debug, thiserror::Error)]
@@ -188,25 +208,6 @@ impl std::fmt::Display for GuestErrorKind {
     }
 }
 
-/// The `error` variant is the same in every contract version.
-macro_rules! guest_error_from {
-    ($($wit:ident),*) => {$(
-        impl From<$wit::wit::Error> for GuestError {
-            fn from(e: $wit::wit::Error) -> Self {
-                use $wit::wit::Error as E;
-                let (kind, message) = match e {
-                    E::Malformed(m) => (GuestErrorKind::Malformed, m),
-                    E::Unsupported(m) => (GuestErrorKind::Unsupported, m),
-                    E::InvalidConfig(m) => (GuestErrorKind::InvalidConfig, m),
-                    E::Internal(m) => (GuestErrorKind::Internal, m),
-                };
-                GuestError { kind, message }
-            }
-        }
-    )*};
-}
-guest_error_from!(v0_1, v0_2);
-
 /// Why a call trapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrapKind {
@@ -259,9 +260,14 @@ pub enum ProcessError {
         /// wasmtime's message.
         message: String,
     },
-    /// The guest broke the contract (e.g. a batch result of the wrong length).
+    /// The guest broke the contract (e.g. a packed output that does not
+    /// decode).
     #[error("transform broke the contract: {0}")]
     Contract(String),
+    /// The frame's output went over a limit of [`Limits::output`]; none of
+    /// it is kept.
+    #[error("transform {0}")]
+    OverLimit(OutputError),
     /// A fresh instance could not be created after a trap.
     #[error("cannot recreate the transform instance: {0}")]
     Reinstantiate(String),
@@ -286,7 +292,18 @@ impl ProcessError {
                 TrapKind::Other => "trap_other",
             },
             ProcessError::Contract(_) => "contract_violation",
+            ProcessError::OverLimit(OutputError::OverLimit { limit, .. }) => limit.reason(),
+            ProcessError::OverLimit(OutputError::Contract(_)) => "contract_violation",
             ProcessError::Reinstantiate(_) => "instance_unavailable",
+        }
+    }
+}
+
+impl From<OutputError> for ProcessError {
+    fn from(e: OutputError) -> Self {
+        match e {
+            OutputError::Contract(message) => ProcessError::Contract(message),
+            over => ProcessError::OverLimit(over),
         }
     }
 }
@@ -300,11 +317,13 @@ pub struct Rejected {
     pub frame: Frame,
 }
 
-/// Per-store state: the inert WASI context, the memory limiter, and the
-/// identity used in guest log lines.
+/// Per-store state: the inert WASI context and the call's clock
+/// ([`virtual_wasi`]), the resource limiter, the guest's log, the call's
+/// CPU budget.
 struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
+    clock: Arc<CallClock>,
     limiter: MemoryLimiter,
     log: GuestLog,
     budget: CallBudget,
@@ -391,46 +410,85 @@ impl WasiView for GuestState {
     }
 }
 
-/// Caps linear memory and remembers that it did, so the resulting trap can
-/// be reported as [`TrapKind::MemoryLimit`] rather than a generic error.
+/// Caps an instance's linear memory — all its memories together, since
+/// wasmtime allows a component several — and its tables, and remembers a
+/// refused growth, so the resulting trap can be reported as
+/// [`TrapKind::MemoryLimit`] rather than a generic error.
 struct MemoryLimiter {
     max_bytes: usize,
+    /// Bytes of every memory of the store together.
+    memory_bytes: usize,
+    /// Elements of every table of the store together.
+    table_elements: usize,
     hit: bool,
+}
+
+impl MemoryLimiter {
+    fn new(max_bytes: usize) -> Self {
+        MemoryLimiter {
+            max_bytes,
+            memory_bytes: 0,
+            table_elements: 0,
+            hit: false,
+        }
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        let total = (self.memory_bytes - current.min(self.memory_bytes)).saturating_add(desired);
+        if total > self.max_bytes {
             self.hit = true;
             wasmtime::bail!(
-                "memory limit: guest asked for {desired} bytes, cap is {}",
+                "memory limit: guest asked for {total} bytes in all, cap is {}",
                 self.max_bytes
             );
         }
+        self.memory_bytes = total;
         Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Tables hold function references; a million entries is far beyond
-        // any sane transform and bounds host memory.
-        Ok(desired <= 1_000_000)
+        // Tables hold function references; a million entries in all is far
+        // beyond any sane transform and bounds host memory.
+        let total =
+            (self.table_elements - current.min(self.table_elements)).saturating_add(desired);
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
-/// Rate-limited sink for the guest's `log` import.
+/// The guest's `log` import: rate-limited per pipeline (the limiter
+/// outlives instances, so a guest that logs and then traps does not get a
+/// fresh allowance with every new instance).
 struct GuestLog {
     transform: Arc<str>,
-    limiter: crate::ratelimit::RateLimiter,
+    limiter: Arc<Mutex<RateLimiter>>,
 }
 
 /// The `log` interface is the same in every contract version.
@@ -456,36 +514,35 @@ macro_rules! guest_log_host {
 guest_log_host!(v0_1, v0_2);
 
 impl GuestState {
-    /// A line from the guest's `log` import: truncated, rate-limited.
-    fn guest_log(&mut self, level: tracing::Level, mut message: String) {
-        const MAX_LEN: usize = 1024;
-        if !self.log.limiter.allow() {
+    /// A line from the guest's `log` import: rate-limited, made safe to
+    /// print ([`guest_text`]).
+    fn guest_log(&mut self, level: tracing::Level, message: String) {
+        let allowed = self
+            .log
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check();
+        let Some(suppressed) = allowed else {
             return;
-        }
-        if message.len() > MAX_LEN {
-            let mut end = MAX_LEN;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-            message.push('…');
-        }
+        };
+        let message = guest_text(&message);
         let transform = &*self.log.transform;
         match level {
             tracing::Level::TRACE => {
-                tracing::trace!(target: "sluice::guest", transform, "{message}")
+                tracing::trace!(target: "sluice::guest", transform, suppressed, "{message}")
             }
             tracing::Level::DEBUG => {
-                tracing::debug!(target: "sluice::guest", transform, "{message}")
+                tracing::debug!(target: "sluice::guest", transform, suppressed, "{message}")
             }
             tracing::Level::INFO => {
-                tracing::info!(target: "sluice::guest", transform, "{message}")
+                tracing::info!(target: "sluice::guest", transform, suppressed, "{message}")
             }
             tracing::Level::WARN => {
-                tracing::warn!(target: "sluice::guest", transform, "{message}")
+                tracing::warn!(target: "sluice::guest", transform, suppressed, "{message}")
             }
             tracing::Level::ERROR => {
-                tracing::error!(target: "sluice::guest", transform, "{message}")
+                tracing::error!(target: "sluice::guest", transform, suppressed, "{message}")
             }
         }
     }
@@ -504,6 +561,9 @@ struct RuntimeInner {
     /// Modules alive somewhere in the host, by module hash; an entry dies
     /// with the last [`Module`] of it (pruned on the next load).
     loaded: Mutex<HashMap<Arc<str>, Weak<LoadedModule>>>,
+    /// The guest log's rate limiter of each pipeline (by transform name),
+    /// shared by all its instances and versions.
+    log_limits: Mutex<HashMap<Arc<str>, Arc<Mutex<RateLimiter>>>>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -511,6 +571,16 @@ impl Drop for RuntimeInner {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Guest log lines per pipeline: a burst of this many per second.
+const GUEST_LOG_PER_SECOND: u32 = 20;
+
+/// Locks a mutex whose data no panic can leave half-updated.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Runtime {
@@ -527,9 +597,9 @@ impl Runtime {
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::new(&engine);
-        // WASI is linked so that Rust std guests instantiate, but the context
-        // built in `new_store` grants nothing: no preopens, env, args, sockets.
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // WASI is linked so that Rust std guests instantiate; what it lets
+        // a guest see and do is `virtual_wasi`'s.
+        virtual_wasi::add_to_linker(&mut linker)?;
         v0_1::TransformModule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         v0_2::TransformModule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
 
@@ -554,6 +624,7 @@ impl Runtime {
                 linker,
                 cache,
                 loaded: Mutex::new(HashMap::new()),
+                log_limits: Mutex::new(HashMap::new()),
                 ticker_stop,
             }),
         })
@@ -594,21 +665,27 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Contract("unsatisfied imports", e))?;
-        // Bound to the newest contract it exports.
-        let pre = match v0_2::TransformModulePre::new(instance_pre.clone()) {
-            Ok(pre) => Pre::V0_2(pre),
-            Err(newest) => match v0_1::TransformModulePre::new(instance_pre) {
-                Ok(pre) => Pre::V0_1(pre),
+        // Bound to the newest contract it exports (the generated bindings
+        // check that the exports are there; their types are checked when
+        // the first instance is made).
+        let contract = match v0_2::TransformModulePre::new(instance_pre.clone()) {
+            Ok(_) => Contract::V0_2,
+            Err(newest) => match v0_1::TransformModulePre::new(instance_pre.clone()) {
+                Ok(_) => Contract::V0_1,
                 Err(_) => return Err(LoadError::Contract("missing exports", newest)),
             },
         };
+        let exports = Exports::find(&component, contract)
+            .map_err(|e| LoadError::Contract("missing exports", e))?;
         let shared = Arc::new(LoadedModule {
-            pre,
+            pre: instance_pre,
+            contract,
+            exports,
             hash: hash.clone(),
         });
         // Two threads loading the same new module at once both compile it;
         // the later one's entry wins, and both modules work.
-        self.registry().insert(hash, Arc::downgrade(&shared));
+        lock(&self.inner.loaded).insert(hash, Arc::downgrade(&shared));
         Ok(Module {
             shared,
             cache,
@@ -618,33 +695,35 @@ impl Runtime {
 
     /// The live module with this hash, pruning the registry of dead ones.
     fn alive(&self, hash: &str) -> Option<Arc<LoadedModule>> {
-        let mut loaded = self.registry();
+        let mut loaded = lock(&self.inner.loaded);
         loaded.retain(|_, module| module.strong_count() > 0);
         loaded.get(hash).and_then(Weak::upgrade)
     }
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Weak<LoadedModule>>> {
-        // The map holds no invariant a panic could break halfway.
-        self.inner
-            .loaded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The guest log limiter of transform `name` (see [`GuestLog`]).
+    fn log_limit(&self, name: &Arc<str>) -> Arc<Mutex<RateLimiter>> {
+        lock(&self.inner.log_limits)
+            .entry(name.clone())
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(RateLimiter::new(
+                    GUEST_LOG_PER_SECOND,
+                    Duration::from_secs(1),
+                )))
+            })
+            .clone()
     }
 
     fn new_store(&self, transform: &Arc<str>, limits: &Limits) -> Store<GuestState> {
+        let clock = Arc::new(CallClock::default());
         let state = GuestState {
-            // Nothing is granted: no preopened dirs, no env, no args, no
-            // network (the default socket check denies every address).
-            wasi: WasiCtx::builder().build(),
+            wasi: virtual_wasi::context(&clock),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                max_bytes: limits.memory_bytes,
-                hit: false,
-            },
+            clock,
+            limiter: MemoryLimiter::new(limits.memory_bytes),
             budget: CallBudget::new(limits.call_timeout),
             log: GuestLog {
                 transform: transform.clone(),
-                limiter: crate::ratelimit::RateLimiter::new(20, Duration::from_secs(1)),
+                limiter: self.log_limit(transform),
             },
         };
         let mut store = Store::new(&self.inner.engine, state);
@@ -666,7 +745,9 @@ pub struct Module {
 
 /// What every [`Module`] of the same bytes shares (see the module docs).
 struct LoadedModule {
-    pre: Pre,
+    pre: InstancePre<GuestState>,
+    contract: Contract,
+    exports: Exports,
     hash: Arc<str>,
 }
 
@@ -679,27 +760,68 @@ impl std::fmt::Debug for Module {
     }
 }
 
-/// A module's pre-instantiated bindings, by contract version.
-#[derive(Clone)]
-enum Pre {
-    V0_1(v0_1::TransformModulePre<GuestState>),
-    V0_2(v0_2::TransformModulePre<GuestState>),
+/// The contract versions a module can be bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contract {
+    V0_1,
+    V0_2,
 }
 
-/// A live instance's bindings, by contract version.
-enum Bindings {
-    V0_1(v0_1::TransformModule),
-    V0_2(v0_2::TransformModule),
+impl Contract {
+    fn name(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "sluice:transform@0.1.0",
+            Contract::V0_2 => "sluice:transform@0.2.0",
+        }
+    }
 }
+
+/// Where a component's `transform` functions are among its exports.
+struct Exports {
+    init: ComponentExportIndex,
+    process: ComponentExportIndex,
+    encode_command: ComponentExportIndex,
+}
+
+impl Exports {
+    fn find(
+        component: &wasmtime::component::Component,
+        contract: Contract,
+    ) -> wasmtime::Result<Self> {
+        let interface = match contract {
+            Contract::V0_1 => "sluice:transform/transform@0.1.0",
+            Contract::V0_2 => "sluice:transform/transform@0.2.0",
+        };
+        let interface = component
+            .get_export_index(None, interface)
+            .ok_or_else(|| wasmtime::format_err!("no export {interface}"))?;
+        let function = |name: &str| {
+            component
+                .get_export_index(Some(&interface), name)
+                .ok_or_else(|| wasmtime::format_err!("no function {name}"))
+        };
+        Ok(Exports {
+            init: function("init")?,
+            process: function("process")?,
+            encode_command: function("encode-command")?,
+        })
+    }
+}
+
+/// The parameter and result types of the contract's functions, as the host
+/// calls them: results are lifted within the output limits ([`output`]).
+type InitParams<'a> = (&'a [(String, String)],);
+type InitResult = (Result<(), WitError>,);
+type ProcessParams<'a> = (WitFrame<'a>,);
+type ProcessResultV01 = (Result<WitOutputV01, WitError>,);
+type BytesResult = (Result<Bytes, WitError>,);
+type CommandParams<'a> = (WitCommand<'a>,);
 
 impl Module {
     /// The contract version the module implements, e.g.
     /// `sluice:transform@0.2.0` (one of [`SUPPORTED_WIT_VERSIONS`]).
     pub fn contract(&self) -> &'static str {
-        match self.shared.pre {
-            Pre::V0_1(_) => "sluice:transform@0.1.0",
-            Pre::V0_2(_) => "sluice:transform@0.2.0",
-        }
+        self.shared.contract.name()
     }
 
     /// SHA-256 of the module bytes.
@@ -713,6 +835,12 @@ impl Module {
     }
 
     /// Instantiates the module and runs `init` with `config`.
+    ///
+    /// Runs on a thread of its own: wasmtime-wasi's synchronous bindings
+    /// block on the *current* tokio runtime when the calling thread is in
+    /// one, which panics on a runtime's own thread (a guest that prints or
+    /// panics in `init` would take the host down). Instantiating is rare
+    /// (start-up, a deploy), so the thread costs nothing that matters.
     pub fn instantiate(
         &self,
         transform: &str,
@@ -720,7 +848,18 @@ impl Module {
         limits: Limits,
     ) -> Result<TransformInstance, LoadError> {
         let name: Arc<str> = transform.into();
-        let live = self.fresh_instance(&name, config, &limits)?;
+        let live = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("sluice-init".into())
+                .spawn_scoped(scope, || self.fresh_instance(&name, config, &limits))
+                .map_err(|e| LoadError::Instantiate(e.into()))?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(LoadError::Instantiate(wasmtime::format_err!(
+                        "the host panicked instantiating the module"
+                    )))
+                })
+        })?;
         Ok(TransformInstance {
             module: self.clone(),
             name,
@@ -737,28 +876,39 @@ impl Module {
         limits: &Limits,
     ) -> Result<Live, LoadError> {
         let mut store = self.runtime.new_store(name, limits);
+        store.data().clock.start_call(crate::model::now_ns());
         set_deadline(&mut store, limits);
-        let bindings = match &self.shared.pre {
-            Pre::V0_1(pre) => pre.instantiate(&mut store).map(Bindings::V0_1),
-            Pre::V0_2(pre) => pre.instantiate(&mut store).map(Bindings::V0_2),
-        }
-        .map_err(LoadError::Instantiate)?;
-        set_deadline(&mut store, limits);
-        let init = match &bindings {
-            Bindings::V0_1(b) => b
-                .sluice_transform_transform()
-                .call_init(&mut store, config)
-                .map(|r| r.map_err(GuestError::from)),
-            Bindings::V0_2(b) => b
-                .sluice_transform_transform()
-                .call_init(&mut store, config)
-                .map(|r| r.map_err(GuestError::from)),
+        let instance = self
+            .shared
+            .pre
+            .instantiate(&mut store)
+            .map_err(LoadError::Instantiate)?;
+        let exports = &self.shared.exports;
+        let function = |store: &mut Store<GuestState>, index| {
+            instance.get_func(&mut *store, index).ok_or_else(|| {
+                LoadError::Contract("missing exports", wasmtime::format_err!("no function"))
+            })
         };
+        let live = Live {
+            init: function(&mut store, &exports.init)?,
+            process: function(&mut store, &exports.process)?,
+            encode_command: function(&mut store, &exports.encode_command)?,
+            store,
+        };
+        live.check_types(self.shared.contract)
+            .map_err(|e| LoadError::Contract("exports of the wrong type", e))?;
+        let mut live = live;
+        live.store.data().clock.start_call(crate::model::now_ns());
+        set_deadline(&mut live.store, limits);
+        let init = live
+            .init
+            .typed::<InitParams<'_>, InitResult>(&live.store)
+            .and_then(|f| f.call(&mut live.store, (config,)));
         match init {
-            Ok(Ok(())) => Ok(Live { store, bindings }),
-            Ok(Err(e)) => Err(LoadError::Init(e)),
+            Ok((Ok(()),)) => Ok(live),
+            Ok((Err(e),)) => Err(LoadError::Init(e.into())),
             Err(trap) => {
-                let kind = classify_trap(&trap, &store);
+                let kind = classify_trap(&trap, &live.store);
                 Err(LoadError::InitTrap {
                     kind,
                     message: trap_message(&trap),
@@ -768,10 +918,33 @@ impl Module {
     }
 }
 
-/// A live instance with its store.
+/// A live instance with its store and the functions the host calls.
 struct Live {
     store: Store<GuestState>,
-    bindings: Bindings,
+    init: Func,
+    process: Func,
+    encode_command: Func,
+}
+
+impl Live {
+    /// Checks the exports' types against `contract` (once per instance;
+    /// each call types its function again, which is a cheap comparison).
+    fn check_types(&self, contract: Contract) -> wasmtime::Result<()> {
+        self.init.typed::<InitParams<'_>, InitResult>(&self.store)?;
+        match contract {
+            Contract::V0_1 => {
+                self.process
+                    .typed::<ProcessParams<'_>, ProcessResultV01>(&self.store)?;
+            }
+            Contract::V0_2 => {
+                self.process
+                    .typed::<ProcessParams<'_>, BytesResult>(&self.store)?;
+            }
+        }
+        self.encode_command
+            .typed::<CommandParams<'_>, BytesResult>(&self.store)?;
+        Ok(())
+    }
 }
 
 /// One transform instance, reused across calls and rebuilt after a trap.
@@ -793,108 +966,62 @@ impl TransformInstance {
     /// Decodes one frame. A trap poisons the instance; the next call gets a
     /// fresh one. On failure the frame is handed back (for dead-lettering).
     pub fn process(&mut self, frame: Frame) -> Result<TransformOutput, Rejected> {
-        let limits = self.limits;
-        let live = match self.live() {
-            Ok(live) => live,
-            Err(error) => return Err(Rejected { error, frame }),
-        };
-        let (source, received_at_ns) = (frame.source.clone(), frame.received_at_ns);
-        set_deadline(&mut live.store, &limits);
-        // Each arm hands the frame's bytes back with the result.
-        let (result, data) = match &live.bindings {
-            Bindings::V0_1(b) => {
-                let input = wit_frame!(v0_1, frame);
-                let result = b
-                    .sluice_transform_transform()
-                    .call_process(&mut live.store, &input)
-                    .map(from_v0_1);
-                (result, input.data)
-            }
-            Bindings::V0_2(b) => {
-                let input = wit_frame!(v0_2, frame);
-                let result = b
-                    .sluice_transform_transform()
-                    .call_process(&mut live.store, &input)
-                    .map(from_v0_2);
-                (result, input.data)
-            }
-        };
-        let error = match result {
-            Ok(Ok(output)) => return Ok(output),
-            Ok(Err(error)) => error,
-            Err(trap) => self.poison(&trap),
-        };
-        Err(Rejected {
-            error,
-            frame: Frame {
-                source,
-                received_at_ns,
-                data,
-            },
-        })
-    }
-
-    /// Decodes many frames in one guest call; one result per frame.
-    pub fn process_batch(
-        &mut self,
-        frames: Vec<Frame>,
-    ) -> Result<Vec<Result<TransformOutput, ProcessError>>, ProcessError> {
-        let limits = self.limits;
-        let live = self.live()?;
-        let count = frames.len();
-        set_deadline(&mut live.store, &limits);
-        let result = match &live.bindings {
-            Bindings::V0_1(b) => {
-                let input: Vec<_> = frames.into_iter().map(|f| wit_frame!(v0_1, f)).collect();
-                b.sluice_transform_transform()
-                    .call_process_batch(&mut live.store, &input)
-                    .map(|results| results.into_iter().map(from_v0_1).collect::<Vec<_>>())
-            }
-            Bindings::V0_2(b) => {
-                let input: Vec<_> = frames.into_iter().map(|f| wit_frame!(v0_2, f)).collect();
-                b.sluice_transform_transform()
-                    .call_process_batch(&mut live.store, &input)
-                    .map(|results| results.into_iter().map(from_v0_2).collect::<Vec<_>>())
-            }
-        };
-        match result {
-            Ok(results) if results.len() == count => Ok(results),
-            Ok(results) => Err(ProcessError::Contract(format!(
-                "process-batch returned {} results for {count} frames",
-                results.len()
-            ))),
-            Err(trap) => Err(self.poison(&trap)),
+        match self.try_process(&frame) {
+            Ok(output) => Ok(output),
+            Err(error) => Err(Rejected { error, frame }),
         }
     }
 
-    /// Encodes a downlink command into bytes for the serial line.
+    fn try_process(&mut self, frame: &Frame) -> Result<TransformOutput, ProcessError> {
+        let limits = self.limits;
+        let contract = self.module.shared.contract;
+        let live = self.live()?;
+        live.store.data().clock.start_call(frame.received_at_ns);
+        set_deadline(&mut live.store, &limits);
+        let input = (WitFrame {
+            source: &frame.source,
+            received_at_ns: frame.received_at_ns,
+            data: &frame.data,
+        },);
+        let (process, store) = (live.process, &mut live.store);
+        let guest = |e: WitError| ProcessError::Guest(e.into());
+        let result = output::within(limits.output, || match contract {
+            Contract::V0_1 => process
+                .typed::<ProcessParams<'_>, ProcessResultV01>(&*store)
+                .and_then(|f| f.call(&mut *store, input))
+                .map(|(result,)| result.map(TransformOutput::from).map_err(guest)),
+            Contract::V0_2 => process
+                .typed::<ProcessParams<'_>, BytesResult>(&*store)
+                .and_then(|f| f.call(&mut *store, input))
+                .map(|(result,)| match result {
+                    Ok(Bytes(packed)) => packed::decode(&packed, &mut Budget::new(limits.output))
+                        .map_err(ProcessError::from),
+                    Err(e) => Err(guest(e)),
+                }),
+        });
+        match result {
+            Ok(result) => result,
+            Err(e) => Err(self.call_failed(&e)),
+        }
+    }
+
+    /// Encodes a downlink command into bytes for the serial line (at most
+    /// [`OutputLimits::bytes`] of them).
     pub fn encode_command(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<u8>, ProcessError> {
         let limits = self.limits;
         let live = self.live()?;
+        live.store.data().clock.start_call(crate::model::now_ns());
         set_deadline(&mut live.store, &limits);
-        let result = match &live.bindings {
-            Bindings::V0_1(b) => {
-                let command = v0_1::wit::Command {
-                    topic: topic.to_owned(),
-                    payload: payload.to_vec(),
-                };
-                b.sluice_transform_transform()
-                    .call_encode_command(&mut live.store, &command)
-                    .map(|r| r.map_err(guest_error))
-            }
-            Bindings::V0_2(b) => {
-                let command = v0_2::wit::Command {
-                    topic: topic.to_owned(),
-                    payload: payload.to_vec(),
-                };
-                b.sluice_transform_transform()
-                    .call_encode_command(&mut live.store, &command)
-                    .map(|r| r.map_err(guest_error))
-            }
-        };
+        let (encode, store) = (live.encode_command, &mut live.store);
+        let result = output::within(limits.output, || {
+            encode
+                .typed::<CommandParams<'_>, BytesResult>(&*store)
+                .and_then(|f| f.call(&mut *store, (WitCommand { topic, payload },)))
+        });
         match result {
-            Ok(result) => result,
-            Err(trap) => Err(self.poison(&trap)),
+            Ok((Ok(Bytes(bytes)),)) => Ok(bytes),
+            Ok((Err(e),)) => Err(ProcessError::Guest(e.into())),
+            Err(e) => Err(self.call_failed(&e)),
         }
     }
 
@@ -910,6 +1037,19 @@ impl TransformInstance {
         self.live
             .as_mut()
             .ok_or_else(|| ProcessError::Reinstantiate("no instance".into()))
+    }
+
+    /// A call that did not return: its output went over a limit while it
+    /// was lifted, or it trapped. Either way the instance is dropped (a
+    /// call cut short in the middle of lifting leaves it unusable).
+    fn call_failed(&mut self, error: &wasmtime::Error) -> ProcessError {
+        match error.downcast_ref::<OutputError>() {
+            Some(over) => {
+                self.live = None;
+                ProcessError::from(over.clone())
+            }
+            None => self.poison(error),
+        }
     }
 
     /// Drops the trapped instance and classifies the trap.
@@ -960,88 +1100,12 @@ fn trap_message(err: &wasmtime::Error) -> String {
         .downcast_ref::<wasmtime::WasmBacktrace>()
         .and_then(|bt| bt.frames().first())
         .map(|f| match f.func_name() {
-            Some(name) => format!(" in {name}"),
+            // The name section is the guest's text too.
+            Some(name) => format!(" in {}", guest_text(name)),
             None => format!(" in wasm function {}", f.func_index()),
         })
         .unwrap_or_default();
-    format!("{what}{frame}")
-}
-
-/// A host frame as the WIT `frame` record of contract module `$v` (the
-/// record is the same in every version); moves the bytes.
-macro_rules! wit_frame {
-    ($v:ident, $frame:expr) => {{
-        let frame: Frame = $frame;
-        $v::wit::Frame {
-            source: frame.source.to_string(),
-            received_at_ns: frame.received_at_ns,
-            data: frame.data,
-        }
-    }};
-}
-use wit_frame;
-
-/// A guest's typed error, of any contract version.
-fn guest_error(e: impl Into<GuestError>) -> ProcessError {
-    ProcessError::Guest(e.into())
-}
-
-/// A 0.1.0 `process` result in the host's terms.
-fn from_v0_1(
-    result: Result<v0_1::wit::Output, v0_1::wit::Error>,
-) -> Result<TransformOutput, ProcessError> {
-    result.map(convert_output).map_err(guest_error)
-}
-
-/// A 0.2.0 `process` result in the host's terms: a `packed-output` that
-/// does not decode breaks the contract.
-fn from_v0_2(result: Result<Vec<u8>, v0_2::wit::Error>) -> Result<TransformOutput, ProcessError> {
-    let packed = result.map_err(guest_error)?;
-    packed::decode(&packed).map_err(ProcessError::Contract)
-}
-
-/// Converts a 0.1.0 output (WIT records) into the host's model.
-fn convert_output(output: v0_1::wit::Output) -> TransformOutput {
-    use v0_1::wit;
-    TransformOutput {
-        messages: output
-            .messages
-            .into_iter()
-            .map(|m| model::MqttMessage {
-                topic: m.topic,
-                payload: m.payload,
-                qos: match m.qos {
-                    wit::Qos::AtMostOnce => model::Qos::AtMostOnce,
-                    wit::Qos::AtLeastOnce => model::Qos::AtLeastOnce,
-                    wit::Qos::ExactlyOnce => model::Qos::ExactlyOnce,
-                },
-                retain: m.retain,
-            })
-            .collect(),
-        points: output
-            .points
-            .into_iter()
-            .map(|p| model::Point {
-                measurement: p.measurement,
-                tags: p.tags.into_iter().map(|t| (t.key, t.value)).collect(),
-                fields: p
-                    .fields
-                    .into_iter()
-                    .map(|f| {
-                        let value = match f.value {
-                            wit::FieldValue::Float(v) => model::FieldValue::Float(v),
-                            wit::FieldValue::Int(v) => model::FieldValue::Int(v),
-                            wit::FieldValue::Uint(v) => model::FieldValue::UInt(v),
-                            wit::FieldValue::Boolean(v) => model::FieldValue::Bool(v),
-                            wit::FieldValue::Text(v) => model::FieldValue::Text(v),
-                        };
-                        (f.key, value)
-                    })
-                    .collect(),
-                timestamp_ns: p.timestamp_ns,
-            })
-            .collect(),
-    }
+    guest_text(&format!("{what}{frame}"))
 }
 
 #[cfg(test)]

@@ -10,95 +10,131 @@
 //!
 //! A buffer is untrusted guest output: anything that does not decode to
 //! exactly one output (truncated, trailing bytes, a QoS above 2, invalid
-//! UTF-8) is a contract violation for the frame. What decodes is then
-//! checked like any 0.1.0 output ([`model::MqttMessage::validate`],
-//! [`model::Point::validate`]).
+//! UTF-8) is a contract violation for the frame, and it is read one value
+//! at a time so that a list over its limit, or text over the frame's
+//! budget, is refused before the host allocates for it
+//! ([`super::output`]). What decodes is then checked like any 0.1.0 output
+//! ([`model::MqttMessage::validate`], [`model::Point::validate`]).
 
 use serde::Deserialize;
 
+use super::output::{Budget, Limit, OutputError, guest_text};
 use crate::model::{self, TransformOutput};
 
-/// Decodes one frame's output.
-pub fn decode(bytes: &[u8]) -> Result<TransformOutput, String> {
-    let (wire, rest): (WireOutput, _) =
-        postcard::take_from_bytes(bytes).map_err(|e| format!("packed output: {e}"))?;
-    if !rest.is_empty() {
-        return Err(format!(
-            "packed output: {} bytes after the end of the output",
-            rest.len()
-        ));
+/// Decodes one frame's output, refusing it as soon as it goes over a limit
+/// of `budget` (before the host allocates what goes over).
+pub fn decode(bytes: &[u8], budget: &mut Budget) -> Result<TransformOutput, OutputError> {
+    let mut input = Input(bytes);
+    let count = input.count(budget, Limit::Messages)?;
+    let mut messages = Vec::with_capacity(count);
+    for _ in 0..count {
+        let m: WireMessage<'_> = input.take()?;
+        let qos = model::Qos::from_u8(m.qos).ok_or_else(|| {
+            OutputError::Contract(format!(
+                "packed output: QoS {} on topic \"{}\"",
+                m.qos,
+                guest_text(m.topic)
+            ))
+        })?;
+        budget.charge(m.topic.len() + m.payload.len())?;
+        messages.push(model::MqttMessage {
+            topic: m.topic.to_owned(),
+            payload: m.payload.to_vec(),
+            qos,
+            retain: m.retain,
+        });
     }
-    let messages = wire
-        .messages
-        .into_iter()
-        .map(|m| {
-            let qos = model::Qos::from_u8(m.qos)
-                .ok_or_else(|| format!("packed output: QoS {} on topic {:?}", m.qos, m.topic))?;
-            Ok(model::MqttMessage {
-                topic: m.topic,
-                payload: m.payload.into_vec(),
-                qos,
-                retain: m.retain,
-            })
-        })
-        .collect::<Result<_, String>>()?;
-    let points = wire
-        .points
-        .into_iter()
-        .map(|p| model::Point {
-            measurement: p.measurement,
-            tags: p.tags,
-            fields: p
-                .fields
-                .into_iter()
-                .map(|(key, value)| (key, value.into()))
-                .collect(),
-            timestamp_ns: p.timestamp_ns,
-        })
-        .collect();
+    let count = input.count(budget, Limit::Points)?;
+    let mut points = Vec::with_capacity(count);
+    for _ in 0..count {
+        let measurement: &str = input.take()?;
+        budget.charge(measurement.len())?;
+        let count = input.count(budget, Limit::TagsPerPoint)?;
+        let mut tags = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (key, value): (&str, &str) = input.take()?;
+            budget.charge(key.len() + value.len())?;
+            tags.push((key.to_owned(), value.to_owned()));
+        }
+        let count = input.count(budget, Limit::FieldsPerPoint)?;
+        let mut fields = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (key, value): (&str, WireValue<'_>) = input.take()?;
+            budget.charge(key.len() + value.text_len())?;
+            fields.push((key.to_owned(), value.into()));
+        }
+        let timestamp_ns: Option<i64> = input.take()?;
+        points.push(model::Point {
+            measurement: measurement.to_owned(),
+            tags,
+            fields,
+            timestamp_ns,
+        });
+    }
+    if !input.0.is_empty() {
+        return Err(OutputError::Contract(format!(
+            "packed output: {} bytes after the end of the output",
+            input.0.len()
+        )));
+    }
     Ok(TransformOutput { messages, points })
 }
 
-#[derive(Deserialize)]
-struct WireOutput {
-    messages: Vec<WireMessage>,
-    points: Vec<WirePoint>,
+/// The unread rest of a buffer, read one postcard value at a time.
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn take<T: Deserialize<'a>>(&mut self) -> Result<T, OutputError> {
+        let (value, rest) = postcard::take_from_bytes(self.0)
+            .map_err(|e| OutputError::Contract(format!("packed output: {e}")))?;
+        self.0 = rest;
+        Ok(value)
+    }
+
+    /// A list's length (postcard: a varint), checked against its limit
+    /// before anything is allocated for it.
+    fn count(&mut self, budget: &mut Budget, limit: Limit) -> Result<usize, OutputError> {
+        let count: usize = self.take()?;
+        budget.items(limit, count)?;
+        Ok(count)
+    }
 }
 
 #[derive(Deserialize)]
-struct WireMessage {
-    topic: String,
-    payload: serde_bytes::ByteBuf,
+struct WireMessage<'a> {
+    topic: &'a str,
+    payload: &'a [u8],
     qos: u8,
     retain: bool,
 }
 
-#[derive(Deserialize)]
-struct WirePoint {
-    measurement: String,
-    tags: Vec<(String, String)>,
-    fields: Vec<(String, WireValue)>,
-    timestamp_ns: Option<i64>,
-}
-
 /// The variants' order is their number on the wire.
 #[derive(Deserialize)]
-enum WireValue {
+enum WireValue<'a> {
     Float(f64),
     Int(i64),
     Uint(u64),
     Boolean(bool),
-    Text(String),
+    Text(&'a str),
 }
 
-impl From<WireValue> for model::FieldValue {
-    fn from(value: WireValue) -> Self {
+impl WireValue<'_> {
+    fn text_len(&self) -> usize {
+        match self {
+            WireValue::Text(text) => text.len(),
+            _ => 0,
+        }
+    }
+}
+
+impl From<WireValue<'_>> for model::FieldValue {
+    fn from(value: WireValue<'_>) -> Self {
         match value {
             WireValue::Float(v) => model::FieldValue::Float(v),
             WireValue::Int(v) => model::FieldValue::Int(v),
             WireValue::Uint(v) => model::FieldValue::UInt(v),
             WireValue::Boolean(v) => model::FieldValue::Bool(v),
-            WireValue::Text(v) => model::FieldValue::Text(v),
+            WireValue::Text(v) => model::FieldValue::Text(v.to_owned()),
         }
     }
 }
@@ -109,6 +145,12 @@ mod tests {
 
     use super::*;
     use crate::model::{FieldValue, MqttMessage, Point, Qos};
+    use crate::runtime::OutputLimits;
+
+    /// Decodes within the default limits; errors as their text.
+    fn decode(bytes: &[u8]) -> Result<TransformOutput, String> {
+        super::decode(bytes, &mut Budget::new(OutputLimits::default())).map_err(|e| e.to_string())
+    }
 
     /// The SDK's pinned sample (its encoder test checks it produces these
     /// bytes): what every 0.2.0 module built so far sends.
@@ -248,6 +290,65 @@ mod tests {
                     timestamp_ns: None,
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn lists_over_their_limits_are_refused_before_allocation() {
+        let limits = OutputLimits {
+            messages: 2,
+            points: 1,
+            tags_per_point: 3,
+            fields_per_point: 1,
+            bytes: 1 << 20,
+        };
+        let read = |bytes: &[u8]| super::decode(bytes, &mut Budget::new(limits));
+        let over = |limit, asked| OutputError::OverLimit {
+            limit,
+            asked,
+            max: match limit {
+                Limit::Messages => 2,
+                Limit::TagsPerPoint => 3,
+                _ => 1,
+            },
+        };
+        // Three empty-topic messages: refused on the count alone.
+        assert_eq!(read(&[3]), Err(over(Limit::Messages, 3)));
+        // A point claiming 13.6 M empty tags (a varint) in a few bytes.
+        let mut many_tags = vec![0, 1, 1, b'm'];
+        many_tags.extend([0x80, 0x80, 0xf4, 0x06]);
+        assert_eq!(read(&many_tags), Err(over(Limit::TagsPerPoint, 13_762_560)));
+        assert_eq!(read(&[0, 2]), Err(over(Limit::Points, 2)));
+        assert_eq!(
+            read(&[0, 1, 1, b'm', 0, 2]),
+            Err(over(Limit::FieldsPerPoint, 2))
+        );
+    }
+
+    #[test]
+    fn text_and_payloads_are_charged_to_the_frames_budget() {
+        use sluice_sdk::{Message, Output};
+        let mut out = Output::new();
+        out.publish(Message::new("t", vec![0u8; 1000]));
+        out.publish(Message::new("t", vec![0u8; 1000]));
+        let bytes = sluice_sdk::__private::encode_output(&out).unwrap();
+        // Two messages: 2 × 32 + 2 × (1 + 1000) bytes.
+        let exactly = 2 * crate::runtime::output::ITEM_BYTES + 2 * 1001;
+        let within = |bytes_limit| OutputLimits {
+            bytes: bytes_limit,
+            ..OutputLimits::default()
+        };
+        assert!(super::decode(&bytes, &mut Budget::new(within(exactly))).is_ok());
+        let err = super::decode(&bytes, &mut Budget::new(within(exactly - 1))).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OutputError::OverLimit {
+                    limit: Limit::Bytes,
+                    ..
+                }
+            ),
+            "{err:?}"
         );
     }
 }
