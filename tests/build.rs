@@ -37,6 +37,7 @@ fn main() {
                 "tagger_b",
                 "tagger_flaky",
                 "legacy_v0_1",
+                "hostile",
             ][..],
         ),
     ];

@@ -33,6 +33,8 @@ pub mod wasm {
     /// tests/guests/legacy-v0-1: the old contract, `sluice:transform@0.1.0`,
     /// built without the SDK.
     pub const LEGACY_V0_1: &str = env!("SLUICE_WASM_LEGACY_V0_1");
+    /// `tests/guests/hostile`: sleeps, prints, floods, crafts huge outputs.
+    pub const HOSTILE: &str = env!("SLUICE_WASM_HOSTILE");
 }
 
 /// The repository root.

@@ -374,3 +374,151 @@ fn worker_refuses_invalid_outputs_and_counts_them() {
     }
     assert_eq!(metrics.frames_dropped_count("p", "trap_timeout"), 1);
 }
+
+fn hostile(runtime: &Runtime, init: &str) -> Result<TransformInstance, LoadError> {
+    runtime
+        .load_file(sluice_tests::wasm::HOSTILE.as_ref())
+        .expect("hostile loads")
+        .instantiate(
+            "hostile",
+            &[("init".to_owned(), init.to_owned())],
+            Limits::default(),
+        )
+}
+
+fn payload(output: &sluice::model::TransformOutput, topic: &str) -> String {
+    let message = output
+        .messages
+        .iter()
+        .find(|m| m.topic == topic)
+        .unwrap_or_else(|| panic!("no message on {topic}: {output:?}"));
+    String::from_utf8_lossy(&message.payload).into_owned()
+}
+
+#[test]
+fn a_sleeping_guest_sees_time_pass_and_costs_none() {
+    let runtime = runtime();
+    let mut instance = hostile(&runtime, "").expect("init");
+    let received_at_ns = frame("").received_at_ns;
+    // Twenty seconds of sleep: the call's clock moves on, nothing waits
+    // (a real sleep would also show a wall clock that is not the frame's).
+    let output = instance.process(frame("sleep:20000")).expect("no trap");
+    assert_eq!(payload(&output, "hostile/slept"), "20000000000");
+    assert_eq!(
+        payload(&output, "hostile/wall"),
+        (received_at_ns + 20_000_000_000).to_string()
+    );
+    // The clock is the frame's receive time, call after call.
+    for _ in 0..2 {
+        let output = instance.process(frame("clock")).expect("no trap");
+        assert_eq!(payload(&output, "hostile/wall"), received_at_ns.to_string());
+    }
+    // A downlink command that sleeps does not wait either.
+    assert_eq!(
+        instance
+            .encode_command("cmd", b"sleep:20000")
+            .expect("encodes"),
+        b"00002:peels"
+    );
+}
+
+#[tokio::test]
+async fn an_init_that_prints_or_sleeps_is_accepted_on_a_runtime_thread_and_a_panic_refused() {
+    // On a tokio runtime's own thread, as `sluice run` instantiates: a
+    // guest writing to stdout or stderr there used to panic the host.
+    let runtime = runtime();
+    for init in ["print", "sleep"] {
+        let mut instance = hostile(&runtime, init).unwrap_or_else(|e| panic!("init {init}: {e}"));
+        let output = instance.process(frame("ok:a")).expect("works");
+        assert_eq!(payload(&output, "hostile/ok"), "a");
+    }
+    match hostile(&runtime, "panic") {
+        Err(LoadError::InitTrap { kind, .. }) => assert_eq!(kind, TrapKind::Panic),
+        Err(other) => panic!("a panicking init must be a trap, got: {other}"),
+        Ok(_) => panic!("a panicking init must be refused"),
+    }
+    match hostile(&runtime, "spin") {
+        Err(LoadError::InitTrap { kind, .. }) => assert_eq!(kind, TrapKind::Timeout),
+        Err(other) => panic!("a spinning init must time out, got: {other}"),
+        Ok(_) => panic!("a spinning init must be refused"),
+    }
+}
+
+#[test]
+fn an_output_over_a_limit_is_refused_whole_and_the_next_frame_goes_through() {
+    let runtime = runtime();
+    let mut instance = hostile(&runtime, "").expect("init");
+    let limits = Limits::default().output;
+    let at_limit = instance
+        .process(frame(&format!("messages:{}", limits.messages)))
+        .expect("at the limit is fine");
+    assert_eq!(at_limit.messages.len(), limits.messages);
+    // Over a count, and buffers the host would have turned into hundreds
+    // of MiB (refused on their size, before they are copied).
+    for (line, reason) in [
+        (
+            format!("messages:{}", limits.messages + 1),
+            "limit_messages",
+        ),
+        (format!("tags:{}", limits.tags_per_point + 1), "limit_tags"),
+        ("empty-topics:3000000".to_owned(), "limit_output_bytes"),
+        ("tags:13600000".to_owned(), "limit_output_bytes"),
+    ] {
+        let rejected = instance.process(frame(&line)).expect_err(&line);
+        assert_eq!(
+            rejected.error.reason(),
+            reason,
+            "{line}: {}",
+            rejected.error
+        );
+        assert!(
+            matches!(rejected.error, ProcessError::OverLimit(_)),
+            "{line}: {:?}",
+            rejected.error
+        );
+        let output = instance.process(frame("ok:next")).expect("the next frame");
+        assert_eq!(payload(&output, "hostile/ok"), "next");
+    }
+    // The byte budget: 100 messages of one byte cost 100 × 64 + 100 × 10.
+    let tight = Limits {
+        output: OutputLimits {
+            bytes: 5_000,
+            ..limits
+        },
+        ..Limits::default()
+    };
+    let mut tight = runtime
+        .load_file(sluice_tests::wasm::HOSTILE.as_ref())
+        .expect("loads")
+        .instantiate("tight", &[], tight)
+        .expect("init");
+    let rejected = tight.process(frame("messages:100")).expect_err("over");
+    assert_eq!(rejected.error.reason(), "limit_output_bytes");
+    assert_eq!(
+        tight
+            .process(frame("messages:10"))
+            .expect("fits")
+            .messages
+            .len(),
+        10
+    );
+}
+
+#[test]
+fn a_guests_text_is_cut_and_cannot_forge_a_line() {
+    let runtime = runtime();
+    let mut instance = hostile(&runtime, "").expect("init");
+    let rejected = instance
+        .process(frame("big-error:8388608"))
+        .expect_err("an error");
+    let ProcessError::Guest(error) = &rejected.error else {
+        panic!("a typed error, got {:?}", rejected.error);
+    };
+    assert!(
+        error.message.len() <= sluice::runtime::output::GUEST_TEXT_MAX + '…'.len_utf8(),
+        "{} bytes kept",
+        error.message.len()
+    );
+    assert!(!error.message.contains('\n'), "{}", error.message);
+    assert!(error.message.contains("\\n2099-01-01"), "{}", error.message);
+}

@@ -162,24 +162,28 @@ impl Budget {
 /// The most of a guest's text the host keeps (error messages, log lines).
 pub const GUEST_TEXT_MAX: usize = 1024;
 
-/// Guest text made safe to print: at most [`GUEST_TEXT_MAX`] bytes of it
-/// (cut at a character boundary, `…` appended) with control characters and
-/// the Unicode line and paragraph separators escaped as `\n`, `\u{1b}`…
+/// Guest text made safe to print: control characters and the Unicode line
+/// and paragraph separators escaped (`\n`, `\u{1b}`…), and at most
+/// [`GUEST_TEXT_MAX`] bytes of that kept (whole characters; `…` appended
+/// when cut).
 pub fn guest_text(text: &str) -> String {
-    let mut end = text.len().min(GUEST_TEXT_MAX);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut safe = String::with_capacity(end + 8);
-    for c in text[..end].chars() {
-        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+    let mut safe = String::with_capacity(text.len().min(GUEST_TEXT_MAX) + 3);
+    for c in text.chars() {
+        let escape = c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+        let len = if escape {
+            c.escape_default().count()
+        } else {
+            c.len_utf8()
+        };
+        if safe.len() + len > GUEST_TEXT_MAX {
+            safe.push('…');
+            break;
+        }
+        if escape {
             safe.extend(c.escape_default());
         } else {
             safe.push(c);
         }
-    }
-    if end < text.len() {
-        safe.push('…');
     }
     safe
 }
