@@ -1112,6 +1112,38 @@ fn trap_message(err: &wasmtime::Error) -> String {
 mod tests {
     use super::*;
 
+    /// A core module (hand-assembled: no text-format crate here) that
+    /// declares two memories of `pages` 64-KiB pages each.
+    fn two_memories(pages: u8) -> Vec<u8> {
+        let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+        // Memory section (id 5): 5 bytes long, two memories, each `min`
+        // only (flag 0) of `pages`.
+        wasm.extend([5, 5, 2, 0, pages, 0, pages]);
+        wasm
+    }
+
+    #[test]
+    fn the_memory_cap_holds_for_all_memories_together() {
+        let runtime = Runtime::new(ModuleCache::new(None)).expect("runtime");
+        let instantiate = |memory_bytes: usize| {
+            let limits = Limits {
+                memory_bytes,
+                ..Limits::default()
+            };
+            let mut store = runtime.new_store(&Arc::from("test"), &limits);
+            let module =
+                wasmtime::Module::new(runtime.engine(), two_memories(100)).expect("compiles");
+            let result = wasmtime::Instance::new(&mut store, &module, &[]).map(|_| ());
+            (result, store.data().limiter.hit)
+        };
+        // Two memories of 6.25 MiB each: within 16 MiB in all.
+        let (result, hit) = instantiate(16 << 20);
+        assert!(result.is_ok() && !hit, "{result:?}");
+        // Each fits a 10 MiB cap; together they do not.
+        let (result, hit) = instantiate(10 << 20);
+        assert!(result.is_err() && hit, "{result:?}");
+    }
+
     fn budget(limit_ms: u64, cpu_at_start_ms: u64) -> CallBudget {
         let mut b = CallBudget::new(Duration::from_millis(limit_ms));
         b.start(b.limit, Instant::now(), || {

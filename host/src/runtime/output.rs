@@ -606,7 +606,7 @@ mod tests {
     fn a_budget_refuses_before_the_limit_is_passed() {
         let limits = OutputLimits {
             messages: 2,
-            bytes: 100,
+            bytes: 200,
             ..OutputLimits::default()
         };
         let mut budget = Budget::new(limits);
@@ -621,16 +621,16 @@ mod tests {
                 max: 2
             })
         );
-        // 2 × ITEM_BYTES charged; 36 bytes of text are the most that fit.
-        budget.charge(36).unwrap_or_else(|e| panic!("{e}"));
+        // 2 × ITEM_BYTES charged; 72 bytes of text are the most that fit.
+        budget.charge(72).unwrap_or_else(|e| panic!("{e}"));
         let err = budget.charge(1).unwrap_err();
         assert!(
             matches!(
                 err,
                 OutputError::OverLimit {
                     limit: Limit::Bytes,
-                    asked: 101,
-                    max: 100
+                    asked: 201,
+                    max: 200
                 }
             ),
             "{err:?}"
