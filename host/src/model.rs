@@ -178,13 +178,13 @@ pub fn validate_topic(topic: &str) -> Result<(), InvalidOutput> {
         return Err(InvalidOutput::TopicTooLong(topic.len()));
     }
     if topic.contains(['+', '#']) {
-        return Err(InvalidOutput::WildcardInTopic(topic.to_owned()));
+        return Err(InvalidOutput::WildcardInTopic(guest_text(topic)));
     }
     if topic.contains('\0') {
-        return Err(InvalidOutput::NulInTopic(topic.to_owned()));
+        return Err(InvalidOutput::NulInTopic(guest_text(topic)));
     }
     if topic.starts_with('$') {
-        return Err(InvalidOutput::ReservedTopic(topic.to_owned()));
+        return Err(InvalidOutput::ReservedTopic(guest_text(topic)));
     }
     Ok(())
 }
@@ -245,26 +245,57 @@ impl Point {
             return Err(InvalidOutput::EmptyMeasurement);
         }
         if self.fields.is_empty() {
-            return Err(InvalidOutput::NoFields(self.measurement.clone()));
+            return Err(InvalidOutput::NoFields(guest_text(&self.measurement)));
         }
         let empty_tag = self.tags.iter().any(|(k, v)| k.is_empty() || v.is_empty());
         let empty_field = self.fields.iter().any(|(k, _)| k.is_empty());
         if empty_tag || empty_field {
-            return Err(InvalidOutput::EmptyKey(self.measurement.clone()));
+            return Err(InvalidOutput::EmptyKey(guest_text(&self.measurement)));
         }
         for (key, value) in &self.fields {
             if let FieldValue::Float(f) = value
                 && !f.is_finite()
             {
                 return Err(InvalidOutput::NonFiniteField {
-                    measurement: self.measurement.clone(),
-                    field: key.clone(),
+                    measurement: guest_text(&self.measurement),
+                    field: guest_text(key),
                     value: f.to_string(),
                 });
             }
         }
         Ok(())
     }
+}
+
+/// The most of a guest's text the host keeps (error messages, log lines,
+/// names in refusals).
+pub const GUEST_TEXT_MAX: usize = 1024;
+
+/// Text from a transform (or a device) made safe to print — in a log line,
+/// an API answer, a refusal: control characters and the Unicode line
+/// and paragraph separators escaped (`\n`, `\u{1b}`…), and at most
+/// [`GUEST_TEXT_MAX`] bytes of that kept (whole characters; `…` appended
+/// when cut).
+pub fn guest_text(text: &str) -> String {
+    let mut safe = String::with_capacity(text.len().min(GUEST_TEXT_MAX) + 3);
+    for c in text.chars() {
+        let escape = c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+        let len = if escape {
+            c.escape_default().count()
+        } else {
+            c.len_utf8()
+        };
+        if safe.len() + len > GUEST_TEXT_MAX {
+            safe.push('…');
+            break;
+        }
+        if escape {
+            safe.extend(c.escape_default());
+        } else {
+            safe.push(c);
+        }
+    }
+    safe
 }
 
 /// Nanoseconds since the Unix epoch, now.
@@ -304,6 +335,23 @@ pub fn rfc3339(ns: u64, nanos: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_text_is_cut_and_cannot_forge_a_log_line() {
+        assert_eq!(guest_text("plain ünï"), "plain ünï");
+        assert_eq!(
+            guest_text("a\nb\r\u{1b}[31m\u{2028}"),
+            "a\\nb\\r\\u{1b}[31m\\u{2028}"
+        );
+        let long = "é".repeat(GUEST_TEXT_MAX);
+        let cut = guest_text(&long);
+        assert!(
+            cut.len() <= GUEST_TEXT_MAX + '…'.len_utf8(),
+            "{}",
+            cut.len()
+        );
+        assert!(cut.ends_with('…'));
+    }
 
     #[test]
     fn topic_rules() {

@@ -688,7 +688,7 @@ impl Worker {
 fn log_rejection(pipeline: &str, error: &ProcessError, data: &[u8], suppressed: u64) {
     const SHOWN: usize = 64;
     let shown = &data[..data.len().min(SHOWN)];
-    let preview = String::from_utf8_lossy(shown);
+    let preview = crate::model::guest_text(&String::from_utf8_lossy(shown));
     tracing::warn!(
         pipeline,
         reason = error.reason(),

@@ -515,7 +515,7 @@ fn a_guests_text_is_cut_and_cannot_forge_a_line() {
         panic!("a typed error, got {:?}", rejected.error);
     };
     assert!(
-        error.message.len() <= sluice::runtime::output::GUEST_TEXT_MAX + '…'.len_utf8(),
+        error.message.len() <= sluice::model::GUEST_TEXT_MAX + '…'.len_utf8(),
         "{} bytes kept",
         error.message.len()
     );

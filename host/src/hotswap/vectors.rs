@@ -318,7 +318,8 @@ pub fn run(
                 Some(name) => format!("line {} ({name})", vector.line),
                 None => format!("line {}", vector.line),
             };
-            failures.push(format!("{label}: {why}"));
+            // `why` quotes what the module emitted.
+            failures.push(crate::model::guest_text(&format!("{label}: {why}")));
         }
     }
     if failures.is_empty() {

@@ -62,9 +62,9 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use cache::{CacheOutcome, ModuleCache, module_hash};
-pub use output::{Limit, OutputError, OutputLimits, guest_text};
+pub use output::{Limit, OutputError, OutputLimits};
 
-use crate::model::{Frame, TransformOutput};
+use crate::model::{Frame, TransformOutput, guest_text};
 use crate::ratelimit::RateLimiter;
 use output::{Budget, Bytes, WitCommand, WitError, WitFrame, WitOutputV01};
 use virtual_wasi::CallClock;
@@ -143,16 +143,18 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// Not a valid component, or it failed to compile.
-    #[error("not a valid Wasm component: {0:#}")]
+    #[error("not a valid Wasm component: {}", guest_text(&format!("{:#}", .0)))]
     Compile(wasmtime::Error),
     /// The component does not fit the host: missing exports, foreign imports.
     #[error(
-        "module does not implement a supported transform contract ({supported}), {0}: {1:#}",
+        "module does not implement a supported transform contract ({supported}), {what}: {why}",
+        what = .0,
+        why = guest_text(&format!("{:#}", .1)),
         supported = SUPPORTED_WIT_VERSIONS.join(", ")
     )]
     Contract(&'static str, wasmtime::Error),
     /// Instantiation trapped or failed.
-    #[error("cannot instantiate module: {0:#}")]
+    #[error("cannot instantiate module: {}", guest_text(&format!("{:#}", .0)))]
     Instantiate(wasmtime::Error),
     /// The guest's `init` refused its configuration.
     #[error("transform init failed: {0}")]

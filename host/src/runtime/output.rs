@@ -11,13 +11,11 @@
 //! it is copied. A frame over a limit is refused whole.
 //!
 //! Guest text (error messages, log lines, trap function names) is made safe
-//! to print once, where it enters the host ([`guest_text`]): cut to
-//! [`GUEST_TEXT_MAX`] bytes and with control characters escaped, so it can
-//! neither flood a log nor forge a line of one.
+//! to print where it enters the host ([`guest_text`]).
 
 use wasmtime::component::{ComponentType, Lift, Lower};
 
-use crate::model::{self, TransformOutput};
+use crate::model::{self, GUEST_TEXT_MAX, TransformOutput, guest_text};
 
 /// What a frame's output may hold ([`Limits::output`](super::Limits)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,35 +155,6 @@ impl Budget {
         }
         Ok(())
     }
-}
-
-/// The most of a guest's text the host keeps (error messages, log lines).
-pub const GUEST_TEXT_MAX: usize = 1024;
-
-/// Guest text made safe to print: control characters and the Unicode line
-/// and paragraph separators escaped (`\n`, `\u{1b}`…), and at most
-/// [`GUEST_TEXT_MAX`] bytes of that kept (whole characters; `…` appended
-/// when cut).
-pub fn guest_text(text: &str) -> String {
-    let mut safe = String::with_capacity(text.len().min(GUEST_TEXT_MAX) + 3);
-    for c in text.chars() {
-        let escape = c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
-        let len = if escape {
-            c.escape_default().count()
-        } else {
-            c.len_utf8()
-        };
-        if safe.len() + len > GUEST_TEXT_MAX {
-            safe.push('…');
-            break;
-        }
-        if escape {
-            safe.extend(c.escape_default());
-        } else {
-            safe.push(c);
-        }
-    }
-    safe
 }
 
 // Lifting within limits. wasmtime lifts a call's result inside the call
@@ -584,23 +553,6 @@ impl From<WitOutputV01> for TransformOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn guest_text_is_cut_and_cannot_forge_a_log_line() {
-        assert_eq!(guest_text("plain ünï"), "plain ünï");
-        assert_eq!(
-            guest_text("a\nb\r\u{1b}[31m\u{2028}"),
-            "a\\nb\\r\\u{1b}[31m\\u{2028}"
-        );
-        let long = "é".repeat(GUEST_TEXT_MAX);
-        let cut = guest_text(&long);
-        assert!(
-            cut.len() <= GUEST_TEXT_MAX + '…'.len_utf8(),
-            "{}",
-            cut.len()
-        );
-        assert!(cut.ends_with('…'));
-    }
 
     #[test]
     fn a_budget_refuses_before_the_limit_is_passed() {

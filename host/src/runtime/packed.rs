@@ -18,8 +18,8 @@
 
 use serde::Deserialize;
 
-use super::output::{Budget, Limit, OutputError, guest_text};
-use crate::model::{self, TransformOutput};
+use super::output::{Budget, Limit, OutputError};
+use crate::model::{self, TransformOutput, guest_text};
 
 /// Decodes one frame's output, refusing it as soon as it goes over a limit
 /// of `budget` (before the host allocates what goes over).
