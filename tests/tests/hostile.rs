@@ -497,3 +497,87 @@ fn transform_test_does_not_hang_on_a_sleeping_frame() {
     assert_eq!(payload_of("hostile/slept"), ["20000000000"], "{stdout}");
     assert_eq!(payload_of("hostile/ok"), ["after"], "{stdout}");
 }
+
+/// A request to the admin API with the bearer token; (status, body).
+fn admin_request(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+const ADMIN_TOKEN: &str = "hostile-test-token";
+
+#[test]
+fn a_deploy_whose_init_fails_or_panics_is_refused_with_a_bounded_answer() {
+    let broker = Mosquitto::start();
+    let mut pty = Pty::open().expect("openpty");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = free_port();
+    let config = write_config(dir.path(), &pty.path, broker.port, admin, None);
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(
+            "[admin]\n",
+            "[admin]\ntoken_env = \"SLUICE_TEST_ADMIN_TOKEN\"\n",
+        ),
+    )
+    .expect("config");
+    let live = mosquitto_sub(broker.port, "hostile/#", &[]);
+    let sluice = SluiceProcess::spawn(
+        &["run", "--config", config.to_str().expect("utf-8")],
+        &[("SLUICE_TEST_ADMIN_TOKEN", ADMIN_TOKEN.to_owned())],
+    );
+    assert!(
+        sluice.wait_for_log("admin API listening", WAIT),
+        "{}",
+        sluice.log()
+    );
+
+    // An init that answers with 8 MiB of forged log lines: the answer says
+    // why in a bounded, escaped message.
+    let path = format!("/transforms/{PIPELINE}");
+    let (status, body) = admin_request(admin, "PUT", &path, r#"{"config":{"init":"big-error"}}"#);
+    assert!((400..500).contains(&status), "{status}: {body:.300}");
+    assert!(body.len() < 4096, "an answer of {} bytes", body.len());
+    assert!(body.contains("forged by a guest"), "{body}");
+    let log = sluice.log();
+    assert!(log.len() < 64 << 10, "a log of {} bytes", log.len());
+    assert!(
+        !log.lines().any(|line| line.starts_with("2099-01-01")),
+        "a guest forged a log line"
+    );
+    // An init that panics (it writes its message to stderr first): refused,
+    // the host lives.
+    let (status, body) = admin_request(admin, "PUT", &path, r#"{"config":{"init":"panic"}}"#);
+    assert!((400..500).contains(&status), "{status}: {body:.300}");
+    assert!(body.contains("panic"), "{body}");
+
+    // The running version stays and serves.
+    pty.master.write_all(b"ok:after\n").expect("write frame");
+    let got = live.wait_until(WAIT, |received| {
+        !payloads(received, "hostile/ok").is_empty()
+    });
+    assert_eq!(
+        payloads(&got, "hostile/ok"),
+        ["after"],
+        "{}",
+        tail(&sluice.log())
+    );
+}

@@ -18,7 +18,8 @@
 //! | `spin`            | loops forever                                                          |
 //!
 //! `init` does what the config key `init` says: `sleep` (15 s), `print`,
-//! `panic`, `spin`; anything else (or nothing) succeeds.
+//! `panic`, `spin`, `big-error` (`invalid-config` with an 8 MiB message of
+//! forged log lines); anything else (or nothing) succeeds.
 //! `encode-command` sleeps as long as the payload says (`sleep:<ms>`), then
 //! returns the payload reversed.
 
@@ -56,6 +57,11 @@ impl Guest for Hostile {
             }
             Some("panic") => panic!("init panics"),
             Some("spin") => spin(),
+            Some("big-error") => {
+                return Err(Error::InvalidConfig(
+                    FORGED.repeat((8 << 20) / FORGED.len()),
+                ));
+            }
             _ => {}
         }
         Ok(())
