@@ -117,6 +117,16 @@ pub enum InvalidOutput {
     /// U+0000 is forbidden in MQTT topics.
     #[error("NUL character in topic {0:?}")]
     NulInTopic(String),
+    /// A control character (U+0001–U+001F, U+007F–U+009F) or a Unicode
+    /// non-character: MQTT says topics should not hold them, and brokers
+    /// (mosquitto) drop the connection of a client that sends one.
+    #[error("character {character:?} in topic {topic:?}: brokers refuse it")]
+    ForbiddenCharInTopic {
+        /// The topic, made safe to print.
+        topic: String,
+        /// The first such character.
+        character: char,
+    },
     /// Topics starting with `$` are reserved for the broker.
     #[error("topic {0:?} starts with '$', which is reserved for the broker")]
     ReservedTopic(String),
@@ -157,6 +167,7 @@ impl InvalidOutput {
             InvalidOutput::TopicTooLong(_) => "topic_too_long",
             InvalidOutput::WildcardInTopic(_) => "wildcard_topic",
             InvalidOutput::NulInTopic(_) => "nul_in_topic",
+            InvalidOutput::ForbiddenCharInTopic { .. } => "forbidden_char_in_topic",
             InvalidOutput::ReservedTopic(_) => "reserved_topic",
             InvalidOutput::PayloadTooLarge { .. } => "payload_too_large",
             InvalidOutput::EmptyMeasurement => "empty_measurement",
@@ -183,17 +194,36 @@ pub fn validate_topic(topic: &str) -> Result<(), InvalidOutput> {
     if topic.contains('\0') {
         return Err(InvalidOutput::NulInTopic(guest_text(topic)));
     }
+    if let Some(character) = topic.chars().find(|&c| forbidden_in_topic(c)) {
+        return Err(InvalidOutput::ForbiddenCharInTopic {
+            topic: guest_text(topic),
+            character,
+        });
+    }
     if topic.starts_with('$') {
         return Err(InvalidOutput::ReservedTopic(guest_text(topic)));
     }
     Ok(())
 }
 
+/// What MQTT 3.1.1 and 5 (1.5.3/1.5.4) say a topic should not contain
+/// besides U+0000: the control characters U+0001–U+001F and U+007F–U+009F,
+/// and the Unicode non-characters (U+FDD0–U+FDEF and the last two code
+/// points of every plane).
+fn forbidden_in_topic(c: char) -> bool {
+    let code = u32::from(c);
+    c.is_control() || (0xFDD0..=0xFDEF).contains(&code) || code & 0xFFFE == 0xFFFE
+}
+
 /// Whether `filter` is a valid MQTT subscription filter: non-empty, at most
-/// 65535 bytes, no NUL, `+` only as a whole level, `#` only as the whole last
-/// level.
+/// 65535 bytes, no NUL or other character brokers refuse
+/// ([`validate_topic`]), `+` only as a whole level, `#` only as the whole
+/// last level.
 pub fn valid_topic_filter(filter: &str) -> bool {
-    if filter.is_empty() || filter.len() > usize::from(u16::MAX) || filter.contains('\0') {
+    if filter.is_empty()
+        || filter.len() > usize::from(u16::MAX)
+        || filter.chars().any(|c| c == '\0' || forbidden_in_topic(c))
+    {
         return false;
     }
     let levels: Vec<&str> = filter.split('/').collect();
@@ -364,6 +394,14 @@ mod tests {
             ("a/+/b", Some("wildcard_topic")),
             ("a/#", Some("wildcard_topic")),
             ("a\0b", Some("nul_in_topic")),
+            ("hostile/ctl/\u{1}", Some("forbidden_char_in_topic")),
+            ("a/\u{1f}", Some("forbidden_char_in_topic")),
+            ("a/\u{7f}", Some("forbidden_char_in_topic")),
+            ("a/\u{9f}", Some("forbidden_char_in_topic")),
+            ("a/\u{fdd0}", Some("forbidden_char_in_topic")),
+            ("a/\u{ffff}", Some("forbidden_char_in_topic")),
+            ("a/\u{1fffe}", Some("forbidden_char_in_topic")),
+            ("a/\u{a0}\u{fffd}\u{10fffd}", None),
             ("$SYS/x", Some("reserved_topic")),
         ];
         for (topic, want) in cases {
@@ -439,7 +477,16 @@ mod tests {
         ] {
             assert!(valid_topic_filter(ok), "{ok:?}");
         }
-        for bad in ["", "a/#/b", "a#", "a/b+", "#/a", "a\0b"] {
+        for bad in [
+            "",
+            "a/#/b",
+            "a#",
+            "a/b+",
+            "#/a",
+            "a\0b",
+            "a/\u{1}",
+            "a/\u{ffff}/#",
+        ] {
             assert!(!valid_topic_filter(bad), "{bad:?}");
         }
         let cases = [

@@ -206,6 +206,12 @@ fn hostile_frames_cost_only_themselves() {
         // One tag more than a point may have.
         "tags:65",
         "ok:9",
+        // Topics mosquitto drops the connection on: refused by the host
+        // (counted per message), or they would be re-sent after every
+        // reconnect and nothing behind them would ever be delivered.
+        "topic:hostile/ctl/\u{1}",
+        "topic:hostile/\u{ffff}",
+        "ok:10",
     ];
     let mut bytes = Vec::new();
     for frame in frames {
@@ -214,7 +220,7 @@ fn hostile_frames_cost_only_themselves() {
     }
     pty.master.write_all(&bytes).expect("write frames");
 
-    let expected_ok: Vec<String> = (1..=9).map(|n| n.to_string()).collect();
+    let expected_ok: Vec<String> = (1..=10).map(|n| n.to_string()).collect();
     let got = live.wait_until(WAIT, |received| {
         payloads(received, "hostile/ok").len() >= expected_ok.len()
             && !payloads(received, "hostile/slept").is_empty()
@@ -270,6 +276,15 @@ fn hostile_frames_cost_only_themselves() {
             &format!("sluice_frames_received_total{{pipeline=\"{PIPELINE}\"}}")
         ),
         frames.len() as f64
+    );
+    assert_eq!(
+        metric(
+            admin,
+            &format!(
+                "sluice_outputs_dropped_total{{pipeline=\"{PIPELINE}\",reason=\"forbidden_char_in_topic\"}}"
+            )
+        ),
+        2.0
     );
 
     // Memory: the guest's memory is capped at 32 MiB (`[limits]` default);

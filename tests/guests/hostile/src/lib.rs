@@ -8,6 +8,7 @@
 //! |-------------------|-----------------------------------------------------------------------|
 //! | `ok:<text>`       | message `hostile/ok` = `<text>` (QoS 1)                                |
 //! | `sleep:<ms>`      | sleeps `<ms>` ms (`std::thread::sleep`), then message `hostile/slept` = the nanoseconds its monotonic clock moved, and `hostile/wall` = its wall clock in ns since the epoch |
+//! | `topic:<topic>`   | message on `<topic>` as given (QoS 1), payload `poison`                 |
 //! | `clock`           | message `hostile/wall` = its wall clock in ns since the epoch          |
 //! | `print:<n>`       | writes `<n>` lines to stdout and to stderr, then message `hostile/printed` |
 //! | `messages:<n>`    | `<n>` valid messages `hostile/m` = `x` (QoS 0)                          |
@@ -89,6 +90,7 @@ impl Guest for Hostile {
                     ("hostile/wall", wall.as_bytes(), 1),
                 ]))
             }
+            "topic" => Ok(messages(&[(argument, b"poison", 1)])),
             "clock" => Ok(messages(&[(
                 "hostile/wall",
                 wall_ns().to_string().as_bytes(),
