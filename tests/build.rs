@@ -38,6 +38,7 @@ fn main() {
                 "tagger_flaky",
                 "legacy_v0_1",
                 "hostile",
+                "hostile_v0_1",
             ][..],
         ),
     ];

@@ -35,6 +35,8 @@ pub mod wasm {
     pub const LEGACY_V0_1: &str = env!("SLUICE_WASM_LEGACY_V0_1");
     /// `tests/guests/hostile`: sleeps, prints, floods, crafts huge outputs.
     pub const HOSTILE: &str = env!("SLUICE_WASM_HOSTILE");
+    /// `tests/guests/hostile-v0-1`: 0.1.0 output lists aliasing one buffer.
+    pub const HOSTILE_V0_1: &str = env!("SLUICE_WASM_HOSTILE_V0_1");
 }
 
 /// The repository root.

@@ -523,3 +523,36 @@ fn a_guests_text_is_cut_and_cannot_forge_a_line() {
     assert!(!error.message.contains('\n'), "{}", error.message);
     assert!(error.message.contains("\\n2099-01-01"), "{}", error.message);
 }
+
+#[test]
+fn a_0_1_output_aliasing_one_buffer_is_not_copied_once_per_message() {
+    // 200 messages whose payloads are all one 1 MiB buffer: lifted value by
+    // value, 200 MiB of copies. Within the 4 MiB budget the host copies at
+    // most four of them, then refuses the frame.
+    let runtime = runtime();
+    let mut instance = runtime
+        .load_file(sluice_tests::wasm::HOSTILE_V0_1.as_ref())
+        .expect("loads")
+        .instantiate("hostile-v0-1", &[], Limits::default())
+        .expect("init");
+    assert_eq!(instance.module().contract(), "sluice:transform@0.1.0");
+    let rejected = instance.process(frame("alias:200:1")).expect_err("refused");
+    assert_eq!(
+        rejected.error.reason(),
+        "limit_output_bytes",
+        "{}",
+        rejected.error
+    );
+    // Over the count: refused before any message is lifted.
+    let rejected = instance
+        .process(frame("alias:1001:0"))
+        .expect_err("refused");
+    assert_eq!(
+        rejected.error.reason(),
+        "limit_messages",
+        "{}",
+        rejected.error
+    );
+    let output = instance.process(frame("ok:next")).expect("the next frame");
+    assert_eq!(payload(&output, "hostile/ok"), "next");
+}
