@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sluice::pty::Pty;
-use sluice::source::capture::{CaptureReader, CaptureWriter, Tail};
+use sluice::source::capture::{CaptureReader, CaptureWriter, Skipped, Tail};
 use sluice_tests::serial::{PortHarness, WAIT, eventually, pipeline_config};
 use sluice_tests::{Mosquitto, mosquitto_sub, sluice_bin, wasm};
 
@@ -80,6 +80,90 @@ fn the_port_task_captures_every_frame_with_its_receive_time() {
     let (records, _) = read_all(&capture);
     assert_eq!(records.len(), 5);
     assert_eq!(records[4].1, b"five");
+}
+
+/// Records `lines` through a real port task into `capture` (appending, as
+/// after a restart); their frames.
+fn capture_through_a_port(capture: &Path, lines: &[String]) -> Vec<sluice::model::Frame> {
+    let mut pty = Pty::open().expect("openpty");
+    let config = pipeline_config(
+        "gw",
+        &pty.path,
+        "",
+        &format!("capture = {{ path = {} }}", quote(capture)),
+    );
+    let mut port = PortHarness::start(&config).expect("port starts");
+    assert!(port.wait_opens(1));
+    for line in lines {
+        writeln!(pty.master, "{line}").expect("write");
+    }
+    let frames: Vec<_> = lines.iter().filter_map(|_| port.recv_frame(WAIT)).collect();
+    assert_eq!(frames.len(), lines.len());
+    assert!(port.stop(), "stop flushes the capture");
+    frames
+}
+
+/// A record damaged in the middle of a capture (a bad disk block) costs that
+/// record only: the port task's restart appends after it instead of cutting
+/// the file there, and the reader and `sluice replay` skip it, count it and
+/// go on with every record after it.
+#[test]
+fn damage_in_the_middle_costs_only_the_damaged_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = dir.path().join("gw.cap");
+    let seq = |range: std::ops::Range<u32>| -> Vec<String> {
+        range.map(|i| format!(r#"{{"seq":{i}}}"#)).collect()
+    };
+    let mut frames = capture_through_a_port(&capture, &seq(0..10));
+
+    // Flip a byte in the data of record 5 of 10.
+    let mut bytes = std::fs::read(&capture).expect("read");
+    let mut at = 24 + "gw".len();
+    for _ in 0..5 {
+        at += 16 + u32::from_le_bytes(bytes[at..at + 4].try_into().expect("len")) as usize;
+    }
+    let damaged_len = 16 + frames[5].data.len() as u64;
+    bytes[at + 16] ^= 0x20;
+    std::fs::write(&capture, &bytes).expect("write");
+    frames.remove(5);
+
+    frames.extend(capture_through_a_port(&capture, &seq(10..13)));
+    let mut reader = CaptureReader::open(&capture).expect("capture opens");
+    let mut records = Vec::new();
+    while let Some(r) = reader.next_record().expect("reads") {
+        records.push((r.received_at_ns, r.data));
+    }
+    let want: Vec<_> = frames
+        .iter()
+        .map(|f| (f.received_at_ns, f.data.clone()))
+        .collect();
+    assert_eq!(records, want);
+    assert_eq!(reader.tail(), Some(Tail::Clean));
+    assert_eq!(
+        reader.skipped(),
+        Skipped {
+            stretches: 1,
+            bytes: damaged_len,
+            first_offset: Some(at as u64),
+        }
+    );
+
+    let config = config_file(dir.path(), None);
+    let (_, stdout, stderr) = replay(&[
+        capture.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--stdout",
+    ]);
+    assert!(stderr.contains("replayed 12 frames"), "{stderr}");
+    let seqs: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["topic"] == "hist/stats/seq")
+        .filter_map(|v| v["payload"].as_str().map(str::to_owned))
+        .collect();
+    let want: Vec<String> = (0..13).filter(|&i| i != 5).map(|i| i.to_string()).collect();
+    assert_eq!(seqs, want, "{stdout}");
 }
 
 /// A capture of telemetry lines recorded by pipeline `name`, one second apart

@@ -15,10 +15,16 @@
 //! ```
 //!
 //! Records are only ever appended. A crash can leave a torn last record (or
-//! a record of zeros on some file systems); a reader stops at the first
-//! record that is incomplete or fails its CRC and says how many bytes it
-//! ignored. Before appending, the writer scans the file and cuts such a tail
-//! off, so a restart continues a valid file.
+//! zeros where the last records should be, on some file systems); a disk
+//! can damage a record anywhere. A reader that meets a record that is
+//! incomplete or fails its CRC resynchronises: it goes on at the next offset
+//! where a whole record starts whose length fits the file and is sane (at
+//! most 1 MiB, or the longest record read before) and whose CRC matches,
+//! and counts the bytes it skipped ([`Skipped`]). Only damage that nothing
+//! valid follows is a torn tail ([`Tail`]). Before appending, the writer
+//! scans the file and cuts off such a tail — and nothing else — so a
+//! restart continues a valid file and keeps every record after damage in
+//! the middle.
 //!
 //! # Size and rotation
 //!
@@ -36,10 +42,10 @@
 //! the frame itself is still processed. The writer flushes whenever the
 //! queue is empty and syncs on rotation and shutdown; a host crash loses at
 //! most what was not flushed yet. After a write error it reopens the file
-//! (repairing the tail) after a pause.
+//! (cutting a torn tail) after a pause.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +64,9 @@ pub const MAGIC: [u8; 8] = *b"\x89SLC\r\n\x1a\n";
 pub const VERSION: u16 = 1;
 /// Bytes before each record's data.
 const RECORD_HEADER: u64 = 16;
+/// The longest record a resynchronisation accepts, unless the file had a
+/// longer one before: bounds the CRC work per candidate offset.
+const RESYNC_MAX_LEN: u64 = 1 << 20;
 /// Frames waiting for the writer thread.
 const QUEUE: usize = 4096;
 /// Pause before reopening after a write error.
@@ -161,14 +170,16 @@ pub enum CaptureError {
 pub enum Tail {
     /// After the last record.
     Clean,
-    /// An incomplete record (a crash while appending): `bytes` ignored from `offset`.
+    /// An incomplete record, nothing valid after it (a crash while
+    /// appending): `bytes` ignored from `offset`.
     Torn {
         /// Where the incomplete record starts.
         offset: u64,
         /// Bytes from there to the end of the file.
         bytes: u64,
     },
-    /// A record that fails its CRC: `bytes` ignored from `offset`.
+    /// A record that fails its CRC, nothing valid after it: `bytes` ignored
+    /// from `offset`.
     Corrupt {
         /// Where the bad record starts.
         offset: u64,
@@ -177,15 +188,52 @@ pub enum Tail {
     },
 }
 
-/// Reads a capture file record by record.
+/// Damaged stretches a reader skipped because valid records followed them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Stretches skipped (each one or more records).
+    pub stretches: u64,
+    /// Bytes in them.
+    pub bytes: u64,
+    /// Where the first one starts.
+    pub first_offset: Option<u64>,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} damaged stretch(es) of records ({} bytes, the first at offset {}) skipped",
+            self.stretches,
+            self.bytes,
+            self.first_offset.unwrap_or_default()
+        )
+    }
+}
+
+/// What [`CaptureReader::parse_at`] found.
+enum Parsed {
+    Record(CaptureRecord),
+    /// The file ends inside it.
+    Incomplete,
+    /// Complete, but its CRC does not match or it is longer than allowed.
+    Bad,
+}
+
+/// Reads a capture file record by record, skipping damaged ones.
 pub struct CaptureReader {
     path: PathBuf,
     input: BufReader<File>,
+    /// Where `input` is.
+    pos: u64,
     header: CaptureHeader,
-    /// End of the last good record (or of the header).
+    /// Where the next record starts.
     offset: u64,
     file_len: u64,
     tail: Option<Tail>,
+    skipped: Skipped,
+    /// The longest valid record so far.
+    longest: u64,
 }
 
 impl CaptureReader {
@@ -232,16 +280,20 @@ impl CaptureReader {
             return Err(CaptureError::BadHeader(path.to_owned()));
         }
         let pipeline = String::from_utf8_lossy(name).into_owned();
+        let offset = 24 + name_len as u64;
         Ok(CaptureReader {
             path: path.to_owned(),
             input,
+            pos: offset,
             header: CaptureHeader {
                 pipeline,
                 created_ns,
             },
-            offset: 24 + name_len as u64,
+            offset,
             file_len,
             tail: None,
+            skipped: Skipped::default(),
+            longest: 0,
         })
     }
 
@@ -255,50 +307,36 @@ impl CaptureReader {
         &self.path
     }
 
-    /// The next record; `None` at the end of the valid records (see
-    /// [`tail`](Self::tail) for what followed them).
+    /// The next valid record; `None` at the end of the valid records (see
+    /// [`tail`](Self::tail) for what followed them, and
+    /// [`skipped`](Self::skipped) for damage between them).
     pub fn next_record(&mut self) -> io::Result<Option<CaptureRecord>> {
         if self.tail.is_some() {
             return Ok(None);
         }
-        let remaining = self.file_len.saturating_sub(self.offset);
-        if remaining == 0 {
+        let at = self.offset;
+        if at >= self.file_len {
             self.tail = Some(Tail::Clean);
             return Ok(None);
         }
-        let torn = Tail::Torn {
-            offset: self.offset,
-            bytes: remaining,
+        let torn = match self.parse_at(at, u64::from(u32::MAX))? {
+            Parsed::Record(record) => return Ok(Some(record)),
+            Parsed::Incomplete => true,
+            Parsed::Bad => false,
         };
-        let mut head = [0u8; RECORD_HEADER as usize];
-        if remaining < RECORD_HEADER || read_up_to(&mut self.input, &mut head)? < head.len() {
-            self.tail = Some(torn);
-            return Ok(None);
+        if let Some((next, record)) = self.resync(at + 1)? {
+            self.skipped.stretches += 1;
+            self.skipped.bytes += next - at;
+            self.skipped.first_offset.get_or_insert(at);
+            return Ok(Some(record));
         }
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        let received_at_ns = u64::from_le_bytes(head[4..12].try_into().unwrap_or([0; 8]));
-        let crc = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
-        if u64::from(len) > remaining - RECORD_HEADER {
-            self.tail = Some(torn);
-            return Ok(None);
-        }
-        let mut data = vec![0u8; len as usize];
-        if read_up_to(&mut self.input, &mut data)? < data.len() {
-            self.tail = Some(torn);
-            return Ok(None);
-        }
-        if crc32(&[&head[..12], &data]) != crc {
-            self.tail = Some(Tail::Corrupt {
-                offset: self.offset,
-                bytes: remaining,
-            });
-            return Ok(None);
-        }
-        self.offset += RECORD_HEADER + u64::from(len);
-        Ok(Some(CaptureRecord {
-            received_at_ns,
-            data,
-        }))
+        let bytes = self.file_len - at;
+        self.tail = Some(if torn {
+            Tail::Torn { offset: at, bytes }
+        } else {
+            Tail::Corrupt { offset: at, bytes }
+        });
+        Ok(None)
     }
 
     /// How the file ended; `None` until [`next_record`](Self::next_record)
@@ -307,9 +345,105 @@ impl CaptureReader {
         self.tail
     }
 
-    /// Bytes of header and valid records read so far.
-    pub fn valid_len(&self) -> u64 {
-        self.offset
+    /// The damage skipped so far.
+    pub fn skipped(&self) -> Skipped {
+        self.skipped
+    }
+
+    /// Moves the input to `at`, keeping its buffer where it can.
+    fn seek_to(&mut self, at: u64) -> io::Result<()> {
+        if at != self.pos {
+            // Two's complement: a backward move is a negative offset.
+            self.input.seek_relative(at.wrapping_sub(self.pos) as i64)?;
+            self.pos = at;
+        }
+        Ok(())
+    }
+
+    /// Fills `buf`; false if the file ended first.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let got = read_up_to(&mut self.input, buf)?;
+        self.pos += got as u64;
+        Ok(got == buf.len())
+    }
+
+    /// The record at `at`, if it is whole, at most `max_len` long and its
+    /// CRC matches (the next record is then looked for after it).
+    fn parse_at(&mut self, at: u64, max_len: u64) -> io::Result<Parsed> {
+        let remaining = self.file_len.saturating_sub(at);
+        if remaining < RECORD_HEADER {
+            return Ok(Parsed::Incomplete);
+        }
+        self.seek_to(at)?;
+        let mut head = [0u8; RECORD_HEADER as usize];
+        if !self.read(&mut head)? {
+            return Ok(Parsed::Incomplete);
+        }
+        let len = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
+        if len > remaining - RECORD_HEADER {
+            return Ok(Parsed::Incomplete);
+        }
+        if len > max_len {
+            return Ok(Parsed::Bad);
+        }
+        let mut data = vec![0u8; len as usize];
+        if !self.read(&mut data)? {
+            return Ok(Parsed::Incomplete);
+        }
+        if crc32(&[&head[..12], &data]).to_le_bytes() != head[12..] {
+            return Ok(Parsed::Bad);
+        }
+        self.offset = at + RECORD_HEADER + len;
+        self.longest = self.longest.max(len);
+        Ok(Parsed::Record(CaptureRecord {
+            received_at_ns: u64::from_le_bytes(head[4..12].try_into().unwrap_or([0; 8])),
+            data,
+        }))
+    }
+
+    /// The first valid record at or after `from`, and where it starts.
+    fn resync(&mut self, from: u64) -> io::Result<Option<(u64, CaptureRecord)>> {
+        let max_len = self.longest.max(RESYNC_MAX_LEN);
+        let header = RECORD_HEADER as usize;
+        let mut at = from;
+        while self.file_len.saturating_sub(at) >= RECORD_HEADER {
+            self.seek_to(at)?;
+            let mut buf = self.input.fill_buf()?;
+            if buf.len() < header {
+                // The buffer ends inside this header: refill it from here.
+                self.input.seek(SeekFrom::Start(at))?;
+                buf = self.input.fill_buf()?;
+            }
+            // Only bytes of the file as it was opened count.
+            let visible = buf
+                .len()
+                .min(usize::try_from(self.file_len - at).unwrap_or(usize::MAX));
+            if visible < header {
+                return Ok(None);
+            }
+            // Cheap test first: a length that fits after this offset.
+            let file_len = self.file_len;
+            let candidate = (0..=visible - header).find(|&i| {
+                let len = u64::from(u32::from_le_bytes([
+                    buf[i],
+                    buf[i + 1],
+                    buf[i + 2],
+                    buf[i + 3],
+                ]));
+                len <= max_len && len <= file_len - (at + (i + header) as u64)
+            });
+            match candidate {
+                None => at += (visible - header + 1) as u64,
+                Some(i) => {
+                    let start = at + i as u64;
+                    if let Parsed::Record(record) = self.parse_at(start, max_len)? {
+                        return Ok(Some((start, record)));
+                    }
+                    at = start + 1;
+                }
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -356,10 +490,14 @@ pub struct CaptureWriter {
 pub enum Found {
     /// A new file was created.
     New,
-    /// Appending to an existing file that ended cleanly.
-    Continued,
-    /// An existing file's damaged tail was cut off before appending.
-    Repaired(Tail),
+    /// Appending to an existing file of this pipeline.
+    Existing {
+        /// Its torn tail ([`Tail::Torn`] or [`Tail::Corrupt`]), cut off
+        /// before appending.
+        cut: Option<Tail>,
+        /// Damage with valid records after it: left in place, readers skip it.
+        skipped: Skipped,
+    },
     /// The existing file had a damaged header or belonged to another
     /// pipeline; it was rotated away (or, with a damaged header, replaced).
     Replaced(String),
@@ -391,20 +529,25 @@ impl CaptureWriter {
                         ));
                     } else {
                         while reader.next_record()?.is_some() {}
-                        let valid = reader.valid_len();
-                        match reader.tail() {
-                            Some(tail @ (Tail::Torn { .. } | Tail::Corrupt { .. })) => {
+                        let cut = match reader.tail() {
+                            Some(
+                                tail @ (Tail::Torn { offset, .. } | Tail::Corrupt { offset, .. }),
+                            ) => {
                                 OpenOptions::new()
                                     .write(true)
                                     .open(path)
-                                    .and_then(|f| f.set_len(valid))
+                                    .and_then(|f| f.set_len(offset))
                                     .with_context(|| {
                                         format!("cannot repair capture file {}", path.display())
                                     })?;
-                                found = Found::Repaired(tail);
+                                Some(tail)
                             }
-                            _ => found = Found::Continued,
-                        }
+                            _ => None,
+                        };
+                        found = Found::Existing {
+                            cut,
+                            skipped: reader.skipped(),
+                        };
                     }
                 }
                 Err(CaptureError::BadHeader(_)) => {
@@ -547,7 +690,7 @@ pub struct CaptureHandle {
 }
 
 impl CaptureHandle {
-    /// Opens the capture file (repairing a torn tail) and starts its writer
+    /// Opens the capture file (cutting a torn tail) and starts its writer
     /// thread. Fails if the file cannot be opened now (a configuration or
     /// permission problem, reported at start-up).
     pub fn start(
@@ -560,11 +703,20 @@ impl CaptureHandle {
         let (writer, found) = CaptureWriter::open(&path, &pipeline, max_bytes, keep)
             .with_context(|| format!("pipeline {pipeline:?}: capture.path {}", path.display()))?;
         match &found {
-            Found::Repaired(tail) => tracing::warn!(pipeline = &*pipeline, path = %path.display(),
-                ?tail, "capture file had a damaged tail (crash?); cut it off"),
+            Found::Existing { cut, skipped } => {
+                if let Some(tail) = cut {
+                    tracing::warn!(pipeline = &*pipeline, path = %path.display(), ?tail,
+                        "capture file had a torn tail (crash?); cut it off");
+                }
+                if skipped.stretches > 0 {
+                    tracing::warn!(pipeline = &*pipeline, path = %path.display(),
+                        damage = %skipped, "capture file is damaged before its end; \
+                        kept as it is (readers skip the damage, not the records after it)");
+                }
+            }
             Found::Replaced(why) => tracing::warn!(pipeline = &*pipeline, path = %path.display(),
                 why, "existing capture file set aside"),
-            Found::New | Found::Continued => {}
+            Found::New => {}
         }
         tracing::info!(pipeline = &*pipeline, path = %path.display(), "capturing frames");
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -750,16 +902,148 @@ mod tests {
 
         // Reopening cuts the torn tail and continues the file.
         let (mut w, found) = CaptureWriter::open(&path, "gw", 1 << 20, 2).expect("reopen");
-        assert!(
-            matches!(found, Found::Repaired(Tail::Torn { .. })),
-            "{found:?}"
+        assert_eq!(
+            found,
+            Found::Existing {
+                cut: Some(Tail::Torn {
+                    offset: good_len,
+                    bytes: 7
+                }),
+                skipped: Skipped::default()
+            }
         );
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), good_len);
         w.append(4, b"after crash").expect("append");
         w.sync().expect("sync");
         let (recs, tail) = records(&path);
         assert_eq!(recs.len(), 4);
         assert_eq!(recs[3].data, b"after crash");
         assert_eq!(tail, Some(Tail::Clean));
+    }
+
+    /// A capture of `n` records (`received_at_ns` 0 … n-1); their offsets.
+    fn capture(path: &Path, n: u64) -> Vec<u64> {
+        let (mut w, _) = CaptureWriter::open(path, "d", 1 << 20, 0).expect("open");
+        let mut offsets = Vec::new();
+        for i in 0..n {
+            offsets.push(w.len());
+            w.append(i, format!("record {i}").as_bytes())
+                .expect("append");
+        }
+        w.sync().expect("sync");
+        offsets
+    }
+
+    fn overwrite(path: &Path, at: u64, bytes: &[u8]) {
+        let mut f = OpenOptions::new().write(true).open(path).expect("open");
+        f.seek(SeekFrom::Start(at)).expect("seek");
+        f.write_all(bytes).expect("write");
+    }
+
+    fn stamps(records: &[CaptureRecord]) -> Vec<u64> {
+        records.iter().map(|r| r.received_at_ns).collect()
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_skipped_and_kept_by_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("d.cap");
+        let huge = 0xFFFF_FF00u32.to_le_bytes();
+        // (what, where in record 4, bytes written there, records lost)
+        let cases: [(&str, u64, &[u8], &[u64]); 5] = [
+            ("a flipped data byte", 17, b"\xAA", &[4]),
+            ("a length beyond the file", 0, &huge, &[4]),
+            ("a shorter length", 0, &[3], &[4]),
+            ("a flipped CRC byte", 12, b"\x55", &[4]),
+            ("zeros over three records", 0, &[0; 3 * 24], &[4, 5, 6]),
+        ];
+        for (what, at, bytes, lost) in cases {
+            let _ = std::fs::remove_file(&path);
+            let offsets = capture(&path, 10);
+            let len = std::fs::metadata(&path).expect("meta").len();
+            let last = *lost.last().expect("lost");
+            overwrite(&path, offsets[4] + at, bytes);
+            let want: Vec<u64> = (0..10).filter(|i| !lost.contains(i)).collect();
+            let skipped = Skipped {
+                stretches: 1,
+                bytes: offsets[last as usize + 1] - offsets[4],
+                first_offset: Some(offsets[4]),
+            };
+            let (recs, tail) = records(&path);
+            assert_eq!(stamps(&recs), want, "{what}");
+            assert_eq!(tail, Some(Tail::Clean), "{what}");
+
+            // A restart keeps the file as it is and appends after it.
+            let (mut w, found) = CaptureWriter::open(&path, "d", 1 << 20, 0).expect("reopen");
+            assert_eq!(found, Found::Existing { cut: None, skipped }, "{what}");
+            assert_eq!(w.len(), len, "{what}");
+            w.append(10, b"after the restart").expect("append");
+            w.sync().expect("sync");
+            let mut reader = CaptureReader::open(&path).expect("opens");
+            let recs: Vec<CaptureRecord> = reader.by_ref().map(|r| r.expect("reads")).collect();
+            assert_eq!(stamps(&recs), [&want[..], &[10]].concat(), "{what}");
+            assert_eq!(reader.tail(), Some(Tail::Clean), "{what}");
+            assert_eq!(reader.skipped(), skipped, "{what}");
+        }
+    }
+
+    #[test]
+    fn only_the_torn_tail_after_damage_in_the_middle_is_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.cap");
+        let offsets = capture(&path, 6);
+        let good_len = std::fs::metadata(&path).expect("meta").len();
+        overwrite(&path, offsets[2] + 20, b"\x00\x00");
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 5]).expect("tear");
+        drop(f);
+        let (recs, tail) = records(&path);
+        assert_eq!(stamps(&recs), [0, 1, 3, 4, 5]);
+        assert_eq!(
+            tail,
+            Some(Tail::Torn {
+                offset: good_len,
+                bytes: 9
+            })
+        );
+        let (_, found) = CaptureWriter::open(&path, "d", 1 << 20, 0).expect("reopen");
+        let Found::Existing { cut, skipped } = found else {
+            panic!("{found:?}");
+        };
+        assert!(matches!(cut, Some(Tail::Torn { .. })), "{cut:?}");
+        assert_eq!(skipped.stretches, 1);
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), good_len);
+        assert_eq!(stamps(&records(&path).0), [0, 1, 3, 4, 5]);
+    }
+
+    #[test]
+    fn noise_between_records_yields_no_false_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first, second) = (dir.path().join("a.cap"), dir.path().join("b.cap"));
+        capture(&first, 5);
+        let header = 24 + 1;
+        let mut bytes = std::fs::read(&first).expect("read");
+        // 256 KiB of xorshift noise, then five more records.
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..(256 << 10) / 8 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        let (mut w, _) = CaptureWriter::open(&second, "d", 1 << 20, 0).expect("open");
+        for i in 5..10 {
+            w.append(i, &[i as u8; 300]).expect("append");
+        }
+        w.sync().expect("sync");
+        bytes.extend_from_slice(&std::fs::read(&second).expect("read")[header..]);
+        std::fs::write(&first, &bytes).expect("write");
+        let mut reader = CaptureReader::open(&first).expect("opens");
+        let recs: Vec<CaptureRecord> = reader.by_ref().map(|r| r.expect("reads")).collect();
+        assert_eq!(stamps(&recs), (0..10).collect::<Vec<u64>>());
+        assert_eq!(reader.skipped().stretches, 1);
+        assert_eq!(reader.skipped().bytes, 256 << 10);
+        assert_eq!(reader.tail(), Some(Tail::Clean));
     }
 
     #[test]

@@ -24,10 +24,17 @@
 //!   separated by `\n`; there is no escape for it — string *values* may
 //!   contain line breaks);
 //! * a backslash at the end of a measurement, key or tag value, or right
-//!   before `,`, `=` or a space: InfluxDB 1.x has no escape for a backslash
-//!   there (`t=a\` reads as an escaped separator; `\\` stays two backslashes);
+//!   before `,`, `=` or a space, and in a measurement or field key right
+//!   before `"`: InfluxDB 1.x has no escape for a backslash there (`t=a\`
+//!   reads as an escaped separator, `k\"` reads back as `k"`; elsewhere
+//!   `\\` stays two backslashes);
+//! * a measurement starting with a tab or NUL (InfluxDB skips them at the
+//!   start of a line; a field key starting with one is written after one
+//!   that does not, for the same reason, and refused if all do);
 //! * a measurement starting with `#` (the line would be a comment, silently
 //!   ignored by the server);
+//! * a tag or field key `time` (InfluxDB refuses the tag and silently drops
+//!   the field);
 //! * NaN and ±infinity (InfluxDB refuses them);
 //! * a duplicate tag key (InfluxDB: "duplicate tags") or field key (InfluxDB
 //!   silently keeps the last one);
@@ -55,9 +62,16 @@ pub enum EncodeError {
     LineBreak(String),
     /// A backslash line protocol cannot express.
     #[error(
-        "backslash that line protocol cannot express (at the end, or before ',', '=' or a space) in {0}"
+        "backslash that line protocol cannot express (at the end, before ',', '=' or a space, \
+         or before '\"' in a measurement or field key) in {0}"
     )]
     Backslash(String),
+    /// A measurement starting with a tab or NUL, or only field keys that do.
+    #[error("{0} starts with a tab or NUL, which InfluxDB drops")]
+    LeadingWhitespace(String),
+    /// A tag or field key `time`.
+    #[error("{0} is named \"time\", which InfluxDB refuses (tag) or drops (field)")]
+    TimeKey(String),
     /// `#` at the start of the measurement makes the line a comment.
     #[error("measurement {0:?} starts with '#', which makes the line a comment")]
     CommentMeasurement(String),
@@ -96,6 +110,8 @@ impl EncodeError {
             EncodeError::EmptyKey(_) => "empty_key",
             EncodeError::LineBreak(_) => "line_break_in_name",
             EncodeError::Backslash(_) => "unrepresentable_backslash",
+            EncodeError::LeadingWhitespace(_) => "leading_whitespace",
+            EncodeError::TimeKey(_) => "time_key",
             EncodeError::CommentMeasurement(_) => "comment_measurement",
             EncodeError::NonFinite { .. } => "non_finite_field",
             EncodeError::DuplicateTag(_) => "duplicate_tag_key",
@@ -105,11 +121,19 @@ impl EncodeError {
     }
 }
 
-/// Which part of a line a name is in (decides what is escaped).
-#[derive(Clone, Copy)]
+/// Which part of a line a name is in (decides what is escaped, and which
+/// backslashes InfluxDB reads as escapes).
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Part {
     Measurement,
-    Key,
+    /// Tag keys and values.
+    Tag,
+    FieldKey,
+}
+
+/// What InfluxDB skips at the start of a line and of the field set.
+fn starts_with_skipped(name: &str) -> bool {
+    name.starts_with(['\t', '\0'])
 }
 
 /// Encodes points into line protocol. Cheap to create; keeps a scratch
@@ -153,6 +177,11 @@ impl Encoder {
         if measurement.starts_with('#') {
             return Err(EncodeError::CommentMeasurement(measurement.clone()));
         }
+        if starts_with_skipped(measurement) {
+            return Err(EncodeError::LeadingWhitespace(format!(
+                "measurement {measurement:?}"
+            )));
+        }
         write_name(out, measurement, Part::Measurement)
             .map_err(|e| e.describe(|| format!("measurement {measurement:?}")))?;
 
@@ -172,27 +201,46 @@ impl Encoder {
             if previous == Some(key.as_str()) {
                 return Err(EncodeError::DuplicateTag(key.clone()));
             }
+            if key == "time" {
+                return Err(EncodeError::TimeKey(format!("tag key of {measurement:?}")));
+            }
             previous = Some(key);
             out.push(b',');
-            write_name(out, key, Part::Key)
+            write_name(out, key, Part::Tag)
                 .map_err(|e| e.describe(|| format!("tag key {key:?}")))?;
             out.push(b'=');
-            write_name(out, value, Part::Key)
+            write_name(out, value, Part::Tag)
                 .map_err(|e| e.describe(|| format!("tag value {value:?} (tag {key:?})")))?;
         }
 
+        // InfluxDB skips tabs and NULs before the first field key: put a
+        // field whose key does not start with one first.
+        let fields = &point.fields;
+        let first = fields
+            .iter()
+            .position(|(key, _)| !starts_with_skipped(key))
+            .ok_or_else(|| {
+                EncodeError::LeadingWhitespace(format!("every field key of {measurement:?}"))
+            })?;
         out.push(b' ');
-        for (n, (key, value)) in point.fields.iter().enumerate() {
+        let order = std::iter::once(first).chain((0..fields.len()).filter(|&n| n != first));
+        for (written, n) in order.enumerate() {
+            let (key, value) = &fields[n];
             if key.is_empty() {
                 return Err(EncodeError::EmptyKey(measurement.clone()));
             }
-            if point.fields[..n].iter().any(|(k, _)| k == key) {
+            if fields[..n].iter().any(|(k, _)| k == key) {
                 return Err(EncodeError::DuplicateField(key.clone()));
             }
-            if n > 0 {
+            if key == "time" {
+                return Err(EncodeError::TimeKey(format!(
+                    "field key of {measurement:?}"
+                )));
+            }
+            if written > 0 {
                 out.push(b',');
             }
-            write_name(out, key, Part::Key)
+            write_name(out, key, Part::FieldKey)
                 .map_err(|e| e.describe(|| format!("field key {key:?}")))?;
             out.push(b'=');
             match value {
@@ -283,6 +331,8 @@ fn write_name(out: &mut Vec<u8>, name: &str, part: Part) -> Result<(), NameError
             b'\n' => return Err(NameError::LineBreak),
             b'\\' => match bytes.get(i + 1) {
                 None | Some(b',' | b' ' | b'=') => return Err(NameError::Backslash),
+                // InfluxDB 1.x unescapes `\"` in these (and nowhere else).
+                Some(b'"') if part != Part::Tag => return Err(NameError::Backslash),
                 Some(_) => out.push(b),
             },
             b',' | b' ' => {
@@ -290,7 +340,7 @@ fn write_name(out: &mut Vec<u8>, name: &str, part: Part) -> Result<(), NameError
                 out.push(b);
             }
             b'=' => {
-                if matches!(part, Part::Key) {
+                if part != Part::Measurement {
                     out.push(b'\\');
                 }
                 out.push(b);
@@ -414,6 +464,21 @@ pub(crate) mod tests {
                 point("m", &[], vec![("t\"q", Text(String::new()))], 1),
                 "m t\"q=\"\" 1\n",
             ),
+            // A backslash before a quote is literal in tags only.
+            (
+                point("m\"", &[("k\\\"", "v\\\"")], vec![("f\\\\x", Int(1))], 1),
+                "m\",k\\\"=v\\\" f\\\\x=1i 1\n",
+            ),
+            // InfluxDB skips a tab or NUL before the first field key.
+            (
+                point(
+                    "m",
+                    &[("\tt", "\tv")],
+                    vec![("\tf", Int(1)), ("\0g", Int(2)), ("h\t", Int(3))],
+                    1,
+                ),
+                "m,\tt=\tv h\t=3i,\tf=1i,\0g=2i 1\n",
+            ),
         ];
         for (p, want) in cases {
             assert_eq!(encode(&p).as_deref(), Ok(want), "{p:?}");
@@ -500,8 +565,36 @@ pub(crate) mod tests {
                 "unrepresentable_backslash",
             ),
             (
+                point("m\\\"", &[], vec![("v", Int(1))], 1),
+                "unrepresentable_backslash",
+            ),
+            (
+                point("m", &[], vec![("f\\\"x", Int(1))], 1),
+                "unrepresentable_backslash",
+            ),
+            (
                 point("#m", &[], vec![("v", Int(1))], 1),
                 "comment_measurement",
+            ),
+            (
+                point("\tm", &[], vec![("v", Int(1))], 1),
+                "leading_whitespace",
+            ),
+            (
+                point("\0m", &[], vec![("v", Int(1))], 1),
+                "leading_whitespace",
+            ),
+            (
+                point("m", &[], vec![("\tv", Int(1)), ("\0w", Int(1))], 1),
+                "leading_whitespace",
+            ),
+            (
+                point("m", &[("time", "x")], vec![("v", Int(1))], 1),
+                "time_key",
+            ),
+            (
+                point("m", &[], vec![("v", Int(1)), ("time", Int(1))], 1),
+                "time_key",
             ),
             (
                 point("m", &[("a", "1"), ("a", "2")], vec![("v", Int(1))], 1),
@@ -626,11 +719,14 @@ pub(crate) mod tests {
         use proptest::prelude::*;
 
         fn name() -> impl Strategy<Value = String> {
-            // Printable ASCII and some unicode, including every character
-            // that needs escaping; backslashes only where expressible.
-            proptest::string::string_regex("([a-zA-Z0-9 ,=\"'_.:/#ü€😀-]|\\\\[a-z]){1,12}")
+            // Printable ASCII, tabs and some unicode, including every
+            // character that needs escaping; backslashes only where
+            // expressible.
+            proptest::string::string_regex("([a-zA-Z0-9 \t,=\"'_.:/#ü€😀-]|\\\\[a-z]){1,12}")
                 .expect("regex")
-                .prop_filter("comment measurement", |s| !s.starts_with('#'))
+                .prop_filter("refused names", |s| {
+                    !s.starts_with(['#', '\t']) && s != "time"
+                })
         }
 
         fn field_value() -> impl Strategy<Value = FieldValue> {
@@ -665,7 +761,9 @@ pub(crate) mod tests {
             #[test]
             fn encode_then_parse_is_identity(p in a_point()) {
                 let line = encode(&p).expect("encodable");
-                let parsed = parse_line(&line).expect("parses");
+                let mut parsed = parse_line(&line).expect("parses");
+                prop_assert!(!starts_with_skipped(&parsed.fields[0].0), "line {:?}", line);
+                parsed.fields.sort_by(|a, b| a.0.cmp(&b.0));
                 let mut want = p.clone();
                 want.tags.sort();
                 prop_assert_eq!(parsed, want, "line {:?}", line);
