@@ -250,6 +250,10 @@ impl PreparedFeed {
                 )),
                 _ => {}
             }
+            let skipped = reader.skipped();
+            if skipped.stretches > 0 {
+                self.plan.problem(format!("{}: {skipped}", path.display()));
+            }
         }
     }
 }

@@ -149,13 +149,18 @@ fn damage_in_the_middle_costs_only_the_damaged_record() {
     );
 
     let config = config_file(dir.path(), None);
-    let (_, stdout, stderr) = replay(&[
+    let (ok, stdout, stderr) = replay(&[
         capture.to_str().expect("utf-8"),
         "--config",
         config.to_str().expect("utf-8"),
         "--stdout",
     ]);
     assert!(stderr.contains("replayed 12 frames"), "{stderr}");
+    // The damage is reported, in the output and the exit code.
+    assert!(
+        !ok && stderr.contains("1 damaged stretch(es) of records ("),
+        "{stderr}"
+    );
     let seqs: Vec<String> = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
