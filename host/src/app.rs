@@ -415,6 +415,8 @@ async fn run_inner(
         }
         None => shutdown.cancelled().await,
     }
+    let _deadline =
+        crate::shutdown::Deadline::arm(Duration::from_secs(config.shutdown_timeout_secs.get()));
     tracing::info!("shutting down: draining pipelines");
     if let Some(watcher) = watcher {
         watcher.stop().await;

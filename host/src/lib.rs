@@ -25,6 +25,7 @@ pub mod replay;
 pub mod runtime;
 pub mod scaffold;
 pub mod secret;
+pub mod shutdown;
 pub mod sim;
 pub mod sink;
 pub mod source;

@@ -22,10 +22,9 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(command: Command, async_threads: NonZeroUsize) -> anyhow::Result<u8> {
-    let runtime = || tokio_runtime(async_threads);
     match command {
         Command::Run { config } => {
-            runtime()?.block_on(async {
+            block_on(async_threads, async {
                 let shutdown = shutdown_on_signal();
                 sluice::app::run_file(&config, shutdown).await
             })?;
@@ -33,18 +32,18 @@ fn dispatch(command: Command, async_threads: NonZeroUsize) -> anyhow::Result<u8>
         }
         Command::CheckConfig { config } => Ok(sluice::check::check_config(&config)),
         Command::Demo(args) => {
-            runtime()?.block_on(async {
+            block_on(async_threads, async {
                 let shutdown = shutdown_on_signal();
                 sluice::demo::run(args, shutdown).await
             })?;
             Ok(0)
         }
-        Command::Replay(args) => runtime()?.block_on(async {
+        Command::Replay(args) => block_on(async_threads, async {
             let shutdown = shutdown_on_signal();
             sluice::replay::run(args, shutdown).await
         }),
         Command::Simulate(args) => {
-            runtime()?.block_on(async {
+            block_on(async_threads, async {
                 let shutdown = shutdown_on_signal();
                 sluice::sim::simulate(args, shutdown).await
             })?;
@@ -58,12 +57,22 @@ fn dispatch(command: Command, async_threads: NonZeroUsize) -> anyhow::Result<u8>
     }
 }
 
-fn tokio_runtime(threads: NonZeroUsize) -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs `future` on a tokio runtime of `threads` workers. Blocking tasks
+/// still running when it returns (say, one stuck on a full outbox at a
+/// bounded shutdown) get a second, then are left behind: a plain drop of
+/// the runtime would wait for them forever.
+fn block_on<T>(
+    threads: NonZeroUsize,
+    future: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.get())
         .enable_all()
         .build()
-        .context("cannot start the async runtime")
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(future);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 /// A token cancelled on SIGINT or SIGTERM.
@@ -87,6 +96,13 @@ fn shutdown_on_signal() -> CancellationToken {
             _ = term.recv() => {}
         }
         cancel.cancel();
+        // A second signal: the operator does not want to wait.
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("second signal: exiting now; frames not yet in an outbox are lost");
+        std::process::exit(sluice::shutdown::EXIT_DEADLINE);
     });
     token
 }

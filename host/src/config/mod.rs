@@ -92,6 +92,10 @@ pub struct Config {
     /// Sandbox limits applied to every transform unless a pipeline overrides them.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// How long an orderly shutdown (SIGTERM, SIGINT) may take before the
+    /// process exits anyway, in seconds ([`crate::shutdown`]).
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_secs: NonZeroU64,
     /// The pipelines: one source → one transform → the sinks.
     #[serde(rename = "pipeline", default)]
     pub pipelines: Vec<PipelineConfig>,
@@ -286,6 +290,10 @@ pub struct LimitsConfig {
     /// payloads plus 64 bytes per message, point, tag and field.
     #[serde(default = "default_max_output_bytes")]
     pub max_output_bytes_per_frame: NonZeroUsize,
+}
+
+fn default_shutdown_timeout() -> NonZeroU64 {
+    NonZeroU64::new(10).unwrap_or(NonZeroU64::MIN)
 }
 
 fn default_call_timeout() -> NonZeroU64 {
