@@ -112,8 +112,13 @@ fn init_logging(format: LogFormat) {
         // rumqttd (the embedded broker) logs every client disconnect as an
         // ERROR; its own state is visible through our metrics instead.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+    // Colour only on a terminal, and never with NO_COLOR set (any value but
+    // empty, as no-color.org says): a file or journald gets plain lines.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -667,18 +667,15 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Contract("unsatisfied imports", e))?;
-        // Bound to the newest contract it exports (the generated bindings
-        // check that the exports are there; their types are checked when
-        // the first instance is made).
-        let contract = match v0_2::TransformModulePre::new(instance_pre.clone()) {
-            Ok(_) => Contract::V0_2,
-            Err(newest) => match v0_1::TransformModulePre::new(instance_pre.clone()) {
-                Ok(_) => Contract::V0_1,
+        // Bound to the newest contract it exports (the exports' types are
+        // checked when the first instance is made).
+        let (contract, exports) = match Exports::find(&component, Contract::V0_2) {
+            Ok(exports) => (Contract::V0_2, exports),
+            Err(newest) => match Exports::find(&component, Contract::V0_1) {
+                Ok(exports) => (Contract::V0_1, exports),
                 Err(_) => return Err(LoadError::Contract("missing exports", newest)),
             },
         };
-        let exports = Exports::find(&component, contract)
-            .map_err(|e| LoadError::Contract("missing exports", e))?;
         let shared = Arc::new(LoadedModule {
             pre: instance_pre,
             contract,
@@ -891,7 +888,7 @@ impl Module {
                 LoadError::Contract("missing exports", wasmtime::format_err!("no function"))
             })
         };
-        let live = Live {
+        let mut live = Live {
             init: function(&mut store, &exports.init)?,
             process: function(&mut store, &exports.process)?,
             encode_command: function(&mut store, &exports.encode_command)?,
@@ -899,7 +896,6 @@ impl Module {
         };
         live.check_types(self.shared.contract)
             .map_err(|e| LoadError::Contract("exports of the wrong type", e))?;
-        let mut live = live;
         live.store.data().clock.start_call(crate::model::now_ns());
         set_deadline(&mut live.store, limits);
         let init = live
