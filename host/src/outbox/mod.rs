@@ -473,6 +473,11 @@ pub struct OutboxStats {
     pub durable_commits: u64,
     /// Times the background thread compacted the drained file since open.
     pub compactions: u64,
+    /// Items appended after the last durable commit that a failed commit
+    /// took back (`fsync = "interval"`: the file reopens at its last durable
+    /// commit). At most this many are lost: some may have been delivered,
+    /// or acked, before.
+    pub lost_on_reopen: u64,
 }
 
 /// What [`Outbox::open`] found.
@@ -561,6 +566,12 @@ struct Writer {
     /// one waits until the file has grown by [`SHRINK_ABOVE_BYTES`] since, so
     /// a file that cannot get smaller is not compacted on every tick.
     compacted_len: u64,
+    /// The highest next sequence number a commit of this process has made.
+    /// A failed commit with `fsync = "interval"` reopens the file at its last
+    /// durable commit, whose next sequence number may be lower; the numbers
+    /// between were handed out already (cursors, acks in flight) and must
+    /// not be handed out again, so every write starts from at least this.
+    seq_floor: u64,
 }
 
 /// What the file says: next sequence number and bytes in use.
@@ -1091,6 +1102,7 @@ impl Shared {
         body: impl FnOnce(&redb::WriteTransaction, &mut Meta) -> Result<(R, Tally), TxError>,
     ) -> Result<(R, Tally, Meta), OutboxError> {
         self.ensure_open(w)?;
+        let seq_floor = w.seq_floor;
         let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
         let Some(db) = guard.as_ref() else {
             return Err(self.closed_error(op));
@@ -1112,6 +1124,7 @@ impl Shared {
                     path: self.path.clone(),
                     detail: "the state record is missing or damaged".into(),
                 })?;
+                meta.next_seq = meta.next_seq.max(seq_floor);
                 let (value, tally) = body(&txn, &mut meta)?;
                 meta_table.insert(META_STATE, meta.to_bytes().as_slice())?;
                 if closing {
@@ -1125,6 +1138,7 @@ impl Shared {
         drop(guard);
         match result {
             Ok(done) => {
+                w.seq_floor = done.2.next_seq;
                 if durable {
                     w.pending_since = None;
                     lock(&self.state).durable_commits += 1;
@@ -1179,8 +1193,14 @@ impl Shared {
         s.depth_items = opened.items;
         s.depth_bytes = opened.meta.depth_bytes;
         s.oldest_enqueued_ms = opened.oldest_ms;
-        s.next_seq = opened.meta.next_seq;
+        s.next_seq = opened.meta.next_seq.max(w.seq_floor);
+        let lost = w.seq_floor.saturating_sub(opened.meta.next_seq);
+        s.lost_on_reopen += lost;
         drop(s);
+        if lost > 0 {
+            tracing::error!(outbox = %self.name, lost, first = opened.meta.next_seq,
+                "a failed write took back what was appended since the last durable commit (fsync = \"interval\"): those items are lost unless already delivered");
+        }
         self.room.notify_all();
         tracing::info!(outbox = %self.name, items = opened.items, "outbox reopened after a failed write");
         Ok(())

@@ -1024,8 +1024,10 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn a_full_disk_is_a_clear_error_and_recovers() {
+/// A 1 MiB tmpfs on a fresh directory, a quarter of it taken by a ballast
+/// file (removing it makes room again); `None` where mounting is not
+/// allowed (not root).
+fn small_disk() -> Option<(tempfile::TempDir, Tmpfs, PathBuf)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
@@ -1038,16 +1040,24 @@ fn a_full_disk_is_a_clear_error_and_recovers() {
                 "skipped: cannot mount a 1 MiB tmpfs (needs root): {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
-            return;
+            return None;
         }
         Err(e) => {
             eprintln!("skipped: cannot run mount: {e}");
-            return;
+            return None;
         }
     }
-    let _tmpfs = Tmpfs(dir.path().to_owned());
+    let tmpfs = Tmpfs(dir.path().to_owned());
     let ballast = dir.path().join("ballast");
     std::fs::write(&ballast, vec![0u8; 256 << 10]).expect("ballast");
+    Some((dir, tmpfs, ballast))
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_recovers() {
+    let Some((dir, _tmpfs, ballast)) = small_disk() else {
+        return;
+    };
     let path = dir.path().join("full.redb");
     let outbox = Outbox::open(&path, config(1 << 30)).expect("open");
     let mut confirmed = 0u64;
@@ -1100,6 +1110,58 @@ fn a_full_disk_is_a_clear_error_and_recovers() {
     outbox.close().expect("close");
     let report = verify(&path, |_| Ok(())).expect("verify");
     assert_eq!(report.problem_count, 0, "{:?}", report.problems);
+}
+
+/// With `fsync = "interval"`, a failed commit makes the outbox reopen its
+/// file at the last durable commit, losing the commits after it (as a
+/// crash would). Their sequence numbers were handed out already — to the
+/// MQTT cursor, the InfluxDB drain, acks in flight — so they must never be
+/// handed out again: a stale ack would delete a new item, a cursor past a
+/// reused number would skip it.
+#[test]
+fn a_failed_commit_never_makes_sequence_numbers_go_back() {
+    let Some((dir, _tmpfs, ballast)) = small_disk() else {
+        return;
+    };
+    let path = dir.path().join("interval.redb");
+    let mut cfg = config(1 << 30);
+    cfg.fsync = FsyncPolicy::Interval;
+    // Long enough that no durable commit happens during the test.
+    cfg.fsync_interval_ms = NonZeroU64::new(600_000).expect("non-zero");
+    let outbox = Outbox::open(&path, cfg).expect("open");
+    let mut handed_out = 0u64;
+    let mut i = 0u64;
+    loop {
+        let r: Vec<Vec<u8>> = (i..i + 8).map(|j| indexed(j, 1000)).collect();
+        match outbox.append(&refs(&r)) {
+            Ok(a) => handed_out = a.seqs.end,
+            Err(err) => {
+                assert!(err.is_disk_full(), "{err}");
+                break;
+            }
+        }
+        i += 8;
+        assert!(i < 10_000, "the disk never filled");
+    }
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    let after = outbox
+        .append(&[&indexed(900_000, 10)])
+        .expect("append after space came back");
+    assert!(
+        after.seqs.start >= handed_out,
+        "sequence number {} handed out again (already handed out up to {handed_out})",
+        after.seqs.start
+    );
+    // What the reopen took back is counted (at most what was handed out).
+    let lost = outbox.stats().lost_on_reopen;
+    assert!(lost > 0 && lost <= handed_out, "{lost} of {handed_out}");
+    // A stale ack of a lost item deletes nothing that exists.
+    outbox
+        .ack(&(0..handed_out).collect::<Vec<_>>())
+        .expect("ack");
+    let left: Vec<u64> = all(&outbox).iter().map(|item| item.seq).collect();
+    assert_eq!(left, [after.seqs.start]);
+    outbox.close().expect("close");
 }
 
 /// After an outage's backlog is delivered the file gives its space back:

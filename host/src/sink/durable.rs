@@ -85,7 +85,7 @@ impl DurableQueue {
             metrics,
             drained: drained_tx,
             stop: stop.clone(),
-            exported: Mutex::new((0, 0)),
+            exported: Mutex::new((0, 0, 0)),
         };
         let thread = std::thread::Builder::new()
             .name(format!("outbox-{sink}"))
@@ -185,8 +185,9 @@ struct Writer {
     metrics: Arc<Metrics>,
     drained: watch::Sender<bool>,
     stop: Arc<AtomicBool>,
-    /// (overflow, expired) drops already exported as metrics.
-    exported: Mutex<(u64, u64)>,
+    /// (overflow, expired, lost on reopen) drops already exported as
+    /// metrics.
+    exported: Mutex<(u64, u64, u64)>,
 }
 
 impl Writer {
@@ -337,6 +338,7 @@ impl Writer {
         let mut exported = lock(&self.exported);
         let overflow = stats.dropped_overflow.saturating_sub(exported.0);
         let expired = stats.dropped_expired.saturating_sub(exported.1);
+        let lost = stats.lost_on_reopen.saturating_sub(exported.2);
         if overflow > 0 {
             self.metrics
                 .sink_dropped_by(self.sink, "outbox_overflow", overflow);
@@ -345,7 +347,15 @@ impl Writer {
             self.metrics
                 .sink_dropped_by(self.sink, "outbox_expired", expired);
         }
-        *exported = (stats.dropped_overflow, stats.dropped_expired);
+        if lost > 0 {
+            self.metrics
+                .sink_dropped_by(self.sink, "outbox_write_failed", lost);
+        }
+        *exported = (
+            stats.dropped_overflow,
+            stats.dropped_expired,
+            stats.lost_on_reopen,
+        );
     }
 }
 
