@@ -64,7 +64,7 @@
 mod link;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -224,11 +224,9 @@ struct Shared {
     /// messages go there instead of `backlog` (which then carries only the
     /// status messages) and are removed when confirmed.
     durable: Option<Arc<DurableQueue>>,
-    /// Data messages pushed to `durable` (including those found there at
-    /// start-up) and handed to the client so far: their difference is what
-    /// waits in the outbox.
-    durable_pushed: AtomicU64,
-    durable_handed: AtomicU64,
+    /// The publisher has handed over everything in the sealed outbox
+    /// (shutdown): what is unconfirmed is then all in the tracker.
+    outbox_handed_over: AtomicBool,
     /// The broker's maximum packet size from its last CONNACK (MQTT 5;
     /// 0 = none announced).
     broker_max_packet: AtomicU32,
@@ -292,8 +290,7 @@ impl MqttSink {
             metrics,
             status_topic,
             routes,
-            durable_pushed: AtomicU64::new(0),
-            durable_handed: AtomicU64::new(0),
+            outbox_handed_over: AtomicBool::new(false),
             broker_max_packet: AtomicU32::new(0),
             refusal_warnings: Mutex::new(RateLimiter::new(5, Duration::from_secs(10))),
             latency,
@@ -301,7 +298,6 @@ impl MqttSink {
         });
         if let Some(durable) = &shared.durable {
             let waiting = durable.outbox().stats().depth_items;
-            shared.durable_pushed.store(waiting, Ordering::SeqCst);
             if waiting > 0 {
                 // Sent before the restart perhaps, not confirmed: possible duplicates.
                 shared.metrics.mqtt_retransmitted.inc_by(waiting);
@@ -340,9 +336,7 @@ impl MqttSink {
     pub async fn submit(&self, message: MqttMessage) {
         match &self.shared.durable {
             Some(durable) => {
-                self.shared.durable_pushed.fetch_add(1, Ordering::SeqCst);
                 if !durable.push(record::mqtt_to_vec(&message)).await {
-                    self.shared.durable_pushed.fetch_sub(1, Ordering::SeqCst);
                     self.shared.metrics.sink_dropped("mqtt", "outbox_closed");
                 }
             }
@@ -390,13 +384,16 @@ impl MqttSink {
         }
     }
 
-    /// Messages queued or handed to the client but not yet confirmed.
+    /// Messages queued or handed to the client but not yet confirmed. With
+    /// an outbox not yet handed over whole, an upper bound: its items, some
+    /// of which may be with the client already.
     pub fn unconfirmed(&self) -> usize {
-        let in_outbox = self
-            .shared
-            .durable_pushed
-            .load(Ordering::SeqCst)
-            .saturating_sub(self.shared.durable_handed.load(Ordering::SeqCst));
+        let in_outbox = match &self.shared.durable {
+            Some(durable) if !self.shared.outbox_handed_over.load(Ordering::SeqCst) => {
+                durable.outbox().stats().depth_items
+            }
+            _ => 0,
+        };
         lock(&self.shared.backlog).queue.len()
             + lock(&self.shared.tracker).unconfirmed()
             + usize::try_from(in_outbox).unwrap_or(usize::MAX)
@@ -492,12 +489,13 @@ async fn run_publisher(shared: Arc<Shared>, client: Client) {
             read_outbox(&shared, durable, &mut cursor, &mut batch);
         }
         if batch.is_empty() {
+            // Read from the outbox itself, so items it evicted or expired
+            // before they were handed over are not waited for.
             let outbox_done = shared.durable.as_ref().is_none_or(|d| {
-                d.is_sealed()
-                    && shared.durable_handed.load(Ordering::SeqCst)
-                        >= shared.durable_pushed.load(Ordering::SeqCst)
+                d.is_sealed() && d.read_after(cursor, 1).is_ok_and(|rest| rest.is_empty())
             });
             if closed && outbox_done {
+                shared.outbox_handed_over.store(true, Ordering::SeqCst);
                 return;
             }
             match &mut appended {
@@ -556,7 +554,6 @@ fn read_outbox(
     };
     for item in items {
         *cursor = Some(item.seq);
-        shared.durable_handed.fetch_add(1, Ordering::SeqCst);
         match record::decode_mqtt(&item.record) {
             Ok(message) => {
                 let mut entry = Entry::data(message);
