@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use sluice::pty::Pty;
 use sluice_tests::{
-    Mosquitto, Received, SluiceProcess, free_port, metric, mosquitto_sub, sluice_bin, wasm,
+    Mosquitto, Received, SluiceProcess, Subscriber, free_port, metric, mosquitto_sub, sluice_bin,
+    wasm,
 };
 
 /// The pipeline's name (the `pipeline` label of its metrics).
@@ -52,6 +53,7 @@ fn write_config(
          stats_interval_secs = 0\n\
          [admin]\n\
          listen = \"127.0.0.1:{admin_port}\"\n\
+         token_env = \"{TOKEN_ENV}\"\n\
          [[pipeline]]\n\
          name = \"{PIPELINE}\"\n\
          [pipeline.serial]\n\
@@ -67,6 +69,56 @@ fn write_config(
     let path = dir.join("sluice.toml");
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+/// The environment variable that holds the admin API's bearer token.
+const TOKEN_ENV: &str = "SLUICE_TEST_ADMIN_TOKEN";
+const ADMIN_TOKEN: &str = "hostile-test-token";
+
+/// `sluice run --config config`, with the admin token its config names.
+fn start_sluice(config: &Path) -> SluiceProcess {
+    SluiceProcess::spawn(
+        &["run", "--config", config.to_str().expect("utf-8 path")],
+        &[(TOKEN_ENV, ADMIN_TOKEN.to_owned())],
+    )
+}
+
+/// `sluice run` on the hostile guest with a broker, a pty and an admin API
+/// of its own, and a subscriber to `topics` on that broker.
+struct Host {
+    broker: Mosquitto,
+    pty: Pty,
+    admin: u16,
+    live: Subscriber,
+    sluice: SluiceProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl Host {
+    /// Starts it and waits until the port is open and the API listens.
+    fn start(topics: &str) -> Host {
+        let broker = Mosquitto::start();
+        let pty = Pty::open().expect("openpty");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let admin = free_port();
+        let config = write_config(dir.path(), &pty.path, broker.port, admin, None);
+        let live = mosquitto_sub(broker.port, topics, &[]);
+        let sluice = start_sluice(&config);
+        assert!(
+            sluice.wait_for_log("serial port open", WAIT)
+                && sluice.wait_for_log("admin API listening", WAIT),
+            "{}",
+            sluice.log()
+        );
+        Host {
+            broker,
+            pty,
+            admin,
+            live,
+            sluice,
+            _dir: dir,
+        }
+    }
 }
 
 /// A field of `/proc/PID/status` in KiB (`VmHWM`, `VmRSS`).
@@ -117,6 +169,7 @@ fn run_to_exit(args: &[&str], timeout: Duration) -> (Option<ExitStatus>, String,
     let mut child: Child = Command::new(sluice_bin())
         .args(args)
         .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .env(TOKEN_ENV, ADMIN_TOKEN)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
@@ -140,19 +193,15 @@ fn run_to_exit(args: &[&str], timeout: Duration) -> (Option<ExitStatus>, String,
 
 #[test]
 fn hostile_frames_cost_only_themselves() {
-    let broker = Mosquitto::start();
-    let mut pty = Pty::open().expect("openpty");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let admin = free_port();
-    let config = write_config(dir.path(), &pty.path, broker.port, admin, None);
-    let live = mosquitto_sub(broker.port, "hostile/#", &[]);
-    let mut sluice = SluiceProcess::run_config(&config);
-    assert!(
-        sluice.wait_for_log("serial port open", WAIT)
-            && sluice.wait_for_log("admin API listening", WAIT),
-        "{}",
-        sluice.log()
-    );
+    let Host {
+        mut pty,
+        admin,
+        live,
+        mut sluice,
+        // Bound, not `..`: what a pattern leaves out is dropped at once.
+        broker: _broker,
+        _dir,
+    } = Host::start("hostile/#");
     let pid = sluice.pid().expect("running");
 
     // A good frame between every two hostile ones.
@@ -316,7 +365,7 @@ fn hostile_frames_cost_only_themselves() {
     );
 
     assert!(sluice.stop(), "clean exit on SIGTERM:\n{}", tail(&log));
-    drop(broker);
+    drop(_broker);
 }
 
 /// The last 8 KiB of a log (for assertion messages).
@@ -340,7 +389,7 @@ fn a_sleeping_init_or_a_printing_init_is_accepted_and_a_panicking_init_is_refuse
         let dir = tempfile::tempdir().expect("tempdir");
         let config = write_config(dir.path(), &pty.path, broker.port, free_port(), Some(init));
         let live = mosquitto_sub(broker.port, "hostile/ok", &[]);
-        let mut sluice = SluiceProcess::run_config(&config);
+        let mut sluice = start_sluice(&config);
         assert!(
             sluice.wait_for_log("serial port open", WAIT),
             "init = {init}:\n{}",
@@ -396,19 +445,15 @@ fn a_sleeping_init_or_a_printing_init_is_accepted_and_a_panicking_init_is_refuse
 
 #[test]
 fn sigterm_returns_promptly_while_a_guest_spins() {
-    let broker = Mosquitto::start();
-    let mut pty = Pty::open().expect("openpty");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let admin = free_port();
-    let config = write_config(dir.path(), &pty.path, broker.port, admin, None);
-    let live = mosquitto_sub(broker.port, "hostile/ok", &[]);
-    let mut sluice = SluiceProcess::run_config(&config);
-    assert!(
-        sluice.wait_for_log("serial port open", WAIT)
-            && sluice.wait_for_log("admin API listening", WAIT),
-        "{}",
-        sluice.log()
-    );
+    let Host {
+        mut pty,
+        admin,
+        live,
+        mut sluice,
+        // Bound, not `..`: what a pattern leaves out is dropped at once.
+        broker: _broker,
+        _dir,
+    } = Host::start("hostile/ok");
     // The pipeline is live.
     pty.master.write_all(b"ok:before\n").expect("write frame");
     assert_eq!(
@@ -454,7 +499,7 @@ fn sigterm_returns_promptly_while_a_guest_spins() {
         "SIGTERM should end the host with exit code 0:\n{}",
         tail(&sluice.log())
     );
-    drop(broker);
+    drop(_broker);
 }
 
 #[test]
@@ -519,34 +564,17 @@ fn admin_request(port: u16, method: &str, path: &str, body: &str) -> (u16, Strin
     (status, body.to_owned())
 }
 
-const ADMIN_TOKEN: &str = "hostile-test-token";
-
 #[test]
 fn a_deploy_whose_init_fails_or_panics_is_refused_with_a_bounded_answer() {
-    let broker = Mosquitto::start();
-    let mut pty = Pty::open().expect("openpty");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let admin = free_port();
-    let config = write_config(dir.path(), &pty.path, broker.port, admin, None);
-    let text = std::fs::read_to_string(&config).expect("config");
-    std::fs::write(
-        &config,
-        text.replace(
-            "[admin]\n",
-            "[admin]\ntoken_env = \"SLUICE_TEST_ADMIN_TOKEN\"\n",
-        ),
-    )
-    .expect("config");
-    let live = mosquitto_sub(broker.port, "hostile/#", &[]);
-    let sluice = SluiceProcess::spawn(
-        &["run", "--config", config.to_str().expect("utf-8")],
-        &[("SLUICE_TEST_ADMIN_TOKEN", ADMIN_TOKEN.to_owned())],
-    );
-    assert!(
-        sluice.wait_for_log("admin API listening", WAIT),
-        "{}",
-        sluice.log()
-    );
+    let Host {
+        mut pty,
+        admin,
+        live,
+        sluice,
+        // Bound, not `..`: what a pattern leaves out is dropped at once.
+        broker: _broker,
+        _dir,
+    } = Host::start("hostile/#");
 
     // An init that answers with 8 MiB of forged log lines: the answer says
     // why in a bounded, escaped message.

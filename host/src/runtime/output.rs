@@ -239,9 +239,9 @@ fn memory_len(bytes: &[u8]) -> usize {
 
 /// Implements `ComponentType` for a wrapper as the type it wraps.
 macro_rules! same_type_as {
-    ($wrapper:ty, $inner:ty $(, $generic:ident: $bound:path, $konst:ident)?) => {
-        // SAFETY: the same type, lowered and lifted exactly as `$inner`.
-        unsafe impl$(<$generic: $bound, const $konst: u8>)? wasmtime::component::ComponentType for $wrapper {
+    (impl[$($generics:tt)*] $wrapper:ty => $inner:ty) => {
+        // SAFETY: the same type as `$inner`, lowered and lifted as it is.
+        unsafe impl<$($generics)*> wasmtime::component::ComponentType for $wrapper {
             type Lower = <$inner as wasmtime::component::ComponentType>::Lower;
             const ABI: CanonicalAbiInfo = <$inner as wasmtime::component::ComponentType>::ABI;
 
@@ -252,72 +252,44 @@ macro_rules! same_type_as {
     };
 }
 
-same_type_as!(Text, String);
-same_type_as!(Bytes, Vec<u8>);
-same_type_as!(List<T, L>, Vec<T>, T: Lift, L);
+/// A wrapper that is, on the wire, the type it wraps, and lifts as that
+/// type after `check(budget, length)` — the string's or list's length, read
+/// from its lowered (pointer, length) pair before anything is copied — has
+/// passed.
+macro_rules! lift_within_budget {
+    (impl[$($generics:tt)*] $wrapper:ty => $inner:ty, $wrap:path, $check:expr) => {
+        same_type_as!(impl[$($generics)*] $wrapper => $inner);
 
-// SAFETY: lifts as `String` does, after a check that copies nothing.
-unsafe impl Lift for Text {
-    fn linear_lift_from_flat(
-        cx: &mut LiftContext<'_>,
-        ty: InterfaceType,
-        src: &Self::Lower,
-    ) -> wasmtime::Result<Self> {
-        charge(|b| b.charge(flat_len(src)))?;
-        String::linear_lift_from_flat(cx, ty, src).map(Text)
-    }
+        // SAFETY: lifts as `$inner` does, after a check that copies nothing.
+        unsafe impl<$($generics)*> Lift for $wrapper {
+            fn linear_lift_from_flat(
+                cx: &mut LiftContext<'_>,
+                ty: InterfaceType,
+                src: &Self::Lower,
+            ) -> wasmtime::Result<Self> {
+                charge(|budget| ($check)(budget, flat_len(src)))?;
+                <$inner>::linear_lift_from_flat(cx, ty, src).map($wrap)
+            }
 
-    fn linear_lift_from_memory(
-        cx: &mut LiftContext<'_>,
-        ty: InterfaceType,
-        bytes: &[u8],
-    ) -> wasmtime::Result<Self> {
-        charge(|b| b.charge(memory_len(bytes)))?;
-        String::linear_lift_from_memory(cx, ty, bytes).map(Text)
-    }
+            fn linear_lift_from_memory(
+                cx: &mut LiftContext<'_>,
+                ty: InterfaceType,
+                bytes: &[u8],
+            ) -> wasmtime::Result<Self> {
+                charge(|budget| ($check)(budget, memory_len(bytes)))?;
+                <$inner>::linear_lift_from_memory(cx, ty, bytes).map($wrap)
+            }
+        }
+    };
 }
 
-// SAFETY: lifts as `Vec<u8>` does, after a check that copies nothing.
-unsafe impl Lift for Bytes {
-    fn linear_lift_from_flat(
-        cx: &mut LiftContext<'_>,
-        ty: InterfaceType,
-        src: &Self::Lower,
-    ) -> wasmtime::Result<Self> {
-        charge(|b| b.charge(flat_len(src)))?;
-        Vec::<u8>::linear_lift_from_flat(cx, ty, src).map(Bytes)
-    }
-
-    fn linear_lift_from_memory(
-        cx: &mut LiftContext<'_>,
-        ty: InterfaceType,
-        bytes: &[u8],
-    ) -> wasmtime::Result<Self> {
-        charge(|b| b.charge(memory_len(bytes)))?;
-        Vec::<u8>::linear_lift_from_memory(cx, ty, bytes).map(Bytes)
-    }
-}
-
-// SAFETY: lifts as `Vec<T>` does, after a check that copies nothing.
-unsafe impl<T: Lift, const L: u8> Lift for List<T, L> {
-    fn linear_lift_from_flat(
-        cx: &mut LiftContext<'_>,
-        ty: InterfaceType,
-        src: &Self::Lower,
-    ) -> wasmtime::Result<Self> {
-        charge(|b| b.items(limit_of(L), flat_len(src)))?;
-        Vec::<T>::linear_lift_from_flat(cx, ty, src).map(List)
-    }
-
-    fn linear_lift_from_memory(
-        cx: &mut LiftContext<'_>,
-        ty: InterfaceType,
-        bytes: &[u8],
-    ) -> wasmtime::Result<Self> {
-        charge(|b| b.items(limit_of(L), memory_len(bytes)))?;
-        Vec::<T>::linear_lift_from_memory(cx, ty, bytes).map(List)
-    }
-}
+lift_within_budget!(impl[] Text => String, Text, Budget::charge);
+lift_within_budget!(impl[] Bytes => Vec<u8>, Bytes, Budget::charge);
+lift_within_budget!(
+    impl[T: Lift, const L: u8] List<T, L> => Vec<T>,
+    List,
+    |budget: &mut Budget, len| budget.items(limit_of(L), len)
+);
 
 /// Guest text for a message ([`guest_text`]): only its first
 /// [`MESSAGE_LIFTED`] bytes are copied out of the guest.
@@ -327,7 +299,7 @@ pub struct Message(pub String);
 /// [`GUEST_TEXT_MAX`]).
 const MESSAGE_LIFTED: u32 = 4 * GUEST_TEXT_MAX as u32;
 
-same_type_as!(Message, String);
+same_type_as!(impl[] Message => String);
 
 /// A (pointer, length) pair laid out as in guest memory, aligned as a
 /// string must be.
