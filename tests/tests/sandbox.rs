@@ -556,3 +556,24 @@ fn a_0_1_output_aliasing_one_buffer_is_not_copied_once_per_message() {
     let output = instance.process(frame("ok:next")).expect("the next frame");
     assert_eq!(payload(&output, "hostile/ok"), "next");
 }
+
+#[test]
+fn a_guest_reaches_no_file_environment_or_network() {
+    let runtime = runtime();
+    let mut instance = hostile(&runtime, "").expect("init");
+    let output = instance.process(frame("escape")).expect("no trap");
+    let report = payload(&output, "hostile/escape");
+    // No preopened directory, no environment or arguments, no sockets (not
+    // even created: each would be a host file descriptor), no DNS.
+    for denied in [
+        "file=Err(",
+        "dir=Err(",
+        "env=0",
+        "args=0",
+        "tcp=Err(Os { code: 2, kind: PermissionDenied",
+        "udp=Err(Os { code: 2, kind: PermissionDenied",
+        "dns=Err(",
+    ] {
+        assert!(report.contains(denied), "{denied} in {report}");
+    }
+}

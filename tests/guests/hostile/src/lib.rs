@@ -8,6 +8,7 @@
 //! |-------------------|-----------------------------------------------------------------------|
 //! | `ok:<text>`       | message `hostile/ok` = `<text>` (QoS 1)                                |
 //! | `sleep:<ms>`      | sleeps `<ms>` ms (`std::thread::sleep`), then message `hostile/slept` = the nanoseconds its monotonic clock moved, and `hostile/wall` = its wall clock in ns since the epoch |
+//! | `escape`          | tries a file, a directory, the environment, arguments, TCP, UDP and DNS; message `hostile/escape` = what each attempt gave |
 //! | `topic:<topic>`   | message on `<topic>` as given (QoS 1), payload `poison`                 |
 //! | `clock`           | message `hostile/wall` = its wall clock in ns since the epoch          |
 //! | `print:<n>`       | writes `<n>` lines to stdout and to stderr, then message `hostile/printed` |
@@ -91,6 +92,22 @@ impl Guest for Hostile {
                 ]))
             }
             "topic" => Ok(messages(&[(argument, b"poison", 1)])),
+            "escape" => {
+                // Everything a transform must not reach; each attempt's
+                // result, as text.
+                let file = std::fs::read("/etc/passwd").map(|b| b.len());
+                let dir = std::fs::read_dir("/").map(|d| d.count());
+                let env = std::env::vars().count();
+                let args = std::env::args().count();
+                let tcp = std::net::TcpStream::connect("127.0.0.1:1883").map(|_| ());
+                let udp = std::net::UdpSocket::bind("127.0.0.1:0").map(|_| ());
+                let dns =
+                    std::net::ToSocketAddrs::to_socket_addrs("localhost:80").map(|a| a.count());
+                let report = format!(
+                    "file={file:?} dir={dir:?} env={env} args={args} tcp={tcp:?} udp={udp:?} dns={dns:?}"
+                );
+                Ok(messages(&[("hostile/escape", report.as_bytes(), 1)]))
+            }
             "clock" => Ok(messages(&[(
                 "hostile/wall",
                 wall_ns().to_string().as_bytes(),
