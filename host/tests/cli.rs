@@ -643,7 +643,7 @@ invalid value: integer `70000`, expected u16
   |
 7 | memory = 3
   | ^^^^^^
-unknown field `memory`, expected `call_timeout_ms` or `memory_mb`
+unknown field `memory`, expected one of `call_timeout_ms`, `memory_mb`, `max_messages_per_frame`, `max_points_per_frame`, `max_tags_per_point`, `max_fields_per_point`, `max_output_bytes_per_frame`
 
 ",
         ),
