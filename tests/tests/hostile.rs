@@ -405,6 +405,23 @@ fn a_sleeping_init_or_a_printing_init_is_accepted_and_a_panicking_init_is_refuse
             "init = {init}:\n{}",
             sluice.log()
         );
+        if init == "print" {
+            // What a guest prints is its log: a line each, stderr as warnings.
+            let log = sluice.log();
+            let line = |text: &str| {
+                log.lines()
+                    .find(|l| l.contains("sluice::guest") && l.contains(text))
+                    .map(str::to_owned)
+            };
+            assert!(
+                line("init prints to stdout").is_some_and(|l| l.contains("INFO")),
+                "{log}"
+            );
+            assert!(
+                line("init prints to stderr").is_some_and(|l| l.contains("WARN")),
+                "{log}"
+            );
+        }
         assert!(
             sluice.stop(),
             "init = {init}: clean exit:\n{}",
@@ -441,6 +458,8 @@ fn a_sleeping_init_or_a_printing_init_is_accepted_and_a_panicking_init_is_refuse
         !stderr.contains("Cannot start a runtime from within a runtime"),
         "{stderr}"
     );
+    // The guest's panic message, which it writes to stderr, says why.
+    assert!(stderr.contains("init panics"), "{stderr}");
 }
 
 #[test]

@@ -485,51 +485,23 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// The guest's `log` import: rate-limited per pipeline (the limiter
-/// outlives instances, so a guest that logs and then traps does not get a
-/// fresh allowance with every new instance).
+/// Where a guest's words go — its `log` import and the lines it writes to
+/// stdout and stderr: rate-limited per pipeline (the limiter outlives
+/// instances, so a guest that logs and then traps does not get a fresh
+/// allowance with every new instance), made safe to print ([`guest_text`]).
+#[derive(Clone)]
 struct GuestLog {
     transform: Arc<str>,
     limiter: Arc<Mutex<RateLimiter>>,
 }
 
-/// The `log` interface is the same in every contract version.
-macro_rules! guest_log_host {
-    ($($wit:ident),*) => {$(
-        impl $wit::log::Host for GuestState {
-            fn log(&mut self, level: $wit::log::Level, message: String) {
-                use $wit::log::Level as L;
-                let level = match level {
-                    L::Trace => tracing::Level::TRACE,
-                    L::Debug => tracing::Level::DEBUG,
-                    L::Info => tracing::Level::INFO,
-                    L::Warn => tracing::Level::WARN,
-                    L::Error => tracing::Level::ERROR,
-                };
-                self.guest_log(level, message);
-            }
-        }
-
-        impl $wit::wit::Host for GuestState {}
-    )*};
-}
-guest_log_host!(v0_1, v0_2);
-
-impl GuestState {
-    /// A line from the guest's `log` import: rate-limited, made safe to
-    /// print ([`guest_text`]).
-    fn guest_log(&mut self, level: tracing::Level, message: String) {
-        let allowed = self
-            .log
-            .limiter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .check();
-        let Some(suppressed) = allowed else {
+impl GuestLog {
+    fn line(&self, level: tracing::Level, message: &str) {
+        let Some(suppressed) = lock(&self.limiter).check() else {
             return;
         };
-        let message = guest_text(&message);
-        let transform = &*self.log.transform;
+        let message = guest_text(message);
+        let transform = &*self.transform;
         match level {
             tracing::Level::TRACE => {
                 tracing::trace!(target: "sluice::guest", transform, suppressed, "{message}")
@@ -549,6 +521,28 @@ impl GuestState {
         }
     }
 }
+
+/// The `log` interface is the same in every contract version.
+macro_rules! guest_log_host {
+    ($($wit:ident),*) => {$(
+        impl $wit::log::Host for GuestState {
+            fn log(&mut self, level: $wit::log::Level, message: String) {
+                use $wit::log::Level as L;
+                let level = match level {
+                    L::Trace => tracing::Level::TRACE,
+                    L::Debug => tracing::Level::DEBUG,
+                    L::Info => tracing::Level::INFO,
+                    L::Warn => tracing::Level::WARN,
+                    L::Error => tracing::Level::ERROR,
+                };
+                self.log.line(level, &message);
+            }
+        }
+
+        impl $wit::wit::Host for GuestState {}
+    )*};
+}
+guest_log_host!(v0_1, v0_2);
 
 /// The engine, linker and epoch ticker shared by all transforms of a host.
 #[derive(Clone)]
@@ -714,16 +708,17 @@ impl Runtime {
 
     fn new_store(&self, transform: &Arc<str>, limits: &Limits) -> Store<GuestState> {
         let clock = Arc::new(CallClock::default());
+        let log = GuestLog {
+            transform: transform.clone(),
+            limiter: self.log_limit(transform),
+        };
         let state = GuestState {
-            wasi: virtual_wasi::context(&clock),
+            wasi: virtual_wasi::context(&clock, &log),
             table: ResourceTable::new(),
             clock,
             limiter: MemoryLimiter::new(limits.memory_bytes),
             budget: CallBudget::new(limits.call_timeout),
-            log: GuestLog {
-                transform: transform.clone(),
-                limiter: self.log_limit(transform),
-            },
+            log,
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);

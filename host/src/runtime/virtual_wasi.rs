@@ -17,7 +17,10 @@
 //!   It is not a source of secrets.
 //! * **Sockets** cannot be created (each would be a file descriptor of the
 //!   host's); there are no preopened files, no environment or arguments;
-//!   stdin is empty, stdout and stderr are discarded.
+//!   stdin is empty.
+//! * **stdout and stderr** are the guest's log: each line becomes a log
+//!   line (stdout at info, stderr — where a Rust panic message goes — at
+//!   warn), under the same per-pipeline rate limit as the `log` import.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,7 +32,7 @@ use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
 
-use super::GuestState;
+use super::{GuestLog, GuestState};
 
 /// The version of the WASI interfaces that wasmtime-wasi defines (the
 /// linker serves any 0.2.x import from it); the shadowed functions must be
@@ -148,10 +151,19 @@ impl rand_core::TryRng for CallRandom {
     }
 }
 
-/// The WASI context of a store whose calls run on `clock`.
-pub(super) fn context(clock: &Arc<CallClock>) -> WasiCtx {
+/// The WASI context of a store whose calls run on `clock` and whose
+/// output lines go to `log`.
+pub(super) fn context(clock: &Arc<CallClock>, log: &GuestLog) -> WasiCtx {
     let mut builder = WasiCtxBuilder::new();
     builder
+        .stdout(GuestOutput {
+            log: log.clone(),
+            level: tracing::Level::INFO,
+        })
+        .stderr(GuestOutput {
+            log: log.clone(),
+            level: tracing::Level::WARN,
+        })
         .wall_clock(GuestClock(clock.clone()))
         .monotonic_clock(GuestClock(clock.clone()))
         .secure_random(CallRandom::new(clock.clone(), 0x5ec0_4e00_5ec0_4e00))
@@ -161,6 +173,71 @@ pub(super) fn context(clock: &Arc<CallClock>) -> WasiCtx {
         .allow_udp(false)
         .allow_ip_name_lookup(false);
     builder.build()
+}
+
+/// stdout or stderr of a guest: its lines go to the guest's log.
+struct GuestOutput {
+    log: GuestLog,
+    level: tracing::Level,
+}
+
+impl wasmtime_wasi::cli::IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(LineStream {
+            log: self.log.clone(),
+            level: self.level,
+            line: Vec::new(),
+        })
+    }
+
+    /// Only WASI 0.3 and the preview-1 adapter ask for this; sluice links
+    /// neither, so their writes are discarded.
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(tokio::io::sink())
+    }
+}
+
+/// Collects a guest's output into lines, each logged when it ends; at most
+/// [`GUEST_TEXT_MAX`](crate::model::GUEST_TEXT_MAX) bytes of a line are kept.
+struct LineStream {
+    log: GuestLog,
+    level: tracing::Level,
+    line: Vec<u8>,
+}
+
+impl wasmtime_wasi::p2::OutputStream for LineStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        for piece in bytes.split_inclusive(|&b| b == b'\n') {
+            let room = crate::model::GUEST_TEXT_MAX.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&piece[..piece.len().min(room)]);
+            if piece.ends_with(b"\n") {
+                let text = String::from_utf8_lossy(&self.line);
+                self.log
+                    .line(self.level, text.trim_end_matches(['\r', '\n']));
+                self.line.clear();
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LineStream {
+    async fn ready(&mut self) {}
 }
 
 /// Links WASI (wasmtime-wasi's synchronous bindings) with the two functions
