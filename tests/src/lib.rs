@@ -471,14 +471,28 @@ impl Drop for Subscriber {
 /// A minimal HTTP/1.0 client for talking to test servers (one request per
 /// connection, no chunked encoding): returns the status and the body.
 pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    http_with(port, method, path, &[], body)
+}
+
+/// [`http`] with extra request headers (`("Authorization", "Bearer …")`).
+pub fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n"
     )?;
+    for (name, value) in headers {
+        write!(stream, "{name}: {value}\r\n")?;
+    }
+    write!(stream, "Content-Length: {}\r\n\r\n", body.len())?;
     stream.write_all(body)?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use sluice::pty::Pty;
 use sluice_tests::{
-    Mosquitto, Received, SluiceProcess, Subscriber, free_port, metric, mosquitto_sub, sluice_bin,
-    wasm,
+    Mosquitto, Received, SluiceProcess, Subscriber, free_port, http_with, metric, mosquitto_sub,
+    sluice_bin, wasm,
 };
 
 /// The pipeline's name (the `pipeline` label of its metrics).
@@ -562,25 +562,12 @@ fn transform_test_does_not_hang_on_a_sleeping_frame() {
 
 /// A request to the admin API with the bearer token; (status, body).
 fn admin_request(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
-    use std::io::Read as _;
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned())
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let headers = [
+        ("Authorization", bearer.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    http_with(port, method, path, &headers, body.as_bytes()).expect("admin API request")
 }
 
 #[test]
