@@ -12,7 +12,6 @@
 //! with one arm per protocol rather than a trait with associated types: the
 //! sink code stays non-generic and the match arms show every difference.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,14 +26,9 @@ use crate::model::Qos;
 /// topic (up to 65535 + 2 length bytes), packet id and (MQTT 5) properties.
 pub(super) const PACKET_OVERHEAD: usize = 65_535 + 16;
 
-/// Handing messages to the client (the publisher task's side).
-#[derive(Clone)]
-pub(super) enum Client {
-    V311(rumqttc::AsyncClient),
-    V5(rumqttc::v5::AsyncClient),
-}
-
-/// The event loop (the connection task's side).
+/// The event loop. The sink puts its requests straight into its `pending`
+/// queue; rumqttc's request channel stays unused (the client half is
+/// dropped, the event loop keeps the channel open itself).
 pub(super) enum Link {
     V311(Box<rumqttc::EventLoop>),
     V5(Box<rumqttc::v5::EventLoop>),
@@ -58,6 +52,8 @@ pub(super) enum LinkEvent {
         session_present: bool,
         /// The broker's maximum packet size (MQTT 5), if it announced one.
         max_packet_size: Option<u32>,
+        /// How many QoS 1/2 publishes the broker takes in flight (MQTT 5).
+        receive_max: Option<u16>,
     },
     /// QoS 1 acknowledgement (or refusal).
     PubAck { pkid: u16, refusal: Option<Refusal> },
@@ -81,15 +77,6 @@ pub(super) enum LinkEvent {
     Other,
 }
 
-/// Where a request in the event loop's `pending` queue stands, for
-/// [`Link::restore_order`].
-enum Pending {
-    PubRel,
-    /// A publish; packet id 0 means "not written yet".
-    Publish(u16),
-    Other,
-}
-
 fn qos_v311(qos: Qos) -> rumqttc::QoS {
     match qos {
         Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
@@ -106,13 +93,13 @@ fn qos_v5(qos: Qos) -> rumqttc::v5::mqttbytes::QoS {
     }
 }
 
-/// Builds the client and its event loop from `[mqtt]`, with a persistent
+/// Builds the event loop from `[mqtt]`, with a persistent
 /// session and `offline` (retained) as last will on `status_topic`.
 pub(super) fn connect(
     config: &MqttConfig,
     client_id: String,
     status_topic: &str,
-) -> Result<(Client, Link), MqttSetupError> {
+) -> Result<Link, MqttSetupError> {
     let credentials = match &config.username {
         Some(username) => {
             let password = crate::secret::read_secret(
@@ -157,9 +144,8 @@ pub(super) fn connect(
         .max_payload_bytes
         .get()
         .saturating_add(PACKET_OVERHEAD);
-    // A small client channel: what is offline should wait in the sink's
-    // backlog or outbox, where the overflow policy applies, not in rumqttc.
-    const CHANNEL: usize = 16;
+    // The request channel is not used (see `Link`).
+    const CHANNEL: usize = 1;
     Ok(match config.protocol {
         MqttProtocol::V311 => {
             let mut options =
@@ -180,8 +166,7 @@ pub(super) fn connect(
             if let Some(transport) = transport {
                 options.set_transport(transport);
             }
-            let (client, eventloop) = rumqttc::AsyncClient::new(options, CHANNEL);
-            (Client::V311(client), Link::V311(Box::new(eventloop)))
+            Link::V311(Box::new(rumqttc::EventLoop::new(options, CHANNEL)))
         }
         MqttProtocol::V5 => {
             let mut options =
@@ -206,40 +191,9 @@ pub(super) fn connect(
             if let Some(transport) = transport {
                 options.set_transport(transport);
             }
-            let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, CHANNEL);
-            (Client::V5(client), Link::V5(Box::new(eventloop)))
+            Link::V5(Box::new(rumqttc::v5::EventLoop::new(options, CHANNEL)))
         }
     })
-}
-
-impl Client {
-    /// Hands one message to the event loop (waits while the channel is
-    /// full). Fails only when the event loop is gone.
-    pub(super) async fn publish(&self, entry: Entry) -> Result<(), String> {
-        match self {
-            Client::V311(client) => client
-                .publish_bytes(
-                    entry.topic,
-                    qos_v311(entry.qos),
-                    entry.retain,
-                    entry.payload,
-                )
-                .await
-                .map_err(|e| e.to_string()),
-            Client::V5(client) => client
-                .publish_bytes(entry.topic, qos_v5(entry.qos), entry.retain, entry.payload)
-                .await
-                .map_err(|e| e.to_string()),
-        }
-    }
-
-    /// Asks the event loop to send DISCONNECT (without waiting).
-    pub(super) fn try_disconnect(&self) {
-        let _ = match self {
-            Client::V311(client) => client.try_disconnect().map_err(|e| e.to_string()),
-            Client::V5(client) => client.try_disconnect().map_err(|e| e.to_string()),
-        };
-    }
 }
 
 impl Link {
@@ -260,33 +214,48 @@ impl Link {
         }
     }
 
-    /// Queues a publish ahead of anything new (the event loop sends its
-    /// `pending` queue before reading the client channel).
-    pub(super) fn push_publish(&mut self, entry: &Entry) {
+    /// Requests in the event loop's queue, not yet written.
+    pub(super) fn pending_len(&self) -> usize {
+        match self {
+            Link::V311(eventloop) => eventloop.pending.len(),
+            Link::V5(eventloop) => eventloop.pending.len(),
+        }
+    }
+
+    /// Queues a publish under packet id `pkid` (0 for QoS 0), which must be
+    /// free: rumqttc uses a preset id as it is.
+    pub(super) fn push_publish(&mut self, pkid: u16, entry: Entry) {
         match self {
             Link::V311(eventloop) => {
-                let mut publish = rumqttc::Publish::from_bytes(
-                    entry.topic.clone(),
-                    qos_v311(entry.qos),
-                    entry.payload.clone(),
-                );
+                let mut publish =
+                    rumqttc::Publish::from_bytes(entry.topic, qos_v311(entry.qos), entry.payload);
                 publish.retain = entry.retain;
+                publish.pkid = pkid;
                 eventloop
                     .pending
                     .push_back(rumqttc::Request::Publish(publish));
             }
             Link::V5(eventloop) => {
-                let mut publish = v5p::Publish::new(
-                    entry.topic.clone(),
-                    qos_v5(entry.qos),
-                    entry.payload.clone(),
-                    None,
-                );
+                let mut publish =
+                    v5p::Publish::new(entry.topic, qos_v5(entry.qos), entry.payload, None);
                 publish.retain = entry.retain;
+                publish.pkid = pkid;
                 eventloop
                     .pending
                     .push_back(rumqttc::v5::Request::Publish(publish));
             }
+        }
+    }
+
+    /// Queues a DISCONNECT (clean shutdown).
+    pub(super) fn push_disconnect(&mut self) {
+        match self {
+            Link::V311(eventloop) => eventloop
+                .pending
+                .push_back(rumqttc::Request::Disconnect(rumqttc::Disconnect)),
+            Link::V5(eventloop) => eventloop
+                .pending
+                .push_back(rumqttc::v5::Request::Disconnect),
         }
     }
 
@@ -312,53 +281,29 @@ impl Link {
         }
     }
 
-    /// After an established connection broke, rumqttc has put into
-    /// `pending` the requests not yet written (packet id 0) and, *after*
-    /// whatever `pending` still held, the unacknowledged publishes. The
-    /// latter are older than anything still waiting, so this puts them back
-    /// in front, ordered by `seq_of(packet id)` (their submission order;
-    /// PubRels first). Returns how many unwritten publishes `pending` holds.
-    pub(super) fn restore_order(&mut self, seq_of: impl Fn(u16) -> u64) -> usize {
+    /// After an established connection broke: the events rumqttc had
+    /// read or produced but not yet returned (they belong to the old
+    /// connection; rumqttc would return them after the next ConnAck).
+    pub(super) fn take_buffered_events(&mut self) -> Vec<LinkEvent> {
         match self {
-            Link::V311(eventloop) => reorder(&mut eventloop.pending, &seq_of, |r| match r {
-                rumqttc::Request::PubRel(_) => Pending::PubRel,
-                rumqttc::Request::Publish(p) => Pending::Publish(p.pkid),
-                _ => Pending::Other,
-            }),
-            Link::V5(eventloop) => reorder(&mut eventloop.pending, &seq_of, |r| match r {
-                rumqttc::v5::Request::PubRel(_) => Pending::PubRel,
-                rumqttc::v5::Request::Publish(p) => Pending::Publish(p.pkid),
-                _ => Pending::Other,
-            }),
+            Link::V311(eventloop) => eventloop.state.events.drain(..).map(event_v311).collect(),
+            Link::V5(eventloop) => eventloop.state.events.drain(..).map(event_v5).collect(),
         }
     }
-}
 
-/// See [`Link::restore_order`].
-fn reorder<R>(
-    pending: &mut VecDeque<R>,
-    seq_of: &impl Fn(u16) -> u64,
-    kind: impl Fn(&R) -> Pending,
-) -> usize {
-    let mut releases = Vec::new();
-    let mut replays = Vec::new();
-    let mut fresh = Vec::new();
-    let mut other = Vec::new();
-    for request in std::mem::take(pending) {
-        match kind(&request) {
-            Pending::PubRel => releases.push(request),
-            Pending::Publish(pkid) if pkid != 0 => replays.push((seq_of(pkid), request)),
-            Pending::Publish(_) => fresh.push(request),
-            Pending::Other => other.push(request),
+    /// After an established connection broke: removes every publish from
+    /// the queue (rumqttc moved the unacknowledged ones there); the sink
+    /// stages its own copies again. PubRels and the rest stay.
+    pub(super) fn drop_pending_publishes(&mut self) {
+        match self {
+            Link::V311(eventloop) => eventloop
+                .pending
+                .retain(|r| !matches!(r, rumqttc::Request::Publish(_))),
+            Link::V5(eventloop) => eventloop
+                .pending
+                .retain(|r| !matches!(r, rumqttc::v5::Request::Publish(_))),
         }
     }
-    replays.sort_by_key(|(seq, _)| *seq);
-    let unwritten = fresh.len();
-    pending.extend(releases);
-    pending.extend(replays.into_iter().map(|(_, r)| r));
-    pending.extend(fresh);
-    pending.extend(other);
-    unwritten
 }
 
 fn event_v311(event: rumqttc::Event) -> LinkEvent {
@@ -367,6 +312,7 @@ fn event_v311(event: rumqttc::Event) -> LinkEvent {
         Event::Incoming(Packet::ConnAck(ack)) => LinkEvent::Connected {
             session_present: ack.session_present,
             max_packet_size: None,
+            receive_max: None,
         },
         Event::Incoming(Packet::PubAck(ack)) => LinkEvent::PubAck {
             pkid: ack.pkid,
@@ -400,7 +346,8 @@ fn event_v5(event: rumqttc::v5::Event) -> LinkEvent {
     match event {
         Event::Incoming(Packet::ConnAck(ack)) => LinkEvent::Connected {
             session_present: ack.session_present,
-            max_packet_size: ack.properties.and_then(|p| p.max_packet_size),
+            max_packet_size: ack.properties.as_ref().and_then(|p| p.max_packet_size),
+            receive_max: ack.properties.as_ref().and_then(|p| p.receive_max),
         },
         Event::Incoming(Packet::PubAck(ack)) => {
             let code = match ack.reason {

@@ -2,33 +2,40 @@
 //!
 //! rumqttc's `publish().await` only means "queued in the client"; a message
 //! is delivered when the broker acknowledges it (PubAck for QoS 1, PubComp
-//! for QoS 2). This module tracks every message from the moment the pipeline
-//! hands it over until that acknowledgement, and keeps its own copy until
-//! then, so nothing rumqttc forgets is lost:
+//! for QoS 2). This module keeps its own copy of every message from the
+//! moment the pipeline hands it over until that acknowledgement, so nothing
+//! rumqttc forgets is lost:
 //!
 //! ```text
-//! submit() ─► backlog (bounded; block | drop_oldest) ─► publisher task ─► rumqttc channel ─► event loop ─► broker
-//!                                                          │ awaiting (handed over, no packet id yet)
-//!                          connection task (polls) ◄───────┘ Outgoing::Publish(pkid) → in flight(pkid)
-//!                                                            PubAck/PubComp(pkid)   → delivered
+//! submit() ─► backlog (bounded; block | drop_oldest) ─┐
+//!             or the durable outbox ──────────────────┴─► connection task ─► event loop's queue ─► broker
+//!                                                          tracker: pkid → message, acks settle
 //! ```
 //!
-//! * **Two tasks**: the publisher hands messages to the client; the
-//!   connection task polls the event loop and never publishes through the
-//!   client channel (that would deadlock when it is full). What the
-//!   connection task must send itself (birth message, re-sends) it puts
-//!   directly into the event loop's `pending` queue.
-//! * **Packet-id mapping**: the event loop takes requests in FIFO order and
-//!   emits `Outgoing::Publish(pkid)` as it writes each one, so the n-th new
-//!   packet id belongs to the n-th message in `awaiting`. A `Publish` event for
-//!   a packet id that is already in flight is a retransmission (a possible
-//!   duplicate at the subscriber), counted in `mqtt_retransmitted`.
-//! * **Persistent session** (`clean_session = false`, stable client id): on a
-//!   reconnect with `session_present`, rumqttc re-sends what was in flight.
-//!   If the broker lost the session (`session_present = false`), rumqttc drops
-//!   those messages; we re-send our copies, oldest first, ahead of newer ones.
-//! * **Order**: one FIFO from submit to the wire, so per-topic order holds
-//!   (re-sends after a reconnect come before anything newer).
+//! * **One task owns the event loop.** It moves messages into rumqttc's
+//!   `pending` queue itself, each QoS 1/2 publish under a packet id the sink
+//!   chose from the ids that are free ([`tracker`]), and polls. rumqttc's
+//!   request channel is not used: what is in it cannot be seen or taken back,
+//!   and rumqttc drains it into a queue it clears when the broker lost the
+//!   session. Correctness does not depend on the order of rumqttc's events:
+//!   an acknowledgement names the one message sent under its id.
+//! * **Waking the poll.** New messages arrive while `poll` waits for the
+//!   network; the task then drops that `poll` future, which is safe only at
+//!   that point: with rumqttc's queue empty a `poll` can be inside a read
+//!   (buffered by its codec), a flush of acks or pings (the bytes stay
+//!   buffered), never inside the write of a publish. So it drops `poll` only
+//!   when its queue was empty when `poll` began (checked against rumqttc
+//!   0.25, pinned).
+//! * **Connection lost.** The task applies the events rumqttc still
+//!   buffered from the old connection (acks that did arrive), takes our
+//!   publishes back out of rumqttc's queue and stages every unconfirmed
+//!   message again, oldest first, under its packet id. A re-send of something
+//!   that was written is a possible duplicate (`mqtt_retransmitted`).
+//! * **Persistent session** (`clean_session = false`, stable client id). A
+//!   broker that lost the session (restarted without persistence) forgot
+//!   QoS 2 exchanges past PubRec; those are sent again too.
+//! * **Order**: one FIFO from submit to the wire; re-sends go before
+//!   anything newer, so per-topic order holds for QoS 1/2.
 //! * **Downlink commands**: pipelines with `[pipeline.downlink]` give a topic
 //!   filter; the connection task subscribes on every connect (with the
 //!   session kept, the broker also keeps the subscription; re-subscribing is
@@ -62,8 +69,9 @@
 //! The protocol differences live in `link.rs`.
 
 mod link;
+mod tracker;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -81,7 +89,8 @@ use crate::pipeline::DownlinkCommand;
 use crate::ratelimit::RateLimiter;
 use crate::sink::durable::DurableQueue;
 use crate::source::serial::SerialMetrics;
-use link::{Client, Link, LinkEvent, Refusal};
+use link::{Link, LinkEvent, Refusal};
+use tracker::Tracker;
 
 /// A connection that lasted this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
@@ -137,6 +146,10 @@ struct Entry {
     /// When the sink accepted it (ns since the Unix epoch; ms resolution
     /// for outbox items), for the delivery latency histogram.
     accepted_ns: u64,
+    /// The packet id it went out under, kept until it is confirmed.
+    pkid: Option<u16>,
+    /// Written to a connection at least once (a re-send may duplicate it).
+    written: bool,
 }
 
 impl Entry {
@@ -150,6 +163,8 @@ impl Entry {
             seq: 0,
             durable: None,
             accepted_ns: crate::model::now_ns(),
+            pkid: None,
+            written: false,
         }
     }
 
@@ -163,6 +178,8 @@ impl Entry {
             seq: 0,
             durable: None,
             accepted_ns: 0,
+            pkid: None,
+            written: false,
         }
     }
 
@@ -184,29 +201,10 @@ struct Backlog {
     next_seq: u64,
 }
 
-/// What has been handed to rumqttc and is not yet confirmed.
-#[derive(Default)]
-struct Tracker {
-    /// Handed to the client, no packet id yet (FIFO, the event loop's order).
-    awaiting: VecDeque<Entry>,
-    /// Written with a packet id, waiting for PubAck / PubRec.
-    in_flight: HashMap<u16, Entry>,
-    /// QoS 2 after PubRec, waiting for PubComp.
-    releasing: HashMap<u16, Entry>,
-    /// How many of `awaiting` (the oldest) sit in rumqttc's `pending` queue
-    /// rather than its channel; those are lost if the session is.
-    drained: usize,
-}
-
-impl Tracker {
-    fn unconfirmed(&self) -> usize {
-        self.awaiting.len() + self.in_flight.len() + self.releasing.len()
-    }
-}
-
 struct Shared {
     backlog: Mutex<Backlog>,
-    /// Signalled when the backlog gains an entry or closes.
+    /// Signalled when the backlog gains an entry or closes, and when the
+    /// sink asks the connection task to disconnect.
     filled: Notify,
     /// Signalled when the backlog loses an entry.
     drained: Notify,
@@ -224,9 +222,11 @@ struct Shared {
     /// messages go there instead of `backlog` (which then carries only the
     /// status messages) and are removed when confirmed.
     durable: Option<Arc<DurableQueue>>,
-    /// The publisher has handed over everything in the sealed outbox
-    /// (shutdown): what is unconfirmed is then all in the tracker.
+    /// Everything in the sealed outbox was taken (shutdown): what is
+    /// unconfirmed is then all in the tracker.
     outbox_handed_over: AtomicBool,
+    /// Shutdown: send DISCONNECT and stop.
+    disconnect: AtomicBool,
     /// The broker's maximum packet size from its last CONNACK (MQTT 5;
     /// 0 = none announced).
     broker_max_packet: AtomicU32,
@@ -245,8 +245,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The MQTT sink: submit messages, flush, shut down.
 pub struct MqttSink {
     shared: Arc<Shared>,
-    client: Client,
-    publisher: tokio::task::JoinHandle<()>,
     connection: tokio::task::JoinHandle<()>,
     connection_stop: CancellationToken,
 }
@@ -272,7 +270,7 @@ impl MqttSink {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client_id = config.effective_client_id();
         let status_topic = format!("{}/status/{}", config.status_topic_prefix, client_id);
-        let (client, link) = link::connect(config, client_id, &status_topic)?;
+        let link = link::connect(config, client_id, &status_topic)?;
         let latency = metrics.end_to_end("mqtt");
         let shared = Arc::new(Shared {
             backlog: Mutex::new(Backlog {
@@ -284,13 +282,14 @@ impl MqttSink {
             filled: Notify::new(),
             drained: Notify::new(),
             settled: Notify::new(),
-            tracker: Mutex::new(Tracker::default()),
+            tracker: Mutex::new(Tracker::new(config.max_inflight.get())),
             capacity: config.queue_capacity.get(),
             policy: config.queue_full,
             metrics,
             status_topic,
             routes,
             outbox_handed_over: AtomicBool::new(false),
+            disconnect: AtomicBool::new(false),
             broker_max_packet: AtomicU32::new(0),
             refusal_warnings: Mutex::new(RateLimiter::new(5, Duration::from_secs(10))),
             latency,
@@ -319,12 +318,10 @@ impl MqttSink {
             endpoint,
             shared.clone(),
             connection_stop.clone(),
+            config.max_inflight.get(),
         ));
-        let publisher = tokio::spawn(run_publisher(shared.clone(), client.clone()));
         Ok(MqttSink {
             shared,
-            client,
-            publisher,
             connection,
             connection_stop,
         })
@@ -437,18 +434,17 @@ impl MqttSink {
         }
         lock(&self.shared.backlog).closed = true;
         self.shared.filled.notify_one();
-        let _ = tokio::time::timeout_at(deadline, &mut self.publisher).await;
         let unconfirmed = self
             .flush(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await;
-        self.client.try_disconnect();
+        self.shared.disconnect.store(true, Ordering::SeqCst);
+        self.shared.filled.notify_one();
         if tokio::time::timeout(Duration::from_secs(1), &mut self.connection)
             .await
             .is_err()
         {
             self.connection_stop.cancel();
         }
-        self.publisher.abort();
         if let Some(durable) = &self.shared.durable {
             // Applies the last acks; the rest stays for the next start.
             durable.close().await;
@@ -457,83 +453,108 @@ impl MqttSink {
     }
 }
 
-/// Entries moved from the backlog to the client per lock round.
-const HAND_OVER_BATCH: usize = 64;
+/// Entries taken from the backlog or the outbox per round.
+const TAKE_BATCH: usize = 64;
 
-/// Moves entries to the client, oldest first, up to [`HAND_OVER_BATCH`]
-/// per round (one backlog lock and one tracker lock per batch instead of per
-/// message): first the in-memory backlog (status messages, and data without
-/// an outbox), then the durable outbox after the last item handed over.
-async fn run_publisher(shared: Arc<Shared>, client: Client) {
-    let mut batch: Vec<Entry> = Vec::with_capacity(HAND_OVER_BATCH);
-    let mut appended = shared.durable.as_ref().map(|d| d.appended());
-    // The last outbox item handed to the client.
-    let mut cursor: Option<u64> = None;
+/// Requests kept in rumqttc's queue: enough to keep the connection busy
+/// between polls, few enough that the sink keeps the rest.
+const PENDING_TARGET: usize = 32;
+
+/// Where the connection task takes new messages from.
+struct Feed {
+    /// The last outbox item taken.
+    cursor: Option<u64>,
+    /// Changes when the outbox grew.
+    appended: Option<tokio::sync::watch::Receiver<u64>>,
+}
+
+/// Tops up rumqttc's queue from the tracker, taking more from the backlog
+/// or the outbox whenever the tracker has nothing staged.
+fn hand_over(shared: &Shared, link: &mut Link, feed: &mut Feed) {
     loop {
-        let filled = shared.filled.notified();
-        tokio::pin!(filled);
-        filled.as_mut().enable();
-        if let Some(appended) = &mut appended {
+        let room = PENDING_TARGET.saturating_sub(link.pending_len());
+        if room == 0 {
+            return;
+        }
+        let mut tracker = lock(&shared.tracker);
+        let mut handed = 0;
+        while handed < room {
+            let Some((pkid, entry)) = tracker.hand_over() else {
+                break;
+            };
+            link.push_publish(pkid, entry);
+            handed += 1;
+        }
+        if handed == room || tracker.has_staged() {
+            // The queue or the window is full.
+            return;
+        }
+        drop(tracker);
+        let taken = take(shared, feed);
+        if taken.is_empty() {
+            return;
+        }
+        lock(&shared.tracker).stage(taken);
+    }
+}
+
+/// The next messages, oldest first: the in-memory backlog (status messages,
+/// and data without an outbox), then the durable outbox after the last item
+/// taken. Messages the broker announced it would refuse are settled here.
+fn take(shared: &Shared, feed: &mut Feed) -> Vec<Entry> {
+    let mut batch = Vec::new();
+    let closed = {
+        let mut backlog = lock(&shared.backlog);
+        let take = backlog.queue.len().min(TAKE_BATCH);
+        batch.extend(backlog.queue.drain(..take));
+        shared.metrics.mqtt_backlog.set(backlog.queue.len() as i64);
+        backlog.closed
+    };
+    if !batch.is_empty() {
+        shared.drained.notify_waiters();
+    } else if let Some(durable) = &shared.durable {
+        if let Some(appended) = &mut feed.appended {
             appended.borrow_and_update();
         }
-        let closed = {
-            let mut backlog = lock(&shared.backlog);
-            let take = backlog.queue.len().min(HAND_OVER_BATCH);
-            batch.extend(backlog.queue.drain(..take));
-            shared.metrics.mqtt_backlog.set(backlog.queue.len() as i64);
-            backlog.closed
-        };
-        if !batch.is_empty() {
-            shared.drained.notify_waiters();
-        } else if let Some(durable) = &shared.durable {
-            read_outbox(&shared, durable, &mut cursor, &mut batch);
+        read_outbox(shared, durable, &mut feed.cursor, &mut batch);
+        // Read from the outbox itself, so items it evicted or expired
+        // before they were taken are not waited for.
+        if batch.is_empty()
+            && closed
+            && durable.is_sealed()
+            && durable
+                .read_after(feed.cursor, 1)
+                .is_ok_and(|rest| rest.is_empty())
+        {
+            shared.outbox_handed_over.store(true, Ordering::SeqCst);
         }
-        if batch.is_empty() {
-            // Read from the outbox itself, so items it evicted or expired
-            // before they were handed over are not waited for.
-            let outbox_done = shared.durable.as_ref().is_none_or(|d| {
-                d.is_sealed() && d.read_after(cursor, 1).is_ok_and(|rest| rest.is_empty())
-            });
-            if closed && outbox_done {
-                shared.outbox_handed_over.store(true, Ordering::SeqCst);
-                return;
-            }
-            match &mut appended {
-                Some(appended) => {
-                    tokio::select! {
-                        _ = filled => {}
-                        _ = appended.changed() => {}
-                        // Sealing does not append: look again now and then.
-                        _ = tokio::time::sleep(Duration::from_millis(50)), if closed => {}
+    }
+    refuse_oversized(shared, &mut batch);
+    let data = batch.iter().filter(|e| !e.status).count();
+    shared.metrics.mqtt_queued.inc_by(data as u64);
+    batch
+}
+
+/// Waits until there may be something new to take: the backlog was
+/// filled, the outbox grew, or (while shutting down) now and then, since
+/// sealing the outbox does not append.
+async fn new_work(shared: &Shared, feed: &mut Feed) {
+    let closed = lock(&shared.backlog).closed;
+    let filled = shared.filled.notified();
+    match &mut feed.appended {
+        Some(appended) => {
+            tokio::select! {
+                _ = filled => {}
+                changed = appended.changed() => {
+                    if changed.is_err() {
+                        // The outbox is gone (shutdown): nothing more comes from it.
+                        feed.appended = None;
                     }
                 }
-                None => filled.await,
-            }
-            continue;
-        }
-        refuse_oversized(&shared, &mut batch);
-        if batch.is_empty() {
-            continue;
-        }
-        // Record them before the event loop can see them (FIFO mapping).
-        {
-            let mut tracker = lock(&shared.tracker);
-            tracker.awaiting.extend(batch.iter().cloned());
-        }
-        let data = batch.iter().filter(|e| !e.status).count();
-        shared.metrics.mqtt_queued.inc_by(data as u64);
-        for entry in batch.drain(..) {
-            let durable = entry.durable;
-            if let Err(err) = client.publish(entry).await {
-                // Only when the event loop is gone (shutdown); a durable
-                // message stays in the outbox.
-                if durable.is_none() {
-                    shared.metrics.sink_dropped("mqtt", "client_closed");
-                    tracing::error!(error = %err, "MQTT client closed; message lost");
-                }
-                return;
+                _ = tokio::time::sleep(Duration::from_millis(50)), if closed => {}
             }
         }
+        None => filled.await,
     }
 }
 
@@ -545,7 +566,7 @@ fn read_outbox(
     cursor: &mut Option<u64>,
     batch: &mut Vec<Entry>,
 ) {
-    let items = match durable.read_after(*cursor, HAND_OVER_BATCH) {
+    let items = match durable.read_after(*cursor, TAKE_BATCH) {
         Ok(items) => items,
         Err(err) => {
             tracing::error!(error = %err, "MQTT outbox: cannot read; retrying");
@@ -595,26 +616,53 @@ fn refuse_oversized(shared: &Shared, batch: &mut Vec<Entry>) {
     });
 }
 
+/// The connection task: hands messages to the event loop, polls it, settles
+/// acknowledgements, reconnects with backoff (see the module docs).
 async fn drive_connection(
     mut link: Link,
     mut backoff: Backoff,
     endpoint: String,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    max_inflight: u16,
 ) {
     let metrics = &shared.metrics;
+    let mut feed = Feed {
+        cursor: None,
+        appended: shared.durable.as_ref().map(|d| d.appended()),
+    };
     let mut connected_at: Option<Instant> = None;
     let mut last_error: Option<String> = None;
-    let mut command_warnings = RateLimiter::new(5, Duration::from_secs(10));
+    let mut warnings = RateLimiter::new(5, Duration::from_secs(10));
+    let mut disconnecting = false;
     loop {
+        let connected = connected_at.is_some();
+        let shutting_down = shared.disconnect.load(Ordering::SeqCst);
+        if connected && shutting_down && !disconnecting {
+            link.push_disconnect();
+            disconnecting = true;
+        } else if connected && !disconnecting {
+            hand_over(&shared, &mut link, &mut feed);
+        } else if !connected && shutting_down {
+            return;
+        }
+        // Dropping `poll` for new work is safe only when it starts with
+        // rumqttc's queue empty (module docs).
+        let interruptible = connected
+            && !disconnecting
+            && link.pending_len() == 0
+            && (lock(&shared.tracker).has_free_id() || shutting_down);
         let event = tokio::select! {
-            event = link.poll() => event,
+            biased;
             _ = stop.cancelled() => return,
+            event = link.poll() => event,
+            () = new_work(&shared, &mut feed), if interruptible => continue,
         };
         match event {
             Ok(LinkEvent::Connected {
                 session_present,
                 max_packet_size,
+                receive_max,
             }) => {
                 connected_at = Some(Instant::now());
                 last_error = None;
@@ -622,82 +670,44 @@ async fn drive_connection(
                 shared
                     .broker_max_packet
                     .store(max_packet_size.unwrap_or(0), Ordering::Relaxed);
-                let resent = on_connected(&shared, &mut link, session_present);
+                let window = receive_max.map_or(max_inflight, |r| r.clamp(1, max_inflight));
+                let resent = {
+                    let mut tracker = lock(&shared.tracker);
+                    let resent = tracker.connected(session_present, window);
+                    tracker.stage_after_resends(Entry::status(&shared.status_topic, b"online"));
+                    resent
+                };
+                metrics.mqtt_retransmitted.inc_by(resent as u64);
+                if !shared.routes.is_empty() {
+                    link.push_subscribe(&shared.routes);
+                }
+                if !session_present && resent > 0 {
+                    tracing::warn!(
+                        resent,
+                        "broker did not keep our session; re-sending unconfirmed messages"
+                    );
+                }
                 tracing::info!(broker = %endpoint, session_present, resent, "MQTT connected");
             }
-            Ok(LinkEvent::PubAck { pkid, refusal }) => {
-                settle(&shared, |t| t.in_flight.remove(&pkid), refusal);
-            }
-            Ok(LinkEvent::PubRec {
-                pkid,
-                refusal: Some(refusal),
-            }) => {
-                // Refused: no PubRel follows, the exchange ends here.
-                settle(&shared, |t| t.in_flight.remove(&pkid), Some(refusal));
-            }
-            Ok(LinkEvent::PubRec {
-                pkid,
-                refusal: None,
-            }) => {
-                let mut tracker = lock(&shared.tracker);
-                if let Some(entry) = tracker.in_flight.remove(&pkid) {
-                    tracker.releasing.insert(pkid, entry);
+            Ok(event) => {
+                if !apply(&shared, event, &mut warnings) {
+                    metrics.mqtt_connected.set(0);
+                    return;
                 }
             }
-            Ok(LinkEvent::PubComp { pkid }) => {
-                settle(&shared, |t| t.releasing.remove(&pkid), None);
-            }
-            Ok(LinkEvent::Sent(pkid)) => {
-                let mut tracker = lock(&shared.tracker);
-                if pkid != 0 && tracker.in_flight.contains_key(&pkid) {
-                    metrics.mqtt_retransmitted.inc();
-                } else if let Some(entry) = tracker.awaiting.pop_front() {
-                    tracker.drained = tracker.drained.saturating_sub(1);
-                    if pkid == 0 {
-                        let settled = tracker.unconfirmed() == 0;
-                        drop(tracker);
-                        // QoS 0: written is all the protocol offers.
-                        confirm(&shared, Some(entry));
-                        if settled {
-                            shared.settled.notify_waiters();
-                        }
-                    } else {
-                        tracker.in_flight.insert(pkid, entry);
-                    }
-                }
-            }
-            Ok(LinkEvent::Command {
-                topic,
-                payload,
-                retain,
-            }) => {
-                route_command(&shared, &topic, &payload, retain, &mut command_warnings);
-            }
-            Ok(LinkEvent::SubAck(granted)) => {
-                for (granted, route) in granted.iter().zip(&shared.routes) {
-                    if *granted {
-                        tracing::info!(pipeline = %route.pipeline, filter = %route.filter,
-                            "downlink subscribed");
-                    } else {
-                        tracing::error!(pipeline = %route.pipeline, filter = %route.filter,
-                            "the broker refused the downlink subscription (ACL?); no commands will arrive");
-                    }
-                }
-            }
-            Ok(LinkEvent::Disconnected) => {
-                metrics.mqtt_connected.set(0);
-                return;
-            }
-            Ok(LinkEvent::Other) => {}
             Err(text) => {
                 metrics.mqtt_connected.set(0);
                 metrics.mqtt_connection_errors.inc();
                 if let Some(since) = connected_at.take() {
-                    let mut tracker = lock(&shared.tracker);
-                    tracker.drained = link.restore_order(|pkid| {
-                        tracker.in_flight.get(&pkid).map_or(u64::MAX, |e| e.seq)
-                    });
-                    drop(tracker);
+                    // What rumqttc read before the break (acks that did
+                    // arrive) belongs to the old connection: apply it before
+                    // taking the rest back.
+                    for event in link.take_buffered_events() {
+                        apply(&shared, event, &mut warnings);
+                    }
+                    link.drop_pending_publishes();
+                    lock(&shared.tracker).connection_lost();
+                    disconnecting = false;
                     if since.elapsed() >= STABLE_CONNECTION {
                         backoff.reset();
                     }
@@ -718,48 +728,50 @@ async fn drive_connection(
     }
 }
 
-/// After a ConnAck: re-send what a lost session dropped, then the birth
-/// message. Returns how many data messages were re-sent.
-fn on_connected(shared: &Shared, link: &mut Link, session_present: bool) -> usize {
-    let mut tracker = lock(&shared.tracker);
-    let mut resent = 0;
-    let mut in_pending = tracker.drained;
-    if !session_present {
-        // rumqttc cleared its pending queue: everything in flight and every
-        // drained request is gone from it. Re-send our copies, oldest first.
-        let mut lost: Vec<Entry> = tracker.in_flight.drain().map(|(_, e)| e).collect();
-        lost.extend(tracker.releasing.drain().map(|(_, e)| e));
-        let drained = tracker.drained.min(tracker.awaiting.len());
-        lost.extend(tracker.awaiting.drain(..drained));
-        // Packet ids wrap around; submission order is the true order.
-        lost.sort_by_key(|e| e.seq);
-        resent = lost.iter().filter(|e| !e.status).count();
-        if resent > 0 {
-            shared.metrics.mqtt_retransmitted.inc_by(resent as u64);
-            tracing::warn!(
-                resent,
-                "broker did not keep our session; re-sending unconfirmed messages"
-            );
+/// Applies one event of an established connection. Returns false when the
+/// connection task should stop (our DISCONNECT was written).
+fn apply(shared: &Shared, event: LinkEvent, warnings: &mut RateLimiter) -> bool {
+    match event {
+        LinkEvent::PubAck { pkid, refusal } => settle(shared, |t| t.acked(pkid), refusal),
+        LinkEvent::PubRec {
+            pkid,
+            refusal: Some(refusal),
+        } => {
+            // Refused: no PubRel follows, the exchange ends here.
+            settle(shared, |t| t.acked(pkid), Some(refusal));
         }
-        for entry in lost.iter() {
-            link.push_publish(entry);
+        LinkEvent::PubRec {
+            pkid,
+            refusal: None,
+        } => lock(&shared.tracker).received(pkid),
+        LinkEvent::PubComp { pkid } => settle(shared, |t| t.completed(pkid), None),
+        LinkEvent::Sent(pkid) => {
+            let written = lock(&shared.tracker).sent(pkid);
+            if written.is_some() {
+                // QoS 0: written is all the protocol offers.
+                settle(shared, |_| written, None);
+            }
         }
-        in_pending = lost.len();
-        for entry in lost.into_iter().rev() {
-            tracker.awaiting.push_front(entry);
+        LinkEvent::Command {
+            topic,
+            payload,
+            retain,
+        } => route_command(shared, &topic, &payload, retain, warnings),
+        LinkEvent::SubAck(granted) => {
+            for (granted, route) in granted.iter().zip(&shared.routes) {
+                if *granted {
+                    tracing::info!(pipeline = %route.pipeline, filter = %route.filter,
+                        "downlink subscribed");
+                } else {
+                    tracing::error!(pipeline = %route.pipeline, filter = %route.filter,
+                        "the broker refused the downlink subscription (ACL?); no commands will arrive");
+                }
+            }
         }
+        LinkEvent::Disconnected => return false,
+        LinkEvent::Connected { .. } | LinkEvent::Other => {}
     }
-    // Birth message, after the re-sends (pending is sent before anything new).
-    let birth = Entry::status(&shared.status_topic, b"online");
-    link.push_publish(&birth);
-    let at = in_pending.min(tracker.awaiting.len());
-    tracker.awaiting.insert(at, birth);
-    tracker.drained = at + 1;
-    if !shared.routes.is_empty() {
-        // Not a publish: takes no place in the packet-id mapping.
-        link.push_subscribe(&shared.routes);
-    }
-    resent
+    true
 }
 
 /// Hands an incoming publish to every pipeline whose filter matches, without
