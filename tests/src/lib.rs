@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod faultproxy;
 pub mod serial;
 
 /// Components built by `build.rs`.
@@ -90,6 +91,8 @@ pub struct Mosquitto {
     dir: tempfile::TempDir,
     /// Extra lines for mosquitto.conf (auth, limits).
     extra_conf: String,
+    /// Whether it keeps sessions and messages across restarts.
+    persistence: bool,
     child: Option<Child>,
 }
 
@@ -105,8 +108,31 @@ impl Mosquitto {
             port,
             dir: tempfile::tempdir().expect("tempdir"),
             extra_conf: extra_conf.to_owned(),
+            persistence: true,
             child: None,
         }
+    }
+
+    /// A broker that keeps nothing across restarts: a restart forgets every
+    /// session and every message it had not delivered.
+    pub fn start_without_persistence() -> Mosquitto {
+        let mut broker = Self::stopped(free_port(), "allow_anonymous true\n");
+        broker.persistence = false;
+        broker.launch();
+        broker
+    }
+
+    /// Kills the broker (SIGKILL: nothing saved, connections reset).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again after [`stop`](Self::stop) or [`kill`](Self::kill).
+    pub fn start_again(&mut self) {
+        self.launch();
     }
 
     /// Starts a broker on `port` with `extra_conf` appended to its config
@@ -129,10 +155,11 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\npersistence true\n\
+                "listener {port} 127.0.0.1\npersistence {persistence}\n\
                  persistence_location {data}/\nuser root\nlog_dest file {log}\nlog_type all\n\
                  max_queued_messages 0\n{extra}",
                 port = self.port,
+                persistence = self.persistence,
                 data = data.display(),
                 log = self.dir.path().join("mosquitto.log").display(),
                 extra = self.extra_conf,

@@ -1,5 +1,7 @@
 //! MQTT delivery against a real mosquitto: broker restarts under load, a
-//! broker absent at start-up, wrong credentials, last will and status topics.
+//! broker absent at start-up, wrong credentials, last will and status topics,
+//! and, through a fault-injecting proxy, latency, cuts at any byte, a full
+//! in-flight window and a broker that forgot everything.
 //! Every test runs the real `sluice` binary reading a real pseudo-terminal.
 
 use std::collections::{BTreeMap, HashSet};
@@ -8,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sluice::pty::Pty;
+use sluice_tests::faultproxy::FaultProxy;
 use sluice_tests::{Mosquitto, Received, SluiceProcess, free_port, metric, mosquitto_sub, wasm};
 
 /// A telemetry line whose every value is derived from `seq`, so each message
@@ -621,4 +624,155 @@ fn a_message_above_the_brokers_maximum_packet_size_is_refused_not_looped() {
     assert!(log.contains("exceeds_broker_max_packet"), "{log}");
     assert!(!log.contains("connection lost"), "{log}");
     assert!(sluice.stop());
+}
+
+/// [`write_config`] plus an admin API on a free port (for `/metrics`);
+/// returns the config and the admin port.
+fn write_config_with_admin(
+    dir: &Path,
+    broker_port: u16,
+    pty: &Path,
+    extra_mqtt: &str,
+) -> (std::path::PathBuf, u16) {
+    let admin = free_port();
+    let extra = format!("{extra_mqtt}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+    (write_config(dir, broker_port, pty, &extra), admin)
+}
+
+/// Writes lines `from..to` at `per_sec` lines a second, calling `at(seq)`
+/// before each.
+fn feed_lines(pty: &mut Pty, from: u64, to: u64, per_sec: u64, mut at: impl FnMut(u64)) {
+    let start = Instant::now();
+    for seq in from..to {
+        at(seq);
+        let due = start + Duration::from_secs_f64((seq - from) as f64 / per_sec as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        pty.master
+            .write_all(format!("{}\n", line(seq)).as_bytes())
+            .expect("write");
+    }
+}
+
+/// Through a proxy adding 100–200 ms each way, 500 lines a second (5,500
+/// QoS 1 messages), the connection is cut 20 times at random bytes —
+/// mid-packet included —, every fourth time after the upstream was held
+/// back so that the in-flight window was full. Every message arrives, first
+/// arrivals in order, and every duplicate is one sluice counted as a
+/// possible one.
+#[test]
+fn twenty_cuts_at_any_byte_under_latency_and_a_full_window_lose_nothing() {
+    let broker = Mosquitto::start();
+    let proxy = FaultProxy::start(broker.port, 0x5eed_cafe);
+    proxy.set_latency(Duration::from_millis(100), Duration::from_millis(100));
+    let mut pty = Pty::open().expect("openpty");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (config, admin) =
+        write_config_with_admin(tmp.path(), proxy.port, &pty.path, "max_inflight = 2000");
+    // The subscriber talks to the broker directly: only sluice's link is faulty.
+    let subscriber = persistent_subscriber(broker.port, "faults-sub");
+    let mut sluice = spawn_sluice(&config);
+
+    let (lines, cuts) = (5000u64, 20u64);
+    let every = lines / (cuts + 1);
+    let started = Instant::now();
+    let mut cut_connections = 0;
+    feed_lines(&mut pty, 1, lines + 1, 500, |seq| {
+        let k = seq / every;
+        if seq % every == 0 && (1..=cuts).contains(&k) {
+            cut_connections += proxy.cut();
+            proxy.freeze_upstream(false);
+        } else if seq % every == every - 100 && (k + 1) % 4 == 0 {
+            proxy.freeze_upstream(true);
+        }
+    });
+    let expected = lines as usize * MESSAGES_PER_LINE;
+    let received = subscriber.wait_until(Duration::from_secs(300), |r| distinct(r) >= expected);
+    if distinct(&received) < expected {
+        eprintln!("sluice log:\n{}", sluice.log());
+    }
+    let duplicates = assert_complete_and_ordered(&received, lines);
+    let retransmitted = metric(admin, "sluice_mqtt_retransmitted_total") as usize;
+    eprintln!(
+        "{expected} messages through {} connections, {cut_connections} of them cut, in {:?}; \
+         {duplicates} duplicates, {retransmitted} counted as possible",
+        proxy.connections(),
+        started.elapsed()
+    );
+    // A cut while sluice is still reconnecting finds nothing to cut.
+    assert!(
+        cut_connections >= cuts / 2,
+        "{cut_connections} connections cut"
+    );
+    assert!(
+        duplicates <= retransmitted,
+        "{duplicates} duplicates but {retransmitted} counted"
+    );
+    assert!(sluice.stop(), "clean exit:\n{}", sluice.log());
+}
+
+/// The broker is killed and restarted without persistence while the
+/// window is full (the proxy held back everything sent since): the broker
+/// forgot the session and never saw those messages; sluice sends them
+/// again and nothing is lost.
+#[test]
+fn a_broker_restarted_without_persistence_gets_the_unconfirmed_window_again() {
+    let mut broker = Mosquitto::start_without_persistence();
+    let proxy = FaultProxy::start(broker.port, 7);
+    let mut pty = Pty::open().expect("openpty");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (config, admin) = write_config_with_admin(tmp.path(), proxy.port, &pty.path, "");
+    let subscriber = mosquitto_sub(broker.port, "iiot/#", &["-c", "-i", "forgetful-sub"]);
+    let mut sluice = spawn_sluice(&config);
+
+    feed_lines(&mut pty, 1, 401, 200, |_| {});
+    proxy.freeze_upstream(true);
+    feed_lines(&mut pty, 401, 501, 200, |_| {});
+    // Everything the broker got has reached the subscriber.
+    let mut seen = subscriber.received().len();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = subscriber.received().len();
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    assert!(
+        metric(admin, "sluice_mqtt_delivered_total") < 500.0 * MESSAGES_PER_LINE as f64,
+        "some messages were held back"
+    );
+    proxy.refuse(true);
+    broker.kill();
+    proxy.cut();
+    broker.start_again();
+    // mosquitto_sub reconnects (and subscribes again) by itself within ~1 s;
+    // sluice may only come back after that.
+    let subscribed = Instant::now();
+    while broker.log().matches("as forgetful-sub").count() < 2
+        && subscribed.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.freeze_upstream(false);
+    proxy.refuse(false);
+    feed_lines(&mut pty, 501, 901, 200, |_| {});
+
+    let expected = 900 * MESSAGES_PER_LINE;
+    let received = subscriber.wait_until(Duration::from_secs(120), |r| distinct(r) >= expected);
+    if distinct(&received) < expected {
+        eprintln!("sluice log:\n{}", sluice.log());
+    }
+    let duplicates = assert_complete_and_ordered(&received, 900);
+    eprintln!(
+        "{expected} messages across a broker that forgot everything; {duplicates} duplicates"
+    );
+    let log = sluice.log();
+    assert!(
+        log.contains("broker did not keep our session"),
+        "the re-send is reported:\n{log}"
+    );
+    assert!(sluice.stop(), "clean exit:\n{}", sluice.log());
 }
