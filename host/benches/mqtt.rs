@@ -185,7 +185,8 @@ async fn sluice_sink(port: u16, level: u8, variant: &Variant) -> (f64, Vec<f64>)
         .expect("outbox");
         Arc::new(DurableQueue::start("mqtt", outbox, metrics.clone()).expect("writer"))
     });
-    let sink = MqttSink::start_with(&config, metrics.clone(), Vec::new(), queue).expect("sink");
+    let sink =
+        MqttSink::start_with(&config, metrics.clone(), Vec::new(), queue, None).expect("sink");
     let message = || MqttMessage {
         topic: "bench/sluice".into(),
         payload: PAYLOAD.to_vec(),

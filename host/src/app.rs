@@ -302,6 +302,7 @@ async fn run_inner(
                 metrics.clone(),
                 routes,
                 durable,
+                config.data_dir.as_deref(),
             )?))
         }
         None => None,

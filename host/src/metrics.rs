@@ -68,6 +68,8 @@ pub struct Metrics {
     pub mqtt_connection_errors: Counter,
     /// Messages sent again after a reconnect (possible duplicates at subscribers).
     pub mqtt_retransmitted: Counter,
+    /// MQTT dead letters that could not be written to their file.
+    pub mqtt_dead_letter_write_failures: Counter,
     /// Messages waiting in the host's MQTT queue.
     pub mqtt_backlog: Gauge,
     /// 1 while connected to the broker.
@@ -115,6 +117,7 @@ impl Metrics {
         let mqtt_delivered = Counter::default();
         let mqtt_connection_errors = Counter::default();
         let mqtt_retransmitted = Counter::default();
+        let mqtt_dead_letter_write_failures = Counter::default();
         let mqtt_backlog = Gauge::default();
         let mqtt_connected = Gauge::default();
         registry.register(
@@ -168,6 +171,11 @@ impl Metrics {
             mqtt_retransmitted.clone(),
         );
         registry.register(
+            "mqtt_dead_letter_write_failures",
+            "MQTT dead letters that could not be written to their file (counted, lost)",
+            mqtt_dead_letter_write_failures.clone(),
+        );
+        registry.register(
             "mqtt_backlog",
             "Messages waiting in the host's MQTT queue",
             mqtt_backlog.clone(),
@@ -215,6 +223,7 @@ impl Metrics {
             mqtt_delivered,
             mqtt_connection_errors,
             mqtt_retransmitted,
+            mqtt_dead_letter_write_failures,
             mqtt_backlog,
             mqtt_connected,
             sink_dropped,

@@ -1,4 +1,4 @@
-//! Hostile transforms through the real data path (issue #20): a real
+//! Hostile transforms through the real data path: a real
 //! pseudo-terminal feeding newline-framed frames, the real `sluice run`
 //! binary loading `tests/guests/hostile`, a real mosquitto and mosquitto's
 //! own subscriber, `/metrics` from the admin API; and `sluice transform
@@ -51,6 +51,8 @@ fn write_config(
          port = {broker_port}\n\
          client_id = \"sluice-hostile-test\"\n\
          stats_interval_secs = 0\n\
+         reconnect_min_ms = 50\n\
+         reconnect_max_ms = 500\n\
          [admin]\n\
          listen = \"127.0.0.1:{admin_port}\"\n\
          token_env = \"{TOKEN_ENV}\"\n\
@@ -97,7 +99,11 @@ struct Host {
 impl Host {
     /// Starts it and waits until the port is open and the API listens.
     fn start(topics: &str) -> Host {
-        let broker = Mosquitto::start();
+        Self::start_with(Mosquitto::start(), topics)
+    }
+
+    /// [`start`](Self::start) with a broker of the test's own.
+    fn start_with(broker: Mosquitto, topics: &str) -> Host {
         let pty = Pty::open().expect("openpty");
         let dir = tempfile::tempdir().expect("tempdir");
         let admin = free_port();
@@ -612,4 +618,48 @@ fn a_deploy_whose_init_fails_or_panics_is_refused_with_a_bounded_answer() {
         "{}",
         tail(&sluice.log())
     );
+}
+
+/// A message the broker closes the connection on (mosquitto's
+/// `max_packet_size` with MQTT 3.1.1, which has no other way to refuse):
+/// re-sent first after every reconnect it would stop all delivery for good.
+/// After a few attempts it is set aside — dead-lettered with its bytes,
+/// counted — and the messages behind it are delivered, in order.
+#[test]
+fn a_message_the_broker_disconnects_on_is_set_aside_and_the_rest_flows() {
+    let broker = Mosquitto::start_with(free_port(), "allow_anonymous true\nmax_packet_size 1000\n");
+    let mut host = Host::start_with(broker, "hostile/#");
+    let big = "x".repeat(2000);
+    writeln!(host.pty.master, "ok:before").expect("write");
+    writeln!(host.pty.master, "ok:{big}").expect("write");
+    for i in 0..5 {
+        writeln!(host.pty.master, "ok:after-{i}").expect("write");
+    }
+    let received = host.live.wait_until(WAIT, |r| {
+        payloads(r, "hostile/ok").iter().any(|p| p == "after-4")
+    });
+    let mut got = payloads(&received, "hostile/ok");
+    got.dedup();
+    let want: Vec<String> = std::iter::once("before".to_owned())
+        .chain((0..5).map(|i| format!("after-{i}")))
+        .collect();
+    assert_eq!(got, want, "{}", host.sluice.log());
+    assert_eq!(
+        metric(
+            host.admin,
+            r#"sluice_sink_dropped_total{sink="mqtt",reason="broker_disconnects"}"#
+        ),
+        1.0
+    );
+    let letters = std::fs::read_to_string(host._dir.path().join("data/dead-letter/mqtt.jsonl"))
+        .expect("the dead-letter file");
+    let letter: serde_json::Value =
+        serde_json::from_str(letters.trim()).expect("one JSON dead letter");
+    assert_eq!(letter["reason"], "broker_disconnects");
+    assert_eq!(letter["topic"], "hostile/ok");
+    assert_eq!(letter["qos"], 1);
+    assert_eq!(letter["payload"], big.as_str());
+    let log = host.sluice.log();
+    assert!(log.contains("set aside"), "{log}");
+    assert!(host.sluice.stop(), "clean exit:\n{log}");
 }

@@ -655,48 +655,65 @@ fn feed_lines(pty: &mut Pty, from: u64, to: u64, per_sec: u64, mut at: impl FnMu
     }
 }
 
-/// Through a proxy adding 100–200 ms each way, 500 lines a second (5,500
-/// QoS 1 messages), the connection is cut 20 times at random bytes —
-/// mid-packet included —, every fourth time after the upstream was held
-/// back so that the in-flight window was full. Every message arrives, first
-/// arrivals in order, and every duplicate is one sluice counted as a
-/// possible one.
+/// 500 lines a second (5,500 QoS 1 messages) through a proxy that cuts
+/// the connection 20 times at random bytes — mid-packet included —, every
+/// fourth time after holding back the upstream so that the in-flight window
+/// was full. Every message arrives, first arrivals in order, and every
+/// duplicate is one sluice counted as possible.
 #[test]
-fn twenty_cuts_at_any_byte_under_latency_and_a_full_window_lose_nothing() {
+fn twenty_cuts_at_any_byte_at_500_lines_a_second_lose_nothing() {
+    cuts_lose_nothing(500, 5000, Duration::ZERO, Duration::ZERO);
+}
+
+/// The link that lost messages in runs at reconnects before sluice chose
+/// its packet ids: 150 ms each way (up to 300 with jitter), the default
+/// window nearly full at 40 lines a second, 20 cuts.
+#[test]
+fn twenty_cuts_over_a_slow_link_with_the_window_nearly_full_lose_nothing() {
+    cuts_lose_nothing(
+        40,
+        800,
+        Duration::from_millis(150),
+        Duration::from_millis(150),
+    );
+}
+
+fn cuts_lose_nothing(per_sec: u64, lines: u64, latency: Duration, jitter: Duration) {
     let broker = Mosquitto::start();
-    let proxy = FaultProxy::start(broker.port, 0x5eed_cafe);
-    proxy.set_latency(Duration::from_millis(100), Duration::from_millis(100));
+    let proxy = FaultProxy::start(broker.port, 0x5eed_cafe ^ per_sec);
+    proxy.set_latency(latency, jitter);
     let mut pty = Pty::open().expect("openpty");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (config, admin) =
-        write_config_with_admin(tmp.path(), proxy.port, &pty.path, "max_inflight = 2000");
+    let (config, admin) = write_config_with_admin(tmp.path(), proxy.port, &pty.path, "");
     // The subscriber talks to the broker directly: only sluice's link is faulty.
     let subscriber = persistent_subscriber(broker.port, "faults-sub");
     let mut sluice = spawn_sluice(&config);
 
-    let (lines, cuts) = (5000u64, 20u64);
+    let cuts = 20u64;
     let every = lines / (cuts + 1);
+    let hold = every / 3;
     let started = Instant::now();
     let mut cut_connections = 0;
-    feed_lines(&mut pty, 1, lines + 1, 500, |seq| {
+    feed_lines(&mut pty, 1, lines + 1, per_sec, |seq| {
         let k = seq / every;
         if seq % every == 0 && (1..=cuts).contains(&k) {
             cut_connections += proxy.cut();
             proxy.freeze_upstream(false);
-        } else if seq % every == every - 100 && (k + 1) % 4 == 0 {
+        } else if seq % every == every - hold && (k + 1).is_multiple_of(4) {
             proxy.freeze_upstream(true);
         }
     });
     let expected = lines as usize * MESSAGES_PER_LINE;
-    let received = subscriber.wait_until(Duration::from_secs(300), |r| distinct(r) >= expected);
+    let received = subscriber.wait_until(Duration::from_secs(180), |r| distinct(r) >= expected);
     if distinct(&received) < expected {
         eprintln!("sluice log:\n{}", sluice.log());
     }
     let duplicates = assert_complete_and_ordered(&received, lines);
     let retransmitted = metric(admin, "sluice_mqtt_retransmitted_total") as usize;
     eprintln!(
-        "{expected} messages through {} connections, {cut_connections} of them cut, in {:?}; \
-         {duplicates} duplicates, {retransmitted} counted as possible",
+        "{expected} messages at {per_sec} lines/s, {latency:?}+{jitter:?} each way, through {} \
+         connections, {cut_connections} of them cut, in {:?}; {duplicates} duplicates, \
+         {retransmitted} counted as possible",
         proxy.connections(),
         started.elapsed()
     );

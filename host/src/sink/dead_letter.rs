@@ -1,17 +1,20 @@
-//! The dead-letter file: what the InfluxDB writer gave up on, one JSON object
-//! per line, so nothing leaves without a trace.
+//! Dead-letter files: what a sink gave up on, one JSON object per line, so
+//! nothing leaves without a trace.
 //!
-//! `<data_dir>/dead-letter/influx.jsonl`; when it would grow past
-//! `dead_letter_max_bytes` it is rotated (`influx.jsonl.1`, `.2`, …, keeping
-//! `dead_letter_max_files` files in all; the oldest is deleted).
+//! `<data_dir>/dead-letter/<sink>.jsonl`; when it would grow past its bound
+//! it is rotated (`influx.jsonl.1`, `.2`, …, keeping a number of files in
+//! all; the oldest is deleted).
 //!
 //! ```json
 //! {"time":"2025-01-31T12:00:00.123456789Z","sink":"influx","reason":"server_rejected","status":400,"message":"partial write: …","line":"m,t=x v=1 1700000000000000000"}
+//! {"time":"…","sink":"mqtt","reason":"broker_disconnects","status":null,"message":"…","topic":"a/b","qos":1,"retain":false,"payload_base64":"eHh4","payload":"xxx"}
 //! ```
 //!
-//! `line` is the exact line protocol that was refused, so it can be fixed and
-//! replayed (`jq -r .line influx.jsonl | curl --data-binary @- …`); a point
-//! that could not be encoded at all carries `point` (its JSON form) instead.
+//! InfluxDB: `line` is the exact line protocol that was refused, so it can be
+//! fixed and replayed (`jq -r .line influx.jsonl | curl --data-binary @- …`);
+//! a point that could not be encoded at all carries `point` (its JSON form)
+//! instead. MQTT: the message with its payload's bytes (`payload_base64`,
+//! and `payload` when it is UTF-8).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -42,10 +45,25 @@ pub enum Content<'a> {
     Line(&'a [u8]),
     /// A point that could not be encoded.
     Point(Value),
+    /// An MQTT message.
+    Message {
+        /// Topic.
+        topic: &'a str,
+        /// Payload bytes.
+        payload: &'a [u8],
+        /// QoS (0, 1, 2).
+        qos: u8,
+        /// Retain flag.
+        retain: bool,
+    },
 }
 
 /// The dead-letter file (shared by the writer's tasks).
 pub struct DeadLetters {
+    /// The sink's name (the `sink` field and metric label).
+    sink: &'static str,
+    /// Counted when the file cannot be written.
+    write_failures: prometheus_client::metrics::counter::Counter,
     path: PathBuf,
     max_bytes: u64,
     max_files: u16,
@@ -58,14 +76,23 @@ struct State {
 }
 
 impl DeadLetters {
-    /// Opens (creates) the file and its directory.
-    pub fn open(path: &Path, max_bytes: u64, max_files: u16) -> std::io::Result<DeadLetters> {
+    /// Opens (creates) the file and its directory for `sink`;
+    /// `write_failures` counts the writes that fail.
+    pub fn open(
+        sink: &'static str,
+        path: &Path,
+        max_bytes: u64,
+        max_files: u16,
+        write_failures: prometheus_client::metrics::counter::Counter,
+    ) -> std::io::Result<DeadLetters> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let size = file.metadata()?.len();
         Ok(DeadLetters {
+            sink,
+            write_failures,
             path: path.to_owned(),
             max_bytes,
             max_files: max_files.max(1),
@@ -81,7 +108,7 @@ impl DeadLetters {
         &self.path
     }
 
-    /// Appends `letters` (and counts each as `sink_dropped{sink="influx", reason}`).
+    /// Appends `letters` (and counts each as `sink_dropped{sink, reason}`).
     /// A failing disk is logged and counted, never fatal.
     pub fn write(&self, letters: &[DeadLetter<'_>], metrics: &Metrics) {
         if letters.is_empty() {
@@ -90,10 +117,10 @@ impl DeadLetters {
         let time = rfc3339_now();
         let mut buffer = Vec::with_capacity(letters.len() * 128);
         for letter in letters {
-            metrics.sink_dropped("influx", letter.reason);
+            metrics.sink_dropped(self.sink, letter.reason);
             let mut entry = json!({
                 "time": time,
-                "sink": "influx",
+                "sink": self.sink,
                 "reason": letter.reason,
                 "status": letter.status,
                 "message": letter.message,
@@ -103,6 +130,22 @@ impl DeadLetters {
                     entry["line"] = Value::from(String::from_utf8_lossy(line).into_owned());
                 }
                 Content::Point(point) => entry["point"] = point.clone(),
+                Content::Message {
+                    topic,
+                    payload,
+                    qos,
+                    retain,
+                } => {
+                    use base64::Engine as _;
+                    entry["topic"] = Value::from(*topic);
+                    entry["qos"] = Value::from(*qos);
+                    entry["retain"] = Value::from(*retain);
+                    entry["payload_base64"] =
+                        Value::from(base64::engine::general_purpose::STANDARD.encode(payload));
+                    if let Ok(text) = std::str::from_utf8(payload) {
+                        entry["payload"] = Value::from(text);
+                    }
+                }
             }
             // Serializing a Value into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut buffer, &entry);
@@ -110,9 +153,9 @@ impl DeadLetters {
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(err) = self.append(&mut state, &buffer) {
-            metrics.influx.dead_letter_write_failures.inc();
-            tracing::error!(path = %self.path.display(), error = %err, lines = letters.len(),
-                "cannot write InfluxDB dead letters; they are counted but lost");
+            self.write_failures.inc();
+            tracing::error!(sink = self.sink, path = %self.path.display(), error = %err, lines = letters.len(),
+                "cannot write dead letters; they are counted but lost");
         }
     }
 
@@ -191,7 +234,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dead-letter").join("influx.jsonl");
         let metrics = Metrics::new();
-        let letters = DeadLetters::open(&path, 400, 3).expect("open");
+        let letters = DeadLetters::open("influx", &path, 400, 3, Default::default()).expect("open");
         let letter = DeadLetter {
             reason: "server_rejected",
             status: Some(400),

@@ -31,7 +31,6 @@
 //! (rewriting a point with the same series and timestamp is idempotent).
 
 pub mod config;
-pub mod dead_letter;
 pub mod line_protocol;
 pub mod transport;
 pub mod writer;
@@ -49,8 +48,8 @@ pub use config::InfluxConfig;
 use crate::metrics::Metrics;
 use crate::model::Point;
 use crate::outbox::{Drain, Item, OutboxError, record};
+use crate::sink::dead_letter::DeadLetters;
 use crate::sink::durable::DurableQueue;
-use dead_letter::DeadLetters;
 use transport::HttpTransport;
 use writer::{DeliveryHook, NoHook, Shared, WriterSettings};
 
@@ -407,9 +406,11 @@ impl InfluxSink {
             .ok_or(StartError::NoDataDir)?;
         let path = InfluxConfig::dead_letter_path(&dir);
         let dead_letters = DeadLetters::open(
+            "influx",
             &path,
             config.dead_letter_max_bytes.get(),
             config.dead_letter_max_files.get(),
+            metrics.influx.dead_letter_write_failures.clone(),
         )
         .map_err(|source| StartError::DeadLetters {
             path: path.clone(),

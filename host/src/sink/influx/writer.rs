@@ -48,9 +48,9 @@ use crate::model::Point;
 use crate::ratelimit::RateLimiter;
 
 use super::config::{ApiVersion, InfluxConfig};
-use super::dead_letter::{Content, DeadLetter, DeadLetters};
 use super::line_protocol::Encoder;
 use super::transport::{Body, Reply, Transport};
+use crate::sink::dead_letter::{Content, DeadLetter, DeadLetters};
 
 /// Everything the writer needs besides its transport.
 #[derive(Debug, Clone)]
@@ -883,7 +883,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let metrics = Arc::new(Metrics::new());
         let dead_letters = Arc::new(
-            DeadLetters::open(&dir.path().join("influx.jsonl"), 1 << 30, 2).expect("open"),
+            DeadLetters::open(
+                "influx",
+                &dir.path().join("influx.jsonl"),
+                1 << 30,
+                2,
+                Default::default(),
+            )
+            .expect("open"),
         );
         let transport = Arc::new(Scripted::new(script));
         let recorder = Arc::new(Recorder::default());

@@ -25,12 +25,15 @@
 //!   (buffered by its codec), a flush of acks or pings (the bytes stay
 //!   buffered), never inside the write of a publish. So it drops `poll` only
 //!   when its queue was empty when `poll` began (checked against rumqttc
-//!   0.25, pinned).
+//!   0.25.1, pinned and patched: `vendor/rumqttc/SLUICE-PATCH.md`).
 //! * **Connection lost.** The task applies the events rumqttc still
 //!   buffered from the old connection (acks that did arrive), takes our
 //!   publishes back out of rumqttc's queue and stages every unconfirmed
-//!   message again, oldest first, under its packet id. A re-send of something
-//!   that was written is a possible duplicate (`mqtt_retransmitted`).
+//!   message again, oldest first. A re-send of something that was written
+//!   is a possible duplicate (`mqtt_retransmitted`). A message the broker
+//!   closes the connection on every time is probed alone and then set aside
+//!   (`tracker.rs`): dead-lettered to `<data_dir>/dead-letter/mqtt.jsonl`,
+//!   `sink_dropped{sink="mqtt",reason="broker_disconnects"}`.
 //! * **Persistent session** (`clean_session = false`, stable client id). A
 //!   broker that lost the session (restarted without persistence) forgot
 //!   QoS 2 exchanges past PubRec; those are sent again too.
@@ -60,9 +63,7 @@
 //!
 //! Known limits: MQTT 3.1.1 gives no reason codes, so a publish an ACL denies
 //! is acknowledged like any other (mosquitto drops it silently); use MQTT 5
-//! where the broker supports it. With MQTT 5, a refused QoS 2 publish keeps
-//! one of rumqttc's in-flight slots until the next reconnect (rumqttc 0.25
-//! does not release it). With a `data_dir`, data messages wait in the durable
+//! where the broker supports it. With a `data_dir`, data messages wait in the durable
 //! outbox (`sink/durable.rs`) until confirmed and survive a crash; without
 //! one, the in-memory backlog is lost if the host dies.
 //!
@@ -87,10 +88,14 @@ use crate::model::{MqttMessage, Qos};
 use crate::outbox::record;
 use crate::pipeline::DownlinkCommand;
 use crate::ratelimit::RateLimiter;
+use crate::sink::dead_letter::{Content, DeadLetter, DeadLetters};
 use crate::sink::durable::DurableQueue;
 use crate::source::serial::SerialMetrics;
 use link::{Link, LinkEvent, Refusal};
 use tracker::Tracker;
+
+/// The payload of the birth message (retained on the status topic).
+const BIRTH: &[u8] = b"online";
 
 /// A connection that lasted this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
@@ -111,6 +116,14 @@ pub enum MqttSetupError {
     /// The password could not be read.
     #[error(transparent)]
     Secret(#[from] crate::secret::SecretError),
+    /// The dead-letter file could not be opened.
+    #[error("cannot open the MQTT dead-letter file {}: {source}", path.display())]
+    DeadLetters {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// Where the commands for one pipeline go (see the module docs).
@@ -150,6 +163,12 @@ struct Entry {
     pkid: Option<u16>,
     /// Written to a connection at least once (a re-send may duplicate it).
     written: bool,
+    /// Written on the current connection.
+    written_now: bool,
+    /// Connections that broke with this the oldest message written and
+    /// not acknowledged, and failed probes (see `tracker.rs`).
+    strikes: u8,
+    failed_probes: u8,
 }
 
 impl Entry {
@@ -165,6 +184,9 @@ impl Entry {
             accepted_ns: crate::model::now_ns(),
             pkid: None,
             written: false,
+            written_now: false,
+            strikes: 0,
+            failed_probes: 0,
         }
     }
 
@@ -180,7 +202,15 @@ impl Entry {
             accepted_ns: 0,
             pkid: None,
             written: false,
+            written_now: false,
+            strikes: 0,
+            failed_probes: 0,
         }
+    }
+
+    /// The `online` message of a connection (not re-sent on another).
+    fn is_birth(&self) -> bool {
+        self.status && *self.payload == *BIRTH
     }
 
     /// An upper bound of its PUBLISH packet's size: fixed header (1 + up to
@@ -234,7 +264,14 @@ struct Shared {
     refusal_warnings: Mutex<RateLimiter>,
     /// `end_to_end_seconds{sink="mqtt"}`.
     latency: prometheus_client::metrics::histogram::Histogram,
+    /// Where messages set aside go (with a data directory).
+    dead_letters: Option<DeadLetters>,
 }
+
+/// Bounds of the MQTT dead-letter files (only messages a broker disconnects
+/// on go there: few, but their payloads can be large).
+const DEAD_LETTER_MAX_BYTES: u64 = 64 << 20;
+const DEAD_LETTER_MAX_FILES: u16 = 4;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these locks is a bug; keep serving rather than
@@ -252,18 +289,20 @@ pub struct MqttSink {
 impl MqttSink {
     /// Connects (in the background) and starts the publisher.
     pub fn start(config: &MqttConfig, metrics: Arc<Metrics>) -> Result<MqttSink, MqttSetupError> {
-        Self::start_with(config, metrics, Vec::new(), None)
+        Self::start_with(config, metrics, Vec::new(), None, None)
     }
 
     /// [`start`](Self::start), also subscribing to the pipelines' downlink
     /// command topics (handing matching messages to `routes`), and keeping
     /// data messages in `durable` until the broker confirms them. Messages
-    /// already in `durable` (from before a restart) are sent first.
+    /// already in `durable` (from before a restart) are sent first. With a
+    /// `data_dir`, messages set aside go to `<data_dir>/dead-letter/mqtt.jsonl`.
     pub fn start_with(
         config: &MqttConfig,
         metrics: Arc<Metrics>,
         routes: Vec<CommandRoute>,
         durable: Option<Arc<DurableQueue>>,
+        data_dir: Option<&std::path::Path>,
     ) -> Result<MqttSink, MqttSetupError> {
         // rustls needs one process-wide crypto provider; several crates here
         // could each bring one, so choose explicitly (a second call is a no-op).
@@ -272,6 +311,22 @@ impl MqttSink {
         let status_topic = format!("{}/status/{}", config.status_topic_prefix, client_id);
         let link = link::connect(config, client_id, &status_topic)?;
         let latency = metrics.end_to_end("mqtt");
+        let dead_letters = match data_dir {
+            Some(dir) => {
+                let path = dir.join("dead-letter").join("mqtt.jsonl");
+                Some(
+                    DeadLetters::open(
+                        "mqtt",
+                        &path,
+                        DEAD_LETTER_MAX_BYTES,
+                        DEAD_LETTER_MAX_FILES,
+                        metrics.mqtt_dead_letter_write_failures.clone(),
+                    )
+                    .map_err(|source| MqttSetupError::DeadLetters { path, source })?,
+                )
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             backlog: Mutex::new(Backlog {
                 queue: VecDeque::new(),
@@ -294,6 +349,7 @@ impl MqttSink {
             refusal_warnings: Mutex::new(RateLimiter::new(5, Duration::from_secs(10))),
             latency,
             durable,
+            dead_letters,
         });
         if let Some(durable) = &shared.durable {
             let waiting = durable.outbox().stats().depth_items;
@@ -674,7 +730,7 @@ async fn drive_connection(
                 let resent = {
                     let mut tracker = lock(&shared.tracker);
                     let resent = tracker.connected(session_present, window);
-                    tracker.stage_after_resends(Entry::status(&shared.status_topic, b"online"));
+                    tracker.stage_after_resends(Entry::status(&shared.status_topic, BIRTH));
                     resent
                 };
                 metrics.mqtt_retransmitted.inc_by(resent as u64);
@@ -706,7 +762,10 @@ async fn drive_connection(
                         apply(&shared, event, &mut warnings);
                     }
                     link.drop_pending_publishes();
-                    lock(&shared.tracker).connection_lost();
+                    let poisoned = lock(&shared.tracker).connection_lost();
+                    for entry in poisoned {
+                        set_aside(&shared, &entry);
+                    }
                     disconnecting = false;
                     if since.elapsed() >= STABLE_CONNECTION {
                         backoff.reset();
@@ -846,6 +905,36 @@ fn confirm(shared: &Shared, entry: Option<Entry>) {
         if let (Some(seq), Some(durable)) = (entry.durable, &shared.durable) {
             durable.ack(seq);
         }
+    }
+}
+
+/// A message the broker disconnects on (`tracker.rs`): dead-lettered with
+/// its bytes when there is a data directory, counted, logged, removed from
+/// the outbox; the messages behind it flow again.
+fn set_aside(shared: &Shared, entry: &Entry) {
+    const REASON: &str = "broker_disconnects";
+    match &shared.dead_letters {
+        Some(letters) => letters.write(
+            &[DeadLetter {
+                reason: REASON,
+                status: None,
+                message: "the broker closed the connection on this message every time it was sent",
+                content: Content::Message {
+                    topic: &entry.topic,
+                    payload: &entry.payload,
+                    qos: entry.qos as u8,
+                    retain: entry.retain,
+                },
+            }],
+            &shared.metrics,
+        ),
+        None => shared.metrics.sink_dropped("mqtt", REASON),
+    }
+    tracing::error!(topic = %entry.topic, bytes = entry.payload.len(),
+        dead_letters = shared.dead_letters.as_ref().map(|d| d.path().display().to_string()),
+        "the MQTT broker closes the connection on this message: set aside; the messages behind it go on");
+    if let (Some(seq), Some(durable)) = (entry.durable, &shared.durable) {
+        durable.ack(seq);
     }
 }
 
