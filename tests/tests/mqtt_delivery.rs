@@ -662,7 +662,19 @@ fn feed_lines(pty: &mut Pty, from: u64, to: u64, per_sec: u64, mut at: impl FnMu
 /// duplicate is one sluice counted as possible.
 #[test]
 fn twenty_cuts_at_any_byte_at_500_lines_a_second_lose_nothing() {
-    cuts_lose_nothing(500, 5000, Duration::ZERO, Duration::ZERO);
+    cuts_lose_nothing(500, 5000, Duration::ZERO, Duration::ZERO, "");
+}
+
+/// The same with MQTT 5, where mosquitto's receive maximum (20) is the window.
+#[test]
+fn twenty_cuts_at_any_byte_with_mqtt5_lose_nothing() {
+    cuts_lose_nothing(
+        500,
+        5000,
+        Duration::ZERO,
+        Duration::ZERO,
+        "protocol = \"5\"",
+    );
 }
 
 /// The link that lost messages in runs at reconnects before sluice chose
@@ -675,16 +687,23 @@ fn twenty_cuts_over_a_slow_link_with_the_window_nearly_full_lose_nothing() {
         800,
         Duration::from_millis(150),
         Duration::from_millis(150),
+        "",
     );
 }
 
-fn cuts_lose_nothing(per_sec: u64, lines: u64, latency: Duration, jitter: Duration) {
+fn cuts_lose_nothing(
+    per_sec: u64,
+    lines: u64,
+    latency: Duration,
+    jitter: Duration,
+    extra_mqtt: &str,
+) {
     let broker = Mosquitto::start();
     let proxy = FaultProxy::start(broker.port, 0x5eed_cafe ^ per_sec);
     proxy.set_latency(latency, jitter);
     let mut pty = Pty::open().expect("openpty");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (config, admin) = write_config_with_admin(tmp.path(), proxy.port, &pty.path, "");
+    let (config, admin) = write_config_with_admin(tmp.path(), proxy.port, &pty.path, extra_mqtt);
     // The subscriber talks to the broker directly: only sluice's link is faulty.
     let subscriber = persistent_subscriber(broker.port, "faults-sub");
     let mut sluice = spawn_sluice(&config);
@@ -711,7 +730,7 @@ fn cuts_lose_nothing(per_sec: u64, lines: u64, latency: Duration, jitter: Durati
     let duplicates = assert_complete_and_ordered(&received, lines);
     let retransmitted = metric(admin, "sluice_mqtt_retransmitted_total") as usize;
     eprintln!(
-        "{expected} messages at {per_sec} lines/s, {latency:?}+{jitter:?} each way, through {} \
+        "[{extra_mqtt}] {expected} messages at {per_sec} lines/s, {latency:?}+{jitter:?} each way, through {} \
          connections, {cut_connections} of them cut, in {:?}; {duplicates} duplicates, \
          {retransmitted} counted as possible",
         proxy.connections(),

@@ -344,11 +344,15 @@ fn event_v5(event: rumqttc::v5::Event) -> LinkEvent {
     use rumqttc::v5::Event;
     use v5p::{Packet, PubAckReason, PubRecReason, SubscribeReasonCode};
     match event {
-        Event::Incoming(Packet::ConnAck(ack)) => LinkEvent::Connected {
-            session_present: ack.session_present,
-            max_packet_size: ack.properties.as_ref().and_then(|p| p.max_packet_size),
-            receive_max: ack.properties.as_ref().and_then(|p| p.receive_max),
-        },
+        // A refusing CONNACK comes back as an error from `poll`; its event
+        // may still be buffered and must not pass for a connection.
+        Event::Incoming(Packet::ConnAck(ack)) if ack.code == v5p::ConnectReturnCode::Success => {
+            LinkEvent::Connected {
+                session_present: ack.session_present,
+                max_packet_size: ack.properties.as_ref().and_then(|p| p.max_packet_size),
+                receive_max: ack.properties.as_ref().and_then(|p| p.receive_max),
+            }
+        }
         Event::Incoming(Packet::PubAck(ack)) => {
             let code = match ack.reason {
                 PubAckReason::Success | PubAckReason::NoMatchingSubscribers => None,

@@ -773,10 +773,14 @@ async fn drive_connection(
                     tracing::warn!(broker = %endpoint, error = %text,
                         "MQTT connection lost; reconnecting with backoff");
                     last_error = Some(text);
-                } else if last_error.as_deref() != Some(text.as_str()) {
-                    tracing::warn!(broker = %endpoint, error = %text,
-                        "cannot connect to MQTT broker; retrying with backoff");
-                    last_error = Some(text);
+                } else {
+                    // A failed connect leaves nothing that belongs to us.
+                    link.take_buffered_events();
+                    if last_error.as_deref() != Some(text.as_str()) {
+                        tracing::warn!(broker = %endpoint, error = %text,
+                            "cannot connect to MQTT broker; retrying with backoff");
+                        last_error = Some(text);
+                    }
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
