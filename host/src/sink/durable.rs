@@ -30,7 +30,7 @@
 //!   the pipeline's queues. Everything committed is sent again after a
 //!   restart until its sink confirms it (at-least-once).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,6 +59,9 @@ pub struct DurableQueue {
     /// True once every pushed record is appended after [`seal`](Self::seal).
     drained: watch::Receiver<bool>,
     stop: Arc<AtomicBool>,
+    /// Records pushed and not yet appended (or refused): in the channel or
+    /// the batch being written.
+    in_transit: Arc<AtomicU64>,
 }
 
 impl DurableQueue {
@@ -77,7 +80,9 @@ impl DurableQueue {
             .build()?;
         let (drained_tx, drained) = watch::channel(false);
         let stop = Arc::new(AtomicBool::new(false));
+        let in_transit = Arc::new(AtomicU64::new(0));
         let writer = Writer {
+            in_transit: in_transit.clone(),
             sink,
             outbox: outbox.clone(),
             pending_acks: pending_acks.clone(),
@@ -99,6 +104,7 @@ impl DurableQueue {
             writer: Mutex::new(Some(thread)),
             drained,
             stop,
+            in_transit,
         })
     }
 
@@ -111,10 +117,29 @@ impl DurableQueue {
     /// (backpressure). Returns false after [`close`](Self::close).
     pub async fn push(&self, record: Vec<u8>) -> bool {
         let sender = lock(&self.records).clone();
-        match sender {
-            Some(sender) => sender.send(record).await.is_ok(),
-            None => false,
+        let Some(sender) = sender else {
+            return false;
+        };
+        // Counted until the writer has it; uncounted again if the send
+        // fails or this future is dropped before it completes.
+        struct Unsent<'a>(&'a AtomicU64);
+        impl Drop for Unsent<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
         }
+        self.in_transit.fetch_add(1, Ordering::SeqCst);
+        let unsent = Unsent(&self.in_transit);
+        let sent = sender.send(record).await.is_ok();
+        if sent {
+            std::mem::forget(unsent);
+        }
+        sent
+    }
+
+    /// Records pushed and not yet in the outbox.
+    pub fn in_transit(&self) -> u64 {
+        self.in_transit.load(Ordering::SeqCst)
     }
 
     /// Marks `seq` as confirmed by the sink; removed with the next batch.
@@ -185,6 +210,7 @@ struct Writer {
     metrics: Arc<Metrics>,
     drained: watch::Sender<bool>,
     stop: Arc<AtomicBool>,
+    in_transit: Arc<AtomicU64>,
     /// (overflow, expired, lost on reopen) drops already exported as
     /// metrics.
     exported: Mutex<(u64, u64, u64)>,
@@ -234,6 +260,10 @@ impl Writer {
                 self.apply_acks();
             } else {
                 self.append(&batch).await;
+                // After the commit: a reader adding this to the outbox's
+                // depth may count a record twice, never miss one.
+                self.in_transit
+                    .fetch_sub(batch.len() as u64, Ordering::SeqCst);
                 batch.clear();
             }
             self.export_depth();

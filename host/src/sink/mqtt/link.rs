@@ -166,7 +166,9 @@ pub(super) fn connect(
             if let Some(transport) = transport {
                 options.set_transport(transport);
             }
-            Link::V311(Box::new(rumqttc::EventLoop::new(options, CHANNEL)))
+            let mut eventloop = rumqttc::EventLoop::new(options, CHANNEL);
+            eventloop.set_network_options(network_options());
+            Link::V311(Box::new(eventloop))
         }
         MqttProtocol::V5 => {
             let mut options =
@@ -191,9 +193,21 @@ pub(super) fn connect(
             if let Some(transport) = transport {
                 options.set_transport(transport);
             }
+            options.set_network_options(network_options());
             Link::V5(Box::new(rumqttc::v5::EventLoop::new(options, CHANNEL)))
         }
     })
+}
+
+/// TCP options: no Nagle. rumqttc writes each packet as it goes; with
+/// Nagle a publish written while an earlier one is unacknowledged at the
+/// TCP level (a QoS 0 message gets no MQTT reply to carry the ACK) waits
+/// for the peer's delayed ACK: measured 40 ms per QoS 1 message after a
+/// QoS 0 one.
+fn network_options() -> rumqttc::NetworkOptions {
+    let mut options = rumqttc::NetworkOptions::new();
+    options.set_tcp_nodelay(true);
+    options
 }
 
 impl Link {

@@ -73,7 +73,7 @@ mod link;
 mod tracker;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -257,6 +257,8 @@ struct Shared {
     outbox_handed_over: AtomicBool,
     /// Shutdown: send DISCONNECT and stop.
     disconnect: AtomicBool,
+    /// One past the sequence number of the last outbox item taken (0: none).
+    outbox_taken: AtomicU64,
     /// The broker's maximum packet size from its last CONNACK (MQTT 5;
     /// 0 = none announced).
     broker_max_packet: AtomicU32,
@@ -345,6 +347,7 @@ impl MqttSink {
             routes,
             outbox_handed_over: AtomicBool::new(false),
             disconnect: AtomicBool::new(false),
+            outbox_taken: AtomicU64::new(0),
             broker_max_packet: AtomicU32::new(0),
             refusal_warnings: Mutex::new(RateLimiter::new(5, Duration::from_secs(10))),
             latency,
@@ -438,12 +441,22 @@ impl MqttSink {
     }
 
     /// Messages queued or handed to the client but not yet confirmed. With
-    /// an outbox not yet handed over whole, an upper bound: its items, some
-    /// of which may be with the client already.
+    /// an outbox not yet handed over whole, an upper bound: what is on its
+    /// way into it and its items, some of which may be with the client
+    /// already.
     pub fn unconfirmed(&self) -> usize {
         let in_outbox = match &self.shared.durable {
             Some(durable) if !self.shared.outbox_handed_over.load(Ordering::SeqCst) => {
-                durable.outbox().stats().depth_items
+                // Not yet taken by the connection task: on its way into the
+                // outbox, or stored after the last item taken. (What was
+                // taken is in the tracker until confirmed.)
+                let taken = self.shared.outbox_taken.load(Ordering::SeqCst);
+                let after = taken.checked_sub(1);
+                let unread = match durable.read_after(after, 1) {
+                    Ok(rest) if rest.is_empty() => 0,
+                    _ => durable.outbox().next_seq().saturating_sub(taken).max(1),
+                };
+                durable.in_transit() + unread
             }
             _ => 0,
         };
@@ -470,7 +483,15 @@ impl MqttSink {
             if unconfirmed == 0 {
                 return 0;
             }
-            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+            // Records on their way into the outbox are not signalled when
+            // they arrive: with one, look again now and then.
+            let wake_at = match &self.shared.durable {
+                Some(_) => deadline.min(tokio::time::Instant::now() + Duration::from_millis(1)),
+                None => deadline,
+            };
+            if tokio::time::timeout_at(wake_at, settled).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
                 return self.unconfirmed();
             }
         }
@@ -546,49 +567,68 @@ fn hand_over(shared: &Shared, link: &mut Link, feed: &mut Feed) {
             return;
         }
         drop(tracker);
-        let taken = take(shared, feed);
-        if taken.is_empty() {
+        if take(shared, feed) == 0 {
             return;
         }
-        lock(&shared.tracker).stage(taken);
     }
 }
 
-/// The next messages, oldest first: the in-memory backlog (status messages,
-/// and data without an outbox), then the durable outbox after the last item
-/// taken. Messages the broker announced it would refuse are settled here.
-fn take(shared: &Shared, feed: &mut Feed) -> Vec<Entry> {
-    let mut batch = Vec::new();
+/// Stages the next messages, oldest first: the in-memory backlog (status
+/// messages, and data without an outbox), then the durable outbox after the
+/// last item taken. Returns how many were taken (some may have been refused
+/// at once, see [`stage`]).
+fn take(shared: &Shared, feed: &mut Feed) -> usize {
     let closed = {
         let mut backlog = lock(&shared.backlog);
-        let take = backlog.queue.len().min(TAKE_BATCH);
-        batch.extend(backlog.queue.drain(..take));
-        shared.metrics.mqtt_backlog.set(backlog.queue.len() as i64);
+        let taken = backlog.queue.len().min(TAKE_BATCH);
+        if taken > 0 {
+            let batch: Vec<Entry> = backlog.queue.drain(..taken).collect();
+            shared.metrics.mqtt_backlog.set(backlog.queue.len() as i64);
+            // Staged before the backlog is unlocked, so `unconfirmed` (and
+            // with it `flush`) never misses a message between the two.
+            stage(shared, batch);
+            drop(backlog);
+            shared.drained.notify_waiters();
+            return taken;
+        }
         backlog.closed
     };
-    if !batch.is_empty() {
-        shared.drained.notify_waiters();
-    } else if let Some(durable) = &shared.durable {
-        if let Some(appended) = &mut feed.appended {
-            appended.borrow_and_update();
-        }
-        read_outbox(shared, durable, &mut feed.cursor, &mut batch);
-        // Read from the outbox itself, so items it evicted or expired
-        // before they were taken are not waited for.
-        if batch.is_empty()
-            && closed
-            && durable.is_sealed()
-            && durable
-                .read_after(feed.cursor, 1)
-                .is_ok_and(|rest| rest.is_empty())
-        {
-            shared.outbox_handed_over.store(true, Ordering::SeqCst);
-        }
+    let Some(durable) = &shared.durable else {
+        return 0;
+    };
+    if let Some(appended) = &mut feed.appended {
+        appended.borrow_and_update();
     }
+    // Items read stay in the outbox (and in `unconfirmed`) until acked.
+    let mut batch = Vec::new();
+    read_outbox(shared, durable, &mut feed.cursor, &mut batch);
+    // Read from the outbox itself, so items it evicted or expired before
+    // they were taken are not waited for.
+    if batch.is_empty()
+        && closed
+        && durable.is_sealed()
+        && durable
+            .read_after(feed.cursor, 1)
+            .is_ok_and(|rest| rest.is_empty())
+    {
+        shared.outbox_handed_over.store(true, Ordering::SeqCst);
+    }
+    let taken = batch.len();
+    stage(shared, batch);
+    // Only now: until staged, `unconfirmed` counts them as unread.
+    if let Some(last) = feed.cursor {
+        shared.outbox_taken.store(last + 1, Ordering::SeqCst);
+    }
+    taken
+}
+
+/// Hands taken messages to the tracker, after refusing those the broker
+/// announced it would refuse.
+fn stage(shared: &Shared, mut batch: Vec<Entry>) {
     refuse_oversized(shared, &mut batch);
     let data = batch.iter().filter(|e| !e.status).count();
     shared.metrics.mqtt_queued.inc_by(data as u64);
-    batch
+    lock(&shared.tracker).stage(batch);
 }
 
 /// Waits until there may be something new to take: the backlog was
