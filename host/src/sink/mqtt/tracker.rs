@@ -140,12 +140,17 @@ impl Tracker {
         if !self.in_flight.is_empty() || !self.unwritten.is_empty() {
             return None;
         }
-        let at = if self.proven {
+        let found = if self.proven {
             self.staged
                 .iter()
-                .position(|e| e.seq == suspect && !e.status)?
+                .position(|e| e.seq == suspect && !e.status)
         } else {
-            self.staged.iter().position(|e| e.status)?
+            self.staged.iter().position(|e| e.status)
+        };
+        let Some(at) = found else {
+            // Nothing to probe with (or the suspect is gone): never stall.
+            self.probing = None;
+            return self.hand_over();
         };
         let pkid = match self.staged[at].pkid {
             Some(pkid) => pkid,
