@@ -316,24 +316,17 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn entry(seq: u64, qos: Qos) -> Entry {
-        Entry {
+        let mut entry = Entry::data(crate::model::MqttMessage {
             topic: format!("t/{seq}"),
-            payload: Bytes::from(seq.to_string()),
+            payload: seq.to_string().into_bytes(),
             qos,
             retain: false,
-            status: false,
-            seq,
-            durable: Some(seq),
-            accepted_ns: 0,
-            pkid: None,
-            written: false,
-            written_now: false,
-            strikes: 0,
-            failed_probes: 0,
-        }
+        });
+        entry.seq = seq;
+        entry.durable = Some(seq);
+        entry
     }
 
     fn seqs(entries: &[(u16, Entry)]) -> Vec<u64> {
