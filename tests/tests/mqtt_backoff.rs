@@ -68,16 +68,46 @@ async fn full_queue_with_drop_oldest_counts_every_eviction() {
 }
 
 /// `flush` returns only when everything submitted so far is confirmed — the
-/// shutdown relies on it. One message then a flush, 300 times, QoS 0 and 1
+/// shutdown relies on it — in memory and with the durable outbox. One message then a flush, 300 times, QoS 0 and 1
 /// in turn, against a real mosquitto: each is counted as delivered when its
 /// flush returns. (A message on its way from the backlog to the delivery
 /// tracker was once invisible to `flush`, which then returned at once.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_returns_only_when_everything_submitted_is_confirmed() {
+    flush_waits(false, 3000).await;
+}
+
+/// The same with the durable outbox: a message pushed to its writer thread
+/// but not yet stored was once counted nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_with_the_outbox_returns_only_when_everything_submitted_is_confirmed() {
+    flush_waits(true, 300).await;
+}
+
+async fn flush_waits(durable: bool, rounds: u64) {
     let broker = sluice_tests::Mosquitto::start();
     let metrics = Arc::new(Metrics::new());
-    let sink = MqttSink::start(&mqtt_config(broker.port, ""), metrics.clone()).expect("starts");
-    for i in 0..3000u64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let queue = durable.then(|| {
+        let outbox = sluice::outbox::Outbox::open(
+            dir.path().join("mqtt.redb"),
+            sluice::outbox::OutboxConfig::default(),
+        )
+        .expect("outbox");
+        Arc::new(
+            sluice::sink::durable::DurableQueue::start("mqtt", outbox, metrics.clone())
+                .expect("writer"),
+        )
+    });
+    let sink = MqttSink::start_with(
+        &mqtt_config(broker.port, ""),
+        metrics.clone(),
+        Vec::new(),
+        queue,
+        Some(dir.path()),
+    )
+    .expect("starts");
+    for i in 0..rounds {
         sink.submit(MqttMessage {
             topic: "flush/t".into(),
             payload: i.to_string().into_bytes(),
