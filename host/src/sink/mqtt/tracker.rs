@@ -277,7 +277,9 @@ impl Tracker {
             self.restage(lost);
         }
         self.window = window;
-        let reserved: Vec<u16> = self
+        // A set: with a window of thousands, a list lookup per id would
+        // make every reconnect quadratic.
+        let reserved: std::collections::HashSet<u16> = self
             .releasing
             .keys()
             .copied()
