@@ -170,3 +170,62 @@ fn sighup_swaps_the_transform_config_between_two_frames() {
     assert!(prefixes.iter().all(|p| *p == "v0" || *p == "v1"));
     assert!(sluice.stop(), "{}", sluice.log());
 }
+
+/// A reload that changes nothing but an output limit applies it: the
+/// transform is swapped, and a frame over the new limit is refused. (A
+/// reload used to compare only the call timeout and the memory cap, report
+/// such a change as applied, and keep the old limits.)
+#[test]
+fn sighup_applies_a_changed_output_limit() {
+    let broker = Mosquitto::start();
+    let pty = Pty::open().expect("openpty");
+    let mut master = pty.master.try_clone().expect("clone master");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sluice.toml");
+    let write = |more: &str| {
+        let text = config(
+            &pty,
+            broker.port,
+            dir.path(),
+            "v0",
+            wasm::JSON_TELEMETRY,
+            115_200,
+        );
+        std::fs::write(&path, text + more).expect("write config");
+    };
+    write("");
+    let subscriber = mosquitto_sub(broker.port, "v0/#", &[]);
+    let mut sluice = SluiceProcess::spawn(&["run", "--config", path.to_str().expect("utf-8")], &[]);
+    assert!(
+        sluice.wait_for_log("sluice running", Duration::from_secs(30)),
+        "{}",
+        sluice.log()
+    );
+    // The sample line makes 11 messages.
+    let sample = r#"{"seq":1,"n1":{"t":27.6,"h":54.1,"bat":3.71},"n2":{"t":26.0,"h":50.2,"bat":3.65},"sig":{"rssi":-39,"snr":9.5},"stats":{"rx":1201,"crc_err":3}}"#;
+    writeln!(master, "{sample}").expect("write frame");
+    let before = subscriber.wait_for(11, WAIT).len();
+    assert_eq!(before, 11, "{}", sluice.log());
+
+    write("[limits]\nmax_messages_per_frame = 5\n");
+    sluice.signal(Signal::SIGHUP);
+    assert!(
+        sluice.wait_for_log("transform swapped", WAIT),
+        "the reload applies the limit:\n{}",
+        sluice.log()
+    );
+    writeln!(master, "{}", sample.replace(r#""seq":1"#, r#""seq":2"#)).expect("write");
+    writeln!(master, r#"{{"seq":3}}"#).expect("write frame");
+    let got = subscriber.wait_for(before + 1, WAIT);
+    assert!(
+        sluice.wait_for_log("limit_messages", WAIT),
+        "the frame over the new limit is refused with its reason:\n{}",
+        sluice.log()
+    );
+    let after: Vec<(&str, &str)> = got[before..]
+        .iter()
+        .map(|r| (r.topic.as_str(), r.payload.as_str()))
+        .collect();
+    assert_eq!(after, [("v0/stats/seq", "3")], "{}", sluice.log());
+    assert!(sluice.stop(), "{}", sluice.log());
+}

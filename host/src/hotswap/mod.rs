@@ -392,10 +392,6 @@ pub struct TransformManager {
     state: Mutex<State>,
 }
 
-fn same_limits(a: &Limits, b: &Limits) -> bool {
-    a.call_timeout == b.call_timeout && a.memory_bytes == b.memory_bytes
-}
-
 /// Refuses what is not a Wasm component before the compiler sees it, with
 /// a message an operator can act on.
 fn check_magic(wasm: &[u8]) -> Result<(), DeployError> {
@@ -512,10 +508,7 @@ impl TransformManager {
             None => active_module
                 .ok_or_else(|| DeployError::Internal("the active module is not kept".into()))?,
         };
-        if module.hash() == active_hash
-            && config == active_config
-            && same_limits(&limits, &active_limits)
-        {
+        if module.hash() == active_hash && config == active_config && limits == active_limits {
             return Ok(DeployReport {
                 outcome: "unchanged",
                 version: active_id,

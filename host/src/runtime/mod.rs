@@ -102,7 +102,7 @@ pub const WALL_CAP_FACTOR: u32 = 50;
 pub const CPU_ORIGIN_MAX_AGE: Duration = Duration::from_millis(1);
 
 /// Limits applied to every call of every instance.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// CPU-time budget per call (on the worker thread; see the module docs).
     pub call_timeout: Duration,
