@@ -39,7 +39,7 @@ use sluice::config::Config;
 use sluice::hotswap::{DeployRequest, DeploySource, Hotswap};
 use sluice::metrics::Metrics;
 use sluice::model::Frame;
-use sluice::pipeline::{Emission, WorkerSettings, spawn_controlled_worker};
+use sluice::pipeline::{WorkerSettings, spawn_controlled_worker};
 use sluice::runtime::{ModuleCache, Runtime};
 
 const ROUNDS: usize = 5;
@@ -244,11 +244,11 @@ fn main() {
     .expect("worker");
     let (out_tx, out_rx) = std::sync::mpsc::sync_channel(4096);
     let consumer = std::thread::spawn(move || {
-        while let Some(emission) = emit_rx.blocking_recv() {
-            if let Emission::Message(m) = emission
-                && out_tx.send((Instant::now(), m.topic)).is_err()
-            {
-                break;
+        'frames: while let Some(emission) = emit_rx.blocking_recv() {
+            for m in emission.messages {
+                if out_tx.send((Instant::now(), m.topic)).is_err() {
+                    break 'frames;
+                }
             }
         }
     });

@@ -105,7 +105,7 @@ fn sluice_round(
         let mut seen = 0;
         while seen < FRAMES_PER_ROUND * EMISSIONS_PER_FRAME {
             match emit_rx.recv().await {
-                Some(_) => seen += 1,
+                Some(emission) => seen += emission.messages.len() + emission.points.len(),
                 None => panic!("pipeline stopped after {seen} emissions"),
             }
         }

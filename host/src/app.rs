@@ -20,6 +20,7 @@ use crate::hotswap::Hotswap;
 use crate::hotswap::watch::DirWatcher;
 use crate::metrics::Metrics;
 use crate::model::{MqttMessage, Qos};
+use crate::outbox::{OutboxConfig, OutboxGroup, record};
 use crate::pipeline::{
     DownlinkCommand, Emission, WorkerControl, WorkerDownlink, WorkerSettings,
     spawn_controlled_worker,
@@ -27,14 +28,14 @@ use crate::pipeline::{
 use crate::reload::Reloader;
 use crate::runtime::{ModuleCache, Runtime};
 use crate::secret::Secret;
-use crate::sink::durable::DurableQueue;
+use crate::sink::durable::{DurableLog, DurableQueue, FrameRecords};
 use crate::sink::influx::{InfluxInput, InfluxSink};
 use crate::sink::mqtt::{CommandRoute, MqttSink};
 use crate::source::Source;
 use crate::source::serial::DownlinkSender;
 
-/// Capacity of the channel from the workers to the sinks.
-const EMISSION_CHANNEL: usize = 4096;
+/// Capacity of the channel from the workers to the sinks, in frames.
+const EMISSION_CHANNEL: usize = 256;
 /// How long shutdown waits for the broker to confirm in-flight messages.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -275,25 +276,36 @@ async fn run_inner(
         Source::Serial => command_routes(&config, &metrics),
         Source::Replay(_) => (Vec::new(), CommandQueues::new()),
     };
+    // The durable log: one queue per sink that keeps its data on disk.
+    let mut durable_sinks: Vec<(&'static str, OutboxConfig)> = Vec::new();
+    if let Some(mqtt) = config.mqtt.as_ref().filter(|m| m.durable) {
+        durable_sinks.push(("mqtt", mqtt.outbox.clone()));
+    }
+    if let Some(influx) = config.influx.as_ref().filter(|i| i.durable) {
+        durable_sinks.push(("influx", influx.outbox.clone()));
+    }
+    let log = match config.data_dir.as_deref() {
+        Some(data_dir) if !durable_sinks.is_empty() => {
+            Some(open_log(data_dir, &durable_sinks, &metrics)?)
+        }
+        _ => None,
+    };
+    let queue_index = |sink: &str| durable_sinks.iter().position(|(name, _)| *name == sink);
+    let durable_queue = |sink: &str| {
+        log.as_ref()
+            .zip(queue_index(sink))
+            .map(|(log, index)| log.queue(index))
+    };
     // Each durable outbox, for `GET /ready`.
     let mut outboxes: Vec<(&'static str, std::sync::Weak<DurableQueue>)> = Vec::new();
     let mqtt = match &config.mqtt {
         Some(mqtt_config) => {
-            let durable = match config.data_dir.as_deref() {
-                Some(data_dir) if mqtt_config.durable => Some(open_outbox(
-                    data_dir,
-                    "mqtt",
-                    mqtt_config.outbox.clone(),
-                    &metrics,
-                )?),
-                Some(_) => None,
-                None => {
-                    tracing::warn!(
-                        "no data_dir: MQTT messages wait in memory only and are lost if the host dies"
-                    );
-                    None
-                }
-            };
+            if config.data_dir.is_none() {
+                tracing::warn!(
+                    "no data_dir: MQTT messages wait in memory only and are lost if the host dies"
+                );
+            }
+            let durable = durable_queue("mqtt");
             if let Some(queue) = &durable {
                 outboxes.push(("mqtt", Arc::downgrade(queue)));
             }
@@ -308,39 +320,32 @@ async fn run_inner(
         None => None,
     };
     let (influx, points, influx_queue) = match &config.influx {
-        Some(influx_config) => {
-            let durable = match config.data_dir.as_deref() {
-                Some(data_dir) if influx_config.durable => Some(open_outbox(
-                    data_dir,
-                    "influx",
-                    influx_config.outbox.clone(),
-                    &metrics,
-                )?),
-                _ => None,
-            };
-            match durable {
-                Some(queue) => {
-                    outboxes.push(("influx", Arc::downgrade(&queue)));
-                    let (sink, input, writer) = InfluxSink::start_durable(
-                        influx_config,
-                        config.data_dir.as_deref(),
-                        metrics.clone(),
-                        queue,
-                    )?;
-                    (Some(sink), Some(input), Some(writer))
-                }
-                None => {
-                    let (sink, points) = InfluxSink::start(
-                        influx_config,
-                        config.data_dir.as_deref(),
-                        metrics.clone(),
-                    )?;
-                    let weak = points.downgrade();
-                    (Some(sink), Some(InfluxInput::Direct(points)), Some(weak))
-                }
+        Some(influx_config) => match durable_queue("influx") {
+            Some(queue) => {
+                outboxes.push(("influx", Arc::downgrade(&queue)));
+                let (sink, input, writer) = InfluxSink::start_durable(
+                    influx_config,
+                    config.data_dir.as_deref(),
+                    metrics.clone(),
+                    queue,
+                )?;
+                (Some(sink), Some(input), Some(writer))
             }
-        }
+            None => {
+                let (sink, points) =
+                    InfluxSink::start(influx_config, config.data_dir.as_deref(), metrics.clone())?;
+                let weak = points.downgrade();
+                (Some(sink), Some(InfluxInput::Direct(points)), Some(weak))
+            }
+        },
         None => (None, None, None),
+    };
+    let routes = Routes {
+        mqtt: mqtt.clone(),
+        points,
+        log: log.map(Arc::new),
+        mqtt_queue: queue_index("mqtt").filter(|_| config.data_dir.is_some()),
+        influx_queue: queue_index("influx").filter(|_| config.data_dir.is_some()),
     };
     let (emit_tx, emit_rx) = mpsc::channel(EMISSION_CHANNEL);
     let pipelines = start_pipelines_from(
@@ -368,7 +373,7 @@ async fn run_inner(
             start_admin(&config.admin, state, admin_token.as_ref()).await
         }
     };
-    let router = tokio::spawn(route(emit_rx, mqtt.clone(), points, metrics.clone()));
+    let router = tokio::spawn(route(emit_rx, routes, metrics.clone()));
     let stats = match (&config.mqtt, &mqtt) {
         (Some(mqtt_config), Some(sink)) if mqtt_config.stats_interval_secs > 0 => {
             Some(tokio::spawn(publish_stats(
@@ -458,25 +463,41 @@ async fn run_inner(
     Ok(())
 }
 
-/// Opens `<data_dir>/outbox/<sink>.redb` and starts its writer thread.
-fn open_outbox(
+/// Opens the durable log `<data_dir>/outbox/log.redb` with a queue per
+/// sink, moves in what outbox files of the previous layout
+/// (`<data_dir>/outbox/<sink>.redb`) still hold, and starts its writer
+/// thread.
+fn open_log(
     data_dir: &std::path::Path,
-    sink: &'static str,
-    outbox_config: crate::outbox::OutboxConfig,
+    sinks: &[(&'static str, OutboxConfig)],
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<Arc<DurableQueue>> {
-    let path = crate::outbox::path_in(data_dir, sink);
-    let outbox = crate::outbox::Outbox::open(&path, outbox_config)
-        .with_context(|| format!("cannot open the {sink} outbox {}", path.display()))?;
-    let stats = outbox.stats();
-    tracing::info!(path = %path.display(), items = stats.depth_items, bytes = stats.depth_bytes,
-        "{sink} outbox open");
-    metrics.outbox_depth(sink, stats.depth_items, stats.depth_bytes);
-    Ok(Arc::new(DurableQueue::start(
-        sink,
-        outbox,
-        metrics.clone(),
-    )?))
+) -> anyhow::Result<DurableLog> {
+    let path = crate::outbox::log_path(data_dir);
+    let queues: Vec<(&str, OutboxConfig)> = sinks
+        .iter()
+        .map(|(sink, config)| (*sink, config.clone()))
+        .collect();
+    let group = OutboxGroup::open(&path, &queues)
+        .with_context(|| format!("cannot open the outbox {}", path.display()))?;
+    for (index, (sink, _)) in sinks.iter().enumerate() {
+        let Some(queue) = group.queue(index) else {
+            continue;
+        };
+        let legacy = crate::outbox::path_in(data_dir, sink);
+        let moved = queue.absorb(&legacy).with_context(|| {
+            format!(
+                "cannot move the items of {} into {}",
+                legacy.display(),
+                path.display()
+            )
+        })?;
+        let stats = queue.stats();
+        tracing::info!(path = %path.display(), items = stats.depth_items, bytes = stats.depth_bytes,
+            moved_from_previous_layout = moved, "{sink} outbox open");
+        metrics.outbox_depth(sink, stats.depth_items, stats.depth_bytes);
+    }
+    let names: Vec<&'static str> = sinks.iter().map(|(sink, _)| *sink).collect();
+    Ok(DurableLog::start(group, &names, metrics.clone())?)
 }
 
 /// `[broker] embedded = true`: starts the embedded broker and, when there is
@@ -540,22 +561,35 @@ async fn publish_stats(sink: Arc<MqttSink>, metrics: Arc<Metrics>, topic: String
     }
 }
 
-/// Sends messages to the MQTT sink and points to the InfluxDB writer. Without
-/// `[mqtt]` / `[influx]` they are counted as such, with one log line, so none
-/// disappears silently.
-async fn route(
-    mut emissions: mpsc::Receiver<Emission>,
+/// Where a frame's outputs go.
+struct Routes {
     mqtt: Option<Arc<MqttSink>>,
     points: Option<InfluxInput>,
-    metrics: Arc<Metrics>,
-) {
+    /// The durable log, and the queue of each sink that keeps data on disk.
+    log: Option<Arc<DurableLog>>,
+    mqtt_queue: Option<usize>,
+    influx_queue: Option<usize>,
+}
+
+/// Sends each frame's messages to the MQTT sink and points to the InfluxDB
+/// writer. What goes to durable sinks is pushed to the log as one unit, so
+/// it is committed together. Without `[mqtt]` / `[influx]` outputs are
+/// counted as such, with one log line, so none disappears silently.
+async fn route(mut emissions: mpsc::Receiver<Emission>, routes: Routes, metrics: Arc<Metrics>) {
     let mut told_about_points = false;
     let mut told_about_messages = false;
+    let durable_queue = |queue: Option<usize>| queue.filter(|_| routes.log.is_some());
+    let (mqtt_queue, influx_queue) = (
+        durable_queue(routes.mqtt_queue),
+        durable_queue(routes.influx_queue),
+    );
     while let Some(emission) = emissions.recv().await {
-        match emission {
-            Emission::Message(message) => match &mqtt {
-                Some(sink) => sink.submit(message).await,
-                None => {
+        let mut frame = FrameRecords::new();
+        for message in emission.messages {
+            match (&routes.mqtt, mqtt_queue) {
+                (Some(_), Some(index)) => frame.push((index, record::mqtt_to_vec(&message))),
+                (Some(sink), None) => sink.submit(message).await,
+                (None, _) => {
                     metrics.sink_dropped("mqtt", "no_mqtt_sink_configured");
                     if !told_about_messages {
                         tracing::info!(
@@ -564,15 +598,18 @@ async fn route(
                         told_about_messages = true;
                     }
                 }
-            },
-            Emission::Point(point) => match &points {
+            }
+        }
+        for point in emission.points {
+            match (&routes.points, influx_queue) {
+                (Some(_), Some(index)) => frame.push((index, record::point_to_vec(&point))),
                 // Waits while the writer's queue is full (backpressure).
-                Some(points) => {
+                (Some(points), None) => {
                     if !points.send(point).await {
                         metrics.sink_dropped("influx", "writer_stopped");
                     }
                 }
-                None => {
+                (None, _) => {
                     metrics.sink_dropped("influx", "no_influx_sink_configured");
                     if !told_about_points {
                         tracing::info!(
@@ -581,7 +618,18 @@ async fn route(
                         told_about_points = true;
                     }
                 }
-            },
+            }
+        }
+        if let Some(log) = &routes.log
+            && !frame.is_empty()
+        {
+            let to_mqtt = frame.iter().filter(|(i, _)| Some(*i) == mqtt_queue).count();
+            let to_influx = frame.len() - to_mqtt;
+            // Waits while the log's writer is behind (backpressure).
+            if !log.push_frame(frame).await {
+                metrics.sink_dropped_by("mqtt", "outbox_closed", to_mqtt as u64);
+                metrics.sink_dropped_by("influx", "outbox_closed", to_influx as u64);
+            }
         }
     }
 }

@@ -252,31 +252,29 @@ async fn route(
     let mut told_about_file = false;
     while let Some(emission) = emissions.recv().await {
         if json {
-            let value = match &emission {
-                Emission::Message(m) => jsonout::message(m),
-                Emission::Point(p) => jsonout::point(p),
-            };
             let mut stdout = std::io::stdout().lock();
-            let _ = writeln!(stdout, "{value}");
-        }
-        match emission {
-            Emission::Message(message) => {
-                tally.messages += 1;
-                sink.submit(message).await;
+            for value in (emission.messages.iter().map(jsonout::message))
+                .chain(emission.points.iter().map(jsonout::point))
+            {
+                let _ = writeln!(stdout, "{value}");
             }
-            Emission::Point(point) => {
-                line.clear();
-                if encoder.encode(&point, &mut line).is_err() {
-                    tally.points_refused += 1;
-                    continue;
-                }
-                tally.points += 1;
-                if let Err(err) = points_file.write_all(&line).await
-                    && !told_about_file
-                {
-                    eprintln!("sluice demo: cannot write points: {err}");
-                    told_about_file = true;
-                }
+        }
+        for message in emission.messages {
+            tally.messages += 1;
+            sink.submit(message).await;
+        }
+        for point in emission.points {
+            line.clear();
+            if encoder.encode(&point, &mut line).is_err() {
+                tally.points_refused += 1;
+                continue;
+            }
+            tally.points += 1;
+            if let Err(err) = points_file.write_all(&line).await
+                && !told_about_file
+            {
+                eprintln!("sluice demo: cannot write points: {err}");
+                told_about_file = true;
             }
         }
     }

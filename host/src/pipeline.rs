@@ -48,14 +48,16 @@ use crate::runtime::{ProcessError, TransformInstance};
 use crate::source::capture::CaptureHandle;
 use crate::source::serial::{DownlinkSender, SerialMetrics};
 
-/// What a pipeline hands to the sinks, in the order the transform emitted it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Emission {
-    /// A validated MQTT message.
-    Message(MqttMessage),
-    /// A validated point; `timestamp_ns` is always set (frame receive time
+/// What one frame hands to the sinks: its validated outputs, in the order
+/// the transform emitted them. A frame's outputs travel together so the
+/// durable log can commit them together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Emission {
+    /// Validated MQTT messages.
+    pub messages: Vec<MqttMessage>,
+    /// Validated points; `timestamp_ns` is always set (frame receive time
     /// when the transform gave none).
-    Point(Point),
+    pub points: Vec<Point>,
 }
 
 /// Settings the worker needs besides its instance.
@@ -600,18 +602,15 @@ impl Worker {
         received_at_ns: u64,
     ) -> Option<bool> {
         let mut refused = false;
+        let mut emission = Emission {
+            messages: Vec::with_capacity(output.messages.len()),
+            points: Vec::with_capacity(output.points.len()),
+        };
         for message in output.messages {
             match message.validate(self.settings.max_payload) {
                 Ok(()) => {
                     self.metrics.messages_emitted.inc();
-                    if self
-                        .emissions
-                        .send(Emission::Message(message))
-                        .await
-                        .is_err()
-                    {
-                        return None;
-                    }
+                    emission.messages.push(message);
                 }
                 Err(invalid) => {
                     refused = true;
@@ -626,15 +625,18 @@ impl Worker {
                     point
                         .timestamp_ns
                         .get_or_insert(i64::try_from(received_at_ns).unwrap_or(i64::MAX));
-                    if self.emissions.send(Emission::Point(point)).await.is_err() {
-                        return None;
-                    }
+                    emission.points.push(point);
                 }
                 Err(invalid) => {
                     refused = true;
                     self.refuse_output(&invalid, "point");
                 }
             }
+        }
+        if !(emission.messages.is_empty() && emission.points.is_empty())
+            && self.emissions.send(emission).await.is_err()
+        {
+            return None;
         }
         Some(refused)
     }

@@ -31,7 +31,6 @@ use crate::config::{Config, PipelineConfig};
 use crate::jsonout;
 use crate::metrics::{Metrics, PipelineMetrics};
 use crate::model::Frame;
-use crate::pipeline::Emission;
 use crate::runtime::{ModuleCache, Runtime};
 use crate::source::Source;
 use crate::source::capture::{CaptureReader, Tail};
@@ -376,13 +375,13 @@ async fn print_run(
     let printer = tokio::spawn(async move {
         use std::io::Write as _;
         let mut out = std::io::stdout();
-        while let Some(emission) = emit_rx.recv().await {
-            let line = match &emission {
-                Emission::Message(m) => jsonout::message(m),
-                Emission::Point(p) => jsonout::point(p),
-            };
-            if writeln!(out, "{line}").is_err() {
-                break;
+        'frames: while let Some(emission) = emit_rx.recv().await {
+            let lines = (emission.messages.iter().map(jsonout::message))
+                .chain(emission.points.iter().map(jsonout::point));
+            for line in lines {
+                if writeln!(out, "{line}").is_err() {
+                    break 'frames;
+                }
             }
         }
     });

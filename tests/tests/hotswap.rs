@@ -626,7 +626,7 @@ fn refused_modules_rollbacks_and_auth() {
 fn quarantine_skips_and_dead_letters_frames() {
     use sluice::hotswap::guard::QuarantinePolicy;
     use sluice::model::Frame;
-    use sluice::pipeline::{Emission, WorkerGuard, WorkerSettings, spawn_controlled_worker};
+    use sluice::pipeline::{WorkerGuard, WorkerSettings, spawn_controlled_worker};
     use sluice::runtime::{Limits, ModuleCache, Runtime};
     use sluice::source::capture::{CaptureHandle, CaptureReader};
 
@@ -698,10 +698,10 @@ fn quarantine_skips_and_dead_letters_frames() {
     worker.join().expect("worker ends");
     let mut texts = Vec::new();
     while let Ok(emission) = emit_rx.try_recv() {
-        if let Emission::Message(m) = emission
-            && m.topic == "test/ok"
-        {
-            texts.push(String::from_utf8(m.payload).expect("utf-8"));
+        for m in emission.messages {
+            if m.topic == "test/ok" {
+                texts.push(String::from_utf8(m.payload).expect("utf-8"));
+            }
         }
     }
     assert_eq!(texts, ["probe", "after"]);

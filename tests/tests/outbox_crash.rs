@@ -1,9 +1,12 @@
-//! The durable MQTT outbox against the real thing: `sluice run` as its own
-//! process with a `data_dir`, a pty fed with numbered frames, a real
-//! mosquitto that goes away, and `kill -9` of sluice while the broker is
-//! down. Everything the host had committed to its outbox reaches the
-//! subscriber after the restart: no sequence number is missing, new data
-//! keeps its order, and re-sends (at-least-once) are the only duplicates.
+//! The durable log against the real thing: `sluice run` as its own process
+//! with a `data_dir`, a pty fed with numbered frames, a real mosquitto (and
+//! a real influxd), and `kill -9` of sluice.
+//!
+//! * With the broker down: everything the host had committed reaches the
+//!   subscriber after the restart: no sequence number is missing, new data
+//!   keeps its order, and re-sends (at-least-once) are the only duplicates.
+//! * Under load, killed again and again: a frame's message and its point
+//!   are committed together, so every frame reached both sinks or neither.
 //!
 //! What kill -9 may lose by design (ARCHITECTURE.md, "Durable outbox"):
 //! frames still in memory — in the kernel's serial buffer, the pipeline's
@@ -14,8 +17,10 @@
 use std::time::Duration;
 
 use sluice::pty::Pty;
+use std::collections::BTreeSet;
+
 use sluice_tests::{
-    Mosquitto, SluiceProcess, feed_seq, free_port, mosquitto_sub, sluice_bin, wasm,
+    Feeder, Influxd, Mosquitto, SluiceProcess, feed_seq, free_port, mosquitto_sub, sluice_bin, wasm,
 };
 
 fn config(pty: &Pty, broker: u16, data_dir: &std::path::Path) -> String {
@@ -67,7 +72,7 @@ fn kill_9_while_the_broker_is_down_loses_nothing_committed() {
     next = feed_seq(&mut pty.master, next, 1500);
     std::thread::sleep(Duration::from_secs(1));
     sluice.kill();
-    let outbox = dir.path().join("outbox/mqtt.redb");
+    let outbox = dir.path().join("outbox/log.redb");
     let inspect = std::process::Command::new(sluice_bin())
         .args(["outbox", "inspect", "--json", "--path"])
         .arg(&outbox)
@@ -75,7 +80,11 @@ fn kill_9_while_the_broker_is_down_loses_nothing_committed() {
         .expect("sluice outbox inspect");
     let report = String::from_utf8_lossy(&inspect.stdout);
     assert!(inspect.status.success(), "{report}");
-    let depth: serde_json::Value = serde_json::from_str(report.trim()).expect("json");
+    let depth: serde_json::Value = report
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("json"))
+        .find(|queue| queue["queue"] == "mqtt")
+        .expect("the mqtt queue");
     let items = depth["items"].as_u64();
     assert!(
         items.is_some_and(|n| n >= 1500),
@@ -123,4 +132,153 @@ fn kill_9_while_the_broker_is_down_loses_nothing_committed() {
     println!("{total} frames, {duplicates} duplicates after the crash (at-least-once)");
     assert!(sluice.stop(), "{}", sluice.log());
     drop(broker);
+}
+
+#[test]
+fn kill_9_under_load_never_splits_a_frame_across_the_sinks() {
+    let broker = Mosquitto::start();
+    let influx = Influxd::start();
+    influx.create_database("plant");
+    let pty = Pty::open().expect("openpty");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sluice.toml");
+    let config = format!(
+        "{}[influx]\nurl = \"{}\"\ndatabase = \"plant\"\nflush_interval_ms = 100\n",
+        config(&pty, broker.port, dir.path()),
+        influx.url(),
+    );
+    std::fs::write(&path, config).expect("config");
+    let subscriber = mosquitto_sub(
+        broker.port,
+        "iiot/stats/seq",
+        &["-q", "1", "-c", "-i", "split-test-sub", "-x", "3600"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut sluice = SluiceProcess::run_config(&path);
+    let feeder = Feeder::start(&pty.master, 0, 300, None);
+    // Killed at moments unrelated to the data; restarted at once. Frames
+    // written meanwhile wait in the pty.
+    for pause_ms in [900, 1300, 700, 1100, 800, 1200] {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        sluice.kill();
+        sluice = SluiceProcess::run_config(&path);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let fed = feeder.stop().next();
+
+    let from_mqtt = || -> BTreeSet<u64> {
+        subscriber
+            .received()
+            .iter()
+            .filter_map(|r| r.payload.parse().ok())
+            .collect()
+    };
+    let from_influx = || -> BTreeSet<u64> {
+        let answer = influx.query("plant", "SELECT seq FROM gateway_stats");
+        answer["results"][0]["series"][0]["values"]
+            .as_array()
+            // `query` gives numbers as their text.
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|row| row[1].as_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Done when both sinks have the last frame and nothing changed for 2 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = (0, 0);
+    let mut still_since = std::time::Instant::now();
+    let (mqtt, points) = loop {
+        let (mqtt, points) = (from_mqtt(), from_influx());
+        let now = (mqtt.len(), points.len());
+        if now != last {
+            last = now;
+            still_since = std::time::Instant::now();
+        }
+        let complete = mqtt.contains(&(fed - 1)) && points.contains(&(fed - 1));
+        if (complete && still_since.elapsed() > Duration::from_secs(2))
+            || std::time::Instant::now() > deadline
+        {
+            break (mqtt, points);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let only_mqtt: Vec<&u64> = mqtt.difference(&points).take(20).collect();
+    let only_influx: Vec<&u64> = points.difference(&mqtt).take(20).collect();
+    let lost_whole = (0..fed)
+        .filter(|n| !mqtt.contains(n) && !points.contains(n))
+        .count();
+    println!(
+        "{fed} frames fed, 6 kills: {} in both sinks, {lost_whole} lost whole (in memory at a kill)",
+        mqtt.intersection(&points).count()
+    );
+    assert!(
+        only_mqtt.is_empty() && only_influx.is_empty(),
+        "frames split across the sinks: only on the broker {only_mqtt:?}, only in InfluxDB {only_influx:?}\n{}",
+        sluice.log()
+    );
+    assert!(
+        mqtt.contains(&(fed - 1)),
+        "the last frame arrived\n{}",
+        sluice.log()
+    );
+    // At most what was in memory at each kill: a few hundred ms of frames.
+    assert!(lost_whole < 6 * 150, "{lost_whole} lost");
+    assert!(sluice.stop(), "{}", sluice.log());
+}
+
+/// An upgrade: what the previous release left in its own outbox file
+/// (`<data_dir>/outbox/mqtt.redb`, broker down when it stopped) moves into
+/// the durable log at the first start and is delivered, before new data;
+/// the old file is gone afterwards.
+#[test]
+fn an_outbox_of_the_previous_layout_is_delivered_after_the_upgrade() {
+    use sluice::model::{MqttMessage, Qos};
+    use sluice::outbox::{Outbox, OutboxConfig, record};
+
+    let broker = Mosquitto::start();
+    let mut pty = Pty::open().expect("openpty");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let legacy = dir.path().join("outbox/mqtt.redb");
+    let old = Outbox::open(&legacy, OutboxConfig::default()).expect("old layout");
+    let left: Vec<Vec<u8>> = (0..300u64)
+        .map(|seq| {
+            record::mqtt_to_vec(&MqttMessage {
+                topic: "iiot/stats/seq".into(),
+                payload: seq.to_string().into_bytes(),
+                qos: Qos::AtLeastOnce,
+                retain: false,
+            })
+        })
+        .collect();
+    let refs: Vec<&[u8]> = left.iter().map(Vec::as_slice).collect();
+    old.append(&refs).expect("append");
+    old.close().expect("close");
+
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, config(&pty, broker.port, dir.path())).expect("config");
+    let subscriber = mosquitto_sub(broker.port, "iiot/stats/seq", &["-q", "1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut sluice = SluiceProcess::run_config(&path);
+    let next = feed_seq(&mut pty.master, 300, 100);
+    let got = subscriber.wait_for(next as usize, Duration::from_secs(30));
+    let seqs: Vec<u64> = got
+        .iter()
+        .map(|r| r.payload.parse().expect("a sequence number"))
+        .collect();
+    assert_eq!(
+        seqs,
+        (0..next).collect::<Vec<_>>(),
+        "the old backlog first, then new frames\n{}",
+        sluice.log()
+    );
+    assert!(!legacy.exists(), "the old file is removed once moved");
+    assert!(
+        sluice.log().contains("moved_from_previous_layout=300"),
+        "{}",
+        sluice.log()
+    );
+    assert!(sluice.stop(), "{}", sluice.log());
 }

@@ -337,16 +337,15 @@ fn worker_refuses_invalid_outputs_and_counts_them() {
 
     let mut topics = Vec::new();
     while let Ok(emission) = emit_rx.try_recv() {
-        match emission {
-            Emission::Message(m) => topics.push(m.topic),
-            Emission::Point(p) => {
-                assert_eq!(
-                    p.timestamp_ns,
-                    Some(1_700_000_000_000_000_000),
-                    "receive time filled in"
-                );
-                topics.push(format!("point:{}", p.measurement));
-            }
+        let Emission { messages, points } = emission;
+        topics.extend(messages.into_iter().map(|m| m.topic));
+        for p in points {
+            assert_eq!(
+                p.timestamp_ns,
+                Some(1_700_000_000_000_000_000),
+                "receive time filled in"
+            );
+            topics.push(format!("point:{}", p.measurement));
         }
     }
     assert_eq!(

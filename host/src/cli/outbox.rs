@@ -128,49 +128,12 @@ fn now_ms() -> u64 {
 
 fn inspect_one(path: &Path, json: bool) -> bool {
     match outbox::inspect(path) {
-        Ok(report) => {
-            let age_secs = report
-                .oldest_enqueued_ms
-                .map(|ms| now_ms().saturating_sub(ms) / 1000);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "path": path.display().to_string(),
-                        "items": report.items,
-                        "bytes": report.bytes,
-                        "oldest_enqueued_ms": report.oldest_enqueued_ms,
-                        "oldest_age_secs": age_secs,
-                        "first_seq": report.seq_range.map(|r| r.0),
-                        "last_seq": report.seq_range.map(|r| r.1),
-                        "next_seq": report.next_seq,
-                        "file_bytes": report.file_bytes,
-                    })
-                );
-            } else {
+        Ok(reports) => {
+            if !json {
                 println!("{}", path.display());
-                println!("  items        {}", report.items);
-                println!(
-                    "  bytes        {} ({}; records + {} per item)",
-                    report.bytes,
-                    human_bytes(report.bytes),
-                    outbox::ITEM_OVERHEAD
-                );
-                match age_secs {
-                    Some(age) => println!("  oldest item  {} ago", human_duration(age)),
-                    None => println!("  oldest item  -"),
-                }
-                match report.seq_range {
-                    Some((first, last)) => {
-                        println!("  sequence     {first}..={last} (next {})", report.next_seq)
-                    }
-                    None => println!("  sequence     - (next {})", report.next_seq),
-                }
-                println!(
-                    "  file size    {} ({})",
-                    report.file_bytes,
-                    human_bytes(report.file_bytes)
-                );
+            }
+            for report in reports {
+                print_queue(path, &report, json);
             }
             true
         }
@@ -179,6 +142,61 @@ fn inspect_one(path: &Path, json: bool) -> bool {
             false
         }
     }
+}
+
+fn print_queue(path: &Path, report: &outbox::InspectReport, json: bool) {
+    let age_secs = report
+        .oldest_enqueued_ms
+        .map(|ms| now_ms().saturating_sub(ms) / 1000);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "path": path.display().to_string(),
+                "queue": report.queue,
+                "items": report.items,
+                "bytes": report.bytes,
+                "oldest_enqueued_ms": report.oldest_enqueued_ms,
+                "oldest_age_secs": age_secs,
+                "first_seq": report.seq_range.map(|r| r.0),
+                "last_seq": report.seq_range.map(|r| r.1),
+                "next_seq": report.next_seq,
+                "file_bytes": report.file_bytes,
+            })
+        );
+        return;
+    }
+    let indent = if report.queue.is_empty() {
+        "  "
+    } else {
+        println!("  queue {}", report.queue);
+        "    "
+    };
+    println!("{indent}items        {}", report.items);
+    println!(
+        "{indent}bytes        {} ({}; records + {} per item)",
+        report.bytes,
+        human_bytes(report.bytes),
+        outbox::ITEM_OVERHEAD
+    );
+    match age_secs {
+        Some(age) => println!("{indent}oldest item  {} ago", human_duration(age)),
+        None => println!("{indent}oldest item  -"),
+    }
+    match report.seq_range {
+        Some((first, last)) => {
+            println!(
+                "{indent}sequence     {first}..={last} (next {})",
+                report.next_seq
+            )
+        }
+        None => println!("{indent}sequence     - (next {})", report.next_seq),
+    }
+    println!(
+        "{indent}file size    {} ({})",
+        report.file_bytes,
+        human_bytes(report.file_bytes)
+    );
 }
 
 fn explain(err: &OutboxError) -> &'static str {

@@ -167,9 +167,9 @@ pub struct MqttConfig {
     /// What to do when that in-memory queue is full.
     #[serde(default)]
     pub queue_full: QueueFullPolicy,
-    /// Keep every message in the durable outbox
-    /// (`<data_dir>/outbox/mqtt.redb`) until the broker confirms it; needs
-    /// `data_dir`. Default true.
+    /// Keep every message in the durable log (`<data_dir>/outbox/log.redb`,
+    /// queue `mqtt`) until the broker confirms it; needs `data_dir`.
+    /// Default true.
     #[serde(default = "default_true")]
     pub durable: bool,
     /// The outbox's bounds, full policy and fsync policy (`[mqtt.outbox]`).

@@ -1,19 +1,23 @@
-//! The durable outbox: what a sink must still deliver, on disk, until the
-//! sink's server confirms it (issue #6).
+//! The durable outbox: what the sinks must still deliver, on disk, until
+//! their servers confirm it.
 //!
 //! # What
 //!
-//! One [`Outbox`] per sink (`<data_dir>/outbox/mqtt.redb`,
-//! `<data_dir>/outbox/influx.redb`, see [`path_in`]): a queue of opaque
-//! records (the sink encodes its [`MqttMessage`](crate::model::MqttMessage)s
-//! or [`Point`](crate::model::Point)s with [`record`]), each under a
-//! monotonic `u64` sequence number and stamped with its enqueue time.
+//! An [`Outbox`] is a queue of opaque records (a sink encodes its
+//! [`MqttMessage`](crate::model::MqttMessage)s or
+//! [`Point`](crate::model::Point)s with [`record`]), each under a monotonic
+//! `u64` sequence number and stamped with its enqueue time. A file holds one
+//! queue ([`Outbox::open`]) or several ([`OutboxGroup`]: the host's durable
+//! log, `<data_dir>/outbox/log.redb` with a queue per sink, see
+//! [`log_path`]); the queues of a file are written in shared transactions,
+//! so records for several of them commit together or not at all
+//! ([`OutboxGroup::append`]). Nothing here knows what a record means.
 //!
 //! * [`Outbox::append`] writes a batch in one transaction (group commit) and
 //!   returns the batch's sequence numbers, a contiguous range;
 //! * [`Outbox::peek`], [`Outbox::peek_range`], [`Outbox::peek_newest`] read
 //!   without removing, and [`Drain`] keeps the two read positions a sink
-//!   needs to send live data first and the backlog paced (issue #6 item 4);
+//!   needs to send live data first and the backlog paced;
 //! * [`Outbox::ack`] removes what the server confirmed (many in one
 //!   transaction);
 //! * bounds: `max_bytes` (required) and `max_age_secs` (optional TTL); when
@@ -55,7 +59,7 @@
 //!   per batch (SD cards) and that window is acceptable.
 //!
 //! With `always`, the cost of durability is one fsync per `append` call, so
-//! the caller should batch: a dedicated writer thread per sink that takes
+//! the caller should batch: a dedicated writer thread per file that takes
 //! everything queued in its channel (up to a few thousand items) and appends
 //! it in one call gets large batches under load and one fsync of latency
 //! when idle. That is the recommended way to call the outbox from tokio
@@ -154,8 +158,6 @@ use serde::Deserialize;
 pub use crate::config::QueueFullPolicy;
 pub use cursor::Drain;
 
-/// Items: sequence number → enqueue time (ms since the epoch, u64 LE) ++ record.
-const ITEMS: TableDefinition<u64, &[u8]> = TableDefinition::new("items");
 /// Bookkeeping: [`META_FORMAT`] and [`META_STATE`].
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// `u32` LE: the layout version of this file.
@@ -242,9 +244,17 @@ impl OutboxConfig {
     }
 }
 
-/// The outbox file of `sink` under `data_dir`: `<data_dir>/outbox/<sink>.redb`.
-pub fn path_in(data_dir: &Path, sink: &str) -> PathBuf {
-    data_dir.join("outbox").join(format!("{sink}.redb"))
+/// The file of an outbox named `name` under `data_dir`:
+/// `<data_dir>/outbox/<name>.redb`. Each sink had such a file of its own
+/// before the sinks shared the durable log ([`log_path`]).
+pub fn path_in(data_dir: &Path, name: &str) -> PathBuf {
+    data_dir.join("outbox").join(format!("{name}.redb"))
+}
+
+/// The durable log under `data_dir`, one file with a queue per sink:
+/// `<data_dir>/outbox/log.redb`.
+pub fn log_path(data_dir: &Path) -> PathBuf {
+    path_in(data_dir, "log")
 }
 
 /// Everything that can go wrong; every variant names the file.
@@ -522,18 +532,35 @@ fn system_clock() -> Clock {
 /// A durable, bounded queue of records for one sink. See the module docs.
 ///
 /// All methods take `&self` and may be called from several threads; writes
-/// are serialised, reads run beside them. Dropping it stops its background
-/// thread, makes pending commits durable and closes the file;
-/// [`close`](Self::close) does the same and reports errors.
+/// to a file are serialised, reads run beside them. Dropping the last queue
+/// of a file stops the file's background thread, makes pending commits
+/// durable and closes it; [`close`](Self::close) does the same and reports
+/// errors.
 pub struct Outbox {
-    shared: Arc<Shared>,
-    flusher: Option<JoinHandle<()>>,
+    file: Arc<FileOwner>,
+    queue: Arc<Queue>,
 }
 
-struct Shared {
+/// Several queues in one file ([`OutboxGroup::open`]): records for several
+/// of them commit in one transaction ([`OutboxGroup::append`]).
+pub struct OutboxGroup {
+    queues: Vec<Outbox>,
+}
+
+/// Owns a file's background thread; dropped with the file's last
+/// [`Outbox`], it shuts the file down.
+struct FileOwner {
+    store: Arc<Store>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// One file: a redb database holding one or more queues.
+struct Store {
     path: PathBuf,
+    /// The file's stem, for logs.
     name: String,
-    config: OutboxConfig,
+    fsync: FsyncPolicy,
+    interval: Duration,
     clock: Clock,
     /// Whether the background thread expires items.
     auto_expire: bool,
@@ -541,13 +568,42 @@ struct Shared {
     db: RwLock<Option<Database>>,
     /// Serialises write transactions and holds durability bookkeeping.
     writer: Mutex<Writer>,
+    stop: Mutex<bool>,
+    wake: Condvar,
+    queues: Vec<Arc<Queue>>,
+}
+
+/// One queue of a file.
+struct Queue {
+    index: usize,
+    /// For logs: the queue's name, or the file's stem for the one queue of
+    /// a file of the previous layout.
+    name: String,
+    items_table: String,
+    state_key: String,
+    config: OutboxConfig,
     /// What `stats()` returns; `room` is notified when it shrinks.
     state: Mutex<OutboxStats>,
     room: Condvar,
-    stop: Mutex<bool>,
-    wake: Condvar,
     appended_tx: tokio::sync::watch::Sender<u64>,
     recovery: Recovery,
+}
+
+impl Queue {
+    fn items(&self) -> TableDefinition<'_, u64, &'static [u8]> {
+        TableDefinition::new(&self.items_table)
+    }
+}
+
+/// Where queue `name` lives in the file: its items table and its state key
+/// in [`META`]. The unnamed queue is the layout of a file that holds one
+/// queue (what each sink had before the outboxes shared a file).
+fn queue_keys(name: &str) -> (String, String) {
+    if name.is_empty() {
+        ("items".into(), META_STATE.into())
+    } else {
+        (format!("{name}.items"), format!("{name}.{META_STATE}"))
+    }
 }
 
 #[derive(Default)]
@@ -556,16 +612,23 @@ struct Writer {
     pending_since: Option<Instant>,
     /// A commit failed: close and reopen before the next write.
     broken: bool,
+    /// File length right after the last compaction (0: none yet); the next
+    /// one waits until the file has grown by [`SHRINK_ABOVE_BYTES`] since, so
+    /// a file that cannot get smaller is not compacted on every tick.
+    compacted_len: u64,
+    /// Per queue, by index.
+    marks: Vec<Marks>,
+}
+
+/// A queue's episodes (one warning each) and sequence floor.
+#[derive(Default)]
+struct Marks {
     /// Items evicted in the current overflow episode.
     overflow_episode: Option<u64>,
     /// Items expired in the current expiry episode.
     expiry_episode: Option<u64>,
     /// Appends refused in the current blocked episode.
     blocked_episode: Option<u64>,
-    /// File length right after the last compaction (0: none yet); the next
-    /// one waits until the file has grown by [`SHRINK_ABOVE_BYTES`] since, so
-    /// a file that cannot get smaller is not compacted on every tick.
-    compacted_len: u64,
     /// The highest next sequence number a commit of this process has made.
     /// A failed commit with `fsync = "interval"` reopens the file at its last
     /// durable commit, whose next sequence number may be lower; the numbers
@@ -574,7 +637,7 @@ struct Writer {
     seq_floor: u64,
 }
 
-/// What the file says: next sequence number and bytes in use.
+/// What the file says of a queue: next sequence number and bytes in use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Meta {
     next_seq: u64,
@@ -613,10 +676,15 @@ fn cost(record_len: usize) -> u64 {
 /// What an open of the file yielded.
 struct Opened {
     db: Database,
+    /// Per queue, in the order asked for.
+    queues: Vec<OpenedQueue>,
+    repaired: bool,
+}
+
+struct OpenedQueue {
     meta: Meta,
     items: u64,
     oldest_ms: Option<u64>,
-    repaired: bool,
 }
 
 /// Why an open failed: give up, or move the file aside.
@@ -625,10 +693,15 @@ enum OpenFailure {
     Corrupt(String),
 }
 
+/// Records for (and acks of) one queue of a group, by index
+/// ([`OutboxGroup::append`]).
+pub type Part<'a> = (usize, &'a [&'a [u8]], &'a [u64]);
+
 impl Outbox {
-    /// Opens (or creates) the outbox at `path`, recovering after a crash and
-    /// quarantining a damaged file (see the module docs). Creates the parent
-    /// directory. The file's stem names the outbox in logs.
+    /// Opens (or creates) the outbox at `path`, a file holding this one
+    /// queue, recovering after a crash and quarantining a damaged file (see
+    /// the module docs). Creates the parent directory. The file's stem names
+    /// the outbox in logs.
     pub fn open(path: impl AsRef<Path>, config: OutboxConfig) -> Result<Outbox, OutboxError> {
         Self::open_with(path.as_ref(), config, system_clock(), true)
     }
@@ -640,132 +713,44 @@ impl Outbox {
         clock: Clock,
         auto_expire: bool,
     ) -> Result<Outbox, OutboxError> {
-        let started = Instant::now();
-        let name = path
-            .file_stem()
-            .map_or_else(|| "outbox".into(), |s| s.to_string_lossy().into_owned());
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| OutboxError::Io {
-                path: path.to_owned(),
-                op: "create directory",
-                source,
-            })?;
-        }
-        let mut quarantined = None;
-        let opened = match open_file(path) {
-            Ok(opened) => opened,
-            Err(OpenFailure::Fatal(err)) => return Err(err),
-            Err(OpenFailure::Corrupt(reason)) => {
-                let q = quarantine(path, &reason, (clock)())?;
-                tracing::error!(
-                    outbox = %name,
-                    path = %path.display(),
-                    moved_to = %q.moved_to.display(),
-                    file_bytes = q.file_bytes,
-                    reason = %reason,
-                    "outbox file is unreadable: moved it aside and started an empty outbox; \
-                     the items it held will not be delivered"
-                );
-                quarantined = Some(q);
-                match open_file(path) {
-                    Ok(opened) => opened,
-                    Err(OpenFailure::Fatal(err)) => return Err(err),
-                    Err(OpenFailure::Corrupt(reason)) => {
-                        return Err(OutboxError::Corrupt {
-                            path: path.to_owned(),
-                            detail: format!("a new, empty outbox file is unusable: {reason}"),
-                        });
-                    }
-                }
-            }
-        };
-        let recovery = Recovery {
-            repaired: opened.repaired,
-            quarantined,
-            items: opened.items,
-            bytes: opened.meta.depth_bytes,
-            open_time: started.elapsed(),
-        };
-        if recovery.repaired {
-            tracing::warn!(
-                outbox = %name,
-                path = %path.display(),
-                items = recovery.items,
-                took_ms = recovery.open_time.as_millis() as u64,
-                "outbox was not closed cleanly; recovered its last durable state"
-            );
-        } else {
-            tracing::debug!(outbox = %name, items = recovery.items, "outbox opened");
-        }
-        let stats = OutboxStats {
-            depth_items: opened.items,
-            depth_bytes: opened.meta.depth_bytes,
-            max_bytes: config.max_bytes.get(),
-            oldest_enqueued_ms: opened.oldest_ms,
-            next_seq: opened.meta.next_seq,
-            ..OutboxStats::default()
-        };
-        let (appended_tx, _) = tokio::sync::watch::channel(opened.meta.next_seq);
-        let shared = Arc::new(Shared {
-            path: path.to_owned(),
-            name: name.clone(),
-            config,
-            clock,
-            auto_expire,
-            db: RwLock::new(Some(opened.db)),
-            writer: Mutex::new(Writer::default()),
-            state: Mutex::new(stats),
-            room: Condvar::new(),
-            stop: Mutex::new(false),
-            wake: Condvar::new(),
-            appended_tx,
-            recovery,
-        });
-        let worker = shared.clone();
-        let flusher = std::thread::Builder::new()
-            .name(format!("outbox-{name}"))
-            .spawn(move || worker.run_flusher())
-            .map_err(|source| OutboxError::Io {
-                path: path.to_owned(),
-                op: "start flusher thread",
-                source,
-            })?;
-        Ok(Outbox {
-            shared,
-            flusher: Some(flusher),
-        })
+        let group = open_store(path, &[("", config)], clock, auto_expire)?;
+        Ok(group
+            .queues
+            .into_iter()
+            .next()
+            .expect("one queue was asked for"))
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
-        &self.shared.path
+        &self.file.store.path
     }
 
     /// The settings it was opened with.
     pub fn config(&self) -> &OutboxConfig {
-        &self.shared.config
+        &self.queue.config
     }
 
     /// What opening found (repair, quarantine, depth).
     pub fn recovery(&self) -> &Recovery {
-        &self.shared.recovery
+        &self.queue.recovery
     }
 
     /// A snapshot of depth and counters.
     pub fn stats(&self) -> OutboxStats {
-        lock(&self.shared.state).clone()
+        lock(&self.queue.state).clone()
     }
 
     /// The sequence number the next appended item will get: the split point
     /// between backlog and live data for a [`Drain`].
     pub fn next_seq(&self) -> u64 {
-        lock(&self.shared.state).next_seq
+        lock(&self.queue.state).next_seq
     }
 
     /// A watch of [`next_seq`](Self::next_seq), updated after every append,
     /// so an async delivery loop can wait for new items.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.shared.appended_tx.subscribe()
+        self.queue.appended_tx.subscribe()
     }
 
     /// Appends `records` in one transaction, oldest first, and returns their
@@ -786,126 +771,11 @@ impl Outbox {
     /// after any other error they are not (as with `ack`, which can be
     /// retried).
     pub fn append_and_ack(&self, records: &[&[u8]], acks: &[u64]) -> Result<Appended, OutboxError> {
-        let shared = &*self.shared;
-        if records.is_empty() {
-            self.ack(acks)?;
-            let next = lock(&shared.state).next_seq;
-            return Ok(Appended {
-                seqs: next..next,
-                evicted: 0,
-                expired: 0,
-            });
-        }
-        let needed: u64 = records.iter().map(|r| cost(r.len())).sum();
-        let max_bytes = shared.config.max_bytes.get();
-        if needed > max_bytes {
-            self.ack(acks)?;
-            return Err(OutboxError::TooLarge {
-                path: shared.path.clone(),
-                needed,
-                max_bytes,
-            });
-        }
-        let mut w = lock(&shared.writer);
-        let durable = shared.config.fsync == FsyncPolicy::Always || shared.flush_due(&w);
-        let now = (shared.clock)();
-        let block = shared.config.when_full == QueueFullPolicy::Block;
-        let result = shared.write(&mut w, "append", durable, false, |txn, meta| {
-            let mut items = txn.open_table(ITEMS)?;
-            let acked = shared.remove_in(&mut items, meta, acks)?;
-            let expired = shared.expire_in(&mut items, meta, now)?;
-            let mut evicted = 0;
-            while meta.depth_bytes + needed > max_bytes {
-                if block {
-                    return Err(OutboxError::Full {
-                        path: shared.path.clone(),
-                        needed,
-                        depth_bytes: meta.depth_bytes,
-                        max_bytes,
-                    }
-                    .into());
-                }
-                let Some((_, value)) = items.pop_first()? else {
-                    break;
-                };
-                meta.depth_bytes = meta
-                    .depth_bytes
-                    .saturating_sub(cost(value.value().len().saturating_sub(8)));
-                evicted += 1;
-            }
-            let first = meta.next_seq;
-            let mut value = Vec::new();
-            for record in records {
-                value.clear();
-                value.extend_from_slice(&now.to_le_bytes());
-                value.extend_from_slice(record);
-                items.insert(meta.next_seq, value.as_slice())?;
-                meta.next_seq += 1;
-                meta.depth_bytes += cost(record.len());
-            }
-            let tally = Tally::of(&items)?;
-            Ok((
-                (
-                    Appended {
-                        seqs: first..meta.next_seq,
-                        evicted,
-                        expired,
-                    },
-                    acked,
-                ),
-                tally,
-            ))
-        });
-        match result {
-            Ok(((appended, acked), tally, meta)) => {
-                let records_n = appended.seqs.end - appended.seqs.start;
-                {
-                    let mut s = lock(&shared.state);
-                    s.acked += acked;
-                    s.appended += records_n;
-                    s.dropped_overflow += appended.evicted;
-                    s.dropped_expired += appended.expired;
-                    tally.apply(&mut s, meta);
-                }
-                shared.note_expired(&mut w, appended.expired);
-                // An episode (of evictions or refusals) ends once the outbox
-                // is back under half its bound: while deliveries free room
-                // item by item, appends alternate between fitting and not,
-                // and each of those must not be a new episode (and warning).
-                let relieved = meta.depth_bytes <= max_bytes / 2;
-                shared.note_overflow(&mut w, appended.evicted, relieved);
-                if relieved && let Some(refused) = w.blocked_episode.take() {
-                    tracing::info!(
-                        outbox = %shared.name,
-                        refused,
-                        "outbox has room again; appends resumed"
-                    );
-                }
-                drop(w);
-                shared.appended_tx.send_replace(meta.next_seq);
-                if acked > 0 {
-                    shared.room.notify_all();
-                }
-                Ok(appended)
-            }
-            Err(err @ OutboxError::Full { .. }) => {
-                lock(&shared.state).refused_full += 1;
-                let episode = w.blocked_episode.get_or_insert(0);
-                if *episode == 0 {
-                    tracing::warn!(
-                        outbox = %shared.name,
-                        max_bytes,
-                        "outbox full: appends wait for deliveries (when_full = block)"
-                    );
-                }
-                *episode += 1;
-                drop(w);
-                // The refusal rolled the acks back with the append.
-                self.ack(acks)?;
-                Err(err)
-            }
-            Err(err) => Err(err),
-        }
+        let mut appended = self
+            .file
+            .store
+            .append(&[(self.queue.index, records, acks)])?;
+        Ok(appended.remove(0))
     }
 
     /// Removes the items with these sequence numbers (delivered or settled),
@@ -913,38 +783,22 @@ impl Outbox {
     /// are ignored. Returns how many were removed. Durable within
     /// `fsync_interval_ms` (a crash before that redelivers them).
     pub fn ack(&self, seqs: &[u64]) -> Result<u64, OutboxError> {
-        if seqs.is_empty() {
-            return Ok(0);
-        }
-        let shared = &*self.shared;
-        let mut w = lock(&shared.writer);
-        let durable = shared.flush_due(&w);
-        let (removed, tally, meta) = shared.write(&mut w, "ack", durable, false, |txn, meta| {
-            let mut items = txn.open_table(ITEMS)?;
-            let removed = shared.remove_in(&mut items, meta, seqs)?;
-            Ok((removed, Tally::of(&items)?))
-        })?;
-        drop(w);
-        let mut s = lock(&shared.state);
-        s.acked += removed;
-        tally.apply(&mut s, meta);
-        drop(s);
-        shared.room.notify_all();
-        Ok(removed)
+        self.file.store.ack(&[(self.queue.index, seqs)])
     }
 
     /// Drops items older than `max_age_secs` now (the background thread
     /// does this every second, and every append does it too). Returns how
     /// many were dropped.
     pub fn expire(&self) -> Result<u64, OutboxError> {
-        self.shared.expire()
+        self.file.store.expire(&self.queue)
     }
 
     /// Makes every commit so far durable (one fsync if anything is pending).
     /// For shutdown, or before reporting something as stored.
     pub fn flush(&self) -> Result<(), OutboxError> {
-        let mut w = lock(&self.shared.writer);
-        self.shared.flush_locked(&mut w)
+        let store = &self.file.store;
+        let mut w = lock(&store.writer);
+        store.flush_locked(&mut w)
     }
 
     /// Waits until `bytes` more would fit (for `block`: after
@@ -952,7 +806,7 @@ impl Outbox {
     /// Returns whether it fits now.
     pub fn wait_for_room(&self, bytes: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut s = lock(&self.shared.state);
+        let mut s = lock(&self.queue.state);
         loop {
             if s.depth_bytes.saturating_add(bytes) <= s.max_bytes {
                 return true;
@@ -962,7 +816,7 @@ impl Outbox {
                 return false;
             }
             s = self
-                .shared
+                .queue
                 .room
                 .wait_timeout(s, left)
                 .unwrap_or_else(PoisonError::into_inner)
@@ -986,7 +840,7 @@ impl Outbox {
                 None => return Ok(Vec::new()),
             },
         };
-        self.shared.read(start.., false, max_items, max_bytes)
+        self.read(start.., false, max_items, max_bytes)
     }
 
     /// Like [`peek`](Self::peek), within `range` of sequence numbers.
@@ -996,7 +850,7 @@ impl Outbox {
         max_items: usize,
         max_bytes: usize,
     ) -> Result<Vec<Item>, OutboxError> {
-        self.shared.read(range, false, max_items, max_bytes)
+        self.read(range, false, max_items, max_bytes)
     }
 
     /// The newest items before `before` (all if `None`), newest first.
@@ -1007,28 +861,107 @@ impl Outbox {
         max_bytes: usize,
     ) -> Result<Vec<Item>, OutboxError> {
         match before {
-            None => self.shared.read(.., true, max_items, max_bytes),
-            Some(end) => self.shared.read(..end, true, max_items, max_bytes),
+            None => self.read(.., true, max_items, max_bytes),
+            Some(end) => self.read(..end, true, max_items, max_bytes),
         }
     }
 
-    /// Flushes, stops the background thread and closes the file, reporting
-    /// errors that dropping would only log.
-    pub fn close(mut self) -> Result<(), OutboxError> {
-        self.shutdown()
+    fn read(
+        &self,
+        range: impl RangeBounds<u64>,
+        newest_first: bool,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Item>, OutboxError> {
+        self.file
+            .store
+            .read(&self.queue, range, newest_first, max_items, max_bytes)
     }
 
+    /// Moves every item of `legacy` — a file of the layout before the sinks
+    /// shared one (a single queue) — into this queue, oldest first, with its
+    /// enqueue time, then deletes the file. Each chunk commits with the last
+    /// legacy sequence number it moved, so a crash midway neither loses nor
+    /// repeats an item. The items are taken whatever this queue's bound (the
+    /// old file had the same one); appends wait or evict until deliveries
+    /// make room. Returns how many items moved; 0 when there is no file.
+    pub fn absorb(&self, legacy: &Path) -> Result<u64, OutboxError> {
+        self.file.store.absorb(&self.queue, legacy)
+    }
+
+    /// Flushes, stops the background thread and closes the file, reporting
+    /// errors that dropping would only log. With other queues of the file
+    /// still open, the file stays open until the last one goes.
+    pub fn close(self) -> Result<(), OutboxError> {
+        match Arc::try_unwrap(self.file) {
+            Ok(mut owner) => owner.shutdown(),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+impl OutboxGroup {
+    /// Opens (or creates) a file holding one queue per `(name, config)`
+    /// (names non-empty, unique). The file has one fsync policy: `always` if
+    /// any queue asks for it, and the shortest `fsync_interval_ms`.
+    pub fn open(
+        path: impl AsRef<Path>,
+        queues: &[(&str, OutboxConfig)],
+    ) -> Result<OutboxGroup, OutboxError> {
+        open_store(path.as_ref(), queues, system_clock(), true)
+    }
+
+    /// The group of a file opened with one queue ([`Outbox::open`]).
+    pub fn single(outbox: Outbox) -> OutboxGroup {
+        OutboxGroup {
+            queues: vec![outbox],
+        }
+    }
+
+    /// The queue opened `index`-th.
+    pub fn queue(&self, index: usize) -> Option<&Outbox> {
+        self.queues.get(index)
+    }
+
+    /// The queues, in the order they were opened.
+    pub fn into_queues(self) -> Vec<Outbox> {
+        self.queues
+    }
+
+    /// Appends records to (and removes acked items from) several queues of
+    /// the file in **one transaction**: everything is committed, or nothing
+    /// (parts name queues by index). Per part, as
+    /// [`Outbox::append_and_ack`]; a part that is [`OutboxError::TooLarge`]
+    /// or [`OutboxError::Full`] refuses the whole transaction (the acks are
+    /// applied all the same).
+    pub fn append(&self, parts: &[Part<'_>]) -> Result<Vec<Appended>, OutboxError> {
+        match self.queues.first() {
+            Some(first) => first.file.store.append(parts),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Removes acked items from several queues in one transaction.
+    pub fn ack(&self, acks: &[(usize, &[u64])]) -> Result<u64, OutboxError> {
+        match self.queues.first() {
+            Some(first) => first.file.store.ack(acks),
+            None => Ok(0),
+        }
+    }
+}
+
+impl FileOwner {
     fn shutdown(&mut self) -> Result<(), OutboxError> {
-        let Some(flusher) = self.flusher.take() else {
+        let Some(flusher) = lock(&self.flusher).take() else {
             return Ok(());
         };
-        *lock(&self.shared.stop) = true;
-        self.shared.wake.notify_all();
+        let store = &*self.store;
+        *lock(&store.stop) = true;
+        store.wake.notify_all();
         let _ = flusher.join();
-        let shared = &*self.shared;
-        let mut w = lock(&shared.writer);
-        let flushed = shared.durable_commit(&mut w, "close", true);
-        let db = shared
+        let mut w = lock(&store.writer);
+        let flushed = store.durable_commit(&mut w, "close", true);
+        let db = store
             .db
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -1036,17 +969,17 @@ impl Outbox {
         let closed = match db {
             Some(db) => db
                 .close()
-                .map_err(|e| OutboxError::from_redb(&shared.path, "close", e.into())),
+                .map_err(|e| OutboxError::from_redb(&store.path, "close", e.into())),
             None => Ok(()),
         };
         flushed.and(closed)
     }
 }
 
-impl Drop for Outbox {
+impl Drop for FileOwner {
     fn drop(&mut self) {
         if let Err(err) = self.shutdown() {
-            tracing::error!(outbox = %self.shared.name, error = %err, "closing the outbox failed");
+            tracing::error!(outbox = %self.store.name, error = %err, "closing the outbox failed");
         }
     }
 }
@@ -1054,10 +987,159 @@ impl Drop for Outbox {
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbox")
-            .field("path", &self.shared.path)
-            .field("config", &self.shared.config)
+            .field("path", &self.file.store.path)
+            .field("queue", &self.queue.name)
+            .field("config", &self.queue.config)
             .finish_non_exhaustive()
     }
+}
+
+/// Opens the file with these queues and starts its background thread.
+fn open_store(
+    path: &Path,
+    queues: &[(&str, OutboxConfig)],
+    clock: Clock,
+    auto_expire: bool,
+) -> Result<OutboxGroup, OutboxError> {
+    let started = Instant::now();
+    let name = path
+        .file_stem()
+        .map_or_else(|| "outbox".into(), |s| s.to_string_lossy().into_owned());
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| OutboxError::Io {
+            path: path.to_owned(),
+            op: "create directory",
+            source,
+        })?;
+    }
+    let keys: Vec<(String, String)> = queues.iter().map(|(q, _)| queue_keys(q)).collect();
+    let mut quarantined = None;
+    let opened = match open_file(path, &keys) {
+        Ok(opened) => opened,
+        Err(OpenFailure::Fatal(err)) => return Err(err),
+        Err(OpenFailure::Corrupt(reason)) => {
+            let q = quarantine(path, &reason, (clock)())?;
+            tracing::error!(
+                outbox = %name,
+                path = %path.display(),
+                moved_to = %q.moved_to.display(),
+                file_bytes = q.file_bytes,
+                reason = %reason,
+                "outbox file is unreadable: moved it aside and started an empty outbox; \
+                 the items it held will not be delivered"
+            );
+            quarantined = Some(q);
+            match open_file(path, &keys) {
+                Ok(opened) => opened,
+                Err(OpenFailure::Fatal(err)) => return Err(err),
+                Err(OpenFailure::Corrupt(reason)) => {
+                    return Err(OutboxError::Corrupt {
+                        path: path.to_owned(),
+                        detail: format!("a new, empty outbox file is unusable: {reason}"),
+                    });
+                }
+            }
+        }
+    };
+    let open_time = started.elapsed();
+    let total_items: u64 = opened.queues.iter().map(|q| q.items).sum();
+    if opened.repaired {
+        tracing::warn!(
+            outbox = %name,
+            path = %path.display(),
+            items = total_items,
+            took_ms = open_time.as_millis() as u64,
+            "outbox was not closed cleanly; recovered its last durable state"
+        );
+    } else {
+        tracing::debug!(outbox = %name, items = total_items, "outbox opened");
+    }
+    let fsync = if queues.iter().any(|(_, c)| c.fsync == FsyncPolicy::Always) {
+        FsyncPolicy::Always
+    } else {
+        FsyncPolicy::Interval
+    };
+    let interval = queues
+        .iter()
+        .map(|(_, c)| c.interval())
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    let mut writer = Writer::default();
+    let mut queue_list = Vec::with_capacity(queues.len());
+    for (index, (((queue_name, config), (items_table, state_key)), found)) in
+        queues.iter().zip(keys).zip(opened.queues).enumerate()
+    {
+        let stats = OutboxStats {
+            depth_items: found.items,
+            depth_bytes: found.meta.depth_bytes,
+            max_bytes: config.max_bytes.get(),
+            oldest_enqueued_ms: found.oldest_ms,
+            next_seq: found.meta.next_seq,
+            ..OutboxStats::default()
+        };
+        let (appended_tx, _) = tokio::sync::watch::channel(found.meta.next_seq);
+        writer.marks.push(Marks {
+            seq_floor: found.meta.next_seq,
+            ..Marks::default()
+        });
+        queue_list.push(Arc::new(Queue {
+            index,
+            name: if queue_name.is_empty() {
+                name.clone()
+            } else {
+                (*queue_name).to_owned()
+            },
+            items_table,
+            state_key,
+            config: config.clone(),
+            state: Mutex::new(stats),
+            room: Condvar::new(),
+            appended_tx,
+            recovery: Recovery {
+                repaired: opened.repaired,
+                quarantined: quarantined.clone(),
+                items: found.items,
+                bytes: found.meta.depth_bytes,
+                open_time,
+            },
+        }));
+    }
+    let store = Arc::new(Store {
+        path: path.to_owned(),
+        name: name.clone(),
+        fsync,
+        interval,
+        clock,
+        auto_expire,
+        db: RwLock::new(Some(opened.db)),
+        writer: Mutex::new(writer),
+        stop: Mutex::new(false),
+        wake: Condvar::new(),
+        queues: queue_list,
+    });
+    let worker = store.clone();
+    let flusher = std::thread::Builder::new()
+        .name(format!("outbox-{name}"))
+        .spawn(move || worker.run_flusher())
+        .map_err(|source| OutboxError::Io {
+            path: path.to_owned(),
+            op: "start flusher thread",
+            source,
+        })?;
+    let file = Arc::new(FileOwner {
+        store: store.clone(),
+        flusher: Mutex::new(Some(flusher)),
+    });
+    Ok(OutboxGroup {
+        queues: store
+            .queues
+            .iter()
+            .map(|queue| Outbox {
+                file: file.clone(),
+                queue: queue.clone(),
+            })
+            .collect(),
+    })
 }
 
 /// Depth facts read inside a transaction, applied to the stats after commit.
@@ -1085,63 +1167,84 @@ impl Tally {
     }
 }
 
-impl Shared {
+/// What one part of an append did, before the stats know it.
+struct PartDone {
+    appended: Appended,
+    acked: u64,
+    tally: Tally,
+}
+
+impl Store {
     fn flush_due(&self, w: &Writer) -> bool {
         w.pending_since
-            .is_some_and(|t| t.elapsed() >= self.config.interval())
+            .is_some_and(|t| t.elapsed() >= self.interval)
     }
 
-    /// Runs `body` in a write transaction with the file's [`Meta`], writes
-    /// the meta back and commits. Returns the body's value and the new meta.
+    /// Runs `body` in a write transaction with every queue's [`Meta`] (by
+    /// queue index), writes the metas back and commits. Returns the body's
+    /// value and the new metas.
     fn write<R>(
         &self,
         w: &mut Writer,
         op: &'static str,
         durable: bool,
         closing: bool,
-        body: impl FnOnce(&redb::WriteTransaction, &mut Meta) -> Result<(R, Tally), TxError>,
-    ) -> Result<(R, Tally, Meta), OutboxError> {
+        body: impl FnOnce(&redb::WriteTransaction, &mut [Meta]) -> Result<R, TxError>,
+    ) -> Result<(R, Vec<Meta>), OutboxError> {
         self.ensure_open(w)?;
-        let seq_floor = w.seq_floor;
         let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
         let Some(db) = guard.as_ref() else {
             return Err(self.closed_error(op));
         };
-        let result = (|| -> Result<(R, Tally, Meta), TxError> {
+        let marks = &w.marks;
+        let result = (|| -> Result<(R, Vec<Meta>), TxError> {
             let mut txn = db.begin_write()?;
             txn.set_durability(if durable {
                 Durability::Immediate
             } else {
                 Durability::None
             })?;
-            let (value, tally, meta) = {
-                let mut meta_table = txn.open_table(META)?;
-                let mut meta = match meta_table.get(META_STATE)? {
-                    Some(v) => Meta::from_bytes(v.value()),
-                    None => None,
+            let (value, metas) = {
+                let meta_table = txn.open_table(META)?;
+                let mut metas = Vec::with_capacity(self.queues.len());
+                for (queue, marks) in self.queues.iter().zip(marks) {
+                    let mut meta = match meta_table.get(queue.state_key.as_str())? {
+                        Some(v) => Meta::from_bytes(v.value()),
+                        None => None,
+                    }
+                    .ok_or_else(|| OutboxError::Corrupt {
+                        path: self.path.clone(),
+                        detail: format!("the state record of {} is missing or damaged", queue.name),
+                    })?;
+                    meta.next_seq = meta.next_seq.max(marks.seq_floor);
+                    metas.push(meta);
                 }
-                .ok_or_else(|| OutboxError::Corrupt {
-                    path: self.path.clone(),
-                    detail: "the state record is missing or damaged".into(),
-                })?;
-                meta.next_seq = meta.next_seq.max(seq_floor);
-                let (value, tally) = body(&txn, &mut meta)?;
-                meta_table.insert(META_STATE, meta.to_bytes().as_slice())?;
+                // Closed while the body runs, which may write to it too.
+                drop(meta_table);
+                let value = body(&txn, &mut metas)?;
+                let mut meta_table = txn.open_table(META)?;
+                for (queue, meta) in self.queues.iter().zip(&metas) {
+                    meta_table.insert(queue.state_key.as_str(), meta.to_bytes().as_slice())?;
+                }
                 if closing {
                     meta_table.insert(META_CLEAN, [1u8].as_slice())?;
                 }
-                (value, tally, meta)
+                (value, metas)
             };
             txn.commit()?;
-            Ok((value, tally, meta))
+            Ok((value, metas))
         })();
         drop(guard);
         match result {
             Ok(done) => {
-                w.seq_floor = done.2.next_seq;
+                for (marks, meta) in w.marks.iter_mut().zip(&done.1) {
+                    marks.seq_floor = meta.next_seq;
+                }
                 if durable {
                     w.pending_since = None;
-                    lock(&self.state).durable_commits += 1;
+                    for queue in &self.queues {
+                        lock(&queue.state).durable_commits += 1;
+                    }
                 } else {
                     w.pending_since.get_or_insert_with(Instant::now);
                 }
@@ -1152,7 +1255,9 @@ impl Shared {
                 // redb refuses further writes after a failed commit; reopen
                 // (which repairs) before the next operation.
                 w.broken = true;
-                lock(&self.state).write_errors += 1;
+                for queue in &self.queues {
+                    lock(&queue.state).write_errors += 1;
+                }
                 Err(OutboxError::from_redb(&self.path, op, err))
             }
         }
@@ -1176,7 +1281,12 @@ impl Shared {
         if let Some(old) = slot.take() {
             let _ = old.close();
         }
-        let opened = open_file(&self.path).map_err(|failure| match failure {
+        let keys: Vec<(String, String)> = self
+            .queues
+            .iter()
+            .map(|q| (q.items_table.clone(), q.state_key.clone()))
+            .collect();
+        let opened = open_file(&self.path, &keys).map_err(|failure| match failure {
             OpenFailure::Fatal(err) => err,
             OpenFailure::Corrupt(detail) => OutboxError::Corrupt {
                 path: self.path.clone(),
@@ -1189,20 +1299,22 @@ impl Shared {
         // Pending non-durable commits were lost or made durable by the
         // repair; either way nothing is pending now.
         w.pending_since = None;
-        let mut s = lock(&self.state);
-        s.depth_items = opened.items;
-        s.depth_bytes = opened.meta.depth_bytes;
-        s.oldest_enqueued_ms = opened.oldest_ms;
-        s.next_seq = opened.meta.next_seq.max(w.seq_floor);
-        let lost = w.seq_floor.saturating_sub(opened.meta.next_seq);
-        s.lost_on_reopen += lost;
-        drop(s);
-        if lost > 0 {
-            tracing::error!(outbox = %self.name, lost, first = opened.meta.next_seq,
-                "a failed write took back what was appended since the last durable commit (fsync = \"interval\"): those items are lost unless already delivered");
+        for ((queue, found), marks) in self.queues.iter().zip(opened.queues).zip(&w.marks) {
+            let mut s = lock(&queue.state);
+            s.depth_items = found.items;
+            s.depth_bytes = found.meta.depth_bytes;
+            s.oldest_enqueued_ms = found.oldest_ms;
+            s.next_seq = found.meta.next_seq.max(marks.seq_floor);
+            let lost = marks.seq_floor.saturating_sub(found.meta.next_seq);
+            s.lost_on_reopen += lost;
+            drop(s);
+            if lost > 0 {
+                tracing::error!(outbox = %queue.name, lost, first = found.meta.next_seq,
+                    "a failed write took back what was appended since the last durable commit (fsync = \"interval\"): those items are lost unless already delivered");
+            }
+            queue.room.notify_all();
+            tracing::info!(outbox = %queue.name, items = found.items, "outbox reopened after a failed write");
         }
-        self.room.notify_all();
-        tracing::info!(outbox = %self.name, items = opened.items, "outbox reopened after a failed write");
         Ok(())
     }
 
@@ -1221,148 +1333,211 @@ impl Shared {
         op: &'static str,
         closing: bool,
     ) -> Result<(), OutboxError> {
-        let (_, tally, meta) = self.write(w, op, true, closing, |txn, _| {
-            let items = txn.open_table(ITEMS)?;
-            Ok(((), Tally::of(&items)?))
+        let (tallies, metas) = self.write(w, op, true, closing, |txn, _| {
+            let mut tallies = Vec::with_capacity(self.queues.len());
+            for queue in &self.queues {
+                tallies.push(Tally::of(&txn.open_table(queue.items())?)?);
+            }
+            Ok(tallies)
         })?;
-        tally.apply(&mut lock(&self.state), meta);
+        for ((queue, tally), meta) in self.queues.iter().zip(tallies).zip(metas) {
+            tally.apply(&mut lock(&queue.state), meta);
+        }
         Ok(())
     }
 
-    /// Removes the items with these sequence numbers (unknown ones are
-    /// ignored) and returns how many were removed.
-    fn remove_in(
-        &self,
-        items: &mut redb::Table<'_, u64, &'static [u8]>,
-        meta: &mut Meta,
-        seqs: &[u64],
-    ) -> Result<u64, TxError> {
-        let mut removed = 0;
-        for &seq in seqs {
-            if let Some(value) = items.remove(seq)? {
-                meta.depth_bytes = meta
-                    .depth_bytes
-                    .saturating_sub(cost(value.value().len().saturating_sub(8)));
-                removed += 1;
+    /// The append of [`OutboxGroup::append`].
+    fn append(&self, parts: &[Part<'_>]) -> Result<Vec<Appended>, OutboxError> {
+        let parts: Vec<Part<'_>> = parts
+            .iter()
+            .copied()
+            .filter(|(index, _, _)| *index < self.queues.len())
+            .collect();
+        let acks: Vec<(usize, &[u64])> = parts.iter().map(|&(i, _, acks)| (i, acks)).collect();
+        for &(index, records, _) in &parts {
+            let needed: u64 = records.iter().map(|r| cost(r.len())).sum();
+            let max_bytes = self.queues[index].config.max_bytes.get();
+            if needed > max_bytes {
+                self.ack(&acks)?;
+                return Err(OutboxError::TooLarge {
+                    path: self.path.clone(),
+                    needed,
+                    max_bytes,
+                });
             }
         }
-        Ok(removed)
-    }
-
-    /// Pops expired items off the head. Enqueue times follow the wall clock,
-    /// so a clock set back can leave an older item behind a newer one; it
-    /// expires when it reaches the head.
-    fn expire_in(
-        &self,
-        items: &mut redb::Table<'_, u64, &'static [u8]>,
-        meta: &mut Meta,
-        now: u64,
-    ) -> Result<u64, TxError> {
-        let Some(max_age) = self.config.max_age_secs else {
-            return Ok(0);
-        };
-        let cutoff = now.saturating_sub(max_age.get().saturating_mul(1000));
-        let mut expired = 0;
-        loop {
-            let len = match items.first()? {
-                Some((_, v)) => match split_value(v.value()) {
-                    Some((ts, record)) if ts < cutoff => Some(record.len()),
-                    Some(_) => None,
-                    // Damaged: let the reader report it.
-                    None => None,
-                },
-                None => None,
-            };
-            let Some(len) = len else {
-                break;
-            };
-            items.pop_first()?;
-            meta.depth_bytes = meta.depth_bytes.saturating_sub(cost(len));
-            expired += 1;
+        if parts.iter().all(|(_, records, _)| records.is_empty()) {
+            self.ack(&acks)?;
+            return Ok(parts
+                .iter()
+                .map(|&(index, _, _)| {
+                    let next = lock(&self.queues[index].state).next_seq;
+                    Appended {
+                        seqs: next..next,
+                        evicted: 0,
+                        expired: 0,
+                    }
+                })
+                .collect());
         }
-        Ok(expired)
+        let mut w = lock(&self.writer);
+        let durable = self.fsync == FsyncPolicy::Always || self.flush_due(&w);
+        let now = (self.clock)();
+        let mut full_queue = None;
+        let result = self.write(&mut w, "append", durable, false, |txn, metas| {
+            let mut done = Vec::with_capacity(parts.len());
+            for &(index, records, acks) in &parts {
+                let queue = &self.queues[index];
+                let mut items = txn.open_table(queue.items())?;
+                let meta = &mut metas[index];
+                let part = queue.append_in(&mut items, meta, records, acks, now, &self.path);
+                if let Err(TxError::Outbox(OutboxError::Full { .. })) = &part {
+                    full_queue = Some(index);
+                }
+                done.push(part?);
+            }
+            Ok(done)
+        });
+        match result {
+            Ok((done, metas)) => {
+                let mut appended = Vec::with_capacity(done.len());
+                let mut relieved_any = Vec::new();
+                for (&(index, _, _), part) in parts.iter().zip(done) {
+                    let queue = &self.queues[index];
+                    let meta = metas[index];
+                    let records_n = part.appended.seqs.end - part.appended.seqs.start;
+                    {
+                        let mut s = lock(&queue.state);
+                        s.acked += part.acked;
+                        s.appended += records_n;
+                        s.dropped_overflow += part.appended.evicted;
+                        s.dropped_expired += part.appended.expired;
+                        part.tally.apply(&mut s, meta);
+                    }
+                    let marks = &mut w.marks[index];
+                    queue.note_expired(marks, part.appended.expired);
+                    // An episode (of evictions or refusals) ends once the
+                    // queue is back under half its bound: while deliveries
+                    // free room item by item, appends alternate between
+                    // fitting and not, and each of those must not be a new
+                    // episode (and warning).
+                    let relieved = meta.depth_bytes <= queue.config.max_bytes.get() / 2;
+                    queue.note_overflow(marks, part.appended.evicted, relieved);
+                    if relieved && let Some(refused) = marks.blocked_episode.take() {
+                        tracing::info!(
+                            outbox = %queue.name,
+                            refused,
+                            "outbox has room again; appends resumed"
+                        );
+                    }
+                    relieved_any.push((index, part.acked > 0, meta.next_seq));
+                    appended.push(part.appended);
+                }
+                drop(w);
+                for (index, acked, next_seq) in relieved_any {
+                    let queue = &self.queues[index];
+                    queue.appended_tx.send_replace(next_seq);
+                    if acked {
+                        queue.room.notify_all();
+                    }
+                }
+                Ok(appended)
+            }
+            Err(err @ OutboxError::Full { .. }) => {
+                if let Some(index) = full_queue {
+                    let queue = &self.queues[index];
+                    lock(&queue.state).refused_full += 1;
+                    let episode = w.marks[index].blocked_episode.get_or_insert(0);
+                    if *episode == 0 {
+                        tracing::warn!(
+                            outbox = %queue.name,
+                            max_bytes = queue.config.max_bytes.get(),
+                            "outbox full: appends wait for deliveries (when_full = block)"
+                        );
+                    }
+                    *episode += 1;
+                }
+                drop(w);
+                // The refusal rolled the acks back with the append.
+                self.ack(&acks)?;
+                Err(err)
+            }
+            Err(err) => Err(err),
+        }
     }
 
-    fn expire(&self) -> Result<u64, OutboxError> {
-        if self.config.max_age_secs.is_none() {
+    /// Removes acked items from several queues in one transaction (unknown
+    /// ones are ignored); returns how many were removed.
+    fn ack(&self, acks: &[(usize, &[u64])]) -> Result<u64, OutboxError> {
+        let acks: Vec<(usize, &[u64])> = acks
+            .iter()
+            .copied()
+            .filter(|(index, seqs)| !seqs.is_empty() && *index < self.queues.len())
+            .collect();
+        if acks.is_empty() {
             return Ok(0);
         }
         let mut w = lock(&self.writer);
+        let durable = self.flush_due(&w);
+        let (done, metas) = self.write(&mut w, "ack", durable, false, |txn, metas| {
+            let mut done = Vec::with_capacity(acks.len());
+            for &(index, seqs) in &acks {
+                let queue = &self.queues[index];
+                let mut items = txn.open_table(queue.items())?;
+                let removed = remove_in(&mut items, &mut metas[index], seqs)?;
+                done.push((removed, Tally::of(&items)?));
+            }
+            Ok(done)
+        })?;
+        drop(w);
+        let mut total = 0;
+        for (&(index, _), (removed, tally)) in acks.iter().zip(done) {
+            let queue = &self.queues[index];
+            let mut s = lock(&queue.state);
+            s.acked += removed;
+            tally.apply(&mut s, metas[index]);
+            drop(s);
+            queue.room.notify_all();
+            total += removed;
+        }
+        Ok(total)
+    }
+
+    fn expire(&self, queue: &Queue) -> Result<u64, OutboxError> {
+        let Some(max_age) = queue.config.max_age_secs else {
+            return Ok(0);
+        };
+        let mut w = lock(&self.writer);
         let now = (self.clock)();
         // Look first: an empty pass should not cost a commit.
-        let due = {
-            let s = lock(&self.state);
-            let max_age_ms = self
-                .config
-                .max_age_secs
-                .map_or(u64::MAX, |a| a.get().saturating_mul(1000));
-            s.oldest_enqueued_ms
-                .is_some_and(|oldest| oldest < now.saturating_sub(max_age_ms))
-        };
+        let due = lock(&queue.state)
+            .oldest_enqueued_ms
+            .is_some_and(|oldest| oldest < now.saturating_sub(max_age.get().saturating_mul(1000)));
         if !due {
-            self.note_expired(&mut w, 0);
+            queue.note_expired(&mut w.marks[queue.index], 0);
             return Ok(0);
         }
         let durable = self.flush_due(&w);
-        let (expired, tally, meta) =
-            self.write(&mut w, "expire", durable, false, |txn, meta| {
-                let mut items = txn.open_table(ITEMS)?;
-                let expired = self.expire_in(&mut items, meta, now)?;
+        let ((expired, tally), metas) =
+            self.write(&mut w, "expire", durable, false, |txn, metas| {
+                let mut items = txn.open_table(queue.items())?;
+                let expired = queue.expire_in(&mut items, &mut metas[queue.index], now)?;
                 Ok((expired, Tally::of(&items)?))
             })?;
         {
-            let mut s = lock(&self.state);
+            let mut s = lock(&queue.state);
             s.dropped_expired += expired;
-            tally.apply(&mut s, meta);
+            tally.apply(&mut s, metas[queue.index]);
         }
-        self.note_expired(&mut w, expired);
+        queue.note_expired(&mut w.marks[queue.index], expired);
         drop(w);
-        self.room.notify_all();
+        queue.room.notify_all();
         Ok(expired)
-    }
-
-    fn note_expired(&self, w: &mut Writer, expired: u64) {
-        if expired > 0 {
-            let episode = w.expiry_episode.get_or_insert(0);
-            if *episode == 0 {
-                tracing::warn!(
-                    outbox = %self.name,
-                    max_age_secs = self.config.max_age_secs.map_or(0, NonZeroU64::get),
-                    "outbox items are expiring undelivered (max_age_secs); counted as dropped"
-                );
-            }
-            *episode += expired;
-        } else if let Some(total) = w.expiry_episode.take() {
-            tracing::info!(
-                outbox = %self.name,
-                expired = total,
-                "outbox items stopped expiring"
-            );
-        }
-    }
-
-    fn note_overflow(&self, w: &mut Writer, evicted: u64, relieved: bool) {
-        if evicted > 0 {
-            let episode = w.overflow_episode.get_or_insert(0);
-            if *episode == 0 {
-                tracing::warn!(
-                    outbox = %self.name,
-                    max_bytes = self.config.max_bytes.get(),
-                    "outbox full: dropping the oldest items (when_full = drop_oldest) until deliveries make room"
-                );
-            }
-            *episode += evicted;
-        } else if relieved && let Some(total) = w.overflow_episode.take() {
-            tracing::info!(
-                outbox = %self.name,
-                dropped = total,
-                "outbox has room again; oldest items dropped in this episode"
-            );
-        }
     }
 
     fn read(
         &self,
+        queue: &Queue,
         range: impl RangeBounds<u64>,
         newest_first: bool,
         max_items: usize,
@@ -1382,7 +1557,9 @@ impl Shared {
         };
         let redb_err = |e: redb::Error| OutboxError::from_redb(&self.path, "read", e);
         let txn = db.begin_read().map_err(|e| redb_err(e.into()))?;
-        let table = txn.open_table(ITEMS).map_err(|e| redb_err(e.into()))?;
+        let table = txn
+            .open_table(queue.items())
+            .map_err(|e| redb_err(e.into()))?;
         let iter = table.range(range).map_err(|e| redb_err(e.into()))?;
         let iter: Box<dyn Iterator<Item = _>> = if newest_first {
             Box::new(iter.rev())
@@ -1431,16 +1608,102 @@ impl Shared {
         Ok(self.db.read().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// See [`Outbox::absorb`].
+    fn absorb(&self, queue: &Queue, legacy: &Path) -> Result<u64, OutboxError> {
+        let marker = format!("{}.absorbed", queue.state_key);
+        let read_marker = || -> Result<Option<u64>, OutboxError> {
+            let guard = self.read_guard()?;
+            let Some(db) = guard.as_ref() else {
+                return Err(self.closed_error("absorb"));
+            };
+            let err = |e: redb::Error| OutboxError::from_redb(&self.path, "absorb", e);
+            let txn = db.begin_read().map_err(|e| err(e.into()))?;
+            let table = txn.open_table(META).map_err(|e| err(e.into()))?;
+            let value = table.get(marker.as_str()).map_err(|e| err(e.into()))?;
+            Ok(value.and_then(|v| <[u8; 8]>::try_from(v.value()).ok().map(u64::from_le_bytes)))
+        };
+        let set_marker = |value: Option<u64>| -> Result<(), OutboxError> {
+            let mut w = lock(&self.writer);
+            self.write(&mut w, "absorb", true, false, |txn, _| {
+                let mut table = txn.open_table(META)?;
+                match value {
+                    Some(seq) => table.insert(marker.as_str(), seq.to_le_bytes().as_slice())?,
+                    None => table.remove(marker.as_str())?,
+                };
+                Ok(())
+            })?;
+            Ok(())
+        };
+        let mut done = read_marker()?;
+        if !legacy.exists() {
+            // Finished before, and the file deleted: forget the position (a
+            // new legacy file would count from 0 again).
+            if done.is_some() {
+                set_marker(None)?;
+            }
+            return Ok(0);
+        }
+        let old = Outbox::open_with(
+            legacy,
+            OutboxConfig {
+                max_bytes: NonZeroU64::MAX,
+                ..OutboxConfig::default()
+            },
+            self.clock.clone(),
+            false,
+        )?;
+        let mut moved = 0u64;
+        loop {
+            let chunk = old.peek(done, 4096, 16 << 20)?;
+            let Some(last) = chunk.last().map(|item| item.seq) else {
+                break;
+            };
+            let mut w = lock(&self.writer);
+            let ((), metas) = self.write(&mut w, "absorb", true, false, |txn, metas| {
+                let mut items = txn.open_table(queue.items())?;
+                let meta = &mut metas[queue.index];
+                let mut value = Vec::new();
+                for item in &chunk {
+                    value.clear();
+                    value.extend_from_slice(&item.enqueued_ms.to_le_bytes());
+                    value.extend_from_slice(&item.record);
+                    items.insert(meta.next_seq, value.as_slice())?;
+                    meta.next_seq += 1;
+                    meta.depth_bytes += cost(item.record.len());
+                }
+                let tally = Tally::of(&items)?;
+                drop(items);
+                txn.open_table(META)?
+                    .insert(marker.as_str(), last.to_le_bytes().as_slice())?;
+                let mut s = lock(&queue.state);
+                s.appended += chunk.len() as u64;
+                tally.apply(&mut s, *meta);
+                Ok(())
+            })?;
+            drop(w);
+            queue.appended_tx.send_replace(metas[queue.index].next_seq);
+            moved += chunk.len() as u64;
+            done = Some(last);
+        }
+        old.close()?;
+        remove_durably(legacy)?;
+        set_marker(None)?;
+        if moved > 0 {
+            tracing::info!(outbox = %queue.name, from = %legacy.display(), items = moved,
+                "moved the items of an outbox file of the previous layout into the shared outbox");
+        }
+        Ok(moved)
+    }
+
     /// The background thread: makes non-durable commits durable within
     /// `fsync_interval_ms`, expires items, retries a broken file.
     fn run_flusher(&self) {
-        let interval = self.config.interval();
         let mut errors = crate::ratelimit::RateLimiter::new(1, Duration::from_secs(60));
         loop {
             let wait = {
                 let w = lock(&self.writer);
                 match w.pending_since {
-                    Some(since) => interval.saturating_sub(since.elapsed()),
+                    Some(since) => self.interval.saturating_sub(since.elapsed()),
                     None => MAINTENANCE_TICK,
                 }
                 .min(MAINTENANCE_TICK)
@@ -1458,12 +1721,13 @@ impl Shared {
                     return;
                 }
             }
-            let expired = if self.auto_expire {
-                self.expire()
-            } else {
-                Ok(0)
-            };
-            let result = expired.and_then(|_| {
+            let mut result = Ok(0);
+            if self.auto_expire {
+                for queue in &self.queues {
+                    result = result.and_then(|_| self.expire(queue));
+                }
+            }
+            let result = result.and_then(|_| {
                 let mut w = lock(&self.writer);
                 if self.flush_due(&w) || w.broken {
                     self.flush_locked(&mut w)
@@ -1491,11 +1755,17 @@ impl Shared {
     /// front and truncates the free tail). Appends, acks and reads wait for
     /// it; with little left in the file that is short (BENCHMARKS.md).
     fn shrink_if_drained(&self) -> Result<(), OutboxError> {
-        let held = |s: &OutboxStats| s.depth_bytes.max(1);
+        let held = || {
+            self.queues
+                .iter()
+                .map(|q| lock(&q.state).depth_bytes)
+                .sum::<u64>()
+                .max(1)
+        };
         let file_len = || std::fs::metadata(&self.path).map_or(0, |m| m.len());
         let worth_it = |len: u64, w: &Writer| {
             len > SHRINK_ABOVE_BYTES
-                && len / SHRINK_FREE_RATIO >= held(&lock(&self.state))
+                && len / SHRINK_FREE_RATIO >= held()
                 && len > w.compacted_len.saturating_add(SHRINK_ABOVE_BYTES)
         };
         let mut w = lock(&self.writer);
@@ -1518,7 +1788,9 @@ impl Shared {
                 // Nothing was lost (compaction commits like any write), but
                 // the handle may be unusable: reopen before the next write.
                 w.broken = true;
-                lock(&self.state).write_errors += 1;
+                for queue in &self.queues {
+                    lock(&queue.state).write_errors += 1;
+                }
                 return Err(OutboxError::from_redb(&self.path, "compact", err.into()));
             }
             Err(err) => {
@@ -1532,7 +1804,9 @@ impl Shared {
         w.pending_since = None;
         let after = file_len();
         w.compacted_len = after;
-        lock(&self.state).compactions += 1;
+        for queue in &self.queues {
+            lock(&queue.state).compactions += 1;
+        }
         tracing::info!(
             outbox = %self.name,
             before_mib = before as f64 / (1 << 20) as f64,
@@ -1542,6 +1816,183 @@ impl Shared {
         );
         Ok(())
     }
+}
+
+/// Removes the items with these sequence numbers (unknown ones are
+/// ignored) and returns how many were removed.
+fn remove_in(
+    items: &mut redb::Table<'_, u64, &'static [u8]>,
+    meta: &mut Meta,
+    seqs: &[u64],
+) -> Result<u64, TxError> {
+    let mut removed = 0;
+    for &seq in seqs {
+        if let Some(value) = items.remove(seq)? {
+            meta.depth_bytes = meta
+                .depth_bytes
+                .saturating_sub(cost(value.value().len().saturating_sub(8)));
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+impl Queue {
+    /// One queue's part of an append: acks, expiries, room, the records.
+    fn append_in(
+        &self,
+        items: &mut redb::Table<'_, u64, &'static [u8]>,
+        meta: &mut Meta,
+        records: &[&[u8]],
+        acks: &[u64],
+        now: u64,
+        path: &Path,
+    ) -> Result<PartDone, TxError> {
+        let acked = remove_in(items, meta, acks)?;
+        let mut appended = Appended {
+            seqs: meta.next_seq..meta.next_seq,
+            evicted: 0,
+            expired: 0,
+        };
+        if !records.is_empty() {
+            appended.expired = self.expire_in(items, meta, now)?;
+            let needed: u64 = records.iter().map(|r| cost(r.len())).sum();
+            let max_bytes = self.config.max_bytes.get();
+            while meta.depth_bytes + needed > max_bytes {
+                if self.config.when_full == QueueFullPolicy::Block {
+                    return Err(OutboxError::Full {
+                        path: path.to_owned(),
+                        needed,
+                        depth_bytes: meta.depth_bytes,
+                        max_bytes,
+                    }
+                    .into());
+                }
+                let Some((_, value)) = items.pop_first()? else {
+                    break;
+                };
+                meta.depth_bytes = meta
+                    .depth_bytes
+                    .saturating_sub(cost(value.value().len().saturating_sub(8)));
+                appended.evicted += 1;
+            }
+            let first = meta.next_seq;
+            let mut value = Vec::new();
+            for record in records {
+                value.clear();
+                value.extend_from_slice(&now.to_le_bytes());
+                value.extend_from_slice(record);
+                items.insert(meta.next_seq, value.as_slice())?;
+                meta.next_seq += 1;
+                meta.depth_bytes += cost(record.len());
+            }
+            appended.seqs = first..meta.next_seq;
+        }
+        Ok(PartDone {
+            appended,
+            acked,
+            tally: Tally::of(items)?,
+        })
+    }
+
+    /// Pops expired items off the head. Enqueue times follow the wall clock,
+    /// so a clock set back can leave an older item behind a newer one; it
+    /// expires when it reaches the head.
+    fn expire_in(
+        &self,
+        items: &mut redb::Table<'_, u64, &'static [u8]>,
+        meta: &mut Meta,
+        now: u64,
+    ) -> Result<u64, TxError> {
+        let Some(max_age) = self.config.max_age_secs else {
+            return Ok(0);
+        };
+        let cutoff = now.saturating_sub(max_age.get().saturating_mul(1000));
+        let mut expired = 0;
+        loop {
+            let len = match items.first()? {
+                Some((_, v)) => match split_value(v.value()) {
+                    Some((ts, record)) if ts < cutoff => Some(record.len()),
+                    Some(_) => None,
+                    // Damaged: let the reader report it.
+                    None => None,
+                },
+                None => None,
+            };
+            let Some(len) = len else {
+                break;
+            };
+            items.pop_first()?;
+            meta.depth_bytes = meta.depth_bytes.saturating_sub(cost(len));
+            expired += 1;
+        }
+        Ok(expired)
+    }
+
+    fn note_expired(&self, marks: &mut Marks, expired: u64) {
+        if expired > 0 {
+            let episode = marks.expiry_episode.get_or_insert(0);
+            if *episode == 0 {
+                tracing::warn!(
+                    outbox = %self.name,
+                    max_age_secs = self.config.max_age_secs.map_or(0, NonZeroU64::get),
+                    "outbox items are expiring undelivered (max_age_secs); counted as dropped"
+                );
+            }
+            *episode += expired;
+        } else if let Some(total) = marks.expiry_episode.take() {
+            tracing::info!(
+                outbox = %self.name,
+                expired = total,
+                "outbox items stopped expiring"
+            );
+        }
+    }
+
+    fn note_overflow(&self, marks: &mut Marks, evicted: u64, relieved: bool) {
+        if evicted > 0 {
+            let episode = marks.overflow_episode.get_or_insert(0);
+            if *episode == 0 {
+                tracing::warn!(
+                    outbox = %self.name,
+                    max_bytes = self.config.max_bytes.get(),
+                    "outbox full: dropping the oldest items (when_full = drop_oldest) until deliveries make room"
+                );
+            }
+            *episode += evicted;
+        } else if relieved && let Some(total) = marks.overflow_episode.take() {
+            tracing::info!(
+                outbox = %self.name,
+                dropped = total,
+                "outbox has room again; oldest items dropped in this episode"
+            );
+        }
+    }
+}
+
+/// Deletes a file and makes the deletion durable (a missing file is fine).
+fn remove_durably(path: &Path) -> Result<(), OutboxError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(OutboxError::Io {
+                path: path.to_owned(),
+                op: "remove",
+                source,
+            });
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| OutboxError::Io {
+                path: path.to_owned(),
+                op: "sync the directory",
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 fn clone_bound(bound: Bound<&u64>) -> Bound<u64> {
@@ -1590,10 +2041,11 @@ fn classify_open_error(path: &Path, err: redb::Error) -> OpenFailure {
     }
 }
 
-/// Opens or creates the database, checks the layout, reads the meta.
-/// A panic inside redb (it trusts a file closed cleanly) is a corrupt file.
-fn open_file(path: &Path) -> Result<Opened, OpenFailure> {
-    match catch_unwind(AssertUnwindSafe(|| open_file_inner(path))) {
+/// Opens or creates the database, checks the layout, reads each queue's
+/// meta (`keys`: items table and state key per queue). A panic inside redb
+/// (it trusts a file closed cleanly) is a corrupt file.
+fn open_file(path: &Path, keys: &[(String, String)]) -> Result<Opened, OpenFailure> {
+    match catch_unwind(AssertUnwindSafe(|| open_file_inner(path, keys))) {
         Ok(result) => result,
         Err(payload) => Err(OpenFailure::Corrupt(format!(
             "redb panicked while opening it: {}",
@@ -1602,7 +2054,7 @@ fn open_file(path: &Path) -> Result<Opened, OpenFailure> {
     }
 }
 
-fn open_file_inner(path: &Path) -> Result<Opened, OpenFailure> {
+fn open_file_inner(path: &Path, keys: &[(String, String)]) -> Result<Opened, OpenFailure> {
     // A file redb closed cleanly is trusted by a plain open, and a page
     // damaged since then makes redb panic when it is read (tested), long
     // after the open. Checking every page's checksum on open turns that into
@@ -1617,16 +2069,10 @@ fn open_file_inner(path: &Path) -> Result<Opened, OpenFailure> {
         .map_err(|e| classify_open_error(path, e.into()))?;
     let fail = |e: redb::Error| classify_open_error(path, e);
     let txn = db.begin_write().map_err(|e| fail(e.into()))?;
-    let (meta, items, oldest_ms, repaired) = {
+    let (queues, repaired) = {
         let mut meta_table = txn.open_table(META).map_err(|e| fail(e.into()))?;
-        let items_table = txn.open_table(ITEMS).map_err(|e| fail(e.into()))?;
-        let items = items_table.len().map_err(|e| fail(e.into()))?;
         let format = meta_table
             .get(META_FORMAT)
-            .map_err(|e| fail(e.into()))?
-            .map(|v| v.value().to_vec());
-        let stored = meta_table
-            .get(META_STATE)
             .map_err(|e| fail(e.into()))?
             .map(|v| v.value().to_vec());
         let clean = meta_table
@@ -1634,35 +2080,8 @@ fn open_file_inner(path: &Path) -> Result<Opened, OpenFailure> {
             .map_err(|e| fail(e.into()))?
             .map(|v| v.value() == [1]);
         let repaired = format.is_some() && clean != Some(true);
-        let last = items_table
-            .last()
-            .map_err(|e| fail(e.into()))?
-            .map(|(k, _)| k.value());
-        let oldest_ms = match items_table.first().map_err(|e| fail(e.into()))? {
-            Some((k, v)) => match split_value(v.value()) {
-                Some((ts, _)) => Some(ts),
-                None => {
-                    return Err(OpenFailure::Corrupt(format!(
-                        "item {} is damaged ({} bytes)",
-                        k.value(),
-                        v.value().len()
-                    )));
-                }
-            },
-            None => None,
-        };
-        let meta = match format {
-            None => {
-                if items > 0 || stored.is_some() {
-                    return Err(OpenFailure::Corrupt(
-                        "items but no format record: not a sluice outbox".into(),
-                    ));
-                }
-                meta_table
-                    .insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())
-                    .map_err(|e| fail(e.into()))?;
-                Meta::default()
-            }
+        match &format {
+            None => {}
             Some(raw) => {
                 let version = <[u8; 4]>::try_from(raw.as_slice())
                     .map(u32::from_le_bytes)
@@ -1676,33 +2095,83 @@ fn open_file_inner(path: &Path) -> Result<Opened, OpenFailure> {
                 if version == 0 {
                     return Err(OpenFailure::Corrupt("format record says 0".into()));
                 }
-                let mut meta = stored
-                    .as_deref()
-                    .and_then(Meta::from_bytes)
-                    .ok_or_else(|| OpenFailure::Corrupt("damaged state record".into()))?;
-                if let Some(last) = last {
-                    meta.next_seq = meta.next_seq.max(last.saturating_add(1));
-                }
-                if items == 0 {
-                    meta.depth_bytes = 0;
-                }
-                meta
             }
-        };
-        meta_table
-            .insert(META_STATE, meta.to_bytes().as_slice())
-            .map_err(|e| fail(e.into()))?;
+        }
+        let mut queues = Vec::with_capacity(keys.len());
+        for (items_table, state_key) in keys {
+            let items_table = txn
+                .open_table(TableDefinition::<u64, &[u8]>::new(items_table))
+                .map_err(|e| fail(e.into()))?;
+            let items = items_table.len().map_err(|e| fail(e.into()))?;
+            let stored = meta_table
+                .get(state_key.as_str())
+                .map_err(|e| fail(e.into()))?
+                .map(|v| v.value().to_vec());
+            let last = items_table
+                .last()
+                .map_err(|e| fail(e.into()))?
+                .map(|(k, _)| k.value());
+            let oldest_ms = match items_table.first().map_err(|e| fail(e.into()))? {
+                Some((k, v)) => match split_value(v.value()) {
+                    Some((ts, _)) => Some(ts),
+                    None => {
+                        return Err(OpenFailure::Corrupt(format!(
+                            "item {} is damaged ({} bytes)",
+                            k.value(),
+                            v.value().len()
+                        )));
+                    }
+                },
+                None => None,
+            };
+            let meta = match (&format, stored) {
+                (None, stored) => {
+                    if items > 0 || stored.is_some() {
+                        return Err(OpenFailure::Corrupt(
+                            "items but no format record: not a sluice outbox".into(),
+                        ));
+                    }
+                    Meta::default()
+                }
+                // A queue new to this file.
+                (Some(_), None) if items == 0 => Meta::default(),
+                (Some(_), stored) => {
+                    let mut meta = stored
+                        .as_deref()
+                        .and_then(Meta::from_bytes)
+                        .ok_or_else(|| OpenFailure::Corrupt("damaged state record".into()))?;
+                    if let Some(last) = last {
+                        meta.next_seq = meta.next_seq.max(last.saturating_add(1));
+                    }
+                    if items == 0 {
+                        meta.depth_bytes = 0;
+                    }
+                    meta
+                }
+            };
+            meta_table
+                .insert(state_key.as_str(), meta.to_bytes().as_slice())
+                .map_err(|e| fail(e.into()))?;
+            queues.push(OpenedQueue {
+                meta,
+                items,
+                oldest_ms,
+            });
+        }
+        if format.is_none() {
+            meta_table
+                .insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())
+                .map_err(|e| fail(e.into()))?;
+        }
         meta_table
             .insert(META_CLEAN, [0u8].as_slice())
             .map_err(|e| fail(e.into()))?;
-        (meta, items, oldest_ms, repaired)
+        (queues, repaired)
     };
     txn.commit().map_err(|e| fail(e.into()))?;
     Ok(Opened {
         db,
-        meta,
-        items,
-        oldest_ms,
+        queues,
         repaired,
     })
 }
@@ -1732,9 +2201,12 @@ fn quarantine(path: &Path, reason: &str, now_ms: u64) -> Result<Quarantined, Out
     })
 }
 
-/// What `sluice outbox inspect` shows.
+/// What `sluice outbox inspect` shows of one queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InspectReport {
+    /// The queue's name (empty in a file of the previous layout, which
+    /// holds one queue).
+    pub queue: String,
     /// Items stored.
     pub items: u64,
     /// Bytes counted against `max_bytes`.
@@ -1749,10 +2221,10 @@ pub struct InspectReport {
     pub file_bytes: u64,
 }
 
-/// Reads the depth of an outbox file without changing it. Fails with
+/// Reads the depth of each queue of an outbox file without changing it. Fails with
 /// [`OutboxError::InUse`] while a host has it open, and with a `Store`
 /// error (`RepairAborted`) if it needs the repair that opening it does.
-pub fn inspect(path: &Path) -> Result<InspectReport, OutboxError> {
+pub fn inspect(path: &Path) -> Result<Vec<InspectReport>, OutboxError> {
     let file_bytes = std::fs::metadata(path)
         .map_err(|source| OutboxError::Io {
             path: path.to_owned(),
@@ -1760,7 +2232,7 @@ pub fn inspect(path: &Path) -> Result<InspectReport, OutboxError> {
             source,
         })?
         .len();
-    let run = || -> Result<InspectReport, OutboxError> {
+    let run = || -> Result<Vec<InspectReport>, OutboxError> {
         let err = |e: redb::Error| OutboxError::from_redb(path, "inspect", e);
         match redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
@@ -1798,40 +2270,86 @@ pub fn inspect(path: &Path) -> Result<InspectReport, OutboxError> {
     })
 }
 
-/// The [`inspect`] report of an open database.
+/// The queues of a file: their names, from the state records in [`META`].
+fn queue_names(
+    meta_table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<String>, redb::StorageError> {
+    let mut names = Vec::new();
+    for entry in meta_table.iter()? {
+        let (key, _) = entry?;
+        let key = key.value();
+        if key == META_STATE {
+            names.push(String::new());
+        } else if let Some(name) = key.strip_suffix(&format!(".{META_STATE}")) {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// The [`inspect`] reports of an open database, one per queue.
 fn inspect_db(
     db: &impl redb::ReadableDatabase,
     path: &Path,
     file_bytes: u64,
-) -> Result<InspectReport, OutboxError> {
+) -> Result<Vec<InspectReport>, OutboxError> {
     let err = |e: redb::Error| OutboxError::from_redb(path, "inspect", e);
     let txn = db.begin_read().map_err(|e| err(e.into()))?;
     let meta_table = txn.open_table(META).map_err(|e| err(e.into()))?;
-    let meta = meta_table
-        .get(META_STATE)
-        .map_err(|e| err(e.into()))?
-        .and_then(|v| Meta::from_bytes(v.value()))
-        .ok_or_else(|| OutboxError::Corrupt {
+    let names = queue_names(&meta_table).map_err(|e| err(e.into()))?;
+    if names.is_empty() {
+        return Err(OutboxError::Corrupt {
             path: path.to_owned(),
             detail: "no state record: not a sluice outbox".into(),
-        })?;
-    let items = txn.open_table(ITEMS).map_err(|e| err(e.into()))?;
-    let first = items.first().map_err(|e| err(e.into()))?;
-    let last = items.last().map_err(|e| err(e.into()))?;
-    let oldest_enqueued_ms = first
-        .as_ref()
-        .and_then(|(_, v)| split_value(v.value()).map(|(ts, _)| ts));
-    let seq_range = first
-        .zip(last)
-        .map(|((a, _), (b, _))| (a.value(), b.value()));
-    Ok(InspectReport {
-        items: items.len().map_err(|e| err(e.into()))?,
-        bytes: meta.depth_bytes,
-        oldest_enqueued_ms,
-        seq_range,
-        next_seq: meta.next_seq,
-        file_bytes,
-    })
+        });
+    }
+    let mut reports = Vec::with_capacity(names.len());
+    for name in names {
+        let (items_table, state_key) = queue_keys(&name);
+        let meta = meta_table
+            .get(state_key.as_str())
+            .map_err(|e| err(e.into()))?
+            .and_then(|v| Meta::from_bytes(v.value()))
+            .ok_or_else(|| OutboxError::Corrupt {
+                path: path.to_owned(),
+                detail: format!("damaged state record of queue {name:?}"),
+            })?;
+        let items = match txn.open_table(TableDefinition::<u64, &[u8]>::new(&items_table)) {
+            Ok(items) => items,
+            // A queue whose table was never written.
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                reports.push(InspectReport {
+                    queue: name,
+                    items: 0,
+                    bytes: 0,
+                    oldest_enqueued_ms: None,
+                    seq_range: None,
+                    next_seq: meta.next_seq,
+                    file_bytes,
+                });
+                continue;
+            }
+            Err(e) => return Err(err(e.into())),
+        };
+        let first = items.first().map_err(|e| err(e.into()))?;
+        let last = items.last().map_err(|e| err(e.into()))?;
+        let oldest_enqueued_ms = first
+            .as_ref()
+            .and_then(|(_, v)| split_value(v.value()).map(|(ts, _)| ts));
+        let seq_range = first
+            .zip(last)
+            .map(|((a, _), (b, _))| (a.value(), b.value()));
+        reports.push(InspectReport {
+            queue: name,
+            items: items.len().map_err(|e| err(e.into()))?,
+            bytes: meta.depth_bytes,
+            oldest_enqueued_ms,
+            seq_range,
+            next_seq: meta.next_seq,
+            file_bytes,
+        });
+    }
+    Ok(reports)
 }
 
 /// What `sluice outbox verify` found.
@@ -1917,50 +2435,67 @@ pub fn verify(
             .get(META_CLEAN)
             .map_err(|e| err(e.into()))?
             .is_some_and(|v| v.value() == [1]);
-        let meta = meta_table
-            .get(META_STATE)
-            .map_err(|e| err(e.into()))?
-            .and_then(|v| Meta::from_bytes(v.value()))
-            .ok_or_else(|| corrupt("no valid state record".into()))?;
-        let items = txn
-            .open_table(ITEMS)
-            .map_err(|e| corrupt(format!("not a sluice outbox: {e}")))?;
-        let mut last_seq = None;
-        for entry in items.iter().map_err(|e| err(e.into()))? {
-            let (k, v) = entry.map_err(|e| err(e.into()))?;
-            let seq = k.value();
-            last_seq = Some(seq);
-            report.items += 1;
-            match split_value(v.value()) {
-                Some((_, record)) => {
-                    report.bytes += cost(record.len());
-                    if let Err(why) = decode(record) {
-                        problem(&mut report, format!("item {seq}: {why}"));
+        let names = queue_names(&meta_table).map_err(|e| err(e.into()))?;
+        if names.is_empty() {
+            return Err(corrupt("no valid state record".into()));
+        }
+        for name in names {
+            // Problems name the queue when the file holds several.
+            let label = if name.is_empty() {
+                String::new()
+            } else {
+                format!("queue {name}: ")
+            };
+            let (items_table, state_key) = queue_keys(&name);
+            let meta = meta_table
+                .get(state_key.as_str())
+                .map_err(|e| err(e.into()))?
+                .and_then(|v| Meta::from_bytes(v.value()))
+                .ok_or_else(|| corrupt(format!("{label}no valid state record")))?;
+            let items = match txn.open_table(TableDefinition::<u64, &[u8]>::new(&items_table)) {
+                Ok(items) => items,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(corrupt(format!("not a sluice outbox: {e}"))),
+            };
+            let mut last_seq = None;
+            let mut bytes = 0;
+            for entry in items.iter().map_err(|e| err(e.into()))? {
+                let (k, v) = entry.map_err(|e| err(e.into()))?;
+                let seq = k.value();
+                last_seq = Some(seq);
+                report.items += 1;
+                match split_value(v.value()) {
+                    Some((_, record)) => {
+                        bytes += cost(record.len());
+                        if let Err(why) = decode(record) {
+                            problem(&mut report, format!("{label}item {seq}: {why}"));
+                        }
                     }
+                    None => problem(
+                        &mut report,
+                        format!("{label}item {seq}: damaged ({} bytes)", v.value().len()),
+                    ),
                 }
-                None => problem(
-                    &mut report,
-                    format!("item {seq}: damaged ({} bytes)", v.value().len()),
-                ),
             }
-        }
-        if report.bytes != meta.depth_bytes {
-            let text = format!(
-                "the state record counts {} bytes, the items add up to {}",
-                meta.depth_bytes, report.bytes
-            );
-            problem(&mut report, text);
-        }
-        if let Some(last) = last_seq
-            && last >= meta.next_seq
-        {
-            problem(
-                &mut report,
-                format!(
-                    "item {last} is not below the next sequence number {}",
-                    meta.next_seq
-                ),
-            );
+            report.bytes += bytes;
+            if bytes != meta.depth_bytes {
+                let text = format!(
+                    "{label}the state record counts {} bytes, the items add up to {bytes}",
+                    meta.depth_bytes
+                );
+                problem(&mut report, text);
+            }
+            if let Some(last) = last_seq
+                && last >= meta.next_seq
+            {
+                problem(
+                    &mut report,
+                    format!(
+                        "{label}item {last} is not below the next sequence number {}",
+                        meta.next_seq
+                    ),
+                );
+            }
         }
         Ok(report)
     };

@@ -328,7 +328,10 @@ fn inspect_and_verify_report_depth_and_problems() {
         Err(OutboxError::InUse { .. })
     ));
     drop(outbox);
-    let report = inspect(&path).expect("inspect");
+    let reports = inspect(&path).expect("inspect");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let report = &reports[0];
+    assert_eq!(report.queue, "");
     assert_eq!(report.items, 5);
     assert_eq!(report.bytes, 4 * (18 + 16) + 3 + 16);
     assert_eq!(report.oldest_enqueued_ms, Some(5_000));
@@ -1217,4 +1220,165 @@ fn a_drained_file_is_compacted_by_the_background_thread() {
     let reopened = Outbox::open(&path, cfg).expect("reopen");
     assert_eq!(reopened.stats().depth_items, 11);
     assert_eq!(all(&reopened).last().expect("item").seq, more.seqs.start);
+}
+
+fn group_of_two(path: &Path, a: OutboxConfig, b: OutboxConfig) -> OutboxGroup {
+    OutboxGroup::open(path, &[("a", a), ("b", b)]).expect("open group")
+}
+
+/// Two queues in one file: one transaction appends to both, each keeps its
+/// own sequence numbers, bounds and acks, and both survive a reopen.
+#[test]
+fn a_group_commits_its_queues_together_and_keeps_them_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("log.redb");
+    let group = group_of_two(&path, config(1 << 20), config(1 << 20));
+    let a = [indexed(1, 10), indexed(2, 10)];
+    let b = [indexed(3, 20)];
+    let done = group
+        .append(&[(0, &refs(&a), &[]), (1, &refs(&b), &[])])
+        .expect("append");
+    assert_eq!(done[0].seqs, 0..2);
+    assert_eq!(done[1].seqs, 0..1);
+    let (qa, qb) = (group.queue(0).expect("a"), group.queue(1).expect("b"));
+    assert_eq!(qa.stats().depth_items, 2);
+    assert_eq!(qb.stats().depth_bytes, 8 + 20 + ITEM_OVERHEAD);
+    // Acks name a queue: seq 0 of `a` is not seq 0 of `b`.
+    group.ack(&[(0, &[0])]).expect("ack");
+    assert_eq!(qa.stats().depth_items, 1);
+    assert_eq!(qb.stats().depth_items, 1);
+    drop(group);
+
+    let reports = inspect(&path).expect("inspect");
+    let names: Vec<&str> = reports.iter().map(|r| r.queue.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(reports[0].seq_range, Some((1, 1)));
+    let verified = verify(&path, |r| index_of(r).map(|_| ())).expect("verify");
+    assert_eq!(
+        (verified.items, verified.problem_count),
+        (2, 0),
+        "{verified:?}"
+    );
+
+    let group = group_of_two(&path, config(1 << 20), config(1 << 20));
+    let (qa, qb) = (group.queue(0).expect("a"), group.queue(1).expect("b"));
+    let index = |items: Vec<Item>| -> Vec<u64> {
+        items
+            .iter()
+            .map(|i| index_of(&i.record).expect("intact"))
+            .collect()
+    };
+    assert_eq!(index(all(qa)), [2]);
+    assert_eq!(index(all(qb)), [3]);
+    assert_eq!(qa.next_seq(), 2, "numbers are not reused");
+}
+
+/// `block`: when one queue of a transaction is full, nothing of it is
+/// written (a frame is never split), and the acks it carried still apply.
+#[test]
+fn a_full_queue_refuses_the_whole_transaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = config(3 * (8 + 10 + ITEM_OVERHEAD));
+    let group = group_of_two(&dir.path().join("log.redb"), small, config(1 << 20));
+    let three = [indexed(1, 10), indexed(2, 10), indexed(3, 10)];
+    group.append(&[(0, &refs(&three), &[])]).expect("fits");
+    let one = [indexed(4, 10)];
+    let refused = group.append(&[(0, &refs(&one), &[0]), (1, &refs(&one), &[])]);
+    // The ack of item 0 made room for exactly one: this time it fits.
+    assert!(refused.is_ok(), "{refused:?}");
+    let refused = group.append(&[(1, &refs(&one), &[]), (0, &refs(&one), &[])]);
+    assert!(
+        matches!(refused, Err(OutboxError::Full { .. })),
+        "{refused:?}"
+    );
+    let (qa, qb) = (group.queue(0).expect("a"), group.queue(1).expect("b"));
+    assert_eq!(qa.stats().depth_items, 3);
+    assert_eq!(qb.stats().depth_items, 1, "b's part was not written either");
+    assert_eq!(qa.stats().refused_full, 1);
+}
+
+/// A file of the previous layout (one queue, `Outbox::open`) moves into a
+/// queue of the shared file: order and enqueue times kept, the file
+/// deleted; a later file of that layout (a downgrade and upgrade again) is
+/// moved in full, not skipped by the position the first one left.
+#[test]
+fn absorb_moves_a_file_of_the_previous_layout_in_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let legacy = dir.path().join("mqtt.redb");
+    let (now, clock) = fake_clock(5_000);
+    let old = Outbox::open_with(&legacy, config(1 << 20), clock.clone(), false).expect("open");
+    let records: Vec<Vec<u8>> = (0..10).map(|i| indexed(i, 30)).collect();
+    for chunk in records.chunks(3) {
+        old.append(&refs(chunk)).expect("append");
+        now.fetch_add(1000, Ordering::SeqCst);
+    }
+    old.ack(&[0, 1]).expect("delivered before the upgrade");
+    drop(old);
+
+    let group = group_of_two(
+        &dir.path().join("log.redb"),
+        config(1 << 20),
+        config(1 << 20),
+    );
+    let queue = group.queue(1).expect("b");
+    queue
+        .append(&[&indexed(99, 1)])
+        .expect("an item already there");
+    assert_eq!(queue.absorb(&legacy).expect("absorb"), 8);
+    assert!(!legacy.exists(), "the old file is deleted");
+    let items = all(queue);
+    let indexes: Vec<u64> = items
+        .iter()
+        .map(|i| index_of(&i.record).expect("intact"))
+        .collect();
+    assert_eq!(indexes, [99, 2, 3, 4, 5, 6, 7, 8, 9]);
+    let times: Vec<u64> = items[1..].iter().map(|i| i.enqueued_ms).collect();
+    assert_eq!(
+        times,
+        [5_000, 6_000, 6_000, 6_000, 7_000, 7_000, 7_000, 8_000]
+    );
+    assert_eq!(queue.stats().depth_items, 9);
+    assert_eq!(queue.absorb(&legacy).expect("nothing left"), 0);
+
+    let again = Outbox::open(&legacy, config(1 << 20)).expect("a new old-layout file");
+    again
+        .append(&[&indexed(50, 1), &indexed(51, 1)])
+        .expect("append");
+    drop(again);
+    assert_eq!(queue.absorb(&legacy).expect("absorb"), 2);
+}
+
+/// A crash in the middle of moving a file in: the position committed with
+/// the last chunk says where to go on, so nothing is moved twice.
+#[test]
+fn absorb_goes_on_where_a_crash_stopped_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let legacy = dir.path().join("influx.redb");
+    let old = Outbox::open(&legacy, config(1 << 20)).expect("open");
+    let records: Vec<Vec<u8>> = (0..6).map(|i| indexed(i, 5)).collect();
+    old.append(&refs(&records)).expect("append");
+    drop(old);
+    let group = group_of_two(
+        &dir.path().join("log.redb"),
+        config(1 << 20),
+        config(1 << 20),
+    );
+    let queue = group.queue(0).expect("a");
+    // What a chunk of items 0..=3 commits with them (the items themselves
+    // are already in the queue in this story).
+    let store = &queue.file.store;
+    let marker = format!("{}.absorbed", queue.queue.state_key);
+    store
+        .write(&mut lock(&store.writer), "test", true, false, |txn, _| {
+            txn.open_table(META)?
+                .insert(marker.as_str(), 3u64.to_le_bytes().as_slice())?;
+            Ok(())
+        })
+        .expect("write the position");
+    assert_eq!(queue.absorb(&legacy).expect("absorb"), 2);
+    let indexes: Vec<u64> = all(queue)
+        .iter()
+        .map(|i| index_of(&i.record).expect("intact"))
+        .collect();
+    assert_eq!(indexes, [4, 5]);
 }

@@ -1,152 +1,203 @@
-//! A sink's durable queue: the [`Outbox`] plus the thread that writes it.
+//! The box's durable log: one outbox file whose queues the sinks share,
+//! and the one thread that writes it.
 //!
 //! ```text
-//! push(record) ─(bounded channel)─► writer thread ─ append + pending acks (one transaction per batch) ─► outbox
-//! ack(seq) ────(pending acks)──────►      │
-//!                                         └─ next_seq (watch) ─► the sink's reader: read_after(cursor)
+//! push_frame([(mqtt, record), (influx, record), …]) ─(bounded channel)─► writer thread ─ one transaction per batch ─► outbox file
+//! DurableQueue::ack(seq) ─(pending acks, per queue)────────────────────►      │          (queues mqtt, influx)
+//!                                                                              └─ next_seq (watch, per queue) ─► each sink's reader
 //! ```
 //!
+//! * **A frame is atomic.** Everything a frame emitted — its MQTT messages
+//!   and its points — reaches the writer as one unit and is committed in one
+//!   transaction with the rest of its batch, so a crash keeps all of a
+//!   frame or none of it. Each sink then reads its own queue through its
+//!   own cursor and acks its own items.
 //! * **Group commit.** The writer thread takes everything queued (up to
-//!   [`MAX_BATCH`]) and appends it in one transaction, so with
-//!   `fsync = "always"` the cost of a disk sync is shared by every message
-//!   that arrived meanwhile. The acks pending at that moment are removed
-//!   in the same transaction ([`Outbox::append_and_ack`]): a commit costs
-//!   about the same with one change or two, so this halves the commits
-//!   (and the fsyncs under `always`); acks with no append to share wait
-//!   `ACK_LINGER` (10 ms) before a commit of their own. One thread owns
-//!   all writes because redb has a single writer: concurrent appends would
-//!   serialise on its lock and lose the batching.
-//! * **Backpressure.** With `when_full = "block"` a full outbox makes the
+//!   [`MAX_BATCH`] records) and appends it in one transaction, so with
+//!   `fsync = "always"` one disk sync serves every sink and every frame that
+//!   arrived meanwhile. The acks pending at that moment are removed in the
+//!   same transaction; acks with no append to share wait `ACK_LINGER`
+//!   (10 ms) before a commit of their own. One thread owns all writes
+//!   because redb has a single writer: concurrent appends would serialise
+//!   on its lock and lose the batching.
+//! * **Backpressure.** With `when_full = "block"` a full queue makes the
 //!   writer wait for acks (it keeps applying them while it waits); the
-//!   channel fills and [`DurableQueue::push`] waits, which slows the
-//!   pipelines and leaves bytes in the serial driver. With `drop_oldest` the
-//!   outbox evicts the oldest items, counted in
+//!   channel fills and pushes wait, which slows the pipelines and leaves
+//!   bytes in the serial driver. A frame is not split to let one sink's
+//!   part through: while either queue is full, both wait. With
+//!   `drop_oldest` the full queue evicts its oldest items, counted in
 //!   `sluice_sink_dropped_total{reason="outbox_overflow"}`.
 //! * **Write failures** (disk full, I/O errors) are never turned into silent
 //!   loss: the writer logs one ERROR per episode and retries the same batch
 //!   with backoff, blocking upstream like a full outbox.
-//! * **What a crash can lose**: only records still in the channel or in the
+//! * **What a crash can lose**: only frames still in the channel or in the
 //!   batch being written (not yet committed) — the same window as frames in
-//!   the pipeline's queues. Everything committed is sent again after a
-//!   restart until its sink confirms it (at-least-once).
+//!   the pipeline's queues, and never part of a frame. Everything committed
+//!   is sent again after a restart until its sink confirms it
+//!   (at-least-once).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::metrics::Metrics;
-use crate::outbox::{Item, Outbox, OutboxError};
+use crate::outbox::{Item, Outbox, OutboxError, OutboxGroup, Part};
 
 /// Records appended in one transaction at most.
 pub const MAX_BATCH: usize = 2048;
-/// Records waiting for the writer thread.
+/// Frames waiting for the writer thread.
 const CHANNEL: usize = 4096;
 /// How long acks wait for an append to share its commit before they get
 /// one of their own. Longer only delays freeing their room (and a crash in
 /// between sends them again, as with any unconfirmed item).
 const ACK_LINGER: Duration = Duration::from_millis(10);
 
-/// The durable queue of one sink. Cheap to share (`Arc`).
+/// What a frame adds to the log: records by queue index.
+pub type FrameRecords = Vec<(usize, Vec<u8>)>;
+
+/// The durable log: a handle to push whole frames, and the queues.
+pub struct DurableLog {
+    log: Arc<Log>,
+}
+
+/// One sink's queue in the [`DurableLog`]. Cheap to share (`Arc`).
 pub struct DurableQueue {
-    sink: &'static str,
-    records: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
-    pending_acks: Arc<Mutex<Vec<u64>>>,
+    log: Arc<Log>,
+    index: usize,
+}
+
+struct Log {
+    group: OutboxGroup,
+    sides: Vec<Side>,
+    frames: Mutex<Option<mpsc::Sender<FrameRecords>>>,
     wake: Arc<Notify>,
-    outbox: Arc<Outbox>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// True once every pushed record is appended after [`seal`](Self::seal).
-    drained: watch::Receiver<bool>,
+    /// Bumped after every batch the writer finished (appended or refused).
+    batches: watch::Sender<u64>,
     stop: Arc<AtomicBool>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// A queue's bookkeeping on this side of the outbox.
+struct Side {
+    sink: &'static str,
+    pending_acks: Mutex<Vec<u64>>,
     /// Records pushed and not yet appended (or refused): in the channel or
     /// the batch being written.
-    in_transit: Arc<AtomicU64>,
+    in_transit: AtomicU64,
+    /// Takes no more records.
+    sealed: AtomicBool,
+    closed: AtomicBool,
+    /// (overflow, expired, lost on reopen) drops already exported as
+    /// metrics.
+    exported: Mutex<(u64, u64, u64)>,
+}
+
+impl DurableLog {
+    /// Starts the writer thread for `group`, whose queues belong to `sinks`
+    /// (same order).
+    pub fn start(
+        group: OutboxGroup,
+        sinks: &[&'static str],
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<DurableLog> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let wake = Arc::new(Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let sides = sinks
+            .iter()
+            .map(|&sink| Side {
+                sink,
+                pending_acks: Mutex::new(Vec::new()),
+                in_transit: AtomicU64::new(0),
+                sealed: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                exported: Mutex::new((0, 0, 0)),
+            })
+            .collect();
+        let log = Arc::new(Log {
+            group,
+            sides,
+            frames: Mutex::new(Some(tx)),
+            wake: wake.clone(),
+            batches: watch::Sender::new(0),
+            stop: stop.clone(),
+            writer: Mutex::new(None),
+            metrics,
+        });
+        let weak = Arc::downgrade(&log);
+        let name = sinks.join("+");
+        let thread = std::thread::Builder::new()
+            .name(format!("outbox-{name}"))
+            .spawn(move || runtime.block_on(run(weak, rx, wake, stop)))?;
+        *lock(&log.writer) = Some(thread);
+        Ok(DurableLog { log })
+    }
+
+    /// The queue opened `index`-th.
+    pub fn queue(&self, index: usize) -> Arc<DurableQueue> {
+        Arc::new(DurableQueue {
+            log: self.log.clone(),
+            index,
+        })
+    }
+
+    /// Queues one frame's records (for any queues) to be committed together;
+    /// waits while the writer is behind (backpressure). Returns false, and
+    /// takes nothing, when a queue it names was sealed.
+    pub async fn push_frame(&self, records: FrameRecords) -> bool {
+        self.log.push_frame(records).await
+    }
 }
 
 impl DurableQueue {
-    /// Starts the writer thread for `outbox` (the queue of sink `sink`).
+    /// A log of one queue for `sink` (the queue's own file).
     pub fn start(
         sink: &'static str,
         outbox: Outbox,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<DurableQueue> {
-        let outbox = Arc::new(outbox);
-        let (tx, rx) = mpsc::channel(CHANNEL);
-        let pending_acks = Arc::new(Mutex::new(Vec::new()));
-        let wake = Arc::new(Notify::new());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()?;
-        let (drained_tx, drained) = watch::channel(false);
-        let stop = Arc::new(AtomicBool::new(false));
-        let in_transit = Arc::new(AtomicU64::new(0));
-        let writer = Writer {
-            in_transit: in_transit.clone(),
-            sink,
-            outbox: outbox.clone(),
-            pending_acks: pending_acks.clone(),
-            wake: wake.clone(),
-            metrics,
-            drained: drained_tx,
-            stop: stop.clone(),
-            exported: Mutex::new((0, 0, 0)),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("outbox-{sink}"))
-            .spawn(move || runtime.block_on(writer.run(rx)))?;
+        let group = OutboxGroup::single(outbox);
+        let log = DurableLog::start(group, &[sink], metrics)?;
         Ok(DurableQueue {
-            sink,
-            records: Mutex::new(Some(tx)),
-            pending_acks,
-            wake,
-            outbox,
-            writer: Mutex::new(Some(thread)),
-            drained,
-            stop,
-            in_transit,
+            log: log.log,
+            index: 0,
         })
+    }
+
+    fn side(&self) -> &Side {
+        &self.log.sides[self.index]
     }
 
     /// The outbox (stats, reading).
     pub fn outbox(&self) -> &Outbox {
-        &self.outbox
+        self.log
+            .group
+            .queue(self.index)
+            .expect("a queue of its own log")
     }
 
     /// Queues `record` for appending; waits while the writer is behind
-    /// (backpressure). Returns false after [`close`](Self::close).
+    /// (backpressure). Returns false after [`seal`](Self::seal).
     pub async fn push(&self, record: Vec<u8>) -> bool {
-        let sender = lock(&self.records).clone();
-        let Some(sender) = sender else {
-            return false;
-        };
-        // Counted until the writer has it; uncounted again if the send
-        // fails or this future is dropped before it completes.
-        struct Unsent<'a>(&'a AtomicU64);
-        impl Drop for Unsent<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        self.in_transit.fetch_add(1, Ordering::SeqCst);
-        let unsent = Unsent(&self.in_transit);
-        let sent = sender.send(record).await.is_ok();
-        if sent {
-            std::mem::forget(unsent);
-        }
-        sent
+        self.log.push_frame(vec![(self.index, record)]).await
     }
 
     /// Records pushed and not yet in the outbox.
     pub fn in_transit(&self) -> u64 {
-        self.in_transit.load(Ordering::SeqCst)
+        self.side().in_transit.load(Ordering::SeqCst)
     }
 
     /// Marks `seq` as confirmed by the sink; removed with the next batch.
     /// Never waits (called from the task that polls the MQTT event loop).
     pub fn ack(&self, seq: u64) {
-        lock(&self.pending_acks).push(seq);
-        self.wake.notify_one();
+        lock(&self.side().pending_acks).push(seq);
+        self.log.wake.notify_one();
     }
 
     /// Up to `max_items` stored items after `after` (from the oldest if
@@ -156,44 +207,61 @@ impl DurableQueue {
         after: Option<u64>,
         max_items: usize,
     ) -> Result<Vec<Item>, OutboxError> {
-        self.outbox.peek(after, max_items, 4 << 20)
+        self.outbox().peek(after, max_items, 4 << 20)
     }
 
     /// Changes whenever records were appended (the outbox's next sequence
     /// number).
     pub fn appended(&self) -> watch::Receiver<u64> {
-        self.outbox.subscribe()
+        self.outbox().subscribe()
     }
 
     /// Stops taking records and waits until every record pushed so far is
     /// appended. Acks are still applied until [`close`](Self::close).
     pub async fn seal(&self) {
-        lock(&self.records).take();
-        let mut drained = self.drained.clone();
-        let _ = drained.wait_for(|done| *done).await;
+        self.side().sealed.store(true, Ordering::SeqCst);
+        let mut batches = self.log.batches.subscribe();
+        let _ = batches.wait_for(|_| self.in_transit() == 0).await;
     }
 
     /// Whether [`seal`](Self::seal) completed.
     pub fn is_sealed(&self) -> bool {
-        *self.drained.borrow()
+        self.side().sealed.load(Ordering::SeqCst) && self.in_transit() == 0
     }
 
-    /// Seals, applies the pending acks, stops the writer thread and makes
-    /// everything durable.
+    /// Seals and applies the pending acks durably. The last queue of the
+    /// log to close also stops the writer thread.
     pub async fn close(&self) {
         self.seal().await;
-        self.stop.store(true, Ordering::SeqCst);
-        self.wake.notify_one();
-        let thread = lock(&self.writer).take();
-        if let Some(thread) = thread {
-            let sink = self.sink;
-            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
-            if !matches!(joined, Ok(Ok(()))) {
-                tracing::error!(sink, "the outbox writer thread panicked");
+        self.side().closed.store(true, Ordering::SeqCst);
+        let last = self
+            .log
+            .sides
+            .iter()
+            .all(|side| side.closed.load(Ordering::SeqCst));
+        let log = self.log.clone();
+        let sink = self.side().sink;
+        let finished = tokio::task::spawn_blocking(move || {
+            if last {
+                lock(&log.frames).take();
+                log.stop.store(true, Ordering::SeqCst);
+                log.wake.notify_one();
+                let thread = lock(&log.writer).take();
+                if let Some(thread) = thread
+                    && thread.join().is_err()
+                {
+                    tracing::error!(sink, "the outbox writer thread panicked");
+                }
             }
-        }
-        if let Err(err) = self.outbox.flush() {
-            tracing::error!(sink = self.sink, error = %err, "outbox: final flush failed");
+            log.apply_acks();
+            log.export_depth();
+            log.group.queue(0).map_or(Ok(()), |outbox| outbox.flush())
+        })
+        .await;
+        match finished {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(sink, error = %err, "outbox: final flush failed"),
+            Err(err) => tracing::error!(sink, error = %err, "outbox: closing failed"),
         }
     }
 }
@@ -202,115 +270,140 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct Writer {
-    sink: &'static str,
-    outbox: Arc<Outbox>,
-    pending_acks: Arc<Mutex<Vec<u64>>>,
-    wake: Arc<Notify>,
-    metrics: Arc<Metrics>,
-    drained: watch::Sender<bool>,
-    stop: Arc<AtomicBool>,
-    in_transit: Arc<AtomicU64>,
-    /// (overflow, expired, lost on reopen) drops already exported as
-    /// metrics.
-    exported: Mutex<(u64, u64, u64)>,
-}
-
-impl Writer {
-    async fn run(self, mut records: mpsc::Receiver<Vec<u8>>) {
-        let mut batch: Vec<Vec<u8>> = Vec::with_capacity(MAX_BATCH);
-        let mut open = true;
-        loop {
-            if batch.is_empty() {
-                if !open {
-                    let _ = self.drained.send(true);
-                    if self.stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                }
-                tokio::select! {
-                    biased;
-                    record = records.recv(), if open => match record {
-                        Some(record) => batch.push(record),
-                        None => open = false,
-                    },
-                    _ = self.wake.notified() => {}
-                    // Expiries by the outbox's own thread reach the metrics.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-            if batch.is_empty() && open && !lock(&self.pending_acks).is_empty() {
-                // Woken by acks alone: give them ACK_LINGER to ride along
-                // with the next append instead of a commit of their own.
-                if let Ok(Some(record)) = tokio::time::timeout(ACK_LINGER, records.recv()).await {
-                    batch.push(record);
-                }
-            }
-            while open && batch.len() < MAX_BATCH {
-                match records.try_recv() {
-                    Ok(record) => batch.push(record),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
-                }
-            }
-            if batch.is_empty() {
-                self.apply_acks();
-            } else {
-                self.append(&batch).await;
-                // After the commit: a reader adding this to the outbox's
-                // depth may count a record twice, never miss one.
-                self.in_transit
-                    .fetch_sub(batch.len() as u64, Ordering::SeqCst);
-                batch.clear();
-            }
-            self.export_depth();
+impl Log {
+    async fn push_frame(&self, records: FrameRecords) -> bool {
+        if records.is_empty() {
+            return true;
         }
-        self.apply_acks();
-        self.export_depth();
+        let sender = lock(&self.frames).clone();
+        let Some(sender) = sender else {
+            return false;
+        };
+        // Counted until the writer has them; uncounted again if the frame
+        // is refused, the send fails or this future is dropped first.
+        struct Unsent<'a> {
+            log: &'a Log,
+            counts: Vec<(usize, u64)>,
+        }
+        impl Drop for Unsent<'_> {
+            fn drop(&mut self) {
+                for &(index, n) in &self.counts {
+                    self.log.sides[index]
+                        .in_transit
+                        .fetch_sub(n, Ordering::SeqCst);
+                }
+                if !self.counts.is_empty() {
+                    // A seal may be waiting for these.
+                    self.log.batches.send_modify(|n| *n += 1);
+                }
+            }
+        }
+        let mut unsent = Unsent {
+            log: self,
+            counts: Vec::new(),
+        };
+        for (index, _) in &records {
+            let Some(side) = self.sides.get(*index) else {
+                return false;
+            };
+            side.in_transit.fetch_add(1, Ordering::SeqCst);
+            match unsent.counts.iter_mut().find(|(i, _)| i == index) {
+                Some((_, n)) => *n += 1,
+                None => unsent.counts.push((*index, 1)),
+            }
+        }
+        // Checked after counting: a seal that starts now waits for this.
+        if unsent
+            .counts
+            .iter()
+            .any(|&(index, _)| self.sides[index].sealed.load(Ordering::SeqCst))
+        {
+            return false;
+        }
+        let sent = sender.send(records).await.is_ok();
+        if sent {
+            unsent.counts.clear();
+        }
+        sent
+    }
+
+    fn take_acks(&self) -> Vec<Vec<u64>> {
+        self.sides
+            .iter()
+            .map(|side| std::mem::take(&mut *lock(&side.pending_acks)))
+            .collect()
+    }
+
+    fn restore_acks(&self, acks: Vec<Vec<u64>>) {
+        for (side, acks) in self.sides.iter().zip(acks) {
+            lock(&side.pending_acks).extend(acks);
+        }
+    }
+
+    fn has_pending_acks(&self) -> bool {
+        self.sides
+            .iter()
+            .any(|side| !lock(&side.pending_acks).is_empty())
     }
 
     fn apply_acks(&self) {
-        let acks = std::mem::take(&mut *lock(&self.pending_acks));
-        if acks.is_empty() {
+        let acks = self.take_acks();
+        let parts: Vec<(usize, &[u64])> = acks
+            .iter()
+            .enumerate()
+            .filter(|(_, acks)| !acks.is_empty())
+            .map(|(index, acks)| (index, acks.as_slice()))
+            .collect();
+        if parts.is_empty() {
             return;
         }
-        if let Err(err) = self.outbox.ack(&acks) {
+        if let Err(err) = self.group.ack(&parts) {
             // The items stay and are sent again after a restart: a
             // duplicate, never a loss.
-            tracing::warn!(sink = self.sink, error = %err, items = acks.len(),
+            tracing::warn!(error = %err, items = parts.iter().map(|p| p.1.len()).sum::<usize>(),
                 "outbox: could not remove confirmed items; they may be sent again");
         }
     }
 
-    /// Appends `batch` with the pending acks (one commit), waiting (and
-    /// applying acks meanwhile) while the outbox is full under `block` or
-    /// the disk refuses the write.
-    async fn append(&self, batch: &[Vec<u8>]) {
-        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+    /// Appends `batch` (whole frames) with the pending acks in one commit,
+    /// waiting (and applying acks meanwhile) while a queue is full under
+    /// `block` or the disk refuses the write.
+    async fn append(&self, batch: &[FrameRecords]) {
+        let mut by_queue: Vec<Vec<&[u8]>> = vec![Vec::new(); self.sides.len()];
+        for frame in batch {
+            for (index, record) in frame {
+                by_queue[*index].push(record);
+            }
+        }
         let mut failing = false;
         let mut full = false;
         let mut delay = Duration::from_millis(10);
         loop {
-            let acks = std::mem::take(&mut *lock(&self.pending_acks));
-            let appended = self.outbox.append_and_ack(&refs, &acks);
+            let acks = self.take_acks();
+            let parts: Vec<Part<'_>> = by_queue
+                .iter()
+                .zip(&acks)
+                .enumerate()
+                .filter(|(_, (records, acks))| !records.is_empty() || !acks.is_empty())
+                .map(|(index, (records, acks))| (index, records.as_slice(), acks.as_slice()))
+                .collect();
+            let appended = self.group.append(&parts);
+            drop(parts);
             if appended.as_ref().is_err_and(|err| {
                 !matches!(err, OutboxError::Full { .. } | OutboxError::TooLarge { .. })
             }) {
                 // Not applied: try them again with the next commit.
-                lock(&self.pending_acks).extend(acks);
+                self.restore_acks(acks);
             }
             match appended {
                 Ok(_) => {
                     // Evictions and expiries are in the outbox's stats,
                     // which `export_depth` turns into `sink_dropped` (once).
                     if failing {
-                        tracing::info!(sink = self.sink, "outbox: writes succeed again");
+                        tracing::info!("outbox: writes succeed again");
                     }
                     if full {
-                        tracing::debug!(sink = self.sink, "outbox: room again; taking new data");
+                        tracing::debug!("outbox: room again; taking new data");
                     }
                     return;
                 }
@@ -319,7 +412,6 @@ impl Writer {
                         full = true;
                         // The outbox warns once per episode (not per batch).
                         tracing::debug!(
-                            sink = self.sink,
                             max_bytes,
                             "outbox full (when_full = block): holding new data until the sink confirms older data"
                         );
@@ -327,23 +419,21 @@ impl Writer {
                     delay = Duration::from_millis(10);
                 }
                 Err(OutboxError::TooLarge { .. }) if batch.len() > 1 => {
-                    // Halve and try the parts (one item alone is then refused below).
+                    // Halve and try the parts (one frame alone is then
+                    // handled below).
                     let (a, b) = batch.split_at(batch.len() / 2);
                     Box::pin(self.append(a)).await;
                     Box::pin(self.append(b)).await;
                     return;
                 }
                 Err(err @ OutboxError::TooLarge { .. }) => {
-                    self.metrics
-                        .sink_dropped(self.sink, "outbox_item_too_large");
-                    tracing::error!(sink = self.sink, error = %err,
-                        "outbox: an item larger than the whole outbox was dropped");
+                    self.refuse_too_large(batch, &err).await;
                     return;
                 }
                 Err(err) => {
                     if !failing {
                         failing = true;
-                        tracing::error!(sink = self.sink, error = %err,
+                        tracing::error!(error = %err,
                             "outbox: cannot store data; holding it and retrying (pipelines slow down)");
                     }
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -358,34 +448,154 @@ impl Writer {
         }
     }
 
-    /// Exports the depth, and the drops the outbox counted since the last
-    /// export (evictions on append, expiries on append or by its own
-    /// background thread) as `sink_dropped{reason}`.
+    /// One frame whose records for some queue exceed that queue's whole
+    /// bound: those records are dropped (counted), the rest is appended.
+    async fn refuse_too_large(&self, batch: &[FrameRecords], err: &OutboxError) {
+        let mut kept = FrameRecords::new();
+        for (index, side) in self.sides.iter().enumerate() {
+            let records: Vec<&(usize, Vec<u8>)> = batch
+                .iter()
+                .flatten()
+                .filter(|(i, _)| *i == index)
+                .collect();
+            let needed: u64 = records
+                .iter()
+                .map(|(_, r)| r.len() as u64 + crate::outbox::ITEM_OVERHEAD)
+                .sum();
+            let max_bytes = self
+                .group
+                .queue(index)
+                .map_or(u64::MAX, |q| q.config().max_bytes.get());
+            if needed > max_bytes {
+                self.metrics.sink_dropped_by(
+                    side.sink,
+                    "outbox_item_too_large",
+                    records.len() as u64,
+                );
+                tracing::error!(sink = side.sink, error = %err, items = records.len(),
+                    "outbox: a frame's output larger than the whole outbox was dropped");
+            } else {
+                kept.extend(records.into_iter().cloned());
+            }
+        }
+        if !kept.is_empty() {
+            Box::pin(self.append(&[kept])).await;
+        }
+    }
+
+    /// Exports each queue's depth, and the drops the outbox counted since
+    /// the last export (evictions on append, expiries on append or by its
+    /// own background thread) as `sink_dropped{reason}`.
     fn export_depth(&self) {
-        let stats = self.outbox.stats();
-        self.metrics
-            .outbox_depth(self.sink, stats.depth_items, stats.depth_bytes);
-        let mut exported = lock(&self.exported);
-        let overflow = stats.dropped_overflow.saturating_sub(exported.0);
-        let expired = stats.dropped_expired.saturating_sub(exported.1);
-        let lost = stats.lost_on_reopen.saturating_sub(exported.2);
-        if overflow > 0 {
+        for (index, side) in self.sides.iter().enumerate() {
+            let Some(outbox) = self.group.queue(index) else {
+                continue;
+            };
+            let stats = outbox.stats();
             self.metrics
-                .sink_dropped_by(self.sink, "outbox_overflow", overflow);
+                .outbox_depth(side.sink, stats.depth_items, stats.depth_bytes);
+            let mut exported = lock(&side.exported);
+            let overflow = stats.dropped_overflow.saturating_sub(exported.0);
+            let expired = stats.dropped_expired.saturating_sub(exported.1);
+            let lost = stats.lost_on_reopen.saturating_sub(exported.2);
+            if overflow > 0 {
+                self.metrics
+                    .sink_dropped_by(side.sink, "outbox_overflow", overflow);
+            }
+            if expired > 0 {
+                self.metrics
+                    .sink_dropped_by(side.sink, "outbox_expired", expired);
+            }
+            if lost > 0 {
+                self.metrics
+                    .sink_dropped_by(side.sink, "outbox_write_failed", lost);
+            }
+            *exported = (
+                stats.dropped_overflow,
+                stats.dropped_expired,
+                stats.lost_on_reopen,
+            );
         }
-        if expired > 0 {
-            self.metrics
-                .sink_dropped_by(self.sink, "outbox_expired", expired);
+    }
+}
+
+/// The writer thread's loop. It holds the log only while it works on a
+/// batch, so dropping every handle ends it.
+async fn run(
+    log: Weak<Log>,
+    mut frames: mpsc::Receiver<FrameRecords>,
+    wake: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut batch: Vec<FrameRecords> = Vec::new();
+    let mut records = 0usize;
+    let mut open = true;
+    loop {
+        if batch.is_empty() {
+            if !open && stop.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::select! {
+                biased;
+                frame = frames.recv(), if open => match frame {
+                    Some(frame) => {
+                        records += frame.len();
+                        batch.push(frame);
+                    }
+                    None => open = false,
+                },
+                _ = wake.notified() => {}
+                // Expiries by the outbox's own thread reach the metrics.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
         }
-        if lost > 0 {
-            self.metrics
-                .sink_dropped_by(self.sink, "outbox_write_failed", lost);
+        let Some(log) = log.upgrade() else {
+            break;
+        };
+        if batch.is_empty() && open && log.has_pending_acks() {
+            // Woken by acks alone: give them ACK_LINGER to ride along
+            // with the next append instead of a commit of their own.
+            if let Ok(Some(frame)) = tokio::time::timeout(ACK_LINGER, frames.recv()).await {
+                records += frame.len();
+                batch.push(frame);
+            }
         }
-        *exported = (
-            stats.dropped_overflow,
-            stats.dropped_expired,
-            stats.lost_on_reopen,
-        );
+        while open && records < MAX_BATCH {
+            match frames.try_recv() {
+                Ok(frame) => {
+                    records += frame.len();
+                    batch.push(frame);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            log.apply_acks();
+        } else {
+            log.append(&batch).await;
+            // After the commit: a reader adding this to the outbox's
+            // depth may count a record twice, never miss one.
+            for frame in batch.drain(..) {
+                for (index, _) in frame {
+                    log.sides[index].in_transit.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            records = 0;
+        }
+        log.batches.send_modify(|n| *n += 1);
+        log.export_depth();
+        if !open {
+            // Sealed queues wait for this; nothing more can arrive.
+            log.batches.send_modify(|n| *n += 1);
+        }
+    }
+    if let Some(log) = log.upgrade() {
+        log.apply_acks();
+        log.export_depth();
     }
 }
 

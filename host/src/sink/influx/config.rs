@@ -144,8 +144,9 @@ pub struct InfluxConfig {
     /// pipelines wait (backpressure).
     #[serde(default = "default_channel_capacity")]
     pub channel_capacity: NonZeroUsize,
-    /// Keep every point in the durable outbox (`<data_dir>/outbox/influx.redb`)
-    /// until InfluxDB confirmed or refused it; needs `data_dir`. Default true.
+    /// Keep every point in the durable log (`<data_dir>/outbox/log.redb`,
+    /// queue `influx`) until InfluxDB confirmed or refused it; needs
+    /// `data_dir`. Default true.
     #[serde(default = "default_durable")]
     pub durable: bool,
     /// The outbox's bounds, full policy and fsync policy (`[influx.outbox]`).
