@@ -576,3 +576,30 @@ fn a_guest_reaches_no_file_environment_or_network() {
         assert!(report.contains(denied), "{denied} in {report}");
     }
 }
+
+/// What a guest can make the host hold outside its memory cap is bounded:
+/// random bytes per call (made in host code, where no deadline fires) and
+/// WASI handles kept alive. Over either bound the frame traps, and the
+/// next frame gets a fresh instance.
+#[test]
+fn host_memory_a_guest_can_pin_through_wasi_is_bounded() {
+    let runtime = runtime();
+    let mut instance = hostile(&runtime, "").expect("init");
+    let output = instance.process(frame("random:64")).expect("a little");
+    assert_eq!(payload(&output, "hostile/random"), "64");
+    instance.process(frame("leak:100")).expect("a few handles");
+    for command in ["random:1048576", "leak:100000"] {
+        let rejected = instance
+            .process(frame(command))
+            .expect_err("over the bound the frame fails");
+        assert!(
+            matches!(rejected.error, ProcessError::Trap { .. }),
+            "{command}: {}",
+            rejected.error
+        );
+        let output = instance
+            .process(frame("ok:after"))
+            .expect("a fresh instance");
+        assert_eq!(payload(&output, "hostile/ok"), "after");
+    }
+}

@@ -130,6 +130,10 @@ const MAX_TABLES: usize = 64;
 const MAX_MEMORIES: usize = 16;
 /// Table elements per instance, all tables together.
 const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+/// WASI handles (streams, pollables) an instance may hold at once; each is
+/// host memory outside the guest's cap (wasmtime allows a million). A
+/// transform needs a handful; one more traps.
+const MAX_RESOURCES: usize = 4096;
 
 /// Errors from loading or instantiating a module.
 #[derive(Debug, thiserror::Error)]
@@ -714,7 +718,11 @@ impl Runtime {
         };
         let state = GuestState {
             wasi: virtual_wasi::context(&clock, &log),
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_RESOURCES);
+                table
+            },
             clock,
             limiter: MemoryLimiter::new(limits.memory_bytes),
             budget: CallBudget::new(limits.call_timeout),

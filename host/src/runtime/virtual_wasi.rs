@@ -151,6 +151,9 @@ impl rand_core::TryRng for CallRandom {
     }
 }
 
+/// The most random bytes one call may ask for; more traps.
+pub(super) const MAX_RANDOM_BYTES: u64 = 64 << 10;
+
 /// The WASI context of a store whose calls run on `clock` and whose
 /// output lines go to `log`.
 pub(super) fn context(clock: &Arc<CallClock>, log: &GuestLog) -> WasiCtx {
@@ -169,6 +172,9 @@ pub(super) fn context(clock: &Arc<CallClock>, log: &GuestLog) -> WasiCtx {
         .secure_random(CallRandom::new(clock.clone(), 0x5ec0_4e00_5ec0_4e00))
         .insecure_random(CallRandom::new(clock.clone(), 0x1a5e_c04e_1a5e_c04e))
         .insecure_random_seed(0x51_u128 << 64 | 0x1ce)
+        // Random bytes are made in host code, where no deadline fires, in a
+        // buffer outside the guest's memory cap (wasmtime allows 64 MiB).
+        .max_random_size(MAX_RANDOM_BYTES)
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);

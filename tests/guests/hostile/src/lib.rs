@@ -121,6 +121,19 @@ impl Guest for Hostile {
                 Ok(messages(&[("hostile/printed", b"", 1)]))
             }
             "messages" => Ok(messages(&vec![("hostile/m", &b"x"[..], 0); n()?])),
+            // A buffer the host allocates and fills in its own code.
+            "random" => {
+                let bytes = wasi::random::random::get_random_bytes(n()? as u64);
+                let len = bytes.len().to_string();
+                Ok(messages(&[("hostile/random", len.as_bytes(), 1)]))
+            }
+            // Handles the host keeps for the instance until it goes.
+            "leak" => {
+                for _ in 0..n()? {
+                    std::mem::forget(wasi::cli::stdout::get_stdout());
+                }
+                Ok(messages(&[("hostile/leaked", b"", 1)]))
+            }
             "empty-topics" => {
                 // Each message: topic "", payload "", QoS 0, not retained.
                 let count = n()?;
