@@ -118,6 +118,10 @@ async fn run(args: BareArgs, qos: QoS) -> Result<()> {
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_session(true);
     let (client, mut eventloop) = AsyncClient::new(options, 100);
+    // As sluice's MQTT sink: no Nagle.
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     let points = match (args.influx_port, &args.influx_db) {
         (Some(port), Some(db)) => Some(spawn_influx_writer(port, db)),
         _ => None,

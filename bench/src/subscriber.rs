@@ -257,6 +257,12 @@ async fn run(
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_session(true);
     let (client, mut eventloop) = AsyncClient::new(options, 16);
+    // No Nagle: the subscriber's PUBACKs must not wait for the broker's
+    // delayed ACK, or the broker's in-flight window to it stalls for 40 ms
+    // whenever messages come in bursts, and that is measured as latency.
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     if let Err(e) = client.subscribe("iiot/#", QoS::AtLeastOnce).await {
         let _ = ready.send(Err(format!("subscribe request: {e}")));
         return;

@@ -13,11 +13,12 @@
 //!   frame or none of it. Each sink then reads its own queue through its
 //!   own cursor and acks its own items.
 //! * **Group commit.** The writer thread takes everything queued (up to
-//!   [`MAX_BATCH`] records) and appends it in one transaction, so with
+//!   [`MAX_BATCH`] records, waiting `COMMIT_LINGER` (1 ms) after the first
+//!   frame for more) and appends it in one transaction, so with
 //!   `fsync = "always"` one disk sync serves every sink and every frame that
-//!   arrived meanwhile. The acks pending at that moment are removed in the
-//!   same transaction; acks with no append to share wait `ACK_LINGER`
-//!   (10 ms) before a commit of their own. One thread owns all writes
+//!   arrived meanwhile. Acks ride along in the same transaction once the
+//!   oldest waited `ACK_BATCH_AGE` (50 ms); acks with no append to share
+//!   wait `ACK_LINGER` (10 ms) before a commit of their own. One thread owns all writes
 //!   because redb has a single writer: concurrent appends would serialise
 //!   on its lock and lose the batching.
 //! * **Backpressure.** With `when_full = "block"` a full queue makes the
@@ -49,6 +50,18 @@ use crate::outbox::{Item, Outbox, OutboxError, OutboxGroup, Part};
 pub const MAX_BATCH: usize = 2048;
 /// Frames waiting for the writer thread.
 const CHANNEL: usize = 4096;
+/// How long the writer waits after a frame for more to share its commit:
+/// at 1000 frames/s it makes commits (and fsyncs) about half as many, for
+/// about a millisecond more latency (BENCHMARKS.md).
+const COMMIT_LINGER: Duration = Duration::from_millis(1);
+/// Acks ride with appends only once the oldest of them waited this long
+/// (or [`ACK_BATCH_ITEMS`] piled up): removing items dirties the head of a
+/// queue's B-tree, and doing that in every commit under a steady load
+/// costs more page writes than the appends. They stay in the file that
+/// much longer (a crash meanwhile re-sends them, as any unconfirmed item).
+const ACK_BATCH_AGE: Duration = Duration::from_millis(50);
+/// See [`ACK_BATCH_AGE`].
+const ACK_BATCH_ITEMS: usize = 1024;
 /// How long acks wait for an append to share its commit before they get
 /// one of their own. Longer only delays freeing their room (and a crash in
 /// between sends them again, as with any unconfirmed item).
@@ -80,10 +93,29 @@ struct Log {
     metrics: Arc<Metrics>,
 }
 
+/// Acks not yet applied, and since when the oldest waits.
+#[derive(Default)]
+struct PendingAcks {
+    seqs: Vec<u64>,
+    since: Option<std::time::Instant>,
+}
+
+impl PendingAcks {
+    fn push(&mut self, seq: u64) {
+        self.seqs.push(seq);
+        self.since.get_or_insert_with(std::time::Instant::now);
+    }
+
+    fn due(&self) -> bool {
+        self.seqs.len() >= ACK_BATCH_ITEMS
+            || self.since.is_some_and(|t| t.elapsed() >= ACK_BATCH_AGE)
+    }
+}
+
 /// A queue's bookkeeping on this side of the outbox.
 struct Side {
     sink: &'static str,
-    pending_acks: Mutex<Vec<u64>>,
+    pending_acks: Mutex<PendingAcks>,
     /// Records pushed and not yet appended (or refused): in the channel or
     /// the batch being written.
     in_transit: AtomicU64,
@@ -113,7 +145,7 @@ impl DurableLog {
             .iter()
             .map(|&sink| Side {
                 sink,
-                pending_acks: Mutex::new(Vec::new()),
+                pending_acks: Mutex::new(PendingAcks::default()),
                 in_transit: AtomicU64::new(0),
                 sealed: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
@@ -327,27 +359,39 @@ impl Log {
         sent
     }
 
-    fn take_acks(&self) -> Vec<Vec<u64>> {
+    /// The pending acks of every queue (`due_only`: only of the queues
+    /// whose acks are due, see [`ACK_BATCH_AGE`]).
+    fn take_acks(&self, due_only: bool) -> Vec<Vec<u64>> {
         self.sides
             .iter()
-            .map(|side| std::mem::take(&mut *lock(&side.pending_acks)))
+            .map(|side| {
+                let mut pending = lock(&side.pending_acks);
+                if due_only && !pending.due() {
+                    return Vec::new();
+                }
+                pending.since = None;
+                std::mem::take(&mut pending.seqs)
+            })
             .collect()
     }
 
     fn restore_acks(&self, acks: Vec<Vec<u64>>) {
         for (side, acks) in self.sides.iter().zip(acks) {
-            lock(&side.pending_acks).extend(acks);
+            let mut pending = lock(&side.pending_acks);
+            for seq in acks {
+                pending.push(seq);
+            }
         }
     }
 
     fn has_pending_acks(&self) -> bool {
         self.sides
             .iter()
-            .any(|side| !lock(&side.pending_acks).is_empty())
+            .any(|side| !lock(&side.pending_acks).seqs.is_empty())
     }
 
     fn apply_acks(&self) {
-        let acks = self.take_acks();
+        let acks = self.take_acks(false);
         let parts: Vec<(usize, &[u64])> = acks
             .iter()
             .enumerate()
@@ -379,7 +423,8 @@ impl Log {
         let mut full = false;
         let mut delay = Duration::from_millis(10);
         loop {
-            let acks = self.take_acks();
+            // A full queue needs every ack it can get.
+            let acks = self.take_acks(!full);
             let parts: Vec<Part<'_>> = by_queue
                 .iter()
                 .zip(&acks)
@@ -535,6 +580,14 @@ async fn run(
             if !open && stop.load(Ordering::SeqCst) {
                 break;
             }
+            // Acks that are not due yet get their own commit once they are,
+            // if no append takes them first.
+            let acks_waiting = log.upgrade().is_some_and(|log| log.has_pending_acks());
+            let tick = if acks_waiting {
+                ACK_BATCH_AGE
+            } else {
+                Duration::from_secs(1)
+            };
             tokio::select! {
                 biased;
                 frame = frames.recv(), if open => match frame {
@@ -546,7 +599,7 @@ async fn run(
                 },
                 _ = wake.notified() => {}
                 // Expiries by the outbox's own thread reach the metrics.
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(tick) => {}
             }
         }
         let Some(log) = log.upgrade() else {
@@ -558,6 +611,23 @@ async fn run(
             if let Ok(Some(frame)) = tokio::time::timeout(ACK_LINGER, frames.recv()).await {
                 records += frame.len();
                 batch.push(frame);
+            }
+        }
+        if !batch.is_empty() && open {
+            // Frames that arrive within COMMIT_LINGER share the commit.
+            let until = tokio::time::Instant::now() + COMMIT_LINGER;
+            while records < MAX_BATCH {
+                match tokio::time::timeout_at(until, frames.recv()).await {
+                    Ok(Some(frame)) => {
+                        records += frame.len();
+                        batch.push(frame);
+                    }
+                    Ok(None) => {
+                        open = false;
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
         }
         while open && records < MAX_BATCH {
