@@ -2,8 +2,10 @@
 //!
 //! The scaffold is a complete, tested transform (echo each text frame to
 //! `<prefix>/<source>`), a size-optimised release profile, and a sample input
-//! for `sluice transform test`. It is standalone (`[workspace]`), so it builds
-//! wherever it is created.
+//! for `sluice transform test`. It is standalone (`[workspace]`) and carries
+//! the SDK and WIT of the sluice that created it (`vendor/`, from the
+//! binary, see `build.rs`), so it builds wherever it is created, with
+//! nothing but Rust — no sluice source tree.
 
 use std::path::{Path, PathBuf};
 
@@ -76,8 +78,14 @@ const SAMPLE: &str = "hello from the device\nsecond frame\n";
 
 const GITIGNORE: &str = "/target\n";
 
-/// Creates `<parent>/<name>`; returns its path.
-pub fn create(parent: &Path, name: &str, sdk: &Path) -> anyhow::Result<PathBuf> {
+include!(concat!(env!("OUT_DIR"), "/sdk_bundle.rs"));
+
+/// Where the scaffold's manifest finds the SDK it writes into the crate.
+const VENDORED_SDK: &str = "vendor/sluice-sdk";
+
+/// Creates `<parent>/<name>`; returns its path. The crate uses the SDK at
+/// `sdk` if given, else the one this binary carries, written into it.
+pub fn create(parent: &Path, name: &str, sdk: Option<&Path>) -> anyhow::Result<PathBuf> {
     validate_name(name)?;
     let dir = parent.join(name);
     if dir.exists() {
@@ -85,14 +93,16 @@ pub fn create(parent: &Path, name: &str, sdk: &Path) -> anyhow::Result<PathBuf> 
     }
     let lib = name.replace('-', "_");
     let type_name = type_name(name);
-    let sdk = sdk
-        .canonicalize()
-        .with_context(|| format!("sluice-sdk not found at {}", sdk.display()))?;
-    let sdk_text = sdk
-        .display()
-        .to_string()
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"");
+    let sdk_text = match sdk {
+        Some(sdk) => sdk
+            .canonicalize()
+            .with_context(|| format!("sluice-sdk not found at {}", sdk.display()))?
+            .display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\""),
+        None => VENDORED_SDK.to_owned(),
+    };
     let fill = |template: &str| {
         template
             .replace("{name}", name)
@@ -106,6 +116,17 @@ pub fn create(parent: &Path, name: &str, sdk: &Path) -> anyhow::Result<PathBuf> 
     std::fs::write(dir.join("src/lib.rs"), fill(LIB_RS))?;
     std::fs::write(dir.join("sample.txt"), SAMPLE)?;
     std::fs::write(dir.join(".gitignore"), GITIGNORE)?;
+    if sdk.is_none() {
+        for (path, text) in SDK_FILES {
+            let path = dir.join(path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
     Ok(dir)
 }
 
@@ -153,15 +174,32 @@ mod tests {
     fn writes_a_crate() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
-        let dir = create(tmp.path(), "my-sensor", &sdk).expect("created");
+        let dir = create(tmp.path(), "my-sensor", Some(&sdk)).expect("created");
         let lib = std::fs::read_to_string(dir.join("src/lib.rs")).expect("lib.rs");
         assert!(lib.contains("pub struct MySensor {"));
         assert!(!lib.contains("{type_name}"));
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("Cargo.toml");
         assert!(manifest.contains("name = \"my-sensor\""));
         assert!(
-            create(tmp.path(), "my-sensor", &sdk).is_err(),
+            create(tmp.path(), "my-sensor", Some(&sdk)).is_err(),
             "refuses to overwrite"
         );
+    }
+
+    /// Without `--sdk` the crate carries its SDK: a manifest with nothing
+    /// inherited from a workspace, the sources, and the WIT the SDK's
+    /// bindings read (`../wit/v0.2.0` from the SDK's directory).
+    #[test]
+    fn writes_the_sdk_into_the_crate() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = create(tmp.path(), "sensor", None).expect("created");
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("Cargo.toml");
+        assert!(manifest.contains(r#"sluice-sdk = { path = "vendor/sluice-sdk" }"#));
+        let sdk = std::fs::read_to_string(dir.join("vendor/sluice-sdk/Cargo.toml")).expect("SDK");
+        assert!(!sdk.contains("workspace"), "{sdk}");
+        assert!(sdk.contains("name = \"sluice-sdk\""), "{sdk}");
+        let lib = std::fs::read_to_string(dir.join("vendor/sluice-sdk/src/lib.rs")).expect("lib");
+        assert!(lib.contains(r#"path: "../wit/v0.2.0""#));
+        assert!(dir.join("vendor/wit/v0.2.0/transform.wit").is_file());
     }
 }

@@ -59,6 +59,12 @@ fn transform_new_build_test_round_trip() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "new failed: {stdout}{stderr}");
     let crate_dir = tmp.path().join("line-echo");
+    // Self-contained: the SDK comes from the binary, not from a checkout.
+    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).expect("Cargo.toml");
+    assert!(
+        manifest.contains(r#"path = "vendor/sluice-sdk""#),
+        "{manifest}"
+    );
     let hello = std::fs::read_to_string(crate_dir.join("src/lib.rs")).expect("lib.rs");
     let code_lines = hello
         .lines()

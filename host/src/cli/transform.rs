@@ -32,7 +32,8 @@ pub enum TransformCommand {
         /// Parent directory to create it in.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// Path to the sluice-sdk crate (default: the SDK of this source tree).
+        /// Use the sluice-sdk crate at this path (default: write the SDK this
+        /// binary speaks into the new crate, under `vendor/`).
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
@@ -113,11 +114,7 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 pub fn run(command: TransformCommand) -> anyhow::Result<i32> {
     match command {
         TransformCommand::New { name, dir, sdk } => {
-            let sdk = match sdk {
-                Some(path) => path,
-                None => default_sdk_path()?,
-            };
-            let created = crate::scaffold::create(&dir, &name, &sdk)?;
+            let created = crate::scaffold::create(&dir, &name, sdk.as_deref())?;
             println!("created {}", created.display());
             println!("next: sluice transform build {}", created.display());
             Ok(0)
@@ -171,16 +168,6 @@ pub fn run(command: TransformCommand) -> anyhow::Result<i32> {
 }
 
 /// The SDK of the source tree this binary was built from.
-fn default_sdk_path() -> anyhow::Result<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
-    path.canonicalize().with_context(|| {
-        format!(
-            "the sluice-sdk crate is not at {}; pass --sdk PATH",
-            path.display()
-        )
-    })
-}
-
 /// Checks that the wasm32-wasip2 standard library is installed for the
 /// toolchain that cargo will use in `dir`.
 fn check_wasm_target(dir: &Path) -> anyhow::Result<()> {
