@@ -8,7 +8,8 @@
 //!   service sets every variable its config reads, and that config passes
 //!   `sluice check-config`.
 //! * The Dockerfile builds with the toolchain `rust-toolchain.toml` pins.
-//! * `deploy/systemd/sluice.service` passes `systemd-analyze verify`, where
+//! * `deploy/systemd/sluice.service` (the Debian package's unit) passes
+//!   `systemd-analyze verify`, where
 //!   that works (skipped, with the reason printed, where it does not).
 //! * The Grafana dashboard uses only metric families the host registers, only
 //!   the provisioned data sources, and exactly the measurements, fields and
@@ -379,14 +380,14 @@ fn systemd_unit_passes_systemd_analyze_verify() {
         );
         return;
     }
-    // The real binary stands in for /usr/local/bin/sluice, which `verify`
-    // requires to exist.
+    // The real binary stands in for /usr/bin/sluice (the package's), which
+    // `verify` requires to exist.
     let unit = read("deploy/systemd/sluice.service");
-    assert!(unit.contains("ExecStart=/usr/local/bin/sluice run --config /etc/sluice/gateway.toml"));
+    assert!(unit.contains("ExecStart=/usr/bin/sluice run --config /etc/sluice/sluice.toml"));
     let path = dir.path().join("sluice.service");
     std::fs::write(
         &path,
-        unit.replace("/usr/local/bin/sluice", &sluice_bin().display().to_string()),
+        unit.replace("/usr/bin/sluice", &sluice_bin().display().to_string()),
     )
     .expect("write unit");
     let out = Command::new(&analyze)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds the Debian package: target/debian/sluice_<version>-1_<arch>.deb.
+#
+#   scripts/deb.sh                 # the shipped `dist` build, for this machine
+#   scripts/deb.sh --profile release   # faster to build, for trying it out
+#
+# What goes in is listed in host/Cargo.toml ([package.metadata.deb]): the
+# binary, both transforms, /etc/sluice/sluice.toml (examples/gateway.toml
+# with the transforms found in /usr/lib/sluice/transforms), the systemd unit
+# (deploy/systemd) and the maintainer scripts (deploy/debian) that make the
+# `sluice` user and /var/lib/sluice. Needs Rust; installs cargo-deb and the
+# wasm32-wasip2 target when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=dist
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --profile) profile="$2"; shift 2 ;;
+        *) echo "usage: $0 [--profile dist|release]" >&2; exit 2 ;;
+    esac
+done
+
+command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+
+cargo build --locked --profile "$profile" -p sluice --bin sluice
+cargo build --locked --release --target wasm32-wasip2 --manifest-path transforms/Cargo.toml
+
+mkdir -p target/deb
+{
+    echo "# Installed by the sluice package (from examples/gateway.toml). Values"
+    echo "# come from the environment, which the systemd unit and"
+    echo "# /etc/sluice/sluice.env set; see /usr/share/doc/sluice/README.md."
+    echo "#"
+    sed 's|\${SLUICE_TRANSFORMS_DIR:-\.\./transforms/target/wasm32-wasip2/release}|${SLUICE_TRANSFORMS_DIR:-/usr/lib/sluice/transforms}|' \
+        examples/gateway.toml
+} > target/deb/sluice.toml
+grep -q 'SLUICE_TRANSFORMS_DIR:-/usr/lib/sluice/transforms' target/deb/sluice.toml \
+    || { echo "deb.sh: examples/gateway.toml no longer has the transforms path this script rewrites" >&2; exit 1; }
+
+cargo deb -p sluice --no-build --profile "$profile" --output target/debian/
