@@ -227,8 +227,13 @@ pub fn terminate(child: &mut Child, grace: Duration) {
     let _ = child.wait();
 }
 
-/// The `sluice` binary built by this `cargo test` run.
+/// The `sluice` binary under test: the one built by this `cargo test` run,
+/// or `SLUICE_TEST_BIN` (`scripts/cross-check.sh` points it at an ARM build
+/// run by qemu).
 pub fn sluice_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SLUICE_TEST_BIN") {
+        return PathBuf::from(bin);
+    }
     // Integration tests live in target/<profile>/deps/.
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe

@@ -26,3 +26,4 @@ mod serial_downlink;
 mod serial_pipelines;
 mod serial_replug;
 mod shutdown;
+mod smoke;

@@ -1,0 +1,82 @@
+//! The whole path once, as a user's first check on a new box: `sluice run`
+//! with a pty, a real mosquitto and the admin API; 1,000 numbered frames
+//! all arrive, `/health` and `/metrics` answer, SIGTERM ends it cleanly.
+//! Timeouts are generous because `scripts/cross-check.sh` runs this test
+//! with an ARM build under qemu (`SLUICE_TEST_BIN`).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use sluice::pty::Pty;
+use sluice_tests::{
+    Mosquitto, SluiceProcess, feed_seq, free_port, http, metric, mosquitto_sub, wasm,
+};
+
+#[test]
+fn a_thousand_frames_arrive_and_the_admin_api_answers() {
+    let broker = Mosquitto::start();
+    let mut pty = Pty::open().expect("openpty");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = free_port();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+version = 1
+data_dir = "{}"
+[admin]
+listen = "127.0.0.1:{admin}"
+[mqtt]
+host = "127.0.0.1"
+port = {}
+client_id = "smoke"
+stats_interval_secs = 0
+[[pipeline]]
+name = "gw"
+serial = {{ path = "{}" }}
+transform = {{ module = "{}" }}
+"#,
+            dir.path().display(),
+            broker.port,
+            pty.path.display(),
+            wasm::JSON_TELEMETRY,
+        ),
+    )
+    .expect("config");
+    let subscriber = mosquitto_sub(broker.port, "iiot/stats/seq", &["-q", "1"]);
+    // Not `run_config`: under qemu, compiling the transform takes longer
+    // than its 30 s.
+    let mut sluice = SluiceProcess::spawn(&["run", "--config", path.to_str().expect("utf-8")], &[]);
+    assert!(
+        sluice.wait_for_log("sluice running", Duration::from_secs(180)),
+        "{}",
+        sluice.log()
+    );
+    // The port opens (or the reason it does not is in the log at once).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !sluice.log().contains("serial port open")
+        && !sluice.log().contains("cannot open serial port")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        sluice.log().contains("serial port open"),
+        "{}",
+        sluice.log()
+    );
+    let fed = feed_seq(&mut pty.master, 0, 1000);
+    let got = subscriber.wait_for(fed as usize, Duration::from_secs(180));
+    let seqs: BTreeSet<u64> = got.iter().filter_map(|r| r.payload.parse().ok()).collect();
+    let missing: Vec<u64> = (0..fed).filter(|n| !seqs.contains(n)).take(20).collect();
+    assert!(missing.is_empty(), "missing {missing:?}\n{}", sluice.log());
+
+    let (status, body) = http(admin, "GET", "/health", b"").expect("GET /health");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        metric(admin, r#"sluice_frames_received_total{pipeline="gw"}"#),
+        fed as f64
+    );
+    assert!(sluice.stop(), "{}", sluice.log());
+}
