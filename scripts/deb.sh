@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Debian package: target/debian/sluice_<version>-1_<arch>.deb.
 #
-#   scripts/deb.sh                 # the shipped `dist` build, for this machine
+#   scripts/deb.sh                     # the shipped `dist` build, for this machine
 #   scripts/deb.sh --profile release   # faster to build, for trying it out
+#   scripts/deb.sh --target aarch64-unknown-linux-gnu   # arm64 (scripts/cross.sh)
 #
 # What goes in is listed in host/Cargo.toml ([package.metadata.deb]): the
 # binary, both transforms, /etc/sluice/sluice.toml (examples/gateway.toml
@@ -14,17 +15,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=dist
+target=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --profile) profile="$2"; shift 2 ;;
-        *) echo "usage: $0 [--profile dist|release]" >&2; exit 2 ;;
+        --target) target="$2"; shift 2 ;;
+        *) echo "usage: $0 [--profile dist|release] [--target TRIPLE]" >&2; exit 2 ;;
     esac
 done
 
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 
-cargo build --locked --profile "$profile" -p sluice --bin sluice
+if [ -n "$target" ]; then
+    scripts/cross.sh --profile "$profile" "$target"
+else
+    cargo build --locked --profile "$profile" -p sluice --bin sluice
+fi
 cargo build --locked --release --target wasm32-wasip2 --manifest-path transforms/Cargo.toml
 
 mkdir -p target/deb
@@ -39,4 +46,4 @@ mkdir -p target/deb
 grep -q 'SLUICE_TRANSFORMS_DIR:-/usr/lib/sluice/transforms' target/deb/sluice.toml \
     || { echo "deb.sh: examples/gateway.toml no longer has the transforms path this script rewrites" >&2; exit 1; }
 
-cargo deb -p sluice --no-build --profile "$profile" --output target/debian/
+cargo deb -p sluice --no-build --profile "$profile" ${target:+--target "$target"} --output target/debian/
