@@ -663,3 +663,43 @@ fn a_message_the_broker_disconnects_on_is_set_aside_and_the_rest_flows() {
     assert!(log.contains("set aside"), "{log}");
     assert!(host.sluice.stop(), "clean exit:\n{log}");
 }
+
+/// A guest's log is rate-limited per pipeline, not per instance: a guest
+/// that logs and then traps gets a fresh instance for the next frame, and
+/// all of them share one budget (20 lines a second). Six frames of 40 lines
+/// each, every one ending in a trap: a limiter per instance would let 120
+/// through.
+#[test]
+fn instances_after_traps_share_one_log_budget() {
+    let Host {
+        mut pty,
+        live,
+        sluice,
+        broker: _broker,
+        _dir,
+        ..
+    } = Host::start("hostile/#");
+    let started = Instant::now();
+    let mut bytes = b"log-flood:40\n".repeat(6);
+    bytes.extend_from_slice(b"ok:after\n");
+    pty.master.write_all(&bytes).expect("write frames");
+    let got = live.wait_until(WAIT, |received| {
+        !payloads(received, "hostile/ok").is_empty()
+    });
+    assert_eq!(
+        payloads(&got, "hostile/ok"),
+        ["after"],
+        "{}",
+        tail(&sluice.log())
+    );
+    let seconds = started.elapsed().as_secs() + 1;
+    let log = sluice.log();
+    let guest_lines = log.lines().filter(|l| l.contains("sluice::guest")).count() as u64;
+    println!("{guest_lines} guest log lines in {seconds} s (240 attempted)");
+    assert!(guest_lines > 0, "{}", tail(&log));
+    assert!(
+        guest_lines <= 20 * seconds,
+        "{guest_lines} guest log lines in {seconds} s:\n{}",
+        tail(&log)
+    );
+}
