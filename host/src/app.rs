@@ -294,7 +294,7 @@ async fn run_inner(
     let durable_queue = |sink: &str| {
         log.as_ref()
             .zip(queue_index(sink))
-            .map(|(log, index)| log.queue(index))
+            .and_then(|(log, index)| log.queue(index))
     };
     // Each durable outbox, for `GET /ready`.
     let mut outboxes: Vec<(&'static str, std::sync::Weak<DurableQueue>)> = Vec::new();
@@ -344,8 +344,8 @@ async fn run_inner(
         mqtt: mqtt.clone(),
         points,
         log: log.map(Arc::new),
-        mqtt_queue: queue_index("mqtt").filter(|_| config.data_dir.is_some()),
-        influx_queue: queue_index("influx").filter(|_| config.data_dir.is_some()),
+        mqtt_queue: queue_index("mqtt"),
+        influx_queue: queue_index("influx"),
     };
     let (emit_tx, emit_rx) = mpsc::channel(EMISSION_CHANNEL);
     let pipelines = start_pipelines_from(

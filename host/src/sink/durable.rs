@@ -171,11 +171,13 @@ impl DurableLog {
         Ok(DurableLog { log })
     }
 
-    /// The queue opened `index`-th.
-    pub fn queue(&self, index: usize) -> Arc<DurableQueue> {
-        Arc::new(DurableQueue {
-            log: self.log.clone(),
-            index,
+    /// The queue opened `index`-th, if there is one.
+    pub fn queue(&self, index: usize) -> Option<Arc<DurableQueue>> {
+        (index < self.log.sides.len()).then(|| {
+            Arc::new(DurableQueue {
+                log: self.log.clone(),
+                index,
+            })
         })
     }
 
@@ -211,7 +213,7 @@ impl DurableQueue {
         self.log
             .group
             .queue(self.index)
-            .expect("a queue of its own log")
+            .expect("a DurableQueue is made only for a queue of its log")
     }
 
     /// Queues `record` for appending; waits while the writer is behind
