@@ -48,8 +48,9 @@ use crate::outbox::{Item, Outbox, OutboxError, OutboxGroup, Part};
 
 /// Records appended in one transaction at most.
 pub const MAX_BATCH: usize = 2048;
-/// Frames waiting for the writer thread.
-const CHANNEL: usize = 4096;
+/// Frames waiting for the writer thread (as many as the pipelines may hand
+/// the router: a frame can carry up to `max_output_bytes_per_frame`).
+const CHANNEL: usize = 256;
 /// How long the writer waits after a frame for more to share its commit:
 /// at 1000 frames/s it makes commits (and fsyncs) about half as many, for
 /// about a millisecond more latency (BENCHMARKS.md).
