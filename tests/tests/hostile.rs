@@ -374,6 +374,20 @@ fn hostile_frames_cost_only_themselves() {
     drop(_broker);
 }
 
+/// Waits for the first `hostile/ok` message and checks it is the frame
+/// `ok:after` (nothing of the frames before it got through).
+fn assert_only_after_arrives(live: &Subscriber, sluice: &SluiceProcess) {
+    let got = live.wait_until(WAIT, |received| {
+        !payloads(received, "hostile/ok").is_empty()
+    });
+    assert_eq!(
+        payloads(&got, "hostile/ok"),
+        ["after"],
+        "{}",
+        tail(&sluice.log())
+    );
+}
+
 /// The last 8 KiB of a log (for assertion messages).
 fn tail(log: &str) -> &str {
     let mut start = log.len().saturating_sub(8 << 10);
@@ -609,15 +623,7 @@ fn a_deploy_whose_init_fails_or_panics_is_refused_with_a_bounded_answer() {
 
     // The running version stays and serves.
     pty.master.write_all(b"ok:after\n").expect("write frame");
-    let got = live.wait_until(WAIT, |received| {
-        !payloads(received, "hostile/ok").is_empty()
-    });
-    assert_eq!(
-        payloads(&got, "hostile/ok"),
-        ["after"],
-        "{}",
-        tail(&sluice.log())
-    );
+    assert_only_after_arrives(&live, &sluice);
 }
 
 /// A message the broker closes the connection on (mosquitto's
@@ -683,15 +689,7 @@ fn instances_after_traps_share_one_log_budget() {
     let mut bytes = b"log-flood:40\n".repeat(6);
     bytes.extend_from_slice(b"ok:after\n");
     pty.master.write_all(&bytes).expect("write frames");
-    let got = live.wait_until(WAIT, |received| {
-        !payloads(received, "hostile/ok").is_empty()
-    });
-    assert_eq!(
-        payloads(&got, "hostile/ok"),
-        ["after"],
-        "{}",
-        tail(&sluice.log())
-    );
+    assert_only_after_arrives(&live, &sluice);
     let seconds = started.elapsed().as_secs() + 1;
     let log = sluice.log();
     let guest_lines = log.lines().filter(|l| l.contains("sluice::guest")).count() as u64;
