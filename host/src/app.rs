@@ -585,9 +585,14 @@ async fn route(mut emissions: mpsc::Receiver<Emission>, routes: Routes, metrics:
     );
     while let Some(emission) = emissions.recv().await {
         let mut frame = FrameRecords::new();
+        // Records of the frame for each sink, for the count if it is refused.
+        let (mut to_mqtt, mut to_influx) = (0, 0);
         for message in emission.messages {
             match (&routes.mqtt, mqtt_queue) {
-                (Some(_), Some(index)) => frame.push((index, record::mqtt_to_vec(&message))),
+                (Some(_), Some(index)) => {
+                    frame.push((index, record::mqtt_to_vec(&message)));
+                    to_mqtt += 1;
+                }
                 (Some(sink), None) => sink.submit(message).await,
                 (None, _) => {
                     metrics.sink_dropped("mqtt", "no_mqtt_sink_configured");
@@ -602,7 +607,10 @@ async fn route(mut emissions: mpsc::Receiver<Emission>, routes: Routes, metrics:
         }
         for point in emission.points {
             match (&routes.points, influx_queue) {
-                (Some(_), Some(index)) => frame.push((index, record::point_to_vec(&point))),
+                (Some(_), Some(index)) => {
+                    frame.push((index, record::point_to_vec(&point)));
+                    to_influx += 1;
+                }
                 // Waits while the writer's queue is full (backpressure).
                 (Some(points), None) => {
                     if !points.send(point).await {
@@ -623,12 +631,10 @@ async fn route(mut emissions: mpsc::Receiver<Emission>, routes: Routes, metrics:
         if let Some(log) = &routes.log
             && !frame.is_empty()
         {
-            let to_mqtt = frame.iter().filter(|(i, _)| Some(*i) == mqtt_queue).count();
-            let to_influx = frame.len() - to_mqtt;
             // Waits while the log's writer is behind (backpressure).
             if !log.push_frame(frame).await {
-                metrics.sink_dropped_by("mqtt", "outbox_closed", to_mqtt as u64);
-                metrics.sink_dropped_by("influx", "outbox_closed", to_influx as u64);
+                metrics.sink_dropped_by("mqtt", "outbox_closed", to_mqtt);
+                metrics.sink_dropped_by("influx", "outbox_closed", to_influx);
             }
         }
     }

@@ -923,11 +923,6 @@ impl OutboxGroup {
         self.queues.get(index)
     }
 
-    /// The queues, in the order they were opened.
-    pub fn into_queues(self) -> Vec<Outbox> {
-        self.queues
-    }
-
     /// Appends records to (and removes acked items from) several queues of
     /// the file in **one transaction**: everything is committed, or nothing
     /// (parts name queues by index). Per part, as
@@ -1401,7 +1396,7 @@ impl Store {
         match result {
             Ok((done, metas)) => {
                 let mut appended = Vec::with_capacity(done.len());
-                let mut relieved_any = Vec::new();
+                let mut to_notify = Vec::with_capacity(done.len());
                 for (&(index, _, _), part) in parts.iter().zip(done) {
                     let queue = &self.queues[index];
                     let meta = metas[index];
@@ -1430,11 +1425,11 @@ impl Store {
                             "outbox has room again; appends resumed"
                         );
                     }
-                    relieved_any.push((index, part.acked > 0, meta.next_seq));
+                    to_notify.push((index, part.acked > 0, meta.next_seq));
                     appended.push(part.appended);
                 }
                 drop(w);
-                for (index, acked, next_seq) in relieved_any {
+                for (index, acked, next_seq) in to_notify {
                     let queue = &self.queues[index];
                     queue.appended_tx.send_replace(next_seq);
                     if acked {
@@ -1983,6 +1978,11 @@ fn remove_durably(path: &Path) -> Result<(), OutboxError> {
             });
         }
     }
+    sync_parent_dir(path)
+}
+
+/// Makes a rename or removal of `path` durable: fsync of its directory.
+fn sync_parent_dir(path: &Path) -> Result<(), OutboxError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -2188,12 +2188,8 @@ fn quarantine(path: &Path, reason: &str, now_ms: u64) -> Result<Quarantined, Out
     name.push(format!(".corrupt-{now_ms}"));
     let moved_to = path.with_file_name(name);
     std::fs::rename(path, &moved_to).map_err(|e| io_err("move a damaged file aside", e))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Make the rename durable before a new file takes the name.
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err("sync the directory", e))?;
-    }
+    // Make the rename durable before a new file takes the name.
+    sync_parent_dir(path)?;
     Ok(Quarantined {
         moved_to,
         file_bytes,
