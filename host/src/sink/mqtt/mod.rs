@@ -449,14 +449,17 @@ impl MqttSink {
             Some(durable) if !self.shared.outbox_handed_over.load(Ordering::SeqCst) => {
                 // Not yet taken by the connection task: on its way into the
                 // outbox, or stored after the last item taken. (What was
-                // taken is in the tracker until confirmed.)
+                // taken is in the tracker until confirmed.) In this order:
+                // a record that leaves transit is stored first, and one the
+                // task takes is staged before `outbox_taken` moves past it.
+                let in_transit = durable.in_transit();
                 let taken = self.shared.outbox_taken.load(Ordering::SeqCst);
                 let after = taken.checked_sub(1);
                 let unread = match durable.read_after(after, 1) {
                     Ok(rest) if rest.is_empty() => 0,
                     _ => durable.outbox().next_seq().saturating_sub(taken).max(1),
                 };
-                durable.in_transit() + unread
+                in_transit + unread
             }
             _ => 0,
         };
@@ -920,8 +923,9 @@ fn route_command(
 
 /// Removes an acknowledged entry from the tracker with `take` and counts it
 /// as delivered, or as refused when the broker said so, then wakes
-/// [`MqttSink::flush`] if nothing is left unconfirmed (after counting, so a
-/// woken flush sees the outcome).
+/// [`MqttSink::flush`] if nothing is left unconfirmed. The entry is counted
+/// before the tracker lock is released: a flush that finds the tracker
+/// empty (woken, or looking on its own) always sees the outcome.
 fn settle(
     shared: &Shared,
     take: impl FnOnce(&mut Tracker) -> Option<Entry>,
@@ -930,11 +934,11 @@ fn settle(
     let mut tracker = lock(&shared.tracker);
     let entry = take(&mut tracker);
     let settled = tracker.unconfirmed() == 0;
-    drop(tracker);
     match (refusal, &entry) {
         (Some(refusal), Some(entry)) => refused(shared, entry, &refusal),
         _ => confirm(shared, entry),
     }
+    drop(tracker);
     if settled {
         shared.settled.notify_waiters();
     }
