@@ -231,8 +231,17 @@ impl DurableQueue {
     /// Marks `seq` as confirmed by the sink; removed with the next batch.
     /// Never waits (called from the task that polls the MQTT event loop).
     pub fn ack(&self, seq: u64) {
-        lock(&self.side().pending_acks).push(seq);
-        self.log.wake.notify_one();
+        let waiting = {
+            let mut pending = lock(&self.side().pending_acks);
+            pending.push(seq);
+            pending.seqs.len()
+        };
+        // The writer needs to hear of the first (to apply them once they
+        // are due) and of a full batch; a wakeup per delivered message
+        // would cost more than the acks.
+        if waiting == 1 || waiting == ACK_BATCH_ITEMS {
+            self.log.wake.notify_one();
+        }
     }
 
     /// Up to `max_items` stored items after `after` (from the oldest if
