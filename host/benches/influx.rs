@@ -18,11 +18,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sluice::config::influx::{InfluxConfig, Precision, UnsignedMode};
 use sluice::metrics::Metrics;
 use sluice::model::{FieldValue, Point};
-use sluice::sink::influx::config::{Precision, UnsignedMode};
+use sluice::sink::influx::InfluxSink;
 use sluice::sink::influx::line_protocol::Encoder;
-use sluice::sink::influx::{InfluxConfig, InfluxSink};
 
 const POINTS: usize = 200_000;
 const ROUNDS: usize = 5;

@@ -13,17 +13,17 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{AdminConfig, AdminServer, AdminState, TokenCheck, TransformInfo};
+use crate::admin::{AdminServer, AdminState, TokenCheck, TransformInfo};
 use crate::broker::EmbeddedBroker;
 use crate::config::Config;
+use crate::config::admin::AdminConfig;
 use crate::hotswap::Hotswap;
 use crate::hotswap::watch::DirWatcher;
 use crate::metrics::Metrics;
-use crate::model::{MqttMessage, Qos};
+use crate::model::{DownlinkCommand, MqttMessage, Qos};
 use crate::outbox::{OutboxConfig, OutboxGroup, record};
 use crate::pipeline::{
-    DownlinkCommand, Emission, WorkerControl, WorkerDownlink, WorkerSettings,
-    spawn_controlled_worker,
+    Emission, WorkerControl, WorkerDownlink, WorkerSettings, spawn_controlled_worker,
 };
 use crate::reload::Reloader;
 use crate::runtime::{ModuleCache, Runtime};

@@ -35,9 +35,8 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
 use crate::config::MqttConfig;
+use crate::config::broker::BrokerConfig;
 
 /// Bytes of one segment of rumqttd's per-topic in-memory log.
 pub const SEGMENT_BYTES: usize = 1 << 20;
@@ -52,33 +51,6 @@ const CONNECT_TIMEOUT_MS: u16 = 10_000;
 const MAX_PACKET_BYTES: usize = 1 << 20;
 /// How long [`EmbeddedBroker::start`] waits for the listener to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `[broker]`: the embedded MQTT broker.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrokerConfig {
-    /// Run the embedded broker (default false). Without `[mqtt]`, the MQTT
-    /// sink then publishes to it.
-    #[serde(default)]
-    pub embedded: bool,
-    /// Where it listens (MQTT 3.1.1, plain TCP). Default `127.0.0.1:1883`;
-    /// port 0 picks a free port (logged).
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
-}
-
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 1883))
-}
-
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        BrokerConfig {
-            embedded: false,
-            listen: default_listen(),
-        }
-    }
-}
 
 /// The embedded broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -263,7 +235,7 @@ mod tests {
     fn defaults_and_strict_keys() {
         let config: BrokerConfig = toml::from_str("").expect("empty is valid");
         assert!(!config.embedded);
-        assert_eq!(config.listen, default_listen());
+        assert_eq!(config.listen, BrokerConfig::default().listen);
         let err = toml::from_str::<BrokerConfig>("embeded = true").expect_err("typo");
         assert!(err.to_string().contains("unknown field"), "{err}");
     }

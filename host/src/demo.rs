@@ -29,15 +29,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminError, AdminServer, AdminState, TokenCheck};
 use crate::app::start_pipelines;
-use crate::broker::{BrokerConfig, BrokerError, EmbeddedBroker};
+use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::config::Config;
+use crate::config::broker::BrokerConfig;
+use crate::config::influx::{Precision, UnsignedMode};
 use crate::jsonout;
 use crate::metrics::Metrics;
 use crate::pipeline::Emission;
 use crate::pty::Pty;
 use crate::runtime::{ModuleCache, Runtime};
 use crate::sim::Telemetry;
-use crate::sink::influx::config::{Precision, UnsignedMode};
 use crate::sink::influx::line_protocol::Encoder;
 use crate::sink::mqtt::MqttSink;
 

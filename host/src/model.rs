@@ -362,6 +362,15 @@ pub fn rfc3339(ns: u64, nanos: bool) -> String {
     }
 }
 
+/// A command for a pipeline's device, as it arrived over MQTT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownlinkCommand {
+    /// The topic it was published to (matched the pipeline's filter).
+    pub topic: String,
+    /// The payload, uninterpreted.
+    pub payload: Vec<u8>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -935,7 +935,7 @@ pub struct InfluxWriter {
 impl InfluxWriter {
     /// Starts a writer from an `[influx]` table's body (TOML).
     pub fn start(config_toml: &str) -> InfluxWriter {
-        let config: sluice::sink::influx::InfluxConfig =
+        let config: sluice::config::influx::InfluxConfig =
             toml::from_str(config_toml).expect("[influx] parses");
         let problems = config.validate();
         assert!(problems.is_empty(), "{problems:?}");

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use sluice::config::{Config, PipelineConfig};
 use sluice::metrics::Metrics;
+use sluice::metrics::serial::SerialMetrics;
 use sluice::model::Frame;
 use sluice::pty::Pty;
-use sluice::source::serial::{DownlinkSender, SerialMetrics};
+use sluice::source::serial::DownlinkSender;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

@@ -624,8 +624,8 @@ fn refused_modules_rollbacks_and_auth() {
 
 #[test]
 fn quarantine_skips_and_dead_letters_frames() {
-    use sluice::hotswap::guard::QuarantinePolicy;
     use sluice::model::Frame;
+    use sluice::pipeline::guard::QuarantinePolicy;
     use sluice::pipeline::{WorkerGuard, WorkerSettings, spawn_controlled_worker};
     use sluice::runtime::{Limits, ModuleCache, Runtime};
     use sluice::source::capture::{CaptureHandle, CaptureReader};

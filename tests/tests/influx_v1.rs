@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use sluice::config::influx::{Precision, UnsignedMode};
 use sluice::model::{FieldValue, Point};
-use sluice::sink::influx::config::{Precision, UnsignedMode};
 use sluice::sink::influx::line_protocol::Encoder;
 use sluice_tests::{InfluxWriter, Influxd};
 

@@ -23,7 +23,6 @@
 //! writer alive at shutdown). It never holds a sink.
 
 pub mod auth;
-pub mod config;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,7 +42,6 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{TokenCheck, protect, require_token};
-pub use config::AdminConfig;
 
 use crate::hotswap::{DeployError, DeployRequest, DeploySource, Hotswap};
 use crate::metrics::Metrics;
@@ -104,7 +102,7 @@ impl AdminState {
             mqtt_configured: false,
             influx_queue: None,
             outboxes: Vec::new(),
-            ready_outbox_fraction: config::DEFAULT_READY_OUTBOX_FRACTION,
+            ready_outbox_fraction: crate::config::admin::DEFAULT_READY_OUTBOX_FRACTION,
             transforms: Vec::new(),
             hotswap: None,
             shutdown: CancellationToken::new(),

@@ -10,6 +10,10 @@
 //! * Library types (rumqttc, wasmtime) never appear here; the modules that own
 //!   them map these plain values.
 
+pub mod admin;
+pub mod broker;
+pub mod hotswap;
+pub mod influx;
 pub mod interpolate;
 
 use std::collections::BTreeMap;
@@ -78,17 +82,17 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     /// The InfluxDB writer; without it, points are counted and discarded.
     #[serde(default)]
-    pub influx: Option<crate::sink::influx::InfluxConfig>,
+    pub influx: Option<influx::InfluxConfig>,
     /// The admin HTTP API (`[admin]`; on by default, loopback).
     #[serde(default)]
-    pub admin: crate::admin::AdminConfig,
+    pub admin: admin::AdminConfig,
     /// The embedded MQTT broker (`[broker]`; off by default).
     #[serde(default)]
-    pub broker: crate::broker::BrokerConfig,
+    pub broker: broker::BrokerConfig,
     /// Transform hot swap (`[hotswap]`: watched directory, canary,
     /// quarantine, history).
     #[serde(default)]
-    pub hotswap: crate::hotswap::HotswapConfig,
+    pub hotswap: hotswap::HotswapConfig,
     /// Sandbox limits applied to every transform unless a pipeline overrides them.
     #[serde(default)]
     pub limits: LimitsConfig,

@@ -43,8 +43,6 @@
 //! directory (then the last file dropped there is what starts), or install
 //! the module at the configured path.
 
-pub mod config;
-pub mod guard;
 pub mod vectors;
 pub mod watch;
 
@@ -55,15 +53,14 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-pub use config::HotswapConfig;
-
+use crate::config::hotswap::HotswapConfig;
 use crate::config::{CaptureConfig, Config, PipelineConfig};
 use crate::metrics::{HotswapMetrics, Metrics};
 use crate::model::now_ns;
+use crate::pipeline::guard::{CanaryPolicy, VersionStats};
 use crate::pipeline::{CanaryVerdict, SwapDone, SwapOrder, VersionTag, WorkerControl, WorkerGuard};
 use crate::runtime::{Limits, LoadError, Module, Runtime};
 use crate::source::capture::CaptureHandle;
-use guard::{CanaryPolicy, VersionStats};
 use vectors::VectorError;
 
 /// What the listing shows instead of a config value to a caller without

@@ -54,9 +54,9 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use crate::config::CaptureConfig;
+use crate::metrics::serial::SerialMetrics;
 use crate::model::{Frame, now_ns};
 use crate::ratelimit::RateLimiter;
-use crate::source::serial::SerialMetrics;
 
 /// The file signature.
 pub const MAGIC: [u8; 8] = *b"\x89SLC\r\n\x1a\n";

@@ -4,6 +4,7 @@
 
 pub mod capture;
 pub mod framing;
+pub mod replay;
 pub mod serial;
 
 use tokio::sync::mpsc;
@@ -20,7 +21,7 @@ pub enum Source {
     #[default]
     Serial,
     /// Capture files (`sluice replay`).
-    Replay(crate::replay::ReplayPlan),
+    Replay(replay::ReplayPlan),
 }
 
 /// One pipeline's source, prepared but not reading yet.
@@ -28,7 +29,7 @@ pub enum PreparedSource {
     /// A serial port (opened already if `required`).
     Serial(Box<serial::PreparedPort>),
     /// A capture feed.
-    Replay(crate::replay::PreparedFeed),
+    Replay(replay::PreparedFeed),
 }
 
 /// A running source.

@@ -42,7 +42,7 @@
 
 use crate::model::{FieldValue, Point};
 
-use super::config::{Precision, UnsignedMode};
+use crate::config::influx::{Precision, UnsignedMode};
 
 /// Why a point was not encoded. [`EncodeError::reason`] is the stable label
 /// of the drop counter.

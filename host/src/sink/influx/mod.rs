@@ -30,7 +30,6 @@
 //! the deadline stays in the outbox and is written after the next start
 //! (rewriting a point with the same series and timestamp is idempotent).
 
-pub mod config;
 pub mod line_protocol;
 pub mod transport;
 pub mod writer;
@@ -43,7 +42,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use config::InfluxConfig;
+use crate::config::influx::InfluxConfig;
 
 use crate::metrics::Metrics;
 use crate::model::Point;
@@ -58,7 +57,7 @@ use writer::{DeliveryHook, NoHook, Shared, WriterSettings};
 pub enum StartError {
     /// A secret could not be read.
     #[error(transparent)]
-    Credentials(#[from] config::CredentialError),
+    Credentials(#[from] crate::config::influx::CredentialError),
     /// The HTTP client could not be built.
     #[error(transparent)]
     Transport(#[from] transport::TransportError),

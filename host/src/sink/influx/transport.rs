@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
-use super::config::{ApiVersion, Credentials, InfluxConfig};
+use crate::config::influx::{ApiVersion, Credentials, InfluxConfig};
 
 /// Largest part of a response body kept (error messages are short; a proxy's
 /// HTML error page is not worth more).

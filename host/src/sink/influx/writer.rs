@@ -47,9 +47,9 @@ use crate::metrics::Metrics;
 use crate::model::Point;
 use crate::ratelimit::RateLimiter;
 
-use super::config::{ApiVersion, InfluxConfig};
 use super::line_protocol::Encoder;
 use super::transport::{Body, Reply, Transport};
+use crate::config::influx::{ApiVersion, InfluxConfig};
 use crate::sink::dead_letter::{Content, DeadLetter, DeadLetters};
 
 /// Everything the writer needs besides its transport.
@@ -770,8 +770,8 @@ fn give_up<T>(shared: &Shared<T>, batch: &Batch, parts: VecDeque<Vec<usize>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::influx::{Precision, UnsignedMode};
     use crate::model::FieldValue;
-    use crate::sink::influx::config::{Precision, UnsignedMode};
     use std::io::Read as _;
 
     type Script = Box<dyn FnMut(&str) -> Reply + Send>;

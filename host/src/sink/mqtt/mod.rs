@@ -84,13 +84,13 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::{MqttConfig, QueueFullPolicy};
 use crate::metrics::Metrics;
+use crate::metrics::serial::SerialMetrics;
+use crate::model::DownlinkCommand;
 use crate::model::{MqttMessage, Qos};
 use crate::outbox::record;
-use crate::pipeline::DownlinkCommand;
 use crate::ratelimit::RateLimiter;
 use crate::sink::dead_letter::{Content, DeadLetter, DeadLetters};
 use crate::sink::durable::DurableQueue;
-use crate::source::serial::SerialMetrics;
 use link::{Link, LinkEvent, Refusal};
 use tracker::Tracker;
 

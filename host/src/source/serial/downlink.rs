@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::metrics::SerialMetrics;
+use crate::metrics::serial::SerialMetrics;
 
 /// One queued command.
 #[derive(Debug)]

@@ -32,7 +32,7 @@
 
 pub mod downlink;
 pub mod line_errors;
-pub mod metrics;
+
 pub mod open;
 
 use std::os::fd::{AsRawFd as _, RawFd};
@@ -49,6 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::{PipelineConfig, SerialConfig, SerialParity};
+use crate::metrics::serial::SerialMetrics;
 use crate::metrics::{Metrics, PipelineMetrics};
 use crate::model::{Frame, now_ns};
 use crate::ratelimit::RateLimiter;
@@ -56,7 +57,6 @@ use crate::source::capture::CaptureHandle;
 use crate::source::framing::{Framer, FramerEvent};
 
 pub use downlink::{DownlinkError, DownlinkSender};
-pub use metrics::{SerialFamilies, SerialMetrics};
 pub use open::OpenError;
 
 use downlink::Command;

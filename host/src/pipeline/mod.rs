@@ -22,9 +22,9 @@
 //! knows where one frame ends and the next begins: a [`SwapOrder`] is served
 //! between two frames (a move of a ready instance, nothing compiled or
 //! initialised here), the replaced instance is kept while the new version is
-//! on probation ([`crate::hotswap::guard::Canary`]) so that a failing canary
+//! on probation ([`crate::pipeline::guard::Canary`]) so that a failing canary
 //! is rolled back on the spot, and a version that keeps trapping is
-//! quarantined ([`crate::hotswap::guard::Quarantine`]). Frames a trap, the
+//! quarantined ([`crate::pipeline::guard::Quarantine`]). Frames a trap, the
 //! quarantine or a canary version refused are dead-lettered with their raw
 //! bytes (a capture file `sluice replay` reads) when a dead-letter capture
 //! is configured.
@@ -37,16 +37,19 @@ use tokio::sync::mpsc;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 
-use crate::hotswap::guard::{
-    Canary, CanaryDecision, CanaryPolicy, Quarantine, QuarantineEvent, QuarantinePolicy,
-    RecentOutcomes, VersionStats,
-};
+pub mod guard;
+
 use crate::metrics::PipelineMetrics;
-use crate::model::{Frame, InvalidOutput, MqttMessage, Point};
+use crate::metrics::serial::SerialMetrics;
+use crate::model::{DownlinkCommand, Frame, InvalidOutput, MqttMessage, Point};
 use crate::ratelimit::RateLimiter;
 use crate::runtime::{ProcessError, TransformInstance};
 use crate::source::capture::CaptureHandle;
-use crate::source::serial::{DownlinkSender, SerialMetrics};
+use crate::source::serial::DownlinkSender;
+use guard::{
+    Canary, CanaryDecision, CanaryPolicy, Quarantine, QuarantineEvent, QuarantinePolicy,
+    RecentOutcomes, VersionStats,
+};
 
 /// What one frame hands to the sinks: its validated outputs, in the order
 /// the transform emitted them. A frame's outputs travel together so the
@@ -67,15 +70,6 @@ pub struct WorkerSettings {
     pub pipeline: Arc<str>,
     /// Largest MQTT payload accepted.
     pub max_payload: usize,
-}
-
-/// A command for a pipeline's device, as it arrived over MQTT.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DownlinkCommand {
-    /// The topic it was published to (matched the pipeline's filter).
-    pub topic: String,
-    /// The payload, uninterpreted.
-    pub payload: Vec<u8>,
 }
 
 /// The downlink side of a worker: commands in, encoded bytes out to the port.

@@ -8,6 +8,8 @@
 //! a `prometheus_client` counter handle is an `Arc` to one atomic, so
 //! incrementing it costs one atomic add, no label lookup.
 
+pub mod serial;
+
 use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -86,7 +88,7 @@ pub struct Metrics {
     /// The InfluxDB writer (`sluice_influx_*`).
     pub influx: InfluxMetrics,
     /// Serial ports, downlink and capture (`source::serial::metrics`).
-    serial: crate::source::serial::SerialFamilies,
+    serial: serial::SerialFamilies,
 }
 
 impl Default for Metrics {
@@ -208,7 +210,7 @@ impl Metrics {
             end_to_end_seconds.clone(),
         );
         let influx = InfluxMetrics::register(&mut registry);
-        let serial = crate::source::serial::SerialFamilies::register(&mut registry);
+        let serial = serial::SerialFamilies::register(&mut registry);
         let hotswap = HotswapMetrics::register(&mut registry);
         Self {
             hotswap,
@@ -254,7 +256,7 @@ impl Metrics {
     }
 
     /// Pre-resolved serial, downlink and capture counters for one pipeline.
-    pub fn serial(&self, pipeline: &str) -> crate::source::serial::SerialMetrics {
+    pub fn serial(&self, pipeline: &str) -> serial::SerialMetrics {
         self.serial.pipeline(pipeline)
     }
 

@@ -41,23 +41,13 @@
 //! instance runs `init` again, so without this a module that traps on
 //! everything would cost an instantiation per frame.
 
+pub use crate::config::hotswap::{CanaryPolicy, QuarantinePolicy};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// A canary window that times out with fewer frames than this passes.
 pub const MIN_CANARY_FRAMES: u64 = 20;
-
-/// How a swapped-in version is watched.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CanaryPolicy {
-    /// Frames in the window.
-    pub frames: u64,
-    /// The window ends after this long even with fewer frames.
-    pub max_duration: Duration,
-    /// Failure rate (0..=1) above which the new version is rolled back.
-    pub max_failure_rate: f64,
-}
 
 /// A canary's outcome.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -191,27 +181,6 @@ impl RecentOutcomes {
     pub fn clear(&mut self) {
         self.ring.clear();
         self.failures = 0;
-    }
-}
-
-/// When a trapping version is quarantined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuarantinePolicy {
-    /// Consecutive traps that start a quarantine (0: never).
-    pub after_traps: u32,
-    /// First backoff.
-    pub backoff: Duration,
-    /// Longest backoff.
-    pub backoff_max: Duration,
-}
-
-impl Default for QuarantinePolicy {
-    fn default() -> Self {
-        QuarantinePolicy {
-            after_traps: 10,
-            backoff: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(60),
-        }
     }
 }
 

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::guard::{CanaryPolicy, QuarantinePolicy};
-
 /// `[hotswap]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +38,7 @@ pub struct HotswapConfig {
     #[serde(default = "default_canary_secs")]
     pub canary_secs: NonZeroU64,
     /// Failure rate (errors, traps, refused output) above which a new
-    /// version is rolled back (see `hotswap::guard` for the exact rule).
+    /// version is rolled back (see `pipeline::guard` for the exact rule).
     #[serde(default = "default_canary_max_failure_rate")]
     pub canary_max_failure_rate: f64,
     /// Consecutive traps that quarantine a transform (0: never).
@@ -174,6 +172,38 @@ impl HotswapConfig {
     /// The debounce of the watched directory.
     pub fn debounce(&self) -> Duration {
         Duration::from_millis(self.debounce_ms)
+    }
+}
+
+/// How a swapped-in version is watched.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CanaryPolicy {
+    /// Frames in the window.
+    pub frames: u64,
+    /// The window ends after this long even with fewer frames.
+    pub max_duration: Duration,
+    /// Failure rate (0..=1) above which the new version is rolled back.
+    pub max_failure_rate: f64,
+}
+
+/// When a trapping version is quarantined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuarantinePolicy {
+    /// Consecutive traps that start a quarantine (0: never).
+    pub after_traps: u32,
+    /// First backoff.
+    pub backoff: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+}
+
+impl Default for QuarantinePolicy {
+    fn default() -> Self {
+        QuarantinePolicy {
+            after_traps: 10,
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::metrics::{DropLabel, PipelineLabel};
+use super::{DropLabel, PipelineLabel};
 
 /// `{pipeline, kind}` for UART line errors.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
