@@ -5,7 +5,8 @@
 #     its clients, influxdb 1.x, victoria-metrics) and the wasm32-wasip2
 #     target the transforms are built for;
 #   - formatting and clippy (warnings are errors) for all three workspaces:
-#     the host workspace, transforms/ and tests/guests/;
+#     the host workspace, transforms/ and tests/guests/; no import circle
+#     between the host's modules (scripts/module-cycles.py);
 #   - the unit and integration tests of the host workspace (which build the
 #     transforms and the test guests as real Wasm components) and the native
 #     unit tests of the transforms.
@@ -21,6 +22,7 @@ command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 command -v influxd >/dev/null || missing+=(influxdb)
 command -v victoria-metrics >/dev/null || missing+=(victoria-metrics)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v python3 >/dev/null || missing+=(python3)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]}"
   apt-get update -qq
@@ -45,6 +47,9 @@ echo "==> cargo clippy -D warnings"
 for manifest in "${workspaces[@]}"; do
   cargo clippy --manifest-path "$manifest" --workspace --all-targets -- -D warnings
 done
+
+echo "==> no import circles between the host's modules"
+python3 scripts/module-cycles.py host/src
 
 echo "==> tests"
 # The workspace tests run the real `sluice` binary: cargo builds it for the

@@ -13,9 +13,7 @@
 //! * every delivered frame, encoded again and decoded by a fresh framer,
 //!   comes back unchanged (when the framing can encode it).
 
-// The host's framing module, compiled as is.
-#[path = "../../host/src/source/framing/mod.rs"]
-pub mod framing;
+pub use sluice_framing as framing;
 
 use std::num::NonZeroUsize;
 

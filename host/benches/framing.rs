@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use sluice::source::framing::{Framer, FramerEvent, FramingConfig};
+use sluice_framing::{Framer, FramerEvent, FramingConfig};
 use tokio_util::codec::Decoder;
 
 const FRAMES: usize = 20_000;

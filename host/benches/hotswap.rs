@@ -173,7 +173,7 @@ impl Bench {
 
 fn main() {
     let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/guests");
-    let artifacts = sluice::cli::transform::build(&guests).expect("build tests/guests");
+    let artifacts = sluice::wasm_build::build(&guests).expect("build tests/guests");
     let find = |name: &str| {
         let path = artifacts
             .iter()

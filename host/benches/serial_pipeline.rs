@@ -120,7 +120,7 @@ fn sluice_round(
 
 fn main() {
     let transforms = Path::new(env!("CARGO_MANIFEST_DIR")).join("../transforms");
-    let artifacts = sluice::cli::transform::build(&transforms).expect("build transforms/");
+    let artifacts = sluice::wasm_build::build(&transforms).expect("build transforms/");
     let wasm_path = artifacts
         .iter()
         .find(|p| p.ends_with("json_telemetry.wasm"))

@@ -21,7 +21,7 @@ use crate::hotswap::Hotswap;
 use crate::hotswap::watch::DirWatcher;
 use crate::metrics::Metrics;
 use crate::model::{DownlinkCommand, MqttMessage, Qos};
-use crate::outbox::{OutboxConfig, OutboxGroup, record};
+use crate::outbox::{OutboxConfig, OutboxGroup};
 use crate::pipeline::{
     Emission, WorkerControl, WorkerDownlink, WorkerSettings, spawn_controlled_worker,
 };
@@ -31,6 +31,7 @@ use crate::secret::Secret;
 use crate::sink::durable::{DurableLog, DurableQueue, FrameRecords};
 use crate::sink::influx::{InfluxInput, InfluxSink};
 use crate::sink::mqtt::{CommandRoute, MqttSink};
+use crate::sink::record;
 use crate::source::Source;
 use crate::source::serial::DownlinkSender;
 

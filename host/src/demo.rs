@@ -325,7 +325,7 @@ fn build_json_telemetry() -> anyhow::Result<PathBuf> {
         );
     }
     eprintln!("building the json-telemetry transform (cargo, wasm32-wasip2)…");
-    let artifacts = crate::cli::transform::build(&dir)?;
+    let artifacts = crate::wasm_build::build(&dir)?;
     artifacts
         .into_iter()
         .find(|p| p.file_name().is_some_and(|n| n == "json_telemetry.wasm"))

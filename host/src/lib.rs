@@ -29,3 +29,4 @@ pub mod shutdown;
 pub mod sim;
 pub mod sink;
 pub mod source;
+pub mod wasm_build;

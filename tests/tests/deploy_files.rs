@@ -483,8 +483,8 @@ fn registered_families() -> BTreeSet<String> {
             }
         }
     }
-    let source =
-        std::fs::read_to_string(repo_root().join("host/src/metrics.rs")).expect("metrics.rs");
+    let source = std::fs::read_to_string(repo_root().join("host/src/metrics/mod.rs"))
+        .expect("metrics/mod.rs");
     assert!(
         source.contains("Registry::with_prefix(\"sluice\")"),
         "the registry prefix changed; update this test"

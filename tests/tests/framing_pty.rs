@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use sluice::pty::Pty;
-use sluice::source::framing::{CrcKind, Framer, FramingConfig};
+use sluice_framing::{CrcKind, Framer, FramingConfig};
 use sluice_tests::{Mosquitto, Received, SluiceProcess, mosquitto_sub, repo_root, wasm};
 
 /// The framing of `examples/cayenne.toml`.

@@ -236,7 +236,8 @@ fn kill_9_under_load_never_splits_a_frame_across_the_sinks() {
 #[test]
 fn an_outbox_of_the_previous_layout_is_delivered_after_the_upgrade() {
     use sluice::model::{MqttMessage, Qos};
-    use sluice::outbox::{Outbox, OutboxConfig, record};
+    use sluice::outbox::{Outbox, OutboxConfig};
+    use sluice::sink::record;
 
     let broker = Mosquitto::start();
     let mut pty = Pty::open().expect("openpty");

@@ -7,8 +7,8 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use sluice::pty::Pty;
-use sluice::source::framing::FramerEvent;
 use sluice::source::serial::DownlinkError;
+use sluice_framing::FramerEvent;
 use sluice_tests::serial::{Link, MasterReader, PortHarness, WAIT, eventually, pipeline_config};
 
 #[test]

@@ -19,7 +19,8 @@ use anyhow::Context as _;
 use clap::Subcommand;
 
 use crate::config::Config;
-use crate::outbox::{self, OutboxError, record};
+use crate::outbox::{self, OutboxError};
+use crate::sink::record;
 
 /// `sluice outbox …`
 #[derive(Debug, Subcommand)]

@@ -170,7 +170,7 @@ pub struct MqttConfig {
     pub queue_capacity: NonZeroUsize,
     /// What to do when that in-memory queue is full.
     #[serde(default)]
-    pub queue_full: QueueFullPolicy,
+    pub queue_full: crate::outbox::QueueFullPolicy,
     /// Keep every message in the durable log (`<data_dir>/outbox/log.redb`,
     /// queue `mqtt`) until the broker confirms it; needs `data_dir`.
     /// Default true.
@@ -205,19 +205,6 @@ pub struct MqttTlsConfig {
     /// PEM client private key, for mutual TLS.
     #[serde(default)]
     pub client_key_file: Option<PathBuf>,
-}
-
-/// What a full queue does to the next message.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QueueFullPolicy {
-    /// Wait: backpressure up to the serial ports (nothing dropped by the host).
-    #[default]
-    Block,
-    /// Evict the oldest queued item, counted in `sink_dropped{sink,reason}`:
-    /// `queue_full_drop_oldest` for the in-memory MQTT queue,
-    /// `outbox_overflow` for a durable outbox.
-    DropOldest,
 }
 
 fn default_status_prefix() -> String {
@@ -545,9 +532,9 @@ pub struct SerialConfig {
     #[serde(default = "default_max_frame")]
     pub max_frame_bytes: NonZeroUsize,
     /// How the byte stream is split into frames (default: newline); see
-    /// [`FramingConfig`](crate::source::framing::FramingConfig).
+    /// [`FramingConfig`](sluice_framing::FramingConfig).
     #[serde(default)]
-    pub framing: crate::source::framing::FramingConfig,
+    pub framing: sluice_framing::FramingConfig,
     /// Data bits per character: 5, 6, 7 or 8.
     #[serde(default = "default_data_bits")]
     pub data_bits: u8,
@@ -1253,7 +1240,7 @@ transform = { module = "t.wasm", config = { prefix = "iiot", qos = 1, on = true,
 
     #[test]
     fn framing_defaults_to_newline_and_its_problems_name_the_pipeline() {
-        use crate::source::framing::{CrcKind, FramingConfig};
+        use sluice_framing::{CrcKind, FramingConfig};
         let c = parse(MINIMAL).expect("parses");
         assert_eq!(c.pipelines[0].serial.framing, FramingConfig::default());
         let text = MINIMAL.replace(

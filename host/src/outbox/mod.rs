@@ -136,7 +136,6 @@
 //! ([`OutboxStats::compactions`] counts it).
 
 mod cursor;
-pub mod record;
 #[cfg(test)]
 mod tests;
 
@@ -155,7 +154,19 @@ use redb::{
 };
 use serde::Deserialize;
 
-pub use crate::config::QueueFullPolicy;
+/// What a full queue does to the next message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    /// Wait: backpressure up to the serial ports (nothing dropped by the host).
+    #[default]
+    Block,
+    /// Evict the oldest queued item, counted in `sink_dropped{sink,reason}`:
+    /// `queue_full_drop_oldest` for the in-memory MQTT queue,
+    /// `outbox_overflow` for a durable outbox.
+    DropOldest,
+}
+
 pub use cursor::Drain;
 
 /// Bookkeeping: [`META_FORMAT`] and [`META_STATE`].

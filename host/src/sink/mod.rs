@@ -4,3 +4,4 @@ pub mod dead_letter;
 pub mod durable;
 pub mod influx;
 pub mod mqtt;
+pub mod record;

@@ -3,7 +3,7 @@
 //! bounded channel.
 
 pub mod capture;
-pub mod framing;
+
 pub mod replay;
 pub mod serial;
 

@@ -46,9 +46,10 @@ use crate::config::influx::InfluxConfig;
 
 use crate::metrics::Metrics;
 use crate::model::Point;
-use crate::outbox::{Drain, Item, OutboxError, record};
+use crate::outbox::{Drain, Item, OutboxError};
 use crate::sink::dead_letter::DeadLetters;
 use crate::sink::durable::DurableQueue;
+use crate::sink::record;
 use transport::HttpTransport;
 use writer::{DeliveryHook, NoHook, Shared, WriterSettings};
 

@@ -82,15 +82,16 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::{MqttConfig, QueueFullPolicy};
+use crate::config::MqttConfig;
 use crate::metrics::Metrics;
 use crate::metrics::serial::SerialMetrics;
 use crate::model::DownlinkCommand;
 use crate::model::{MqttMessage, Qos};
-use crate::outbox::record;
+use crate::outbox::QueueFullPolicy;
 use crate::ratelimit::RateLimiter;
 use crate::sink::dead_letter::{Content, DeadLetter, DeadLetters};
 use crate::sink::durable::DurableQueue;
+use crate::sink::record;
 use link::{Link, LinkEvent, Refusal};
 use tracker::Tracker;
 

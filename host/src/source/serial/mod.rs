@@ -54,7 +54,7 @@ use crate::metrics::{Metrics, PipelineMetrics};
 use crate::model::{Frame, now_ns};
 use crate::ratelimit::RateLimiter;
 use crate::source::capture::CaptureHandle;
-use crate::source::framing::{Framer, FramerEvent};
+use sluice_framing::{Framer, FramerEvent};
 
 pub use downlink::{DownlinkError, DownlinkSender};
 pub use open::OpenError;

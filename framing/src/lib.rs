@@ -42,8 +42,8 @@
 //! [`Framer::idle_gap`] it calls [`Framer::on_idle`]. Downlink writes use
 //! [`Framer::encode`].
 //!
-//! This directory is self-contained (external crates only, no `crate::`
-//! paths): `fuzz/` compiles it on its own. Keep it that way.
+//! A crate of its own, with no knowledge of ports, pipelines or sinks:
+//! `fuzz/` builds it without the host (and wasmtime), in seconds.
 
 pub mod cobs;
 pub mod counted;
