@@ -16,7 +16,7 @@ pub mod hotswap;
 pub mod jsonout;
 pub mod metrics;
 pub mod model;
-pub mod outbox;
+pub use sluice_outbox as outbox;
 pub mod pipeline;
 pub mod pty;
 pub mod ratelimit;

@@ -890,7 +890,7 @@ fn sigkill_rounds(interval: bool, rounds: usize) {
         let mut child = std::process::Command::new(&exe)
             .args([
                 "--exact",
-                "outbox::tests::crash_child",
+                "tests::crash_child",
                 "--nocapture",
                 "--test-threads=1",
             ])
