@@ -29,4 +29,5 @@ pub mod shutdown;
 pub mod sim;
 pub mod sink;
 pub mod source;
+mod sync;
 pub mod wasm_build;

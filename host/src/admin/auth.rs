@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ratelimit::RateLimiter;
 use crate::secret::Secret;
+use crate::sync::lock;
 
 /// What [`require_token`] checks against.
 pub struct TokenCheck {
@@ -69,11 +70,7 @@ impl TokenCheck {
     }
 
     fn log_refusal(&self, status: StatusCode, why: &str) {
-        let allowed = self
-            .log_limit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .check();
+        let allowed = lock(&self.log_limit).check();
         if let Some(suppressed) = allowed {
             tracing::warn!(
                 status = status.as_u16(),

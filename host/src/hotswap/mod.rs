@@ -61,6 +61,7 @@ use crate::pipeline::guard::{CanaryPolicy, VersionStats};
 use crate::pipeline::{CanaryVerdict, SwapDone, SwapOrder, VersionTag, WorkerControl, WorkerGuard};
 use crate::runtime::{Limits, LoadError, Module, Runtime};
 use crate::source::capture::CaptureHandle;
+use crate::sync::lock;
 use vectors::VectorError;
 
 /// What the listing shows instead of a config value to a caller without
@@ -432,7 +433,7 @@ impl TransformManager {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// The active version's number and SHA-256.

@@ -70,6 +70,7 @@ pub use output::{Limit, OutputError, OutputLimits};
 
 use crate::model::{Frame, TransformOutput, guest_text};
 use crate::ratelimit::RateLimiter;
+use crate::sync::lock;
 use output::{Budget, Bytes, WitCommand, WitError, WitFrame, WitOutputV01};
 use virtual_wasi::CallClock;
 
@@ -166,13 +167,6 @@ impl Drop for RuntimeInner {
 
 /// Guest log lines per pipeline: a burst of this many per second.
 const GUEST_LOG_PER_SECOND: u32 = 20;
-
-/// Locks a mutex whose data no panic can leave half-updated.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 impl Runtime {
     /// Builds the engine and linker and starts the epoch ticker thread.

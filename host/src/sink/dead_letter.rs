@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use serde_json::{Value, json};
 
 use crate::metrics::Metrics;
+use crate::sync::lock;
 
 /// One dead letter.
 #[derive(Debug, Clone)]
@@ -151,7 +152,7 @@ impl DeadLetters {
             let _ = serde_json::to_writer(&mut buffer, &entry);
             buffer.push(b'\n');
         }
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock(&self.state);
         if let Err(err) = self.append(&mut state, &buffer) {
             self.write_failures.inc();
             tracing::error!(sink = self.sink, path = %self.path.display(), error = %err, lines = letters.len(),

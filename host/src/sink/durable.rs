@@ -45,6 +45,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::metrics::Metrics;
 use crate::outbox::{Item, Outbox, OutboxError, OutboxGroup, Part};
+use crate::sync::lock;
 
 /// Records appended in one transaction at most.
 pub const MAX_BATCH: usize = 2048;
@@ -308,10 +309,6 @@ impl DurableQueue {
             Err(err) => tracing::error!(sink, error = %err, "outbox: closing failed"),
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Log {

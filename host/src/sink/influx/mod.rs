@@ -43,6 +43,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::influx::InfluxConfig;
+use crate::sync::lock;
 
 use crate::metrics::Metrics;
 use crate::model::Point;
@@ -127,7 +128,7 @@ struct OutboxHook {
 
 impl OutboxHook {
     fn settle(&self, seqs: &[u64], written: bool) {
-        let mut map = self.outbox_seq.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = lock(&self.outbox_seq);
         for seq in seqs {
             if let Some((outbox_seq, enqueued_ms)) = map.remove(seq) {
                 self.queue.ack(outbox_seq);
@@ -142,10 +143,7 @@ impl OutboxHook {
 
     /// Points handed to the writer and not settled yet.
     fn unsettled(&self) -> usize {
-        self.outbox_seq
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        lock(&self.outbox_seq).len()
     }
 }
 
@@ -357,10 +355,7 @@ impl Handover {
         for item in items {
             match record::decode_point(&item.record) {
                 Ok(point) => {
-                    self.hook
-                        .outbox_seq
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                    lock(&self.hook.outbox_seq)
                         .insert(self.writer_seq, (item.seq, item.enqueued_ms));
                     self.writer_seq += 1;
                     tokio::select! {
@@ -491,8 +486,7 @@ impl InfluxSink {
     pub fn give_up_after(&self, timeout: Duration) {
         if let Some(durable) = &self.durable {
             // Nothing is given up: what is unsettled then stays in the outbox.
-            *durable.deadline.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(tokio::time::Instant::now() + timeout);
+            *lock(&durable.deadline) = Some(tokio::time::Instant::now() + timeout);
             return;
         }
         let give_up = self.give_up.clone();
@@ -508,10 +502,7 @@ impl InfluxSink {
     /// in the outbox.
     pub async fn finish(mut self) {
         if let Some(durable) = self.durable.take() {
-            let deadline = durable
-                .deadline
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+            let deadline = lock(&durable.deadline)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(5));
             let _ = tokio::time::timeout_at(deadline, durable.queue.seal()).await;
             let mut feeder = durable.feeder;

@@ -46,6 +46,7 @@ use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::model::Point;
 use crate::ratelimit::RateLimiter;
+use crate::sync::lock;
 
 use super::line_protocol::Encoder;
 use super::transport::{Body, Reply, Transport};
@@ -146,7 +147,7 @@ impl<T: Transport> Shared<T> {
 }
 
 fn may_log(limiter: &Mutex<RateLimiter>) -> Option<u64> {
-    limiter.lock().unwrap_or_else(|e| e.into_inner()).check()
+    lock(&limiter).check()
 }
 
 /// A flushed batch: lines back to back, each ending in `\n`.

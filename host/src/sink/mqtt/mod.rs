@@ -92,6 +92,7 @@ use crate::ratelimit::RateLimiter;
 use crate::sink::dead_letter::{Content, DeadLetter, DeadLetters};
 use crate::sink::durable::DurableQueue;
 use crate::sink::record;
+use crate::sync::lock;
 use link::{Link, LinkEvent, Refusal};
 use tracker::Tracker;
 
@@ -275,12 +276,6 @@ struct Shared {
 /// on go there: few, but their payloads can be large).
 const DEAD_LETTER_MAX_BYTES: u64 = 64 << 20;
 const DEAD_LETTER_MAX_FILES: u16 = 4;
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding these locks is a bug; keep serving rather than
-    // poisoning the whole sink.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The MQTT sink: submit messages, flush, shut down.
 pub struct MqttSink {
