@@ -147,7 +147,7 @@ impl<T: Transport> Shared<T> {
 }
 
 fn may_log(limiter: &Mutex<RateLimiter>) -> Option<u64> {
-    lock(&limiter).check()
+    lock(limiter).check()
 }
 
 /// A flushed batch: lines back to back, each ending in `\n`.
