@@ -122,7 +122,7 @@ impl Bench {
                         let report = handle
                             .block_on(hotswap.deploy("bench", request))
                             .expect("deploy");
-                        assert_eq!(report.outcome, "activated");
+                        assert_eq!(report.outcome, sluice::hotswap::DeployOutcome::Activated);
                         pauses.push(report.pause.as_secs_f64() * 1e6);
                         next = 1 - next;
                         if let Storm::Every(every) = storm {

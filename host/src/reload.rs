@@ -206,7 +206,7 @@ impl Reloader {
             .await
             .map_err(|e| format!("rejected: {e}"))?;
         self.running.insert(pipeline.name.clone(), hash);
-        Ok(report.outcome == "activated")
+        Ok(report.outcome == crate::hotswap::DeployOutcome::Activated)
     }
 }
 

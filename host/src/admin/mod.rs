@@ -393,32 +393,53 @@ async fn transforms(
     headers: HeaderMap,
 ) -> Json<serde_json::Value> {
     let show_config = check.authorizes(&headers);
-    let list: Vec<_> = state
+    let list: Vec<serde_json::Value> = state
         .transforms
         .iter()
         .map(|t| {
             let counters = state.metrics.pipeline(&t.pipeline);
-            let mut entry = json!({
-                "pipeline": t.pipeline,
-                "module": t.module.display().to_string(),
-                "sha256": t.hash,
-                "frames_received": counters.frames_received.get(),
-                "messages_emitted": counters.messages_emitted.get(),
-                "points_emitted": counters.points_emitted.get(),
-            });
-            if let Some(manager) = state.hotswap.as_ref().and_then(|h| h.manager(&t.pipeline)) {
-                let (_, hash) = manager.active();
-                entry["sha256"] = hash.into();
-                if let (Some(entry), serde_json::Value::Object(more)) =
-                    (entry.as_object_mut(), manager.to_json(show_config))
-                {
-                    entry.extend(more.into_iter().filter(|(k, _)| k != "module"));
+            let entry = TransformEntry {
+                pipeline: &t.pipeline,
+                module: t.module.display().to_string(),
+                sha256: &t.hash,
+                frames_received: counters.frames_received.get(),
+                messages_emitted: counters.messages_emitted.get(),
+                points_emitted: counters.points_emitted.get(),
+                history: None,
+            };
+            let value = match state.hotswap.as_ref().and_then(|h| h.manager(&t.pipeline)) {
+                Some(manager) => {
+                    let (_, hash) = manager.active();
+                    manager.with_history(show_config, |history| {
+                        serde_json::to_value(TransformEntry {
+                            sha256: &hash,
+                            history: Some(history),
+                            ..entry
+                        })
+                    })
                 }
-            }
-            entry
+                None => serde_json::to_value(entry),
+            };
+            // Plain data: serializing it cannot fail.
+            value.unwrap_or_default()
         })
         .collect();
     Json(json!({ "transforms": list }))
+}
+
+/// One pipeline in `GET /transforms`.
+#[derive(serde::Serialize)]
+struct TransformEntry<'a> {
+    pipeline: &'a str,
+    module: String,
+    sha256: &'a str,
+    frames_received: u64,
+    messages_emitted: u64,
+    points_emitted: u64,
+    /// With hot swap: the versions (`active`, `canary_running`,
+    /// `rollback_to`, `history`).
+    #[serde(flatten)]
+    history: Option<crate::hotswap::HistoryView<'a>>,
 }
 
 fn not_implemented(name: &str) -> Response {
@@ -437,7 +458,7 @@ fn deploy_response(
     result: Result<crate::hotswap::DeployReport, DeployError>,
 ) -> Response {
     match result {
-        Ok(report) => (StatusCode::OK, Json(report.to_json(name))).into_response(),
+        Ok(report) => (StatusCode::OK, Json(report.response(name))).into_response(),
         Err(err) => {
             let status = match &err {
                 DeployError::UnknownPipeline(_) => StatusCode::NOT_FOUND,

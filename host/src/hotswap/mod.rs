@@ -50,14 +50,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde_json::json;
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::hotswap::HotswapConfig;
 use crate::config::{CaptureConfig, Config, PipelineConfig};
 use crate::metrics::{HotswapMetrics, Metrics};
 use crate::model::now_ns;
-use crate::pipeline::guard::{CanaryPolicy, VersionStats};
+use crate::pipeline::guard::{CanaryPolicy, VersionStats, VersionStatsView};
 use crate::pipeline::{CanaryVerdict, SwapDone, SwapOrder, VersionTag, WorkerControl, WorkerGuard};
 use crate::runtime::{Limits, LoadError, Module, Runtime};
 use crate::source::capture::CaptureHandle;
@@ -201,11 +201,36 @@ impl DeployError {
     }
 }
 
+/// How a deploy or rollback that happened ended (a refused one is a
+/// [`DeployError`], whose [`outcome`](DeployError::outcome) completes the
+/// labels of `sluice_transform_deploys_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployOutcome {
+    /// The new version serves frames.
+    Activated,
+    /// The same module and config as the active version: nothing changed.
+    Unchanged,
+    /// An earlier version serves frames again.
+    RolledBack,
+}
+
+impl DeployOutcome {
+    /// The metric label and API value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployOutcome::Activated => "activated",
+            DeployOutcome::Unchanged => "unchanged",
+            DeployOutcome::RolledBack => "rolled_back",
+        }
+    }
+}
+
 /// What a successful deploy or rollback did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeployReport {
-    /// `activated`, `unchanged` or `rolled_back`.
-    pub outcome: &'static str,
+    /// How it ended.
+    pub outcome: DeployOutcome,
     /// The version now active.
     pub version: u64,
     /// Its SHA-256.
@@ -221,19 +246,66 @@ pub struct DeployReport {
 }
 
 impl DeployReport {
-    /// The API's JSON form.
-    pub fn to_json(&self, pipeline: &str) -> serde_json::Value {
-        json!({
-            "pipeline": pipeline,
-            "outcome": self.outcome,
-            "version": self.version,
-            "sha256": self.sha256,
-            "replaced": self.replaced,
-            "vectors_passed": self.vectors,
-            "swap_pause_us": (self.pause.as_secs_f64() * 1e7).round() / 10.0,
-            "canary": self.canary,
-        })
+    /// The admin API's answer to the deploy or rollback of `pipeline`.
+    pub fn response<'a>(&'a self, pipeline: &'a str) -> DeployResponse<'a> {
+        DeployResponse {
+            pipeline,
+            outcome: self.outcome,
+            version: self.version,
+            sha256: &self.sha256,
+            replaced: self.replaced,
+            vectors_passed: self.vectors,
+            swap_pause_us: (self.pause.as_secs_f64() * 1e7).round() / 10.0,
+            canary: self.canary,
+        }
     }
+}
+
+/// The body of a successful `PUT /transforms/{name}` or rollback.
+#[derive(Debug, Serialize)]
+pub struct DeployResponse<'a> {
+    pipeline: &'a str,
+    outcome: DeployOutcome,
+    version: u64,
+    sha256: &'a str,
+    replaced: Option<u64>,
+    vectors_passed: usize,
+    swap_pause_us: f64,
+    canary: bool,
+}
+
+/// One version in `GET /transforms`.
+#[derive(Debug, Serialize)]
+struct VersionView<'a> {
+    version: u64,
+    sha256: &'a str,
+    source: &'static str,
+    origin: &'a str,
+    deployed_at: String,
+    status: &'static str,
+    rollback: Option<RollbackView<'a>>,
+    previous: Option<u64>,
+    module_kept: bool,
+    config: serde_json::Map<String, serde_json::Value>,
+    vectors_passed: usize,
+    stats: VersionStatsView,
+}
+
+/// Why a version was rolled back.
+#[derive(Debug, Serialize)]
+struct RollbackView<'a> {
+    automatic: bool,
+    reason: &'a str,
+}
+
+/// A pipeline's versions in `GET /transforms`: the active one, whether a
+/// canary runs, what a rollback returns to, the history (newest first).
+#[derive(Debug, Serialize)]
+pub struct HistoryView<'a> {
+    active: Option<VersionView<'a>>,
+    canary_running: bool,
+    rollback_to: Option<u64>,
+    history: Vec<VersionView<'a>>,
 }
 
 /// The state of one version in the history.
@@ -273,7 +345,7 @@ struct Version {
 impl Version {
     /// `show_config` false: the config's keys with every value
     /// [`REDACTED`].
-    fn to_json(&self, canary: bool, show_config: bool) -> serde_json::Value {
+    fn view(&self, canary: bool, show_config: bool) -> VersionView<'_> {
         let config: serde_json::Map<String, serde_json::Value> = self
             .config
             .iter()
@@ -288,23 +360,26 @@ impl Version {
             Status::Inactive => ("inactive", None),
             Status::RolledBack { auto, reason } => (
                 "rolled_back",
-                Some(json!({ "automatic": auto, "reason": reason })),
+                Some(RollbackView {
+                    automatic: *auto,
+                    reason,
+                }),
             ),
         };
-        json!({
-            "version": self.id,
-            "sha256": self.sha256,
-            "source": self.source,
-            "origin": self.origin,
-            "deployed_at": rfc3339(self.deployed_at_ns),
-            "status": status,
-            "rollback": rollback,
-            "previous": self.previous,
-            "module_kept": self.module.is_some(),
-            "config": config,
-            "vectors_passed": self.vectors,
-            "stats": self.stats.to_json(),
-        })
+        VersionView {
+            version: self.id,
+            sha256: &self.sha256,
+            source: self.source,
+            origin: &self.origin,
+            deployed_at: rfc3339(self.deployed_at_ns),
+            status,
+            rollback,
+            previous: self.previous,
+            module_kept: self.module.is_some(),
+            config,
+            vectors_passed: self.vectors,
+            stats: self.stats.view(),
+        }
     }
 }
 
@@ -381,7 +456,6 @@ impl State {
 /// One pipeline's transform: version history, deploys, rollbacks.
 pub struct TransformManager {
     pipeline: String,
-    module_path: PathBuf,
     runtime: Runtime,
     control: mpsc::Sender<WorkerControl>,
     settings: Settings,
@@ -454,10 +528,10 @@ impl TransformManager {
         let result = self.deploy_inner(request).await;
         match &result {
             Ok(report) => {
-                self.metrics.deploy(&self.pipeline, report.outcome);
-                tracing::info!(pipeline = %self.pipeline, source, origin, outcome = report.outcome,
+                self.metrics.deploy(&self.pipeline, report.outcome.as_str());
+                tracing::info!(pipeline = %self.pipeline, source, origin, outcome = report.outcome.as_str(),
                     version = report.version, sha256 = report.sha256.get(..12).unwrap_or_default(),
-                    vectors = report.vectors, "transform deploy: {}", report.outcome);
+                    vectors = report.vectors, "transform deploy: {}", report.outcome.as_str());
             }
             Err(err) => {
                 self.metrics.deploy(&self.pipeline, err.outcome());
@@ -508,7 +582,7 @@ impl TransformManager {
         };
         if module.hash() == active_hash && config == active_config && limits == active_limits {
             return Ok(DeployReport {
-                outcome: "unchanged",
+                outcome: DeployOutcome::Unchanged,
                 version: active_id,
                 sha256: active_hash,
                 replaced: None,
@@ -593,7 +667,7 @@ impl TransformManager {
         }
         drop(done.released);
         Ok(DeployReport {
-            outcome: "activated",
+            outcome: DeployOutcome::Activated,
             version: id,
             sha256,
             replaced: Some(done.replaced),
@@ -741,7 +815,7 @@ impl TransformManager {
         self.metrics.set_active_version(&self.pipeline, target);
         drop(done.released);
         Ok(DeployReport {
-            outcome: "rolled_back",
+            outcome: DeployOutcome::RolledBack,
             version: target,
             sha256,
             replaced: Some(from),
@@ -751,15 +825,15 @@ impl TransformManager {
         })
     }
 
-    /// The JSON listing of `GET /transforms`: active version, history
-    /// (newest first) and per-version counters. Config values only with
-    /// `show_config` (a config can hold device keys), [`REDACTED`] otherwise.
-    pub fn to_json(&self, show_config: bool) -> serde_json::Value {
+    /// What `GET /transforms` shows of this pipeline's versions, with their
+    /// counters. Config values only with `show_config` (a config can hold
+    /// device keys), [`REDACTED`] otherwise.
+    pub fn with_history<R>(&self, show_config: bool, show: impl FnOnce(HistoryView<'_>) -> R) -> R {
         let state = self.state();
         let canary = state.canary;
         let active = state
             .active()
-            .map(|v| v.to_json(canary == Some(v.id), show_config));
+            .map(|v| v.view(canary == Some(v.id), show_config));
         let rollback_to = state
             .active()
             .and_then(|v| v.previous)
@@ -768,14 +842,13 @@ impl TransformManager {
             .versions
             .iter()
             .rev()
-            .map(|v| v.to_json(canary == Some(v.id), show_config))
+            .map(|v| v.view(canary == Some(v.id), show_config))
             .collect();
-        json!({
-            "module": self.module_path.display().to_string(),
-            "active": active,
-            "canary_running": canary.is_some(),
-            "rollback_to": rollback_to,
-            "history": history,
+        show(HistoryView {
+            active,
+            canary_running: canary.is_some(),
+            rollback_to,
+            history,
         })
     }
 }
@@ -888,7 +961,6 @@ impl HotswapBuilder<'_> {
         hotswap_metrics.set_active_version(&pipeline.name, 1);
         let manager = TransformManager {
             pipeline: pipeline.name.clone(),
-            module_path: pipeline.transform.module.clone(),
             runtime: self.runtime.clone(),
             control,
             settings: Settings {

@@ -334,30 +334,42 @@ impl VersionStats {
     }
 
     /// A JSON view for the admin API.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut failed = serde_json::Map::new();
-        for (reason, count) in FAILURE_REASONS.iter().zip(&self.failed) {
-            let n = count.load(Ordering::Relaxed);
-            if n > 0 {
-                failed.insert((*reason).to_owned(), n.into());
-            }
-        }
+    pub fn view(&self) -> VersionStatsView {
+        let failed_by_reason = FAILURE_REASONS
+            .iter()
+            .zip(&self.failed)
+            .map(|(reason, count)| (*reason, count.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
         let calls = self.calls.load(Ordering::Relaxed);
         let mean_call_us = if calls == 0 {
             0.0
         } else {
             self.call_ns.load(Ordering::Relaxed) as f64 / calls as f64 / 1e3
         };
-        serde_json::json!({
-            "frames": self.frames(),
-            "failed": self.failures(),
-            "failed_by_reason": failed,
-            "calls": calls,
-            "mean_call_us": (mean_call_us * 10.0).round() / 10.0,
-            "dead_lettered": self.dead_lettered.load(Ordering::Relaxed),
-            "quarantined": self.quarantined.load(Ordering::Relaxed),
-        })
+        VersionStatsView {
+            frames: self.frames(),
+            failed: self.failures(),
+            failed_by_reason,
+            calls,
+            mean_call_us: (mean_call_us * 10.0).round() / 10.0,
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            quarantined: self.quarantined.load(Ordering::Relaxed),
+        }
     }
+}
+
+/// A version's counters as `GET /transforms` shows them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct VersionStatsView {
+    frames: u64,
+    failed: u64,
+    /// Only the reasons that occurred.
+    failed_by_reason: std::collections::BTreeMap<&'static str, u64>,
+    calls: u64,
+    mean_call_us: f64,
+    dead_lettered: u64,
+    quarantined: bool,
 }
 
 #[cfg(test)]
@@ -525,7 +537,7 @@ mod tests {
         stats.failed("trap_panic");
         stats.failed("no_such_reason");
         stats.call(Duration::from_micros(3));
-        let json = stats.to_json();
+        let json = serde_json::to_value(stats.view()).expect("serializes");
         assert_eq!(json["frames"], 2);
         assert_eq!(json["failed"], 2);
         assert_eq!(json["failed_by_reason"]["trap_panic"], 1);
