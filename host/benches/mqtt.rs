@@ -185,7 +185,10 @@ async fn sluice_sink(port: u16, level: u8, variant: &Variant) -> (f64, Vec<f64>)
             sluice::outbox::OutboxConfig::default(),
         )
         .expect("outbox");
-        Arc::new(DurableQueue::start("mqtt", outbox, metrics.clone()).expect("writer"))
+        Arc::new(
+            DurableQueue::start(sluice::model::Sink::Mqtt, outbox, metrics.clone())
+                .expect("writer"),
+        )
     });
     let sink =
         MqttSink::start_with(&config, metrics.clone(), Vec::new(), queue, None).expect("sink");

@@ -20,6 +20,8 @@ use crate::config::admin::AdminConfig;
 use crate::hotswap::Hotswap;
 use crate::hotswap::watch::DirWatcher;
 use crate::metrics::Metrics;
+use crate::metrics::SinkDrop;
+use crate::model::Sink;
 use crate::model::{DownlinkCommand, MqttMessage, Qos};
 use crate::outbox::{OutboxConfig, OutboxGroup};
 use crate::pipeline::{
@@ -278,12 +280,12 @@ async fn run_inner(
         Source::Replay(_) => (Vec::new(), CommandQueues::new()),
     };
     // The durable log: one queue per sink that keeps its data on disk.
-    let mut durable_sinks: Vec<(&'static str, OutboxConfig)> = Vec::new();
+    let mut durable_sinks: Vec<(Sink, OutboxConfig)> = Vec::new();
     if let Some(mqtt) = config.mqtt.as_ref().filter(|m| m.durable) {
-        durable_sinks.push(("mqtt", mqtt.outbox.clone()));
+        durable_sinks.push((Sink::Mqtt, mqtt.outbox.clone()));
     }
     if let Some(influx) = config.influx.as_ref().filter(|i| i.durable) {
-        durable_sinks.push(("influx", influx.outbox.clone()));
+        durable_sinks.push((Sink::Influx, influx.outbox.clone()));
     }
     let log = match config.data_dir.as_deref() {
         Some(data_dir) if !durable_sinks.is_empty() => {
@@ -291,8 +293,8 @@ async fn run_inner(
         }
         _ => None,
     };
-    let queue_index = |sink: &str| durable_sinks.iter().position(|(name, _)| *name == sink);
-    let durable_queue = |sink: &str| {
+    let queue_index = |sink: Sink| durable_sinks.iter().position(|(name, _)| *name == sink);
+    let durable_queue = |sink: Sink| {
         log.as_ref()
             .zip(queue_index(sink))
             .and_then(|(log, index)| log.queue(index))
@@ -306,9 +308,9 @@ async fn run_inner(
                     "no data_dir: MQTT messages wait in memory only and are lost if the host dies"
                 );
             }
-            let durable = durable_queue("mqtt");
+            let durable = durable_queue(Sink::Mqtt);
             if let Some(queue) = &durable {
-                outboxes.push(("mqtt", Arc::downgrade(queue)));
+                outboxes.push((Sink::Mqtt.as_str(), Arc::downgrade(queue)));
             }
             Some(Arc::new(MqttSink::start_with(
                 mqtt_config,
@@ -321,9 +323,9 @@ async fn run_inner(
         None => None,
     };
     let (influx, points, influx_queue) = match &config.influx {
-        Some(influx_config) => match durable_queue("influx") {
+        Some(influx_config) => match durable_queue(Sink::Influx) {
             Some(queue) => {
-                outboxes.push(("influx", Arc::downgrade(&queue)));
+                outboxes.push((Sink::Influx.as_str(), Arc::downgrade(&queue)));
                 let (sink, input, writer) = InfluxSink::start_durable(
                     influx_config,
                     config.data_dir.as_deref(),
@@ -345,8 +347,8 @@ async fn run_inner(
         mqtt: mqtt.clone(),
         points,
         log: log.map(Arc::new),
-        mqtt_queue: queue_index("mqtt"),
-        influx_queue: queue_index("influx"),
+        mqtt_queue: queue_index(Sink::Mqtt),
+        influx_queue: queue_index(Sink::Influx),
     };
     let (emit_tx, emit_rx) = mpsc::channel(EMISSION_CHANNEL);
     let pipelines = start_pipelines_from(
@@ -470,13 +472,13 @@ async fn run_inner(
 /// thread.
 fn open_log(
     data_dir: &std::path::Path,
-    sinks: &[(&'static str, OutboxConfig)],
+    sinks: &[(Sink, OutboxConfig)],
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<DurableLog> {
     let path = crate::outbox::log_path(data_dir);
     let queues: Vec<(&str, OutboxConfig)> = sinks
         .iter()
-        .map(|(sink, config)| (*sink, config.clone()))
+        .map(|(sink, config)| (sink.as_str(), config.clone()))
         .collect();
     let group = OutboxGroup::open(&path, &queues)
         .with_context(|| format!("cannot open the outbox {}", path.display()))?;
@@ -484,7 +486,7 @@ fn open_log(
         let Some(queue) = group.queue(index) else {
             continue;
         };
-        let legacy = crate::outbox::path_in(data_dir, sink);
+        let legacy = crate::outbox::path_in(data_dir, sink.as_str());
         let moved = queue.absorb(&legacy).with_context(|| {
             format!(
                 "cannot move the items of {} into {}",
@@ -495,9 +497,9 @@ fn open_log(
         let stats = queue.stats();
         tracing::info!(path = %path.display(), items = stats.depth_items, bytes = stats.depth_bytes,
             moved_from_previous_layout = moved, "{sink} outbox open");
-        metrics.outbox_depth(sink, stats.depth_items, stats.depth_bytes);
+        metrics.outbox_depth(*sink, stats.depth_items, stats.depth_bytes);
     }
-    let names: Vec<&'static str> = sinks.iter().map(|(sink, _)| *sink).collect();
+    let names: Vec<Sink> = sinks.iter().map(|(sink, _)| *sink).collect();
     Ok(DurableLog::start(group, &names, metrics.clone())?)
 }
 
@@ -596,7 +598,7 @@ async fn route(mut emissions: mpsc::Receiver<Emission>, routes: Routes, metrics:
                 }
                 (Some(sink), None) => sink.submit(message).await,
                 (None, _) => {
-                    metrics.sink_dropped("mqtt", "no_mqtt_sink_configured");
+                    metrics.sink_dropped(Sink::Mqtt, SinkDrop::NotConfigured);
                     if !told_about_messages {
                         tracing::info!(
                             "transforms emit MQTT messages but no [mqtt] is configured; messages are counted and discarded"
@@ -615,11 +617,11 @@ async fn route(mut emissions: mpsc::Receiver<Emission>, routes: Routes, metrics:
                 // Waits while the writer's queue is full (backpressure).
                 (Some(points), None) => {
                     if !points.send(point).await {
-                        metrics.sink_dropped("influx", "writer_stopped");
+                        metrics.sink_dropped(Sink::Influx, SinkDrop::WriterStopped);
                     }
                 }
                 (None, _) => {
-                    metrics.sink_dropped("influx", "no_influx_sink_configured");
+                    metrics.sink_dropped(Sink::Influx, SinkDrop::NotConfigured);
                     if !told_about_points {
                         tracing::info!(
                             "transforms emit points but no [influx] is configured; points are counted and discarded"
@@ -634,8 +636,8 @@ async fn route(mut emissions: mpsc::Receiver<Emission>, routes: Routes, metrics:
         {
             // Waits while the log's writer is behind (backpressure).
             if !log.push_frame(frame).await {
-                metrics.sink_dropped_by("mqtt", "outbox_closed", to_mqtt);
-                metrics.sink_dropped_by("influx", "outbox_closed", to_influx);
+                metrics.sink_dropped_by(Sink::Mqtt, SinkDrop::OutboxClosed, to_mqtt);
+                metrics.sink_dropped_by(Sink::Influx, SinkDrop::OutboxClosed, to_influx);
             }
         }
     }

@@ -362,6 +362,31 @@ pub fn rfc3339(ns: u64, nanos: bool) -> String {
     }
 }
 
+/// Where a frame's outputs leave the box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sink {
+    /// The MQTT broker (messages).
+    Mqtt,
+    /// InfluxDB (points).
+    Influx,
+}
+
+impl Sink {
+    /// The name in metric labels, logs and file names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sink::Mqtt => "mqtt",
+            Sink::Influx => "influx",
+        }
+    }
+}
+
+impl std::fmt::Display for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A command for a pipeline's device, as it arrived over MQTT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownlinkCommand {

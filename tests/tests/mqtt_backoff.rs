@@ -95,8 +95,12 @@ async fn flush_waits(durable: bool, rounds: u64) {
         )
         .expect("outbox");
         Arc::new(
-            sluice::sink::durable::DurableQueue::start("mqtt", outbox, metrics.clone())
-                .expect("writer"),
+            sluice::sink::durable::DurableQueue::start(
+                sluice::model::Sink::Mqtt,
+                outbox,
+                metrics.clone(),
+            )
+            .expect("writer"),
         )
     });
     let sink = MqttSink::start_with(

@@ -714,8 +714,10 @@ mod tests {
         };
         let outbox =
             crate::outbox::Outbox::open(dir.path().join("mqtt.redb"), config).expect("open outbox");
-        let queue =
-            Arc::new(DurableQueue::start("mqtt", outbox, metrics.clone()).expect("writer thread"));
+        let queue = Arc::new(
+            DurableQueue::start(crate::model::Sink::Mqtt, outbox, metrics.clone())
+                .expect("writer thread"),
+        );
         // An empty InfluxDB outbox beside it, reported under `influx`.
         let influx_outbox = crate::outbox::Outbox::open(
             dir.path().join("influx.redb"),
@@ -723,7 +725,8 @@ mod tests {
         )
         .expect("open outbox");
         let influx = Arc::new(
-            DurableQueue::start("influx", influx_outbox, metrics.clone()).expect("writer thread"),
+            DurableQueue::start(crate::model::Sink::Influx, influx_outbox, metrics.clone())
+                .expect("writer thread"),
         );
         let (points, _writer) = mpsc::channel::<Point>(10);
         let mut state = AdminState::new(metrics);

@@ -12,13 +12,15 @@ pub mod serial;
 
 use std::sync::Mutex;
 
-use crate::sync::lock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::model::Sink;
+use crate::sync::lock;
 
 /// `{pipeline}`
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -284,29 +286,24 @@ impl Metrics {
     }
 
     /// Counts an item a sink gave up on.
-    pub fn sink_dropped(&self, sink: &str, reason: &str) {
-        self.sink_dropped
-            .get_or_create(&SinkDropLabel {
-                sink: sink.to_owned(),
-                reason: reason.to_owned(),
-            })
-            .inc();
+    pub fn sink_dropped(&self, sink: Sink, reason: SinkDrop) {
+        self.sink_dropped_by(sink, reason, 1);
     }
 
     /// Counts `n` items `sink` gave up on for `reason`.
-    pub fn sink_dropped_by(&self, sink: &str, reason: &str, n: u64) {
+    pub fn sink_dropped_by(&self, sink: Sink, reason: SinkDrop, n: u64) {
         self.sink_dropped
             .get_or_create(&SinkDropLabel {
-                sink: sink.to_owned(),
-                reason: reason.to_owned(),
+                sink: sink.as_str().to_owned(),
+                reason: reason.label(sink),
             })
             .inc_by(n);
     }
 
     /// Sets the depth of `sink`'s durable outbox.
-    pub fn outbox_depth(&self, sink: &str, items: u64, bytes: u64) {
+    pub fn outbox_depth(&self, sink: Sink, items: u64, bytes: u64) {
         let label = SinkLabel {
-            sink: sink.to_owned(),
+            sink: sink.as_str().to_owned(),
         };
         self.outbox_items
             .get_or_create(&label)
@@ -433,6 +430,71 @@ fn label_value<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
         .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == key)
         .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// Why a sink gave up on an item: the `reason` of
+/// `sluice_sink_dropped_total{sink, reason}`. Every item that leaves a sink
+/// other than by delivery is counted under one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkDrop {
+    /// The transform emitted it and no such sink is configured.
+    NotConfigured,
+    /// The InfluxDB writer had stopped (shutdown).
+    WriterStopped,
+    /// The InfluxDB writer's task failed (a bug; logged).
+    WriterTaskFailed,
+    /// The durable log was closed (shutdown) before it was stored.
+    OutboxClosed,
+    /// A stored record could not be decoded (a damaged file).
+    OutboxCorruptRecord,
+    /// A frame's records for the sink exceed its whole outbox.
+    OutboxItemTooLarge,
+    /// Evicted from a full outbox (`when_full = "drop_oldest"`).
+    OutboxOverflow,
+    /// Older than the outbox's `max_age_secs`.
+    OutboxExpired,
+    /// Lost with a commit that failed and could not be repeated.
+    OutboxWriteFailed,
+    /// Evicted from the full in-memory MQTT queue (`drop_oldest`).
+    QueueFullDropOldest,
+    /// The broker closes the connection on it, again and again (set aside).
+    BrokerDisconnects,
+    /// The broker refused it with this MQTT 5 reason code (snake case).
+    Refused(&'static str),
+    /// The InfluxDB server refused it (400): a dead letter.
+    ServerRejected,
+    /// Line protocol cannot say it exactly (the encoder's reason, e.g.
+    /// `empty_measurement`): a dead letter.
+    Unencodable(&'static str),
+    /// Larger than the InfluxDB server accepts in one request.
+    TooLarge,
+    /// Still undelivered to InfluxDB when the shutdown deadline came.
+    ShutdownUndelivered,
+}
+
+impl SinkDrop {
+    /// The metric label (and the dead-letter file's `reason`).
+    pub fn label(self, sink: Sink) -> String {
+        let label = match self {
+            SinkDrop::NotConfigured => return format!("no_{sink}_sink_configured"),
+            SinkDrop::Refused(code) => return format!("refused_{code}"),
+            SinkDrop::Unencodable(reason) => reason,
+            SinkDrop::WriterStopped => "writer_stopped",
+            SinkDrop::WriterTaskFailed => "writer_task_failed",
+            SinkDrop::OutboxClosed => "outbox_closed",
+            SinkDrop::OutboxCorruptRecord => "outbox_corrupt_record",
+            SinkDrop::OutboxItemTooLarge => "outbox_item_too_large",
+            SinkDrop::OutboxOverflow => "outbox_overflow",
+            SinkDrop::OutboxExpired => "outbox_expired",
+            SinkDrop::OutboxWriteFailed => "outbox_write_failed",
+            SinkDrop::QueueFullDropOldest => "queue_full_drop_oldest",
+            SinkDrop::BrokerDisconnects => "broker_disconnects",
+            SinkDrop::ServerRejected => "server_rejected",
+            SinkDrop::TooLarge => "too_large",
+            SinkDrop::ShutdownUndelivered => "shutdown_undelivered",
+        };
+        label.to_owned()
+    }
 }
 
 #[cfg(test)]

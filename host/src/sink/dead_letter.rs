@@ -24,13 +24,15 @@ use std::sync::Mutex;
 use serde_json::{Value, json};
 
 use crate::metrics::Metrics;
+use crate::metrics::SinkDrop;
+use crate::model::Sink;
 use crate::sync::lock;
 
 /// One dead letter.
 #[derive(Debug, Clone)]
 pub struct DeadLetter<'a> {
-    /// Stable reason (also the `sink_dropped` label).
-    pub reason: &'a str,
+    /// Why (also counted as `sink_dropped{sink, reason}`).
+    pub reason: SinkDrop,
     /// HTTP status from the server, if it answered.
     pub status: Option<u16>,
     /// The server's (or the encoder's) message.
@@ -62,7 +64,7 @@ pub enum Content<'a> {
 /// The dead-letter file (shared by the writer's tasks).
 pub struct DeadLetters {
     /// The sink's name (the `sink` field and metric label).
-    sink: &'static str,
+    sink: Sink,
     /// Counted when the file cannot be written.
     write_failures: prometheus_client::metrics::counter::Counter,
     path: PathBuf,
@@ -80,7 +82,7 @@ impl DeadLetters {
     /// Opens (creates) the file and its directory for `sink`;
     /// `write_failures` counts the writes that fail.
     pub fn open(
-        sink: &'static str,
+        sink: Sink,
         path: &Path,
         max_bytes: u64,
         max_files: u16,
@@ -121,8 +123,8 @@ impl DeadLetters {
             metrics.sink_dropped(self.sink, letter.reason);
             let mut entry = json!({
                 "time": time,
-                "sink": self.sink,
-                "reason": letter.reason,
+                "sink": self.sink.as_str(),
+                "reason": letter.reason.label(self.sink),
                 "status": letter.status,
                 "message": letter.message,
             });
@@ -155,7 +157,7 @@ impl DeadLetters {
         let mut state = lock(&self.state);
         if let Err(err) = self.append(&mut state, &buffer) {
             self.write_failures.inc();
-            tracing::error!(sink = self.sink, path = %self.path.display(), error = %err, lines = letters.len(),
+            tracing::error!(sink = %self.sink, path = %self.path.display(), error = %err, lines = letters.len(),
                 "cannot write dead letters; they are counted but lost");
         }
     }
@@ -235,9 +237,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dead-letter").join("influx.jsonl");
         let metrics = Metrics::new();
-        let letters = DeadLetters::open("influx", &path, 400, 3, Default::default()).expect("open");
+        let letters =
+            DeadLetters::open(Sink::Influx, &path, 400, 3, Default::default()).expect("open");
         let letter = DeadLetter {
-            reason: "server_rejected",
+            reason: SinkDrop::ServerRejected,
             status: Some(400),
             message: "unable to parse 'm x=': missing field value",
             content: Content::Line(b"m,t=a\\ b x=\"q\\\"\" 1"),

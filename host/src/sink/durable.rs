@@ -44,6 +44,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::metrics::Metrics;
+use crate::metrics::SinkDrop;
+use crate::model::Sink;
 use crate::outbox::{Item, Outbox, OutboxError, OutboxGroup, Part};
 use crate::sync::lock;
 
@@ -116,7 +118,7 @@ impl PendingAcks {
 
 /// A queue's bookkeeping on this side of the outbox.
 struct Side {
-    sink: &'static str,
+    sink: Sink,
     pending_acks: Mutex<PendingAcks>,
     /// Records pushed and not yet appended (or refused): in the channel or
     /// the batch being written.
@@ -134,7 +136,7 @@ impl DurableLog {
     /// (same order).
     pub fn start(
         group: OutboxGroup,
-        sinks: &[&'static str],
+        sinks: &[Sink],
         metrics: Arc<Metrics>,
     ) -> std::io::Result<DurableLog> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -165,7 +167,11 @@ impl DurableLog {
             metrics,
         });
         let weak = Arc::downgrade(&log);
-        let name = sinks.join("+");
+        let name = sinks
+            .iter()
+            .map(|sink| sink.as_str())
+            .collect::<Vec<_>>()
+            .join("+");
         let thread = std::thread::Builder::new()
             .name(format!("outbox-{name}"))
             .spawn(move || runtime.block_on(run(weak, rx, wake, stop)))?;
@@ -194,7 +200,7 @@ impl DurableLog {
 impl DurableQueue {
     /// A log of one queue for `sink` (the queue's own file).
     pub fn start(
-        sink: &'static str,
+        sink: Sink,
         outbox: Outbox,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<DurableQueue> {
@@ -295,7 +301,7 @@ impl DurableQueue {
                 if let Some(thread) = thread
                     && thread.join().is_err()
                 {
-                    tracing::error!(sink, "the outbox writer thread panicked");
+                    tracing::error!(%sink, "the outbox writer thread panicked");
                 }
             }
             log.apply_acks();
@@ -305,8 +311,8 @@ impl DurableQueue {
         .await;
         match finished {
             Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!(sink, error = %err, "outbox: final flush failed"),
-            Err(err) => tracing::error!(sink, error = %err, "outbox: closing failed"),
+            Ok(Err(err)) => tracing::error!(%sink, error = %err, "outbox: final flush failed"),
+            Err(err) => tracing::error!(%sink, error = %err, "outbox: closing failed"),
         }
     }
 }
@@ -523,10 +529,10 @@ impl Log {
             if needed > max_bytes {
                 self.metrics.sink_dropped_by(
                     side.sink,
-                    "outbox_item_too_large",
+                    SinkDrop::OutboxItemTooLarge,
                     records.len() as u64,
                 );
-                tracing::error!(sink = side.sink, error = %err, items = records.len(),
+                tracing::error!(sink = %side.sink, error = %err, items = records.len(),
                     "outbox: a frame's output larger than the whole outbox was dropped");
             } else {
                 kept.extend(records.into_iter().cloned());
@@ -554,15 +560,15 @@ impl Log {
             let lost = stats.lost_on_reopen.saturating_sub(exported.2);
             if overflow > 0 {
                 self.metrics
-                    .sink_dropped_by(side.sink, "outbox_overflow", overflow);
+                    .sink_dropped_by(side.sink, SinkDrop::OutboxOverflow, overflow);
             }
             if expired > 0 {
                 self.metrics
-                    .sink_dropped_by(side.sink, "outbox_expired", expired);
+                    .sink_dropped_by(side.sink, SinkDrop::OutboxExpired, expired);
             }
             if lost > 0 {
                 self.metrics
-                    .sink_dropped_by(side.sink, "outbox_write_failed", lost);
+                    .sink_dropped_by(side.sink, SinkDrop::OutboxWriteFailed, lost);
             }
             *exported = (
                 stats.dropped_overflow,
@@ -697,7 +703,7 @@ mod tests {
         };
         let outbox = Outbox::open(dir.path().join("x.redb"), config).expect("open");
         let metrics = Arc::new(Metrics::new());
-        let queue = DurableQueue::start("mqtt", outbox, metrics.clone()).expect("start");
+        let queue = DurableQueue::start(Sink::Mqtt, outbox, metrics.clone()).expect("start");
         for i in 0..1000u32 {
             assert!(queue.push(i.to_le_bytes().repeat(8)).await);
         }

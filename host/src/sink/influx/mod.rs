@@ -43,6 +43,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::influx::InfluxConfig;
+use crate::metrics::SinkDrop;
+use crate::model::Sink;
 use crate::sync::lock;
 
 use crate::metrics::Metrics;
@@ -364,7 +366,8 @@ impl Handover {
                     }
                 }
                 Err(err) => {
-                    self.metrics.sink_dropped("influx", "outbox_corrupt_record");
+                    self.metrics
+                        .sink_dropped(Sink::Influx, SinkDrop::OutboxCorruptRecord);
                     tracing::error!(seq = item.seq, error = %err, "InfluxDB outbox: undecodable record dropped");
                     self.queue.ack(item.seq);
                 }
@@ -401,7 +404,7 @@ impl InfluxSink {
             .ok_or(StartError::NoDataDir)?;
         let path = InfluxConfig::dead_letter_path(&dir);
         let dead_letters = DeadLetters::open(
-            "influx",
+            Sink::Influx,
             &path,
             config.dead_letter_max_bytes.get(),
             config.dead_letter_max_files.get(),

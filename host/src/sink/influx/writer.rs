@@ -44,7 +44,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
+use crate::metrics::SinkDrop;
 use crate::model::Point;
+use crate::model::Sink;
 use crate::ratelimit::RateLimiter;
 use crate::sync::lock;
 
@@ -350,7 +352,7 @@ pub async fn run<T: Transport>(mut points: mpsc::Receiver<Point>, shared: Arc<Sh
                             let message = err.to_string();
                             shared.dead_letters.write(
                                 &[DeadLetter {
-                                    reason: err.reason(),
+                                    reason: SinkDrop::Unencodable(err.reason()),
                                     status: None,
                                     message: &message,
                                     content: Content::Point(crate::jsonout::point(&point)),
@@ -383,7 +385,9 @@ fn reap<T>(
         Err(err) => {
             let lines = inflight_lines.remove(&err.id()).unwrap_or(0);
             for _ in 0..lines {
-                shared.metrics.sink_dropped("influx", "writer_task_failed");
+                shared
+                    .metrics
+                    .sink_dropped(Sink::Influx, SinkDrop::WriterTaskFailed);
             }
             tracing::error!(lines, error = %err, "an InfluxDB delivery task failed; its lines are lost");
         }
@@ -630,7 +634,7 @@ async fn deliver<T: Transport>(shared: Arc<Shared<T>>, batch: Batch) {
                     metrics.request("too_large");
                     if part.len() == 1 {
                         let letter = DeadLetter {
-                            reason: "too_large",
+                            reason: SinkDrop::TooLarge,
                             status: Some(413),
                             message: &message,
                             content: Content::Line(batch.line(part[0])),
@@ -726,7 +730,7 @@ fn dead_letter_lines<T>(
     let letters: Vec<DeadLetter<'_>> = bad
         .iter()
         .map(|(k, message)| DeadLetter {
-            reason: "server_rejected",
+            reason: SinkDrop::ServerRejected,
             status,
             message,
             content: Content::Line(batch.line(part[*k])),
@@ -756,7 +760,7 @@ fn give_up<T>(shared: &Shared<T>, batch: &Batch, parts: VecDeque<Vec<usize>>) {
     let letters: Vec<DeadLetter<'_>> = lines
         .iter()
         .map(|&i| DeadLetter {
-            reason: "shutdown_undelivered",
+            reason: SinkDrop::ShutdownUndelivered,
             status: None,
             message,
             content: Content::Line(batch.line(i)),
@@ -885,7 +889,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let dead_letters = Arc::new(
             DeadLetters::open(
-                "influx",
+                Sink::Influx,
                 &dir.path().join("influx.jsonl"),
                 1 << 30,
                 2,

@@ -84,8 +84,10 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
+use crate::metrics::SinkDrop;
 use crate::metrics::serial::SerialMetrics;
 use crate::model::DownlinkCommand;
+use crate::model::Sink;
 use crate::model::{MqttMessage, Qos};
 use crate::outbox::QueueFullPolicy;
 use crate::ratelimit::RateLimiter;
@@ -314,7 +316,7 @@ impl MqttSink {
                 let path = dir.join("dead-letter").join("mqtt.jsonl");
                 Some(
                     DeadLetters::open(
-                        "mqtt",
+                        Sink::Mqtt,
                         &path,
                         DEAD_LETTER_MAX_BYTES,
                         DEAD_LETTER_MAX_FILES,
@@ -389,7 +391,9 @@ impl MqttSink {
         match &self.shared.durable {
             Some(durable) => {
                 if !durable.push(record::mqtt_to_vec(&message)).await {
-                    self.shared.metrics.sink_dropped("mqtt", "outbox_closed");
+                    self.shared
+                        .metrics
+                        .sink_dropped(Sink::Mqtt, SinkDrop::OutboxClosed);
                 }
             }
             None => self.push(Entry::data(message)).await,
@@ -418,7 +422,7 @@ impl MqttSink {
                     if let Some(evicted) = backlog.queue.pop_front() {
                         shared
                             .metrics
-                            .sink_dropped("mqtt", "queue_full_drop_oldest");
+                            .sink_dropped(Sink::Mqtt, SinkDrop::QueueFullDropOldest);
                         if !backlog.dropping {
                             backlog.dropping = true;
                             tracing::warn!(capacity = shared.capacity, topic = %evicted.topic,
@@ -679,7 +683,9 @@ fn read_outbox(
                 batch.push(entry);
             }
             Err(err) => {
-                shared.metrics.sink_dropped("mqtt", "outbox_corrupt_record");
+                shared
+                    .metrics
+                    .sink_dropped(Sink::Mqtt, SinkDrop::OutboxCorruptRecord);
                 tracing::error!(seq = item.seq, error = %err, "MQTT outbox: undecodable record dropped");
                 durable.ack(item.seq);
             }
@@ -956,11 +962,10 @@ fn confirm(shared: &Shared, entry: Option<Entry>) {
 /// its bytes when there is a data directory, counted, logged, removed from
 /// the outbox; the messages behind it flow again.
 fn set_aside(shared: &Shared, entry: &Entry) {
-    const REASON: &str = "broker_disconnects";
     match &shared.dead_letters {
         Some(letters) => letters.write(
             &[DeadLetter {
-                reason: REASON,
+                reason: SinkDrop::BrokerDisconnects,
                 status: None,
                 message: "the broker closed the connection on this message every time it was sent",
                 content: Content::Message {
@@ -972,7 +977,9 @@ fn set_aside(shared: &Shared, entry: &Entry) {
             }],
             &shared.metrics,
         ),
-        None => shared.metrics.sink_dropped("mqtt", REASON),
+        None => shared
+            .metrics
+            .sink_dropped(Sink::Mqtt, SinkDrop::BrokerDisconnects),
     }
     tracing::error!(topic = %entry.topic, bytes = entry.payload.len(),
         dead_letters = shared.dead_letters.as_ref().map(|d| d.path().display().to_string()),
@@ -988,7 +995,7 @@ fn set_aside(shared: &Shared, entry: &Entry) {
 fn refused(shared: &Shared, entry: &Entry, refusal: &Refusal) {
     shared
         .metrics
-        .sink_dropped("mqtt", &format!("refused_{}", refusal.code));
+        .sink_dropped(Sink::Mqtt, SinkDrop::Refused(refusal.code));
     if let Some(suppressed) = lock(&shared.refusal_warnings).check() {
         tracing::warn!(topic = %entry.topic, code = refusal.code,
             reason = refusal.reason.as_deref().unwrap_or(""), suppressed,
