@@ -38,7 +38,7 @@ mkdir -p target/deb
 {
     echo "# Installed by the sluice package (from examples/gateway.toml). Values"
     echo "# come from the environment, which the systemd unit and"
-    echo "# /etc/sluice/sluice.env set; see /usr/share/doc/sluice/README.md."
+    echo "# /etc/sluice/sluice.env set; see /usr/share/doc/sluice/docs/operations.md."
     echo "#"
     sed 's|\${SLUICE_TRANSFORMS_DIR:-\.\./transforms/target/wasm32-wasip2/release}|${SLUICE_TRANSFORMS_DIR:-/usr/lib/sluice/transforms}|' \
         examples/gateway.toml

@@ -14,7 +14,7 @@
 //! file. It is built without TLS (`default-features = false`), which keeps
 //! aws-lc-rs and openssl out of the tree.
 //!
-//! What it does not do (rumqttd 0.20, as configured here — see the README):
+//! What it does not do (rumqttd 0.20, as configured here — see docs/configuration.md):
 //! * **No persistence**: sessions, queued messages and retained messages live
 //!   in memory and are gone when sluice restarts.
 //! * **Bounded per-topic log**: rumqttd keeps each topic's messages in an

@@ -721,23 +721,24 @@ fn quarantine_skips_and_dead_letters_frames() {
     );
 }
 
-/// The test vectors the README shows pass against the shipped
+/// The test vectors docs/transforms.md shows pass against the shipped
 /// json-telemetry transform (so the documented format stays true).
 #[test]
-fn readme_vectors_pass_against_json_telemetry() {
+fn documented_vectors_pass_against_json_telemetry() {
     use sluice::runtime::{Limits, ModuleCache, Runtime};
     let readme =
-        std::fs::read_to_string(sluice_tests::repo_root().join("README.md")).expect("README");
+        std::fs::read_to_string(sluice_tests::repo_root().join("docs/transforms.md"))
+            .expect("docs/transforms.md");
     let section = readme
         .split("**Test vectors**")
         .nth(1)
-        .expect("the README documents test vectors");
+        .expect("docs/transforms.md documents test vectors");
     let block = section
         .split("```json\n")
         .nth(1)
         .and_then(|rest| rest.split("```").next())
         .expect("a json block");
-    let vectors = sluice::hotswap::vectors::parse(block).expect("the README's vectors parse");
+    let vectors = sluice::hotswap::vectors::parse(block).expect("the documented vectors parse");
     assert_eq!(vectors.len(), 3);
     let dir = tempfile::tempdir().expect("tempdir");
     let runtime = Runtime::new(ModuleCache::new(Some(dir.path().to_owned()))).expect("runtime");

@@ -482,7 +482,7 @@ fn acl_denied_publishes_are_refused_counted_and_logged_with_mqtt5() {
 
 /// MQTT 3.1.1 cannot tell: mosquitto acknowledges a denied publish like any
 /// other and drops it. The host counts it as delivered — the limit the
-/// README names, pinned here so a change in it is noticed.
+/// configuration guide names, pinned here so a change in it is noticed.
 #[test]
 fn acl_denied_publishes_pass_for_delivered_with_mqtt311() {
     let lines = 20;

@@ -1,8 +1,8 @@
 //! `[hotswap]`: how transforms are deployed on a running host (watched
 //! directory, limits of the admin API upload), how a new version is put on
 //! probation (canary), when a trapping one is quarantined, and how much
-//! history is kept. Every key is optional; the defaults are what the README
-//! documents.
+//! history is kept. Every key is optional; the defaults are what
+//! docs/transforms.md documents.
 
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
