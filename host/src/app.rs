@@ -19,10 +19,8 @@ use crate::config::Config;
 use crate::config::admin::AdminConfig;
 use crate::hotswap::Hotswap;
 use crate::hotswap::watch::DirWatcher;
-use crate::metrics::Metrics;
-use crate::metrics::SinkDrop;
-use crate::model::Sink;
-use crate::model::{DownlinkCommand, MqttMessage, Qos};
+use crate::metrics::{Metrics, SinkDrop};
+use crate::model::{DownlinkCommand, MqttMessage, Qos, Sink};
 use crate::outbox::{OutboxConfig, OutboxGroup};
 use crate::pipeline::{
     Emission, WorkerControl, WorkerDownlink, WorkerSettings, spawn_controlled_worker,

@@ -726,9 +726,8 @@ fn quarantine_skips_and_dead_letters_frames() {
 #[test]
 fn documented_vectors_pass_against_json_telemetry() {
     use sluice::runtime::{Limits, ModuleCache, Runtime};
-    let readme =
-        std::fs::read_to_string(sluice_tests::repo_root().join("docs/transforms.md"))
-            .expect("docs/transforms.md");
+    let readme = std::fs::read_to_string(sluice_tests::repo_root().join("docs/transforms.md"))
+        .expect("docs/transforms.md");
     let section = readme
         .split("**Test vectors**")
         .nth(1)

@@ -23,8 +23,7 @@ use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
-use crate::metrics::Metrics;
-use crate::metrics::SinkDrop;
+use crate::metrics::{Metrics, SinkDrop};
 use crate::model::Sink;
 use crate::sync::lock;
 

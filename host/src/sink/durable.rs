@@ -43,8 +43,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::metrics::Metrics;
-use crate::metrics::SinkDrop;
+use crate::metrics::{Metrics, SinkDrop};
 use crate::model::Sink;
 use crate::outbox::{Item, Outbox, OutboxError, OutboxGroup, Part};
 use crate::sync::lock;

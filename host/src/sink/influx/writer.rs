@@ -43,10 +43,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::metrics::Metrics;
-use crate::metrics::SinkDrop;
-use crate::model::Point;
-use crate::model::Sink;
+use crate::metrics::{Metrics, SinkDrop};
+use crate::model::{Point, Sink};
 use crate::ratelimit::RateLimiter;
 use crate::sync::lock;
 

@@ -83,12 +83,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::MqttConfig;
-use crate::metrics::Metrics;
-use crate::metrics::SinkDrop;
 use crate::metrics::serial::SerialMetrics;
-use crate::model::DownlinkCommand;
-use crate::model::Sink;
-use crate::model::{MqttMessage, Qos};
+use crate::metrics::{Metrics, SinkDrop};
+use crate::model::{DownlinkCommand, MqttMessage, Qos, Sink};
 use crate::outbox::QueueFullPolicy;
 use crate::ratelimit::RateLimiter;
 use crate::sink::dead_letter::{Content, DeadLetter, DeadLetters};
