@@ -4,7 +4,7 @@
 //!
 //! `cargo bench -p sluice --bench hotswap`
 //!
-//! The real pipeline worker (`spawn_controlled_worker`) with the real
+//! The real pipeline worker (`WorkerSpec::spawn`) with the real
 //! deploy path (`Hotswap::deploy`: cached load, instantiate + init, swap
 //! order, canary), in process: a producer thread pushes numbered frames as
 //! fast as the worker takes them; a consumer thread timestamps every
@@ -39,7 +39,7 @@ use sluice::config::Config;
 use sluice::hotswap::{DeployRequest, DeploySource, Hotswap};
 use sluice::metrics::Metrics;
 use sluice::model::Frame;
-use sluice::pipeline::{WorkerSettings, spawn_controlled_worker};
+use sluice::pipeline::{WorkerSettings, WorkerSpec};
 use sluice::runtime::{ModuleCache, Runtime};
 
 const ROUNDS: usize = 5;
@@ -228,19 +228,20 @@ fn main() {
     let hotswap = builder.build();
     let (frame_tx, frame_rx) = tokio::sync::mpsc::channel(4096);
     let (emit_tx, mut emit_rx) = tokio::sync::mpsc::channel(4096);
-    let worker = spawn_controlled_worker(
-        WorkerSettings {
+    let worker = WorkerSpec {
+        settings: WorkerSettings {
             pipeline: "bench".into(),
             max_payload: 1 << 20,
         },
         instance,
-        frame_rx,
-        None,
-        control_rx,
-        emit_tx,
-        metrics.pipeline("bench"),
+        frames: frame_rx,
+        downlink: None,
+        control: Some(control_rx),
+        emissions: emit_tx,
+        metrics: metrics.pipeline("bench"),
         guard,
-    )
+    }
+    .spawn()
     .expect("worker");
     let (out_tx, out_rx) = std::sync::mpsc::sync_channel(4096);
     let consumer = std::thread::spawn(move || {

@@ -22,9 +22,7 @@ use crate::hotswap::watch::DirWatcher;
 use crate::metrics::{Metrics, SinkDrop};
 use crate::model::{DownlinkCommand, MqttMessage, Qos, Sink};
 use crate::outbox::{OutboxConfig, OutboxGroup};
-use crate::pipeline::{
-    Emission, WorkerControl, WorkerDownlink, WorkerSettings, spawn_controlled_worker,
-};
+use crate::pipeline::{Emission, WorkerControl, WorkerDownlink, WorkerSettings, WorkerSpec};
 use crate::reload::Reloader;
 use crate::runtime::{ModuleCache, Runtime};
 use crate::secret::Secret;
@@ -206,16 +204,19 @@ pub fn start_pipelines_from(
         let (control_tx, control_rx) = mpsc::channel(1);
         let guard = hotswap.add(pipeline, instance.module(), control_tx.clone());
         controls.insert(pipeline.name.clone(), control_tx);
-        workers.push(spawn_controlled_worker(
-            settings,
-            instance,
-            frame_rx,
-            worker_downlink,
-            control_rx,
-            emissions.clone(),
-            pipeline_metrics.clone(),
-            guard,
-        )?);
+        workers.push(
+            WorkerSpec {
+                settings,
+                instance,
+                frames: frame_rx,
+                downlink: worker_downlink,
+                control: Some(control_rx),
+                emissions: emissions.clone(),
+                metrics: pipeline_metrics.clone(),
+                guard,
+            }
+            .spawn()?,
+        );
     }
     Ok(Pipelines {
         ports,

@@ -626,7 +626,7 @@ fn refused_modules_rollbacks_and_auth() {
 fn quarantine_skips_and_dead_letters_frames() {
     use sluice::model::Frame;
     use sluice::pipeline::guard::QuarantinePolicy;
-    use sluice::pipeline::{WorkerGuard, WorkerSettings, spawn_controlled_worker};
+    use sluice::pipeline::{WorkerGuard, WorkerSettings, WorkerSpec};
     use sluice::runtime::{Limits, ModuleCache, Runtime};
     use sluice::source::capture::{CaptureHandle, CaptureReader};
 
@@ -654,18 +654,18 @@ fn quarantine_skips_and_dead_letters_frames() {
     let (frame_tx, frame_rx) = tokio::sync::mpsc::channel(64);
     let (emit_tx, mut emit_rx) = tokio::sync::mpsc::channel(64);
     let (_control_tx, control_rx) = tokio::sync::mpsc::channel(1);
-    let worker = spawn_controlled_worker(
-        WorkerSettings {
+    let worker = WorkerSpec {
+        settings: WorkerSettings {
             pipeline: Arc::from("p"),
             max_payload: 1000,
         },
         instance,
-        frame_rx,
-        None,
-        control_rx,
-        emit_tx,
-        metrics.pipeline("p"),
-        WorkerGuard {
+        frames: frame_rx,
+        downlink: None,
+        control: Some(control_rx),
+        emissions: emit_tx,
+        metrics: metrics.pipeline("p"),
+        guard: WorkerGuard {
             quarantine: QuarantinePolicy {
                 after_traps: 3,
                 backoff: Duration::from_millis(300),
@@ -675,7 +675,8 @@ fn quarantine_skips_and_dead_letters_frames() {
             dead_letter: Some(dead_letter),
             ..WorkerGuard::default()
         },
-    )
+    }
+    .spawn()
     .expect("worker");
     let frame = |text: &str| Frame {
         source: Arc::from("p"),

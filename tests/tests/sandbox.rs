@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sluice::metrics::Metrics;
 use sluice::model::{Frame, Qos};
-use sluice::pipeline::{Emission, WorkerSettings, spawn_worker};
+use sluice::pipeline::{Emission, WorkerSettings, WorkerSpec};
 use sluice::runtime::{
     CacheOutcome, GuestErrorKind, Limits, LoadError, ModuleCache, OutputLimits, ProcessError,
     Runtime, TransformInstance, TrapKind,
@@ -305,17 +305,20 @@ fn worker_refuses_invalid_outputs_and_counts_them() {
     let pipeline_metrics = metrics.pipeline("p");
     let (frame_tx, frame_rx) = tokio::sync::mpsc::channel(64);
     let (emit_tx, mut emit_rx) = tokio::sync::mpsc::channel(64);
-    let worker = spawn_worker(
-        WorkerSettings {
+    let worker = WorkerSpec {
+        settings: WorkerSettings {
             pipeline: Arc::from("p"),
             max_payload: 1000,
         },
         instance,
-        frame_rx,
-        None,
-        emit_tx,
-        pipeline_metrics,
-    )
+        frames: frame_rx,
+        downlink: None,
+        control: None,
+        emissions: emit_tx,
+        metrics: pipeline_metrics,
+        guard: Default::default(),
+    }
+    .spawn()
     .expect("spawn worker");
 
     let inputs = [

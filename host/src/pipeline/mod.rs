@@ -177,85 +177,88 @@ pub struct WorkerGuard {
     pub swap_pause: Option<Histogram>,
 }
 
-/// Runs the transform worker on its own thread until `frames` closes and all
-/// its emissions are handed over. Returns the thread handle.
-///
-/// The thread drives an executor of its own (futures-executor's `block_on`,
-/// not a tokio runtime: see the comment there), only to wait on frames and commands at once;
-/// the guest calls themselves are synchronous and run on this thread. Commands are
-/// served first: they are rare, and an operator's command should not queue
-/// behind a busy uplink.
-pub fn spawn_worker(
-    settings: WorkerSettings,
-    instance: TransformInstance,
-    frames: mpsc::Receiver<Frame>,
-    downlink: Option<WorkerDownlink>,
-    emissions: mpsc::Sender<Emission>,
-    metrics: PipelineMetrics,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let (_control_tx, control) = mpsc::channel(1);
-    spawn_controlled_worker(
-        settings,
-        instance,
-        frames,
-        downlink,
-        control,
-        emissions,
-        metrics,
-        WorkerGuard::default(),
-    )
+/// Everything a pipeline's worker thread is started with.
+pub struct WorkerSpec {
+    /// Pipeline name and output limits.
+    pub settings: WorkerSettings,
+    /// The transform it runs.
+    pub instance: TransformInstance,
+    /// Frames from the source.
+    pub frames: mpsc::Receiver<Frame>,
+    /// Downlink commands in, encoded bytes out (`None`: no downlink).
+    pub downlink: Option<WorkerDownlink>,
+    /// Swap orders and the like, served between two frames (`None`: none
+    /// will come).
+    pub control: Option<mpsc::Receiver<WorkerControl>>,
+    /// Each frame's outputs, to the router.
+    pub emissions: mpsc::Sender<Emission>,
+    /// The pipeline's counters.
+    pub metrics: PipelineMetrics,
+    /// Version, quarantine, dead letters.
+    pub guard: WorkerGuard,
 }
 
-/// [`spawn_worker`] that also obeys `control` (served before commands and
-/// frames, i.e. between two frames) and applies `guard`.
-#[allow(clippy::too_many_arguments)]
-pub fn spawn_controlled_worker(
-    settings: WorkerSettings,
-    instance: TransformInstance,
-    frames: mpsc::Receiver<Frame>,
-    downlink: Option<WorkerDownlink>,
-    control: mpsc::Receiver<WorkerControl>,
-    emissions: mpsc::Sender<Emission>,
-    metrics: PipelineMetrics,
-    guard: WorkerGuard,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("transform-{}", settings.pipeline))
-        .spawn(move || {
-            let WorkerGuard {
-                version,
-                quarantine,
-                baseline_frames,
-                dead_letter,
-                swap_pause,
-            } = guard;
-            let worker = Worker {
-                warn_limit: RateLimiter::new(5, Duration::from_secs(10)),
-                settings,
-                active: Active {
-                    instance: Box::new(instance),
+impl WorkerSpec {
+    /// Runs the worker on its own thread until `frames` closes and all its
+    /// emissions are handed over. Returns the thread handle.
+    ///
+    /// The thread drives an executor of its own (futures-executor's
+    /// `block_on`, not a tokio runtime: see the comment there), only to
+    /// wait on frames, commands and control at once; the guest calls
+    /// themselves are synchronous and run on this thread. Control comes
+    /// first, then commands (rare, and an operator's command should not
+    /// queue behind a busy uplink), then frames.
+    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let WorkerSpec {
+            settings,
+            instance,
+            frames,
+            downlink,
+            control,
+            emissions,
+            metrics,
+            guard,
+        } = self;
+        // Without a control channel: one whose sender is gone at once.
+        let control = control.unwrap_or_else(|| mpsc::channel(1).1);
+        std::thread::Builder::new()
+            .name(format!("transform-{}", settings.pipeline))
+            .spawn(move || {
+                let WorkerGuard {
                     version,
-                },
-                emissions,
-                metrics,
-                canary: None,
-                recent: RecentOutcomes::new(baseline_frames.max(1)),
-                quarantine: Quarantine::new(quarantine),
-                quarantine_policy: quarantine,
-                dead_letter,
-                swap_pause,
-            };
-            // futures-executor's `block_on` parks this thread while nothing
-            // is ready. Not a tokio runtime, on purpose: wasmtime-wasi's
-            // synchronous bindings run their I/O with `block_on` on the
-            // *current* tokio runtime when there is one (e.g. a Rust guest
-            // writing its panic message to stderr before it aborts), and
-            // that panics inside a runtime's own thread — which killed the
-            // worker on the first guest panic. Without a runtime context
-            // here, wasmtime-wasi uses its own. Everything the worker awaits
-            // (tokio mpsc channels, oneshots) only needs a waker.
-            futures_executor::block_on(worker.run(frames, downlink, control));
-        })
+                    quarantine,
+                    baseline_frames,
+                    dead_letter,
+                    swap_pause,
+                } = guard;
+                let worker = Worker {
+                    warn_limit: RateLimiter::new(5, Duration::from_secs(10)),
+                    settings,
+                    active: Active {
+                        instance: Box::new(instance),
+                        version,
+                    },
+                    emissions,
+                    metrics,
+                    canary: None,
+                    recent: RecentOutcomes::new(baseline_frames.max(1)),
+                    quarantine: Quarantine::new(quarantine),
+                    quarantine_policy: quarantine,
+                    dead_letter,
+                    swap_pause,
+                };
+                // futures-executor's `block_on` parks this thread while nothing
+                // is ready. Not a tokio runtime, on purpose: wasmtime-wasi's
+                // synchronous bindings run their I/O with `block_on` on the
+                // *current* tokio runtime when there is one (e.g. a Rust guest
+                // writing its panic message to stderr before it aborts), and
+                // that panics inside a runtime's own thread — which killed the
+                // worker on the first guest panic. Without a runtime context
+                // here, wasmtime-wasi uses its own. Everything the worker awaits
+                // (tokio mpsc channels, oneshots) only needs a waker.
+                futures_executor::block_on(worker.run(frames, downlink, control));
+            })
+    }
 }
 
 /// The instance serving frames, and its version.
