@@ -15,6 +15,10 @@
 //!   the provisioned data sources, and exactly the measurements, fields and
 //!   tags the json-telemetry transform writes.
 //!
+//! * Every `cargo run` the README and docs/ show picks one binary: the
+//!   workspace has more than one (`sluice`, `sluice-bench`), so a bare
+//!   `cargo run` from the root refuses to start.
+//!
 //! No container is started: there is no Docker engine where these run.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -673,4 +677,56 @@ fn prometheus_config_passes_promtool_where_installed() {
         .output()
         .expect("run promtool");
     assert!(out.status.success(), "{}", output_text(&out));
+}
+
+/// The README's first command once stopped at "could not determine which
+/// binary to run" (the bench crate added a second binary to the workspace):
+/// every `cargo run` shown to a user names its package or binary, unless
+/// the workspace has exactly one binary.
+#[test]
+fn documented_cargo_run_commands_pick_one_binary() {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .current_dir(repo_root())
+        .output()
+        .expect("cargo metadata");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let metadata: Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let binaries: Vec<&str> = metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter(|t| {
+            t["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"))
+        })
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(binaries.contains(&"sluice"), "{binaries:?}");
+    let mut documents = vec![PathBuf::from("README.md")];
+    for entry in std::fs::read_dir(repo_root().join("docs")).expect("docs/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            documents.push(path.strip_prefix(repo_root()).expect("in repo").to_owned());
+        }
+    }
+    let mut commands = 0;
+    for document in &documents {
+        let text = read(&document.to_string_lossy());
+        for line in text.lines().filter(|l| l.contains("cargo run")) {
+            commands += 1;
+            let picks_one = [" -p ", " --package ", " --bin "]
+                .iter()
+                .any(|flag| line.contains(flag));
+            assert!(
+                picks_one || binaries.len() == 1,
+                "{}: `{}` does not say which of {binaries:?} to run",
+                document.display(),
+                line.trim()
+            );
+        }
+    }
+    assert!(commands > 0, "the README shows how to run the demo");
 }
