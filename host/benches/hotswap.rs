@@ -91,11 +91,7 @@ impl Bench {
                 let source: Arc<str> = "bench".into();
                 let started = Instant::now();
                 for seq in 0..FRAMES_PER_ROUND {
-                    let frame = Frame {
-                        source: source.clone(),
-                        received_at_ns: 0,
-                        data: seq.to_string().into_bytes(),
-                    };
+                    let frame = Frame::new(source.clone(), 0, seq.to_string().into_bytes());
                     if frames.blocking_send(frame).is_err() {
                         break;
                     }
@@ -211,11 +207,7 @@ fn main() {
             .instantiate("bench", &[], limits)
             .expect("instantiate");
         for calls in [&mut first_calls, &mut second_calls] {
-            let frame = Frame {
-                source: "bench".into(),
-                received_at_ns: 0,
-                data: seq.to_string().into_bytes(),
-            };
+            let frame = Frame::new("bench".into(), 0, seq.to_string().into_bytes());
             let started = Instant::now();
             fresh.process(frame).expect("decodes");
             calls.push(started.elapsed().as_secs_f64() * 1e6);

@@ -147,11 +147,7 @@ transform = {{ module = "{}" }}
     let mut instance = module
         .instantiate("bench", &[], sluice::runtime::Limits::default())
         .expect("instantiate");
-    let frame = sluice::model::Frame {
-        source: "bench".into(),
-        received_at_ns: 0,
-        data: SAMPLE.as_bytes().to_vec(),
-    };
+    let frame = sluice::model::Frame::new("bench".into(), 0, SAMPLE.as_bytes().to_vec());
     let transform_round = |instance: &mut sluice::runtime::TransformInstance| {
         let started = Instant::now();
         for _ in 0..FRAMES_PER_ROUND {

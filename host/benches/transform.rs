@@ -60,11 +60,7 @@ fn main() {
     let mut native = JsonTelemetry::init(&sdk_config).expect("native init");
     let sdk_frame = sluice_sdk::Frame::new("bench", 0, SAMPLE);
     let source: Arc<str> = "bench".into();
-    let host_frame = Frame {
-        source: source.clone(),
-        received_at_ns: 0,
-        data: SAMPLE.as_bytes().to_vec(),
-    };
+    let host_frame = Frame::new(source.clone(), 0, SAMPLE.as_bytes().to_vec());
 
     // Sanity: both paths produce the same number of outputs.
     let native_out = sluice_sdk::process(&mut native, &sdk_frame).expect("native decode");

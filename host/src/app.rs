@@ -30,8 +30,8 @@ use crate::sink::durable::{DurableLog, DurableQueue, FrameRecords};
 use crate::sink::influx::{InfluxInput, InfluxSink};
 use crate::sink::mqtt::{CommandRoute, MqttSink};
 use crate::sink::record;
-use crate::source::Source;
 use crate::source::serial::DownlinkSender;
+use crate::source::{ReadAhead, Source};
 
 /// Capacity of the channel from the workers to the sinks, in frames.
 const EMISSION_CHANNEL: usize = 256;
@@ -176,6 +176,12 @@ pub fn start_pipelines_from(
         instances.push((instance, source.prepare(pipeline, metrics)?));
     }
 
+    // With a durable log, what was read is safe only once committed.
+    let read_ahead = if config.durable_sinks().is_empty() {
+        ReadAhead::Queues
+    } else {
+        ReadAhead::UntilSettled
+    };
     let mut ports = Vec::new();
     let mut workers = Vec::new();
     let mut downlinks = BTreeMap::new();
@@ -189,7 +195,7 @@ pub fn start_pipelines_from(
             pipeline: name.clone(),
             max_payload: config.max_payload_bytes(),
         };
-        let started = prepared.spawn(frame_tx, stop.clone());
+        let started = prepared.spawn(frame_tx, stop.clone(), read_ahead);
         ports.push(started.task);
         let worker_downlink = commands
             .remove(&pipeline.name)
@@ -279,13 +285,7 @@ async fn run_inner(
         Source::Replay(_) => (Vec::new(), CommandQueues::new()),
     };
     // The durable log: one queue per sink that keeps its data on disk.
-    let mut durable_sinks: Vec<(Sink, OutboxConfig)> = Vec::new();
-    if let Some(mqtt) = config.mqtt.as_ref().filter(|m| m.durable) {
-        durable_sinks.push((Sink::Mqtt, mqtt.outbox.clone()));
-    }
-    if let Some(influx) = config.influx.as_ref().filter(|i| i.durable) {
-        durable_sinks.push((Sink::Influx, influx.outbox.clone()));
-    }
+    let durable_sinks = config.durable_sinks();
     let log = match config.data_dir.as_deref() {
         Some(data_dir) if !durable_sinks.is_empty() => {
             Some(open_log(data_dir, &durable_sinks, &metrics)?)
@@ -634,7 +634,8 @@ async fn route(mut emissions: mpsc::Receiver<Emission>, routes: Routes, metrics:
             && !frame.is_empty()
         {
             // Waits while the log's writer is behind (backpressure).
-            if !log.push_frame(frame).await {
+            // The frame's ticket is dropped once its records are committed.
+            if !log.push_frame(frame, emission.ticket).await {
                 metrics.sink_dropped_by(Sink::Mqtt, SinkDrop::OutboxClosed, to_mqtt);
                 metrics.sink_dropped_by(Sink::Influx, SinkDrop::OutboxClosed, to_influx);
             }

@@ -30,4 +30,5 @@ pub mod sim;
 pub mod sink;
 pub mod source;
 mod sync;
+pub mod ticket;
 pub mod wasm_build;

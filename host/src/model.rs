@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use crate::ticket::FrameTicket;
+
 /// One frame as split by a framer, before any transform saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -17,6 +19,21 @@ pub struct Frame {
     pub received_at_ns: u64,
     /// The raw bytes without framing; not necessarily UTF-8.
     pub data: Vec<u8>,
+    /// Settles the frame for its port when the last copy is dropped (see
+    /// [`crate::ticket`]); `FrameTicket::none()` outside a port.
+    pub ticket: FrameTicket,
+}
+
+impl Frame {
+    /// A frame no port waits for (see [`crate::ticket`]).
+    pub fn new(source: Arc<str>, received_at_ns: u64, data: Vec<u8>) -> Self {
+        Self {
+            source,
+            received_at_ns,
+            data,
+            ticket: FrameTicket::none(),
+        }
+    }
 }
 
 /// MQTT quality of service, as chosen by the transform.

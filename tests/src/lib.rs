@@ -1102,6 +1102,18 @@ impl Feeder {
     /// at `per_sec` frames per second (0: as fast as the pty accepts),
     /// stopping by itself after `limit` frames if given.
     pub fn start(master: &std::fs::File, from: u64, per_sec: u32, limit: Option<u64>) -> Feeder {
+        Self::start_padded(master, from, per_sec, limit, 0)
+    }
+
+    /// [`start`](Self::start) with frames `{"seq":N,"pad":"xx…"}` of `pad`
+    /// more bytes (an unknown key, which json-telemetry ignores).
+    pub fn start_padded(
+        master: &std::fs::File,
+        from: u64,
+        per_sec: u32,
+        limit: Option<u64>,
+        pad: usize,
+    ) -> Feeder {
         use std::io::Write as _;
         use std::os::fd::AsRawFd as _;
         use std::sync::atomic::Ordering;
@@ -1127,7 +1139,11 @@ impl Feeder {
                         std::thread::sleep(wait);
                     }
                 }
-                let frame = format!("{{\"seq\":{seq}}}\n");
+                let frame = if pad == 0 {
+                    format!("{{\"seq\":{seq}}}\n")
+                } else {
+                    format!("{{\"seq\":{seq},\"pad\":\"{}\"}}\n", "x".repeat(pad))
+                };
                 let mut rest = frame.as_bytes();
                 while !rest.is_empty() {
                     match out.write(rest) {

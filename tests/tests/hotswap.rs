@@ -678,11 +678,7 @@ fn quarantine_skips_and_dead_letters_frames() {
     }
     .spawn()
     .expect("worker");
-    let frame = |text: &str| Frame {
-        source: Arc::from("p"),
-        received_at_ns: 1,
-        data: text.as_bytes().to_vec(),
-    };
+    let frame = |text: &str| Frame::new(Arc::from("p"), 1, text.as_bytes().to_vec());
     // Three traps quarantine it; the next two frames are skipped.
     for text in ["panic", "panic", "panic", "ok:skipped-1", "ok:skipped-2"] {
         frame_tx.blocking_send(frame(text)).expect("send");

@@ -22,11 +22,11 @@ const LIMITS: Limits = Limits {
 };
 
 fn frame(text: &str) -> Frame {
-    Frame {
-        source: "test".into(),
-        received_at_ns: 1_700_000_000_000_000_000,
-        data: text.as_bytes().to_vec(),
-    }
+    Frame::new(
+        "test".into(),
+        1_700_000_000_000_000_000,
+        text.as_bytes().to_vec(),
+    )
 }
 
 fn misbehave(runtime: &Runtime, config: &[(&str, &str)]) -> Result<TransformInstance, LoadError> {
@@ -340,7 +340,9 @@ fn worker_refuses_invalid_outputs_and_counts_them() {
 
     let mut topics = Vec::new();
     while let Ok(emission) = emit_rx.try_recv() {
-        let Emission { messages, points } = emission;
+        let Emission {
+            messages, points, ..
+        } = emission;
         topics.extend(messages.into_iter().map(|m| m.topic));
         for p in points {
             assert_eq!(

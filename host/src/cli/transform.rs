@@ -212,11 +212,7 @@ fn test(
         } else {
             line
         };
-        let frame = Frame {
-            source: source.clone(),
-            received_at_ns: now_ns(),
-            data,
-        };
+        let frame = Frame::new(source.clone(), now_ns(), data);
         match instance.process(frame) {
             Ok(output) => {
                 for message in &output.messages {

@@ -898,6 +898,22 @@ impl Config {
             .get()
     }
 
+    /// The sinks whose data goes through the durable log, with their
+    /// outbox settings; empty without `data_dir` (no log then).
+    pub fn durable_sinks(&self) -> Vec<(crate::model::Sink, crate::outbox::OutboxConfig)> {
+        let mut sinks = Vec::new();
+        if self.data_dir.is_none() {
+            return sinks;
+        }
+        if let Some(mqtt) = self.mqtt.as_ref().filter(|m| m.durable) {
+            sinks.push((crate::model::Sink::Mqtt, mqtt.outbox.clone()));
+        }
+        if let Some(influx) = self.influx.as_ref().filter(|i| i.durable) {
+            sinks.push((crate::model::Sink::Influx, influx.outbox.clone()));
+        }
+        sinks
+    }
+
     /// The directory for compiled-module artifacts.
     pub fn cache_dir(&self) -> Option<PathBuf> {
         match &self.data_dir {

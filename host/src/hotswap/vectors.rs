@@ -307,11 +307,11 @@ pub fn run(
     let source: std::sync::Arc<str> = source.into();
     let mut failures = Vec::new();
     for vector in vectors {
-        let frame = Frame {
-            source: source.clone(),
-            received_at_ns: vector.received_at_ns.unwrap_or_else(now_ns),
-            data: vector.input.clone(),
-        };
+        let frame = Frame::new(
+            source.clone(),
+            vector.received_at_ns.unwrap_or_else(now_ns),
+            vector.input.clone(),
+        );
         let result = instance.process(frame).map_err(|rejected| rejected.error);
         if let Err(why) = check(&vector.expect, &result, max_payload) {
             let label = match &vector.name {

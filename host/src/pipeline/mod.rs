@@ -46,6 +46,7 @@ use crate::ratelimit::RateLimiter;
 use crate::runtime::{ProcessError, TransformInstance};
 use crate::source::capture::CaptureHandle;
 use crate::source::serial::DownlinkSender;
+use crate::ticket::FrameTicket;
 use guard::{
     Canary, CanaryDecision, CanaryPolicy, Quarantine, QuarantineEvent, QuarantinePolicy,
     RecentOutcomes, VersionStats,
@@ -61,6 +62,9 @@ pub struct Emission {
     /// Validated points; `timestamp_ns` is always set (frame receive time
     /// when the transform gave none).
     pub points: Vec<Point>,
+    /// The frame's ticket: the port reads on once this is dropped (after
+    /// the durable log committed the outputs).
+    pub ticket: FrameTicket,
 }
 
 /// Settings the worker needs besides its instance.
@@ -529,8 +533,10 @@ impl Worker {
 
     /// Runs the transform on one frame and hands over what it emitted.
     /// Returns false when the sinks are gone (shutdown).
-    async fn process(&mut self, frame: Frame) -> bool {
+    async fn process(&mut self, mut frame: Frame) -> bool {
         let received_at_ns = frame.received_at_ns;
+        // Travels with the outputs; dropped here with a refused frame.
+        let ticket = std::mem::take(&mut frame.ticket);
         let now = Instant::now();
         let stats = self.active.version.stats.clone();
         stats.frame();
@@ -580,7 +586,7 @@ impl Worker {
         if let Some(event) = self.quarantine.record(false, now) {
             self.log_quarantine(event);
         }
-        match self.emit(output, received_at_ns).await {
+        match self.emit(output, received_at_ns, ticket).await {
             Some(refused) => {
                 // Output the host refused counts against a canary too.
                 self.after_frame(refused, now);
@@ -597,11 +603,13 @@ impl Worker {
         &mut self,
         output: crate::model::TransformOutput,
         received_at_ns: u64,
+        ticket: FrameTicket,
     ) -> Option<bool> {
         let mut refused = false;
         let mut emission = Emission {
             messages: Vec::with_capacity(output.messages.len()),
             points: Vec::with_capacity(output.points.len()),
+            ticket,
         };
         for message in output.messages {
             match message.validate(self.settings.max_payload) {

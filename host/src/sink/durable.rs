@@ -32,10 +32,11 @@
 //!   loss: the writer logs one ERROR per episode and retries the same batch
 //!   with backoff, blocking upstream like a full outbox.
 //! * **What a crash can lose**: only frames still in the channel or in the
-//!   batch being written (not yet committed) — the same window as frames in
-//!   the pipeline's queues, and never part of a frame. Everything committed
-//!   is sent again after a restart until its sink confirms it
-//!   (at-least-once).
+//!   batch being written (not yet committed), never part of a frame. Each
+//!   frame's ticket is dropped after its commit, and its port reads on only
+//!   then ([`crate::ticket`]), so that is at most each port's last read.
+//!   Everything committed is sent again after a restart until its sink
+//!   confirms it (at-least-once).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -47,6 +48,7 @@ use crate::metrics::{Metrics, SinkDrop};
 use crate::model::Sink;
 use crate::outbox::{Item, Outbox, OutboxError, OutboxGroup, Part};
 use crate::sync::lock;
+use crate::ticket::FrameTicket;
 
 /// Records appended in one transaction at most.
 pub const MAX_BATCH: usize = 2048;
@@ -87,7 +89,7 @@ pub struct DurableQueue {
 struct Log {
     group: OutboxGroup,
     sides: Vec<Side>,
-    frames: Mutex<Option<mpsc::Sender<FrameRecords>>>,
+    frames: Mutex<Option<mpsc::Sender<(FrameRecords, FrameTicket)>>>,
     wake: Arc<Notify>,
     /// Bumped after every batch the writer finished (appended or refused).
     batches: watch::Sender<u64>,
@@ -189,10 +191,11 @@ impl DurableLog {
     }
 
     /// Queues one frame's records (for any queues) to be committed together;
-    /// waits while the writer is behind (backpressure). Returns false, and
-    /// takes nothing, when a queue it names was sealed.
-    pub async fn push_frame(&self, records: FrameRecords) -> bool {
-        self.log.push_frame(records).await
+    /// waits while the writer is behind (backpressure). `ticket` is dropped
+    /// once they are committed. Returns false, and takes nothing, when a
+    /// queue it names was sealed.
+    pub async fn push_frame(&self, records: FrameRecords, ticket: FrameTicket) -> bool {
+        self.log.push_frame(records, ticket).await
     }
 }
 
@@ -226,7 +229,9 @@ impl DurableQueue {
     /// Queues `record` for appending; waits while the writer is behind
     /// (backpressure). Returns false after [`seal`](Self::seal).
     pub async fn push(&self, record: Vec<u8>) -> bool {
-        self.log.push_frame(vec![(self.index, record)]).await
+        self.log
+            .push_frame(vec![(self.index, record)], FrameTicket::none())
+            .await
     }
 
     /// Records pushed and not yet in the outbox.
@@ -317,7 +322,7 @@ impl DurableQueue {
 }
 
 impl Log {
-    async fn push_frame(&self, records: FrameRecords) -> bool {
+    async fn push_frame(&self, records: FrameRecords, ticket: FrameTicket) -> bool {
         if records.is_empty() {
             return true;
         }
@@ -366,7 +371,7 @@ impl Log {
         {
             return false;
         }
-        let sent = sender.send(records).await.is_ok();
+        let sent = sender.send((records, ticket)).await.is_ok();
         if sent {
             unsent.counts.clear();
         }
@@ -580,17 +585,33 @@ impl Log {
 
 /// The writer thread's loop. It holds the log only while it works on a
 /// batch, so dropping every handle ends it.
+/// Frames taken by the writer and not committed yet.
+#[derive(Default)]
+struct Batch {
+    frames: Vec<FrameRecords>,
+    /// Their tickets, dropped once they are committed.
+    tickets: Vec<FrameTicket>,
+    records: usize,
+}
+
+impl Batch {
+    fn add(&mut self, (frame, ticket): (FrameRecords, FrameTicket)) {
+        self.records += frame.len();
+        self.frames.push(frame);
+        self.tickets.push(ticket);
+    }
+}
+
 async fn run(
     log: Weak<Log>,
-    mut frames: mpsc::Receiver<FrameRecords>,
+    mut frames: mpsc::Receiver<(FrameRecords, FrameTicket)>,
     wake: Arc<Notify>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut batch: Vec<FrameRecords> = Vec::new();
-    let mut records = 0usize;
+    let mut batch = Batch::default();
     let mut open = true;
     loop {
-        if batch.is_empty() {
+        if batch.frames.is_empty() {
             if !open && stop.load(Ordering::SeqCst) {
                 break;
             }
@@ -605,10 +626,7 @@ async fn run(
             tokio::select! {
                 biased;
                 frame = frames.recv(), if open => match frame {
-                    Some(frame) => {
-                        records += frame.len();
-                        batch.push(frame);
-                    }
+                    Some(frame) => batch.add(frame),
                     None => open = false,
                 },
                 _ = wake.notified() => {}
@@ -619,23 +637,19 @@ async fn run(
         let Some(log) = log.upgrade() else {
             break;
         };
-        if batch.is_empty() && open && log.has_pending_acks() {
+        if batch.frames.is_empty() && open && log.has_pending_acks() {
             // Woken by acks alone: give them ACK_LINGER to ride along
             // with the next append instead of a commit of their own.
             if let Ok(Some(frame)) = tokio::time::timeout(ACK_LINGER, frames.recv()).await {
-                records += frame.len();
-                batch.push(frame);
+                batch.add(frame);
             }
         }
-        if !batch.is_empty() && open {
+        if !batch.frames.is_empty() && open {
             // Frames that arrive within COMMIT_LINGER share the commit.
             let until = tokio::time::Instant::now() + COMMIT_LINGER;
-            while records < MAX_BATCH {
+            while batch.records < MAX_BATCH {
                 match tokio::time::timeout_at(until, frames.recv()).await {
-                    Ok(Some(frame)) => {
-                        records += frame.len();
-                        batch.push(frame);
-                    }
+                    Ok(Some(frame)) => batch.add(frame),
                     Ok(None) => {
                         open = false;
                         break;
@@ -644,12 +658,9 @@ async fn run(
                 }
             }
         }
-        while open && records < MAX_BATCH {
+        while open && batch.records < MAX_BATCH {
             match frames.try_recv() {
-                Ok(frame) => {
-                    records += frame.len();
-                    batch.push(frame);
-                }
+                Ok(frame) => batch.add(frame),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     open = false;
@@ -657,18 +668,20 @@ async fn run(
                 }
             }
         }
-        if batch.is_empty() {
+        if batch.frames.is_empty() {
             log.apply_acks();
         } else {
-            log.append(&batch).await;
+            log.append(&batch.frames).await;
             // After the commit: a reader adding this to the outbox's
             // depth may count a record twice, never miss one.
-            for frame in batch.drain(..) {
+            for frame in batch.frames.drain(..) {
                 for (index, _) in frame {
                     log.sides[index].in_transit.fetch_sub(1, Ordering::SeqCst);
                 }
             }
-            records = 0;
+            // The frames are safe: their ports may read on.
+            batch.tickets.clear();
+            batch.records = 0;
         }
         log.batches.send_modify(|n| *n += 1);
         log.export_depth();

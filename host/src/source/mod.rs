@@ -24,6 +24,18 @@ pub enum Source {
     Replay(replay::ReplayPlan),
 }
 
+/// How far a serial port may read ahead of what is safe on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAhead {
+    /// As far as the pipeline's bounded queues hold (no durable log: a
+    /// crash loses what is in memory anyway).
+    Queues,
+    /// No read while a frame of the last one is unsettled — not committed
+    /// to the durable log nor finished otherwise ([`crate::ticket`]); the
+    /// kernel's buffer holds what arrives meanwhile.
+    UntilSettled,
+}
+
 /// One pipeline's source, prepared but not reading yet.
 pub enum PreparedSource {
     /// A serial port (opened already if `required`).
@@ -56,11 +68,17 @@ impl Source {
 }
 
 impl PreparedSource {
-    /// Starts the source: frames go to `frames` until `stop`.
-    pub fn spawn(self, frames: mpsc::Sender<Frame>, stop: CancellationToken) -> StartedSource {
+    /// Starts the source: frames go to `frames` until `stop`. A replay
+    /// reads files it can read again, so it ignores `read_ahead`.
+    pub fn spawn(
+        self,
+        frames: mpsc::Sender<Frame>,
+        stop: CancellationToken,
+        read_ahead: ReadAhead,
+    ) -> StartedSource {
         match self {
             PreparedSource::Serial(port) => {
-                let started = port.spawn(frames, stop);
+                let started = port.spawn(frames, stop, read_ahead);
                 StartedSource {
                     task: started.task,
                     downlink: Some(started.downlink),

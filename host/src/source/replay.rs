@@ -183,11 +183,7 @@ impl PreparedFeed {
                     return;
                 }
                 self.metrics.frames_received.inc();
-                let frame = Frame {
-                    source: self.pipeline.clone(),
-                    received_at_ns: record.received_at_ns,
-                    data: record.data,
-                };
+                let frame = Frame::new(self.pipeline.clone(), record.received_at_ns, record.data);
                 if frames.blocking_send(frame).is_err() {
                     return;
                 }

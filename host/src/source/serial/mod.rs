@@ -23,6 +23,9 @@
 //!   before is delivered.
 //! * **Backpressure.** A frame waits for room in the pipeline's channel; the
 //!   port is not read meanwhile, so the kernel's tty buffer holds the bytes.
+//!   With a durable log the port also reads no further until every frame of
+//!   its last read is committed ([`crate::ticket`]): a crash then loses at
+//!   most that read, not the pipeline's queues.
 //!   When that overflows the bytes are lost; drivers that count it
 //!   (`TIOCGICOUNT`, see [`line_errors`]) move `serial_line_errors`.
 //!   Downlink commands are still written while a frame waits.
@@ -53,7 +56,9 @@ use crate::metrics::serial::SerialMetrics;
 use crate::metrics::{Metrics, PipelineMetrics};
 use crate::model::{Frame, now_ns};
 use crate::ratelimit::RateLimiter;
+use crate::source::ReadAhead;
 use crate::source::capture::CaptureHandle;
+use crate::ticket::{FrameTicket, FrameTickets};
 use sluice_framing::{Framer, FramerEvent};
 
 pub use downlink::{DownlinkError, DownlinkSender};
@@ -62,8 +67,9 @@ pub use open::OpenError;
 use downlink::Command;
 use line_errors::LineCounts;
 
-/// Bytes read at a time.
-const READ_CHUNK: usize = 8 << 10;
+/// Bytes read at a time: with a durable log, the most a kill -9 can lose
+/// of what the port took from the kernel.
+pub const READ_CHUNK: usize = 8 << 10;
 /// How often the UART error counters are read while the port is open.
 const LINE_POLL: Duration = Duration::from_secs(1);
 /// A session that lasted this long resets the reopen backoff (a device that
@@ -131,6 +137,7 @@ pub fn prepare(pipeline: &PipelineConfig, metrics: &Metrics) -> anyhow::Result<P
             next_write: Instant::now(),
             capture,
             shutdown: CancellationToken::new(),
+            tickets: None,
             warn_limit: RateLimiter::new(5, Duration::from_secs(60)),
             lost_limit: RateLimiter::new(3, Duration::from_secs(60)),
         },
@@ -146,10 +153,16 @@ impl PreparedPort {
     }
 
     /// Starts reading: frames go to `frames` until `shutdown`.
-    pub fn spawn(self, frames: mpsc::Sender<Frame>, shutdown: CancellationToken) -> StartedPort {
+    pub fn spawn(
+        self,
+        frames: mpsc::Sender<Frame>,
+        shutdown: CancellationToken,
+        read_ahead: ReadAhead,
+    ) -> StartedPort {
         let mut task = self.task;
         task.frames = Some(frames);
         task.shutdown = shutdown;
+        task.tickets = (read_ahead == ReadAhead::UntilSettled).then(FrameTickets::default);
         let initial = self.initial;
         StartedPort {
             task: tokio::spawn(task.run(initial)),
@@ -165,7 +178,15 @@ pub fn start(
     metrics: &Metrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<StartedPort> {
-    Ok(prepare(pipeline, metrics)?.spawn(frames, shutdown))
+    Ok(prepare(pipeline, metrics)?.spawn(frames, shutdown, ReadAhead::Queues))
+}
+
+/// Returns once every frame of `tickets` is settled (never without).
+async fn settled(tickets: &Option<FrameTickets>) {
+    match tickets {
+        Some(tickets) => tickets.settled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Why a read session ended.
@@ -192,6 +213,9 @@ struct PortTask {
     next_write: Instant,
     capture: Option<CaptureHandle>,
     shutdown: CancellationToken,
+    /// With a durable log: the frames of the last read not settled yet
+    /// (no read until they are).
+    tickets: Option<FrameTickets>,
     /// Downlink problems and line errors.
     warn_limit: RateLimiter,
     /// "Port lost" (a flapping device must not flood the log).
@@ -324,10 +348,11 @@ impl PortTask {
                 buf.reserve(READ_CHUNK);
             }
             let idle_at = gap.zip(last_read).map(|(gap, at)| at + gap);
+            let tickets = self.tickets.clone();
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break SessionEnd::Shutdown,
-                read = stream.read_buf(&mut buf) => match read {
+                read = stream.read_buf(&mut buf), if self.may_read() => match read {
                     Ok(0) => break SessionEnd::Lost("end of stream (the device hung up)".into()),
                     Ok(n) => {
                         self.serial.bytes_received.inc_by(n as u64);
@@ -352,6 +377,7 @@ impl PortTask {
                         break end;
                     }
                 }
+                _ = settled(&tickets), if !self.may_read() => {}
                 _ = tick.tick() => lines.poll(&self.serial, &self.pipeline, &mut self.warn_limit),
             }
         };
@@ -406,7 +432,17 @@ impl PortTask {
             source: self.pipeline.clone(),
             received_at_ns: now_ns(),
             data,
+            ticket: self
+                .tickets
+                .as_ref()
+                .map_or_else(FrameTicket::none, FrameTickets::issue),
         }
+    }
+
+    /// Whether the port may read: always, or with a durable log once every
+    /// frame of the last read is settled.
+    fn may_read(&self) -> bool {
+        self.tickets.as_ref().is_none_or(FrameTickets::all_settled)
     }
 
     /// A framer event: a frame is captured and delivered, a drop counted.
