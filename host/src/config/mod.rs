@@ -15,16 +15,20 @@ pub mod broker;
 pub mod hotswap;
 pub mod influx;
 pub mod interpolate;
+mod limits;
+mod pipeline;
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::num::{NonZeroU16, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
 pub use interpolate::InterpolationError;
+pub use limits::{LimitsConfig, LimitsOverride};
+pub use pipeline::{
+    BAUD_RANGE, CaptureConfig, DownlinkConfig, PipelineConfig, ScalarValue, SerialConfig,
+    SerialFlowControl, SerialParity, TransformConfig,
+};
 
 /// The only config format version this host reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -239,6 +243,9 @@ fn default_reconnect_min() -> NonZeroU64 {
 fn default_reconnect_max() -> NonZeroU64 {
     NonZeroU64::new(30_000).unwrap_or(NonZeroU64::MIN)
 }
+fn default_true() -> bool {
+    true
+}
 
 impl MqttConfig {
     /// The client id to use: configured, or `sluice-<hostname>`.
@@ -253,161 +260,8 @@ impl MqttConfig {
     }
 }
 
-/// `[limits]`: the sandbox budget per transform call.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// CPU-time budget per call on the worker thread, in milliseconds (a
-    /// call also ends after 50× this in wall time).
-    #[serde(default = "default_call_timeout")]
-    pub call_timeout_ms: NonZeroU64,
-    /// Linear memory cap per transform instance (all its memories), in MiB.
-    #[serde(default = "default_memory_mb")]
-    pub memory_mb: NonZeroU32,
-    /// MQTT messages one frame may produce; a frame over any output limit
-    /// is refused whole (counted, dead-lettered).
-    #[serde(default = "default_max_messages")]
-    pub max_messages_per_frame: NonZeroUsize,
-    /// Points one frame may produce.
-    #[serde(default = "default_max_points")]
-    pub max_points_per_frame: NonZeroUsize,
-    /// Tags one point may have.
-    #[serde(default = "default_max_tags")]
-    pub max_tags_per_point: NonZeroUsize,
-    /// Fields one point may have.
-    #[serde(default = "default_max_fields")]
-    pub max_fields_per_point: NonZeroUsize,
-    /// Host memory one frame's output may take, in bytes: its text and
-    /// payloads plus 64 bytes per message, point, tag and field.
-    #[serde(default = "default_max_output_bytes")]
-    pub max_output_bytes_per_frame: NonZeroUsize,
-}
-
 fn default_shutdown_timeout() -> NonZeroU64 {
     NonZeroU64::new(10).unwrap_or(NonZeroU64::MIN)
-}
-
-fn default_call_timeout() -> NonZeroU64 {
-    NonZeroU64::new(100).unwrap_or(NonZeroU64::MIN)
-}
-fn default_memory_mb() -> NonZeroU32 {
-    NonZeroU32::new(32).unwrap_or(NonZeroU32::MIN)
-}
-fn output_default(pick: fn(&crate::runtime::OutputLimits) -> usize) -> NonZeroUsize {
-    NonZeroUsize::new(pick(&crate::runtime::OutputLimits::default())).unwrap_or(NonZeroUsize::MIN)
-}
-fn default_max_messages() -> NonZeroUsize {
-    output_default(|l| l.messages)
-}
-fn default_max_points() -> NonZeroUsize {
-    output_default(|l| l.points)
-}
-fn default_max_tags() -> NonZeroUsize {
-    output_default(|l| l.tags_per_point)
-}
-fn default_max_fields() -> NonZeroUsize {
-    output_default(|l| l.fields_per_point)
-}
-fn default_max_output_bytes() -> NonZeroUsize {
-    output_default(|l| l.bytes)
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            call_timeout_ms: default_call_timeout(),
-            memory_mb: default_memory_mb(),
-            max_messages_per_frame: default_max_messages(),
-            max_points_per_frame: default_max_points(),
-            max_tags_per_point: default_max_tags(),
-            max_fields_per_point: default_max_fields(),
-            max_output_bytes_per_frame: default_max_output_bytes(),
-        }
-    }
-}
-
-/// `[pipeline.limits]`: each key given replaces that key of the global
-/// `[limits]`; a key left out keeps the global value.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsOverride {
-    /// Replaces `limits.call_timeout_ms`.
-    #[serde(default)]
-    pub call_timeout_ms: Option<NonZeroU64>,
-    /// Replaces `limits.memory_mb`.
-    #[serde(default)]
-    pub memory_mb: Option<NonZeroU32>,
-    /// Replaces `limits.max_messages_per_frame`.
-    #[serde(default)]
-    pub max_messages_per_frame: Option<NonZeroUsize>,
-    /// Replaces `limits.max_points_per_frame`.
-    #[serde(default)]
-    pub max_points_per_frame: Option<NonZeroUsize>,
-    /// Replaces `limits.max_tags_per_point`.
-    #[serde(default)]
-    pub max_tags_per_point: Option<NonZeroUsize>,
-    /// Replaces `limits.max_fields_per_point`.
-    #[serde(default)]
-    pub max_fields_per_point: Option<NonZeroUsize>,
-    /// Replaces `limits.max_output_bytes_per_frame`.
-    #[serde(default)]
-    pub max_output_bytes_per_frame: Option<NonZeroUsize>,
-}
-
-impl LimitsOverride {
-    /// `global` with the keys this override gives replaced.
-    pub fn over(&self, global: LimitsConfig) -> LimitsConfig {
-        LimitsConfig {
-            call_timeout_ms: self.call_timeout_ms.unwrap_or(global.call_timeout_ms),
-            memory_mb: self.memory_mb.unwrap_or(global.memory_mb),
-            max_messages_per_frame: self
-                .max_messages_per_frame
-                .unwrap_or(global.max_messages_per_frame),
-            max_points_per_frame: self
-                .max_points_per_frame
-                .unwrap_or(global.max_points_per_frame),
-            max_tags_per_point: self.max_tags_per_point.unwrap_or(global.max_tags_per_point),
-            max_fields_per_point: self
-                .max_fields_per_point
-                .unwrap_or(global.max_fields_per_point),
-            max_output_bytes_per_frame: self
-                .max_output_bytes_per_frame
-                .unwrap_or(global.max_output_bytes_per_frame),
-        }
-    }
-}
-
-impl From<LimitsConfig> for LimitsOverride {
-    /// An override that sets every key (pins the limits whatever `[limits]` says).
-    fn from(l: LimitsConfig) -> Self {
-        LimitsOverride {
-            call_timeout_ms: Some(l.call_timeout_ms),
-            memory_mb: Some(l.memory_mb),
-            max_messages_per_frame: Some(l.max_messages_per_frame),
-            max_points_per_frame: Some(l.max_points_per_frame),
-            max_tags_per_point: Some(l.max_tags_per_point),
-            max_fields_per_point: Some(l.max_fields_per_point),
-            max_output_bytes_per_frame: Some(l.max_output_bytes_per_frame),
-        }
-    }
-}
-
-impl From<LimitsConfig> for crate::runtime::Limits {
-    fn from(l: LimitsConfig) -> Self {
-        crate::runtime::Limits {
-            call_timeout: Duration::from_millis(l.call_timeout_ms.get()),
-            memory_bytes: usize::try_from(l.memory_mb.get())
-                .unwrap_or(usize::MAX)
-                .saturating_mul(1 << 20),
-            output: crate::runtime::OutputLimits {
-                messages: l.max_messages_per_frame.get(),
-                points: l.max_points_per_frame.get(),
-                tags_per_point: l.max_tags_per_point.get(),
-                fields_per_point: l.max_fields_per_point.get(),
-                bytes: l.max_output_bytes_per_frame.get(),
-            },
-        }
-    }
 }
 
 /// Where state goes without `data_dir`: `$XDG_STATE_HOME/sluice` or
@@ -424,270 +278,6 @@ pub fn default_state_dir() -> Option<PathBuf> {
                 .join("state")
                 .join("sluice")
         })
-}
-
-/// `[[pipeline]]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PipelineConfig {
-    /// Unique name; used in metrics labels and as the frame's `source`.
-    pub name: String,
-    /// The serial port this pipeline reads.
-    pub serial: SerialConfig,
-    /// The transform that decodes its frames.
-    pub transform: TransformConfig,
-    /// Overrides of the global `[limits]`, key by key
-    /// ([`PipelineConfig::effective_limits`]).
-    #[serde(default)]
-    pub limits: Option<LimitsOverride>,
-    /// Frames buffered between the port and the transform; when full, the
-    /// port task stops reading (backpressure) and the OS buffers the rest.
-    #[serde(default = "default_channel_capacity")]
-    pub channel_capacity: NonZeroUsize,
-    /// Record every frame this pipeline reads to a capture file, for
-    /// `sluice replay` (`source/capture.rs`). Absent: no capture.
-    #[serde(default)]
-    pub capture: Option<CaptureConfig>,
-    /// Commands from MQTT to the device (`[pipeline.downlink]`). Absent: the
-    /// pipeline subscribes to nothing.
-    #[serde(default)]
-    pub downlink: Option<DownlinkConfig>,
-}
-
-impl PipelineConfig {
-    /// The sandbox limits of this pipeline's transform: the global `[limits]`
-    /// with the keys `[pipeline.limits]` gives replaced.
-    pub fn effective_limits(&self, global: LimitsConfig) -> LimitsConfig {
-        self.limits.map_or(global, |o| o.over(global))
-    }
-}
-
-/// `[pipeline.downlink]`: MQTT messages on `topic` (a filter) are handed to
-/// the transform's `encode-command`; the bytes it returns are framed like the
-/// port's input and written to the serial line, in arrival order.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DownlinkConfig {
-    /// The MQTT topic filter to subscribe to, e.g. `iiot/cmd/node1/#`.
-    pub topic: String,
-    /// Subscription QoS (0, 1 or 2).
-    #[serde(default = "default_downlink_qos")]
-    pub qos: u8,
-    /// Commands waiting for the transform; when full, new ones are refused
-    /// and counted (`downlink_dropped{reason="command_queue_full"}`).
-    #[serde(default = "default_downlink_commands")]
-    pub queue: NonZeroUsize,
-    /// Accept retained messages (default false). A retained command would be
-    /// re-delivered on every (re)subscribe and executed again, so by default
-    /// they are ignored and counted (`reason="retained"`).
-    #[serde(default)]
-    pub accept_retained: bool,
-}
-
-fn default_downlink_qos() -> u8 {
-    1
-}
-fn default_downlink_commands() -> NonZeroUsize {
-    NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN)
-}
-
-/// `[pipeline.capture]`: an append-only, size-bounded, rotated record of
-/// the frames a pipeline read, with their receive times.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CaptureConfig {
-    /// The capture file; rotated files get `.1`, `.2`, … (`.1` is the newest).
-    /// Relative paths are relative to the config file.
-    pub path: PathBuf,
-    /// Rotate when the file would grow beyond this many bytes.
-    #[serde(default = "default_capture_max_bytes")]
-    pub max_bytes: NonZeroU64,
-    /// Rotated files kept besides the current one (0: start over when full).
-    #[serde(default = "default_capture_keep")]
-    pub keep: u32,
-}
-
-fn default_capture_max_bytes() -> NonZeroU64 {
-    NonZeroU64::new(64 << 20).unwrap_or(NonZeroU64::MIN)
-}
-fn default_capture_keep() -> u32 {
-    3
-}
-
-fn default_channel_capacity() -> NonZeroUsize {
-    NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN)
-}
-
-/// `[pipeline.serial]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SerialConfig {
-    /// Device path, e.g. `/dev/ttyUSB0` or a udev symlink.
-    pub path: PathBuf,
-    /// Baud rate.
-    #[serde(default = "default_baud")]
-    pub baud: NonZeroU32,
-    /// Frames longer than this are dropped (counted) and the framer
-    /// resynchronises at the next delimiter.
-    #[serde(default = "default_max_frame")]
-    pub max_frame_bytes: NonZeroUsize,
-    /// How the byte stream is split into frames (default: newline); see
-    /// [`FramingConfig`](sluice_framing::FramingConfig).
-    #[serde(default)]
-    pub framing: sluice_framing::FramingConfig,
-    /// Data bits per character: 5, 6, 7 or 8.
-    #[serde(default = "default_data_bits")]
-    pub data_bits: u8,
-    /// Parity: `none`, `odd` or `even`.
-    #[serde(default)]
-    pub parity: SerialParity,
-    /// Stop bits: 1 or 2.
-    #[serde(default = "default_stop_bits")]
-    pub stop_bits: u8,
-    /// Flow control: `none`, `software` (XON/XOFF) or `hardware` (RTS/CTS).
-    #[serde(default)]
-    pub flow_control: SerialFlowControl,
-    /// Open the port exclusively (`TIOCEXCL` and an exclusive `flock`), so a
-    /// second program cannot read the same device.
-    #[serde(default = "default_true")]
-    pub exclusive: bool,
-    /// `true`: start-up fails when the port cannot be opened. `false`: a port
-    /// missing at start-up is retried like an unplugged one.
-    #[serde(default)]
-    pub required: bool,
-    /// Reopen backoff after an unplug or a failed open: first delay (ms).
-    #[serde(default = "default_serial_reconnect_min")]
-    pub reconnect_min_ms: NonZeroU64,
-    /// Reopen backoff: largest delay (ms); with the path back, reading
-    /// resumes at most this long later.
-    #[serde(default = "default_serial_reconnect_max")]
-    pub reconnect_max_ms: NonZeroU64,
-    /// Downlink: how long one framed command may take to be written (ms).
-    #[serde(default = "default_write_timeout")]
-    pub write_timeout_ms: NonZeroU64,
-    /// Downlink: commands held while the port is busy or disconnected; when
-    /// full, new commands are refused and counted (`queue_full`).
-    #[serde(default = "default_downlink_queue")]
-    pub downlink_queue: NonZeroUsize,
-    /// Downlink: a command older than this when its turn comes is not
-    /// written (counted as `expired`), so a stale command is not sent to a
-    /// device that was replugged much later. 0: no limit.
-    #[serde(default = "default_downlink_max_age")]
-    pub downlink_max_age_ms: u64,
-}
-
-/// Serial parity setting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SerialParity {
-    /// No parity bit.
-    #[default]
-    None,
-    /// Odd parity.
-    Odd,
-    /// Even parity.
-    Even,
-}
-
-/// Serial flow control setting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SerialFlowControl {
-    /// None.
-    #[default]
-    None,
-    /// XON/XOFF in band (unsuitable for binary framings: 0x11/0x13 are eaten).
-    Software,
-    /// RTS/CTS lines.
-    Hardware,
-}
-
-/// Baud rates accepted at config time; whether the device can do it is
-/// checked when the port is opened.
-pub const BAUD_RANGE: std::ops::RangeInclusive<u32> = 50..=16_000_000;
-
-fn default_baud() -> NonZeroU32 {
-    NonZeroU32::new(115_200).unwrap_or(NonZeroU32::MIN)
-}
-fn default_data_bits() -> u8 {
-    8
-}
-fn default_stop_bits() -> u8 {
-    1
-}
-fn default_true() -> bool {
-    true
-}
-fn default_serial_reconnect_min() -> NonZeroU64 {
-    NonZeroU64::new(100).unwrap_or(NonZeroU64::MIN)
-}
-fn default_serial_reconnect_max() -> NonZeroU64 {
-    NonZeroU64::new(5_000).unwrap_or(NonZeroU64::MIN)
-}
-fn default_write_timeout() -> NonZeroU64 {
-    NonZeroU64::new(1_000).unwrap_or(NonZeroU64::MIN)
-}
-fn default_downlink_queue() -> NonZeroUsize {
-    NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN)
-}
-fn default_downlink_max_age() -> u64 {
-    30_000
-}
-fn default_max_frame() -> NonZeroUsize {
-    NonZeroUsize::new(64 << 10).unwrap_or(NonZeroUsize::MIN)
-}
-
-/// `[pipeline.transform]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransformConfig {
-    /// Path to the transform component (`.wasm`); relative to the config file.
-    pub module: PathBuf,
-    /// Key/values handed to the transform's `init`.
-    #[serde(default)]
-    pub config: BTreeMap<String, ScalarValue>,
-}
-
-impl TransformConfig {
-    /// The config as the key/value list `init` takes.
-    pub fn init_pairs(&self) -> Vec<(String, String)> {
-        self.config
-            .iter()
-            .map(|(k, v)| (k.clone(), v.0.clone()))
-            .collect()
-    }
-}
-
-/// A transform config value: a string, number or boolean, passed as text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScalarValue(pub String);
-
-impl<'de> Deserialize<'de> for ScalarValue {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = ScalarValue;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string, number or boolean")
-            }
-            fn visit_str<E>(self, v: &str) -> Result<ScalarValue, E> {
-                Ok(ScalarValue(v.to_owned()))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<ScalarValue, E> {
-                Ok(ScalarValue(v.to_string()))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<ScalarValue, E> {
-                Ok(ScalarValue(v.to_string()))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<ScalarValue, E> {
-                Ok(ScalarValue(v.to_string()))
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<ScalarValue, E> {
-                Ok(ScalarValue(v.to_string()))
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
 }
 
 impl Config {
@@ -837,56 +427,10 @@ impl Config {
         }
         problems.extend(self.admin.validate());
         problems.extend(self.hotswap.validate());
-        if self.pipelines.is_empty() {
-            problems.push("pipeline: at least one [[pipeline]] is required".into());
-        }
-        let mut seen = std::collections::HashSet::new();
-        for (i, p) in self.pipelines.iter().enumerate() {
-            let key = format!("pipeline[{i}]");
-            if p.name.is_empty()
-                || !p
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            {
-                problems.push(format!(
-                    "{key}.name: {:?} must be non-empty and use only letters, digits, '-', '_', '.'",
-                    p.name
-                ));
-            } else if !seen.insert(p.name.as_str()) {
-                problems.push(format!("{key}.name: {:?} is used twice", p.name));
-            }
-            validate_serial(&key, &p.serial, &mut problems);
-            if let Some(capture) = &p.capture {
-                validate_capture(&key, capture, &mut problems);
-            }
-            if let Some(downlink) = &p.downlink {
-                if !crate::model::valid_topic_filter(&downlink.topic) {
-                    problems.push(format!(
-                        "{key}.downlink.topic: {:?} is not a valid MQTT topic filter",
-                        downlink.topic
-                    ));
-                }
-                if downlink.qos > 2 {
-                    problems.push(format!(
-                        "{key}.downlink.qos: {} is not 0, 1 or 2",
-                        downlink.qos
-                    ));
-                }
-                if self.mqtt.is_none() && !self.broker.embedded {
-                    problems.push(format!(
-                        "{key}.downlink: commands arrive over MQTT; configure [mqtt] or [broker] embedded = true"
-                    ));
-                }
-            }
-            if !p.transform.module.is_file() {
-                problems.push(format!(
-                    "{key}.transform.module: {} is not a file",
-                    p.transform.module.display()
-                ));
-            }
-        }
-        validate_shared_paths(&self.pipelines, &mut problems);
+        problems.extend(pipeline::validate(
+            &self.pipelines,
+            self.mqtt.is_some() || self.broker.embedded,
+        ));
         problems
     }
 
@@ -919,95 +463,6 @@ impl Config {
         match &self.data_dir {
             Some(dir) => Some(dir.join("cache")),
             None => crate::runtime::ModuleCache::default_dir(),
-        }
-    }
-}
-
-/// `[pipeline.serial]` settings (the framing is checked with the framing).
-fn validate_serial(key: &str, serial: &SerialConfig, problems: &mut Vec<String>) {
-    if serial.path.as_os_str().is_empty() {
-        problems.push(format!("{key}.serial.path: must not be empty"));
-    }
-    if !BAUD_RANGE.contains(&serial.baud.get()) {
-        problems.push(format!(
-            "{key}.serial.baud: {} is outside {}..={}",
-            serial.baud,
-            BAUD_RANGE.start(),
-            BAUD_RANGE.end()
-        ));
-    }
-    if !(5..=8).contains(&serial.data_bits) {
-        problems.push(format!(
-            "{key}.serial.data_bits: must be 5, 6, 7 or 8, not {}",
-            serial.data_bits
-        ));
-    }
-    if !matches!(serial.stop_bits, 1 | 2) {
-        problems.push(format!(
-            "{key}.serial.stop_bits: must be 1 or 2, not {}",
-            serial.stop_bits
-        ));
-    }
-    if serial.reconnect_min_ms > serial.reconnect_max_ms {
-        problems.push(format!(
-            "{key}.serial.reconnect_min_ms: must not exceed {key}.serial.reconnect_max_ms"
-        ));
-    }
-    problems.extend(
-        serial
-            .framing
-            .validate(serial.max_frame_bytes.get(), serial.baud.get())
-            .into_iter()
-            .map(|problem| format!("{key}.serial.{problem}")),
-    );
-}
-
-/// Smallest `max_bytes` of a capture file (header plus a few frames).
-const CAPTURE_MIN_BYTES: u64 = 64 << 10;
-
-/// `[pipeline.capture]`
-fn validate_capture(key: &str, capture: &CaptureConfig, problems: &mut Vec<String>) {
-    if capture.path.as_os_str().is_empty() {
-        problems.push(format!("{key}.capture.path: must not be empty"));
-    } else if capture.path.is_dir() {
-        problems.push(format!(
-            "{key}.capture.path: {} is a directory; name a file",
-            capture.path.display()
-        ));
-    }
-    if capture.max_bytes.get() < CAPTURE_MIN_BYTES {
-        problems.push(format!(
-            "{key}.capture.max_bytes: must be at least {CAPTURE_MIN_BYTES}"
-        ));
-    }
-    if capture.keep > 1000 {
-        problems.push(format!(
-            "{key}.capture.keep: at most 1000 rotated files, not {}",
-            capture.keep
-        ));
-    }
-}
-
-/// Two pipelines must not read the same port or write the same capture file.
-fn validate_shared_paths(pipelines: &[PipelineConfig], problems: &mut Vec<String>) {
-    let mut serial_paths = std::collections::HashMap::new();
-    let mut capture_paths = std::collections::HashMap::new();
-    for (i, p) in pipelines.iter().enumerate() {
-        if let Some(first) = serial_paths.insert(p.serial.path.as_path(), i) {
-            serial_paths.insert(p.serial.path.as_path(), first);
-            problems.push(format!(
-                "pipeline[{i}].serial.path: {} is already read by pipeline[{first}]",
-                p.serial.path.display()
-            ));
-        }
-        if let Some(capture) = &p.capture
-            && let Some(first) = capture_paths.insert(capture.path.as_path(), i)
-        {
-            capture_paths.insert(capture.path.as_path(), first);
-            problems.push(format!(
-                "pipeline[{i}].capture.path: {} is already written by pipeline[{first}]",
-                capture.path.display()
-            ));
         }
     }
 }
