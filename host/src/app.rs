@@ -19,17 +19,17 @@ use crate::config::Config;
 use crate::config::admin::AdminConfig;
 use crate::hotswap::Hotswap;
 use crate::hotswap::watch::DirWatcher;
-use crate::metrics::{Metrics, SinkDrop};
+use crate::metrics::Metrics;
 use crate::model::{DownlinkCommand, MqttMessage, Qos, Sink};
 use crate::outbox::{OutboxConfig, OutboxGroup};
 use crate::pipeline::{Emission, WorkerControl, WorkerDownlink, WorkerSettings, WorkerSpec};
 use crate::reload::Reloader;
+use crate::router;
 use crate::runtime::{ModuleCache, Runtime};
 use crate::secret::Secret;
-use crate::sink::durable::{DurableLog, DurableQueue, FrameRecords};
+use crate::sink::durable::{DurableLog, DurableQueue};
 use crate::sink::influx::{InfluxInput, InfluxSink};
 use crate::sink::mqtt::{CommandRoute, MqttSink};
-use crate::sink::record;
 use crate::source::serial::DownlinkSender;
 use crate::source::{ReadAhead, Source};
 
@@ -234,9 +234,37 @@ pub fn start_pipelines_from(
     })
 }
 
+/// What a run does besides what its config says: where frames come from,
+/// and who else sees what leaves the sandbox. `sluice run`, `demo` and
+/// `replay` all start through [`run_with`].
+#[derive(Default)]
+pub struct RunOptions {
+    /// Serial ports (default) or capture files.
+    pub source: Source,
+    /// Gets a copy of every frame's outputs (the demo's points file and
+    /// `--json`, `replay --stdout`), before the sinks. Outputs for which no
+    /// sink is configured are the tap's: they are not counted as dropped.
+    /// Waits while the tap is full, like a sink.
+    pub tap: Option<mpsc::Sender<Emission>>,
+    /// Told once the host runs: its metrics and the addresses it listens on.
+    pub ready: Option<tokio::sync::oneshot::Sender<Running>>,
+}
+
+/// A running host, as [`RunOptions::ready`] reports it.
+#[derive(Clone)]
+pub struct Running {
+    /// The host's counters.
+    pub metrics: Arc<Metrics>,
+    /// The embedded broker's address (`[broker] embedded = true`).
+    pub broker: Option<std::net::SocketAddr>,
+    /// The admin API's address; `None` if it is disabled or could not
+    /// listen (the host runs on without it).
+    pub admin: Option<std::net::SocketAddr>,
+}
+
 /// Runs the host until `shutdown` is cancelled, then drains and flushes.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_from(config, Source::Serial, shutdown).await
+    run_with(config, RunOptions::default(), shutdown).await
 }
 
 /// `sluice run`: [`run`] with the config read from `path`, reloaded from
@@ -249,34 +277,35 @@ pub async fn run_file(path: &std::path::Path, shutdown: CancellationToken) -> an
     let config = Config::load(path)?;
     run_inner(
         config,
-        Source::Serial,
+        RunOptions::default(),
         shutdown,
         Some((path.to_owned(), hangup)),
     )
     .await
 }
 
-/// [`run`] with the frames coming from `source` (`sluice replay`).
-pub async fn run_from(
+/// [`run`] with `options` (the demo, `sluice replay`).
+pub async fn run_with(
     config: Config,
-    source: Source,
+    options: RunOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    run_inner(config, source, shutdown, None).await
+    run_inner(config, options, shutdown, None).await
 }
 
 async fn run_inner(
     mut config: Config,
-    source: Source,
+    options: RunOptions,
     shutdown: CancellationToken,
     reload: Option<(std::path::PathBuf, tokio::signal::unix::Signal)>,
 ) -> anyhow::Result<()> {
+    let RunOptions { source, tap, ready } = options;
     // As the file says (before the embedded broker fills in `[mqtt]`), for
     // comparing with a reloaded file.
     let as_loaded = config.clone();
     // Read before anything connects, so a missing token fails fast.
     let admin_token = config.admin.token(|var| std::env::var(var).ok())?;
-    let _broker = embedded_broker(&mut config, &source).await?;
+    let broker = embedded_broker(&mut config, &source).await?;
     let metrics = Arc::new(Metrics::new());
     let runtime = Runtime::new(ModuleCache::new(config.cache_dir()))?;
     // Commands go to serial ports; a replay has none.
@@ -342,7 +371,8 @@ async fn run_inner(
         },
         None => (None, None, None),
     };
-    let routes = Routes {
+    let routes = router::Routes {
+        tap,
         mqtt: mqtt.clone(),
         points,
         log: log.map(Arc::new),
@@ -375,7 +405,7 @@ async fn run_inner(
             start_admin(&config.admin, state, admin_token.as_ref()).await
         }
     };
-    let router = tokio::spawn(route(emit_rx, routes, metrics.clone()));
+    let router = tokio::spawn(router::route(emit_rx, routes, metrics.clone()));
     let stats = match (&config.mqtt, &mqtt) {
         (Some(mqtt_config), Some(sink)) if mqtt_config.stats_interval_secs > 0 => {
             Some(tokio::spawn(publish_stats(
@@ -397,6 +427,13 @@ async fn run_inner(
         _ => None,
     };
     tracing::info!(pipelines = config.pipelines.len(), "sluice running");
+    if let Some(ready) = ready {
+        let _ = ready.send(Running {
+            metrics: metrics.clone(),
+            broker: broker.as_ref().map(EmbeddedBroker::local_addr),
+            admin: admin.as_ref().map(AdminServer::local_addr),
+        });
+    }
 
     match reload {
         Some((path, mut hangup)) => {
@@ -560,85 +597,5 @@ async fn publish_stats(sink: Arc<MqttSink>, metrics: Arc<Metrics>, topic: String
             retain: false,
         })
         .await;
-    }
-}
-
-/// Where a frame's outputs go.
-struct Routes {
-    mqtt: Option<Arc<MqttSink>>,
-    points: Option<InfluxInput>,
-    /// The durable log, and the queue of each sink that keeps data on disk.
-    log: Option<Arc<DurableLog>>,
-    mqtt_queue: Option<usize>,
-    influx_queue: Option<usize>,
-}
-
-/// Sends each frame's messages to the MQTT sink and points to the InfluxDB
-/// writer. What goes to durable sinks is pushed to the log as one unit, so
-/// it is committed together. Without `[mqtt]` / `[influx]` outputs are
-/// counted as such, with one log line, so none disappears silently.
-async fn route(mut emissions: mpsc::Receiver<Emission>, routes: Routes, metrics: Arc<Metrics>) {
-    let mut told_about_points = false;
-    let mut told_about_messages = false;
-    let durable_queue = |queue: Option<usize>| queue.filter(|_| routes.log.is_some());
-    let (mqtt_queue, influx_queue) = (
-        durable_queue(routes.mqtt_queue),
-        durable_queue(routes.influx_queue),
-    );
-    while let Some(emission) = emissions.recv().await {
-        let mut frame = FrameRecords::new();
-        // Records of the frame for each sink, for the count if it is refused.
-        let (mut to_mqtt, mut to_influx) = (0, 0);
-        for message in emission.messages {
-            match (&routes.mqtt, mqtt_queue) {
-                (Some(_), Some(index)) => {
-                    frame.push((index, record::mqtt_to_vec(&message)));
-                    to_mqtt += 1;
-                }
-                (Some(sink), None) => sink.submit(message).await,
-                (None, _) => {
-                    metrics.sink_dropped(Sink::Mqtt, SinkDrop::NotConfigured);
-                    if !told_about_messages {
-                        tracing::info!(
-                            "transforms emit MQTT messages but no [mqtt] is configured; messages are counted and discarded"
-                        );
-                        told_about_messages = true;
-                    }
-                }
-            }
-        }
-        for point in emission.points {
-            match (&routes.points, influx_queue) {
-                (Some(_), Some(index)) => {
-                    frame.push((index, record::point_to_vec(&point)));
-                    to_influx += 1;
-                }
-                // Waits while the writer's queue is full (backpressure).
-                (Some(points), None) => {
-                    if !points.send(point).await {
-                        metrics.sink_dropped(Sink::Influx, SinkDrop::WriterStopped);
-                    }
-                }
-                (None, _) => {
-                    metrics.sink_dropped(Sink::Influx, SinkDrop::NotConfigured);
-                    if !told_about_points {
-                        tracing::info!(
-                            "transforms emit points but no [influx] is configured; points are counted and discarded"
-                        );
-                        told_about_points = true;
-                    }
-                }
-            }
-        }
-        if let Some(log) = &routes.log
-            && !frame.is_empty()
-        {
-            // Waits while the log's writer is behind (backpressure).
-            // The frame's ticket is dropped once its records are committed.
-            if !log.push_frame(frame, emission.ticket).await {
-                metrics.sink_dropped_by(Sink::Mqtt, SinkDrop::OutboxClosed, to_mqtt);
-                metrics.sink_dropped_by(Sink::Influx, SinkDrop::OutboxClosed, to_influx);
-            }
-        }
     }
 }

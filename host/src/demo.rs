@@ -1,22 +1,24 @@
 //! `sluice demo`: the whole data path on one machine with nothing installed.
 //!
 //! A simulated sensor gateway writes JSON telemetry into a pseudo-terminal;
-//! the host reads the pty like any serial port, runs the real json-telemetry
+//! the host, started as `sluice run` starts it ([`crate::app::run_with`]),
+//! reads the pty like any serial port, runs the real json-telemetry
 //! transform in the sandbox, validates what it emits, and
 //!
-//! * publishes every MQTT message through the normal MQTT sink to an
-//!   **embedded broker** (`crate::broker`, 127.0.0.1:1883 by default,
-//!   `--mqtt-port`), which any MQTT client can subscribe to;
-//! * appends every point as InfluxDB line protocol to a local file
-//!   (`--points`), since the demo has no InfluxDB;
-//! * serves the **admin API** (`crate::admin`, 127.0.0.1:9180 by default,
-//!   `--admin-port`): `/metrics`, `/health`, `/ready`, `/transforms`;
-//! * prints what to run to watch all that, and a compact summary every 5 s
-//!   on stderr. `--json` also prints each message and point as a JSON line on
-//!   stdout (the shape of `sluice transform test`).
+//! * publishes every MQTT message through the normal MQTT sink to its
+//!   **embedded broker** (`[broker] embedded = true`, 127.0.0.1:1883 by
+//!   default, `--mqtt-port`), which any MQTT client can subscribe to;
+//! * serves the **admin API** (127.0.0.1:9180 by default, `--admin-port`):
+//!   `/metrics`, `/health`, `/ready`, `/transforms`.
+//!
+//! The demo taps the host's outputs ([`crate::app::RunOptions::tap`]): it
+//! appends every point as InfluxDB line protocol to a local file
+//! (`--points`), since there is no InfluxDB, and with `--json` prints each
+//! message and point as a JSON line on stdout (the shape of `sluice
+//! transform test`). It prints what to run to watch all that, and a compact
+//! summary every 5 s on stderr.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,25 +29,16 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{AdminError, AdminServer, AdminState, TokenCheck};
-use crate::app::start_pipelines;
-use crate::broker::{BrokerError, EmbeddedBroker};
+use crate::app::RunOptions;
+use crate::broker::BrokerError;
 use crate::config::Config;
-use crate::config::broker::BrokerConfig;
 use crate::config::influx::{Precision, UnsignedMode};
 use crate::jsonout;
 use crate::metrics::Metrics;
 use crate::pipeline::Emission;
 use crate::pty::Pty;
-use crate::runtime::{ModuleCache, Runtime};
 use crate::sim::Telemetry;
 use crate::sink::influx::line_protocol::Encoder;
-use crate::sink::mqtt::MqttSink;
-
-/// How long the demo waits for the broker to confirm what is in flight.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-/// The demo's MQTT client id (status topic `sluice/status/sluice-demo`).
-const CLIENT_SUFFIX: &str = "-demo";
 
 /// `sluice demo` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -96,7 +89,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         None => build_json_telemetry()?,
     };
     let pty = Pty::open().context("cannot open a pseudo-terminal")?;
-    let config = demo_config(&pty.path, &module)?;
+    let config = demo_config(&pty.path, &module, args.mqtt_port, args.admin_port)?;
     let points_path = args
         .points
         .clone()
@@ -105,23 +98,38 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .with_context(|| format!("cannot create {} (--points)", points_path.display()))?;
 
-    let broker = start_broker(args.mqtt_port).await?;
-    let broker_addr = broker.local_addr();
-    let metrics = Arc::new(Metrics::new());
-    let mqtt_config = crate::broker::client_config(broker_addr, CLIENT_SUFFIX);
-    let sink = Arc::new(MqttSink::start(&mqtt_config, metrics.clone())?);
-
-    let runtime = Runtime::new(ModuleCache::new(ModuleCache::default_dir()))?;
-    let (emit_tx, emit_rx) = mpsc::channel(1024);
+    // The host as `sluice run` starts it; the demo taps its outputs.
+    let (tap, emissions) = mpsc::channel(1024);
+    let (ready, running) = tokio::sync::oneshot::channel();
     let stop = shutdown.child_token();
-    let pipelines = start_pipelines(&config, &runtime, &metrics, emit_tx, stop.clone())?;
-
-    let mut admin_state = AdminState::new(metrics.clone());
-    admin_state.mqtt_configured = true;
-    admin_state.transforms = pipelines.transforms().to_vec();
-    admin_state.shutdown = stop.clone();
-    let admin = start_admin(args.admin_port, admin_state).await?;
-    let admin_addr = admin.local_addr();
+    let options = RunOptions {
+        tap: Some(tap),
+        ready: Some(ready),
+        ..RunOptions::default()
+    };
+    let mut host = tokio::spawn(crate::app::run_with(config, options, stop.clone()));
+    let running = tokio::select! {
+        running = running => running.ok(),
+        _ = &mut host => None,
+    };
+    let Some(running) = running else {
+        stop.cancel();
+        return Err(match host.await {
+            Ok(Err(err)) => with_port_hint(err),
+            Ok(Ok(())) => anyhow::anyhow!("the host stopped before it ran"),
+            Err(err) => err.into(),
+        });
+    };
+    let (Some(broker_addr), Some(admin_addr)) = (running.broker, running.admin) else {
+        stop.cancel();
+        let _ = host.await;
+        bail!(
+            "port {} is already in use (another sluice?); serve the demo's metrics on \
+             another port with --admin-port N (0 picks a free port)",
+            args.admin_port
+        );
+    };
+    let metrics = running.metrics;
 
     eprintln!(
         "sluice demo: simulated node → {} → json-telemetry (wasm) → embedded MQTT broker + line-protocol file",
@@ -148,7 +156,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         all_sent_tx,
         stop.clone(),
     )?;
-    let router = tokio::spawn(route(emit_rx, sink.clone(), points_file, args.json));
+    let tapped = tokio::spawn(take_outputs(emissions, points_file, args.json));
 
     let summary = (!args.quiet).then(|| {
         let metrics = metrics.clone();
@@ -170,24 +178,20 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         _ = shutdown.cancelled() => {}
     }
     stop.cancel();
-    pipelines.join().await;
+    // The host drains the pipelines and waits for the broker's confirmations.
+    host.await??;
     let _ = tokio::task::spawn_blocking(move || simulator.join()).await;
-    let tally = router.await.unwrap_or_default();
+    let tally = tapped.await.unwrap_or_default();
     if let Some(summary) = summary {
         summary.abort();
     }
-    let unconfirmed = match Arc::into_inner(sink) {
-        Some(sink) => sink.shutdown(FLUSH_TIMEOUT).await,
-        None => 0,
-    };
-    admin.shutdown().await;
     eprintln!("{}", summary_line(&metrics, sent.load(Ordering::Relaxed)));
+    let confirmed = metrics.mqtt_delivered.get();
     eprintln!(
-        "done: {} messages published ({} confirmed by the broker{}), {} points written to {}{}",
+        "done: {} messages published ({confirmed} confirmed by the broker{}), {} points written to {}{}",
         tally.messages,
-        metrics.mqtt_delivered.get(),
-        if unconfirmed > 0 {
-            format!(", {unconfirmed} unconfirmed at shutdown")
+        if tally.messages > confirmed {
+            format!(", {} unconfirmed at shutdown", tally.messages - confirmed)
         } else {
             String::new()
         },
@@ -202,48 +206,26 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
             String::new()
         },
     );
-    // rumqttd has no stop; its threads end with the process.
-    drop(broker);
     Ok(())
 }
 
-/// The embedded broker on 127.0.0.1:`port`, with a hint when it is taken.
-async fn start_broker(port: u16) -> anyhow::Result<EmbeddedBroker> {
-    let config = BrokerConfig {
-        embedded: true,
-        listen: SocketAddr::from(([127, 0, 0, 1], port)),
-    };
-    match tokio::task::spawn_blocking(move || EmbeddedBroker::start(&config)).await? {
-        Ok(broker) => Ok(broker),
-        Err(BrokerError::AddrInUse { addr }) => bail!(
+/// The embedded broker's "address in use", with how to pick another port.
+fn with_port_hint(err: anyhow::Error) -> anyhow::Error {
+    match err.downcast_ref::<BrokerError>() {
+        Some(BrokerError::AddrInUse { addr }) => anyhow::anyhow!(
             "port {} is already in use ({addr}: another MQTT broker, e.g. mosquitto?); \
              run the demo's broker on another port with --mqtt-port N (0 picks a free port)",
             addr.port()
         ),
-        Err(err) => Err(err.into()),
+        _ => err,
     }
 }
 
-/// The admin API on 127.0.0.1:`port` (read-only here: no token), with a
-/// hint when the port is taken.
-async fn start_admin(port: u16, state: AdminState) -> anyhow::Result<AdminServer> {
-    let listen = SocketAddr::from(([127, 0, 0, 1], port));
-    match AdminServer::start(listen, state, TokenCheck::new(None)).await {
-        Ok(server) => Ok(server),
-        Err(AdminError::AddrInUse { addr }) => bail!(
-            "port {} is already in use ({addr}: another sluice?); \
-             serve the demo's metrics on another port with --admin-port N (0 picks a free port)",
-            addr.port()
-        ),
-        Err(err) => Err(err.into()),
-    }
-}
-
-/// Messages to the MQTT sink, points to the line-protocol file; with
-/// `json`, each also as a JSON line on stdout.
-async fn route(
+/// What the demo does with the host's outputs besides publishing them:
+/// points to the line-protocol file (the demo has no InfluxDB); with
+/// `json`, every message and point as a JSON line on stdout.
+async fn take_outputs(
     mut emissions: mpsc::Receiver<Emission>,
-    sink: Arc<MqttSink>,
     mut points_file: tokio::fs::File,
     json: bool,
 ) -> Tally {
@@ -260,10 +242,7 @@ async fn route(
                 let _ = writeln!(stdout, "{value}");
             }
         }
-        for message in emission.messages {
-            tally.messages += 1;
-            sink.submit(message).await;
-        }
+        tally.messages += emission.messages.len() as u64;
         for point in emission.points {
             line.clear();
             if encoder.encode(&point, &mut line).is_err() {
@@ -300,11 +279,22 @@ fn summary_line(metrics: &Metrics, sent: u64) -> String {
     )
 }
 
-/// A one-pipeline config for the pty and module, through the normal parser.
-fn demo_config(port: &Path, module: &Path) -> anyhow::Result<Config> {
+/// The demo's config, through the normal parser: one pipeline on the pty,
+/// the embedded broker and the admin API on 127.0.0.1.
+fn demo_config(
+    port: &Path,
+    module: &Path,
+    mqtt_port: u16,
+    admin_port: u16,
+) -> anyhow::Result<Config> {
     let quote = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
     let text = format!(
         "version = 1\n\
+         [broker]\n\
+         embedded = true\n\
+         listen = \"127.0.0.1:{mqtt_port}\"\n\
+         [admin]\n\
+         listen = \"127.0.0.1:{admin_port}\"\n\
          [[pipeline]]\n\
          name = \"demo\"\n\
          serial = {{ path = {} }}\n\

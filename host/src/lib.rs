@@ -22,6 +22,7 @@ pub mod pty;
 pub mod ratelimit;
 pub mod reload;
 pub mod replay;
+pub mod router;
 pub mod runtime;
 pub mod scaffold;
 pub mod secret;

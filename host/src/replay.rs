@@ -21,13 +21,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::RunOptions;
 use crate::config::Config;
 use crate::jsonout;
-use crate::metrics::Metrics;
-use crate::runtime::{ModuleCache, Runtime};
+use crate::pipeline::Emission;
 use crate::source::Source;
 use crate::source::capture::CaptureReader;
 use crate::source::replay::{ReplayPlan, Speed};
@@ -120,10 +120,15 @@ pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Resul
         done.cancelled().await;
         stopper.cancel();
     });
+    let source = Source::Replay(plan.clone());
     if args.stdout {
-        print_run(&config, &plan, stop).await?;
+        print_run(config, source, stop).await?;
     } else {
-        crate::app::run_from(config, Source::Replay(plan.clone()), stop).await?;
+        let options = RunOptions {
+            source,
+            ..RunOptions::default()
+        };
+        crate::app::run_with(config, options, stop).await?;
     }
     let problems = plan.problems();
     eprintln!(
@@ -144,26 +149,19 @@ pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Resul
 
 /// `--stdout`: the pipelines without sinks; every emission printed.
 async fn print_run(
-    config: &Config,
-    plan: &ReplayPlan,
+    mut config: Config,
+    source: Source,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
-    let runtime = Runtime::new(ModuleCache::new(config.cache_dir()))?;
-    let (emit_tx, mut emit_rx) = mpsc::channel(1024);
-    let pipelines = crate::app::start_pipelines_from(
-        config,
-        &runtime,
-        &metrics,
-        emit_tx,
-        stop,
-        &Source::Replay(plan.clone()),
-        crate::app::CommandQueues::new(),
-    )?;
+    config.mqtt = None;
+    config.influx = None;
+    config.broker.embedded = false;
+    let (tap, mut emissions) = mpsc::channel::<Emission>(1024);
+    let (ready, running) = oneshot::channel();
     let printer = tokio::spawn(async move {
         use std::io::Write as _;
         let mut out = std::io::stdout();
-        'frames: while let Some(emission) = emit_rx.recv().await {
+        'frames: while let Some(emission) = emissions.recv().await {
             let lines = (emission.messages.iter().map(jsonout::message))
                 .chain(emission.points.iter().map(jsonout::point));
             for line in lines {
@@ -173,11 +171,18 @@ async fn print_run(
             }
         }
     });
-    pipelines.join().await;
+    let options = RunOptions {
+        source,
+        tap: Some(tap),
+        ready: Some(ready),
+    };
+    crate::app::run_with(config, options, stop).await?;
     let _ = printer.await;
-    let dropped = metrics.stats_json()["dropped"].clone();
-    if dropped.as_object().is_some_and(|d| !d.is_empty()) {
-        eprintln!("dropped by reason: {dropped}");
+    if let Ok(running) = running.await {
+        let dropped = running.metrics.stats_json()["dropped"].clone();
+        if dropped.as_object().is_some_and(|d| !d.is_empty()) {
+            eprintln!("dropped by reason: {dropped}");
+        }
     }
     Ok(())
 }

@@ -69,7 +69,7 @@ pub struct TransformInfo {
     pub hash: String,
 }
 
-/// What the admin API reads; filled in by `app::run_from`.
+/// What the admin API reads; filled in by `app::run_with`.
 pub struct AdminState {
     /// The host's metrics.
     pub metrics: Arc<Metrics>,
