@@ -6,7 +6,7 @@
 #     target the transforms are built for;
 #   - formatting and clippy (warnings are errors) for all three workspaces:
 #     the host workspace, transforms/ and tests/guests/; no import circle
-#     between the host's modules (scripts/module-cycles.py);
+#     between the modules of host/, runtime/ and core/ (scripts/module-cycles.py);
 #   - the unit and integration tests of the host workspace (which build the
 #     transforms and the test guests as real Wasm components) and the native
 #     unit tests of the transforms.
@@ -48,8 +48,10 @@ for manifest in "${workspaces[@]}"; do
   cargo clippy --manifest-path "$manifest" --workspace --all-targets -- -D warnings
 done
 
-echo "==> no import circles between the host's modules"
-python3 scripts/module-cycles.py host/src
+echo "==> no import circles between the modules of the host and its runtime and core crates"
+for src in host/src runtime/src core/src; do
+  python3 scripts/module-cycles.py "$src"
+done
 
 echo "==> tests"
 # The workspace tests run the real `sluice` binary: cargo builds it for the

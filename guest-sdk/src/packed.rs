@@ -9,7 +9,7 @@
 //! The layout is a contract with every host that loads 0.2.0 modules, so it
 //! lives here in private mirror types, not in the public [`Message`] and
 //! [`Point`]: reordering a public struct's fields must not change the wire.
-//! The host decodes it in `host/src/runtime/packed.rs`; one pinned sample
+//! The host decodes it in `runtime/src/packed.rs`; one pinned sample
 //! ([`GOLDEN_HEX`]) is checked against this encoder and that decoder.
 
 use serde::ser::{Serialize, Serializer};
@@ -143,7 +143,7 @@ enum WireValue<'a> {
 
 /// A sample output's encoding (the output is in this module's tests), in
 /// hex: the SDK's encoder must produce it and the host's decoder must read
-/// it (`host/src/runtime/packed.rs`). Changing it means changing the format,
+/// it (`runtime/src/packed.rs`). Changing it means changing the format,
 /// which breaks every 0.2.0 module already built.
 pub(crate) const GOLDEN_HEX: &str = concat!(
     // 2 messages

@@ -15,7 +15,7 @@
 
 use wasmtime::component::{ComponentType, Lift, Lower};
 
-use crate::model::{self, GUEST_TEXT_MAX, TransformOutput, guest_text};
+use sluice_core::model::{self, GUEST_TEXT_MAX, TransformOutput, guest_text};
 
 /// What a frame's output may hold ([`Limits::output`](super::Limits)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

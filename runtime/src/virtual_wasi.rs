@@ -210,7 +210,7 @@ impl wasmtime_wasi::cli::StdoutStream for GuestOutput {
 }
 
 /// Collects a guest's output into lines, each logged when it ends; at most
-/// [`GUEST_TEXT_MAX`](crate::model::GUEST_TEXT_MAX) bytes of a line are kept.
+/// [`GUEST_TEXT_MAX`](sluice_core::model::GUEST_TEXT_MAX) bytes of a line are kept.
 struct LineStream {
     log: GuestLog,
     level: tracing::Level,
@@ -220,7 +220,7 @@ struct LineStream {
 impl wasmtime_wasi::p2::OutputStream for LineStream {
     fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
         for piece in bytes.split_inclusive(|&b| b == b'\n') {
-            let room = crate::model::GUEST_TEXT_MAX.saturating_sub(self.line.len());
+            let room = sluice_core::model::GUEST_TEXT_MAX.saturating_sub(self.line.len());
             self.line.extend_from_slice(&piece[..piece.len().min(room)]);
             if piece.ends_with(b"\n") {
                 let text = String::from_utf8_lossy(&self.line);

@@ -19,7 +19,7 @@
 use serde::Deserialize;
 
 use super::output::{Budget, Limit, OutputError};
-use crate::model::{self, TransformOutput, guest_text};
+use sluice_core::model::{self, TransformOutput, guest_text};
 
 /// Decodes one frame's output, refusing it as soon as it goes over a limit
 /// of `budget` (before the host allocates what goes over).
@@ -144,8 +144,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::model::{FieldValue, MqttMessage, Point, Qos};
-    use crate::runtime::OutputLimits;
+    use crate::OutputLimits;
+    use sluice_core::model::{FieldValue, MqttMessage, Point, Qos};
 
     /// Decodes within the default limits; errors as their text.
     fn decode(bytes: &[u8]) -> Result<TransformOutput, String> {
@@ -334,7 +334,7 @@ mod tests {
         out.publish(Message::new("t", vec![0u8; 1000]));
         let bytes = sluice_sdk::__private::encode_output(&out).unwrap();
         // Two messages: 2 × 32 + 2 × (1 + 1000) bytes.
-        let exactly = 2 * crate::runtime::output::ITEM_BYTES + 2 * 1001;
+        let exactly = 2 * crate::output::ITEM_BYTES + 2 * 1001;
         let within = |bytes_limit| OutputLimits {
             bytes: bytes_limit,
             ..OutputLimits::default()

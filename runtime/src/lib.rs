@@ -1,5 +1,8 @@
 //! The sandboxed Wasm runtime that runs transforms.
 //!
+//! Built on `sluice-core` (frames in, outputs out); knows nothing of ports,
+//! pipelines or sinks. The host re-exports it as `sluice::runtime`.
+//!
 //! One [`Runtime`] per host process owns the wasmtime [`Engine`], the
 //! [`Linker`] (the only things a guest may import: the `log` interface and an
 //! inert WASI with no files, environment, arguments or sockets) and the
@@ -36,7 +39,8 @@
 //!   frame being processed.
 //!
 //! Calls are synchronous: pipelines run transforms on their own OS threads
-//! (see [`crate::pipeline`]), so a slow guest never blocks the async runtime.
+//! (the host's `pipeline` module), so a slow guest never blocks the async
+//! runtime.
 //!
 //! Two versions of the contract load side by side ([`SUPPORTED_WIT_VERSIONS`]):
 //! `sluice:transform@0.2.0`, which the SDK builds, returns each frame's
@@ -68,10 +72,10 @@ pub use error::{GuestError, GuestErrorKind, LoadError, ProcessError, Rejected, T
 use guest_state::*;
 pub use output::{Limit, OutputError, OutputLimits};
 
-use crate::model::{Frame, TransformOutput, guest_text};
-use crate::ratelimit::RateLimiter;
-use crate::sync::lock;
 use output::{Budget, Bytes, WitCommand, WitError, WitFrame, WitOutputV01};
+use sluice_core::model::{Frame, TransformOutput, guest_text};
+use sluice_core::ratelimit::RateLimiter;
+use sluice_core::sync::lock;
 use virtual_wasi::CallClock;
 
 /// Bindings of `sluice:transform@0.1.0`: output as WIT records.
@@ -463,7 +467,7 @@ impl Module {
         limits: &Limits,
     ) -> Result<Live, LoadError> {
         let mut store = self.runtime.new_store(name, limits);
-        store.data().clock.start_call(crate::model::now_ns());
+        store.data().clock.start_call(sluice_core::model::now_ns());
         set_deadline(&mut store, limits);
         let instance = self
             .shared
@@ -484,7 +488,10 @@ impl Module {
         };
         live.check_types(self.shared.contract)
             .map_err(|e| LoadError::Contract("exports of the wrong type", e))?;
-        live.store.data().clock.start_call(crate::model::now_ns());
+        live.store
+            .data()
+            .clock
+            .start_call(sluice_core::model::now_ns());
         set_deadline(&mut live.store, limits);
         let init = live
             .init
@@ -596,7 +603,10 @@ impl TransformInstance {
     pub fn encode_command(&mut self, topic: &str, payload: &[u8]) -> Result<Vec<u8>, ProcessError> {
         let limits = self.limits;
         let live = self.live()?;
-        live.store.data().clock.start_call(crate::model::now_ns());
+        live.store
+            .data()
+            .clock
+            .start_call(sluice_core::model::now_ns());
         set_deadline(&mut live.store, &limits);
         let (encode, store) = (live.encode_command, &mut live.store);
         let result = output::within(limits.output, || {

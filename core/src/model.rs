@@ -1,7 +1,7 @@
 //! The host's own data model: frames in, MQTT messages and points out.
 //!
 //! These types are deliberately independent of the WIT bindings (which belong
-//! to [`crate::runtime`]) and of rumqttc/reqwest (which belong to the sinks):
+//! to `sluice-runtime`) and of rumqttc/reqwest (which belong to the sinks):
 //! everything between a source and a sink speaks this vocabulary. The
 //! validation here is the host's last word on what a transform returned — a
 //! transform is untrusted, so nothing it emits reaches a sink unchecked.

@@ -2,7 +2,7 @@
 //! table limiter, the guest's rate-limited log, the call's CPU budget.
 
 use super::*;
-use crate::sync::lock;
+use sluice_core::sync::lock;
 
 /// Per-store state: the inert WASI context and the call's clock
 /// ([`virtual_wasi`]), the resource limiter, the guest's log, the call's

@@ -1,0 +1,12 @@
+//! sluice-core — the vocabulary and primitives the host's crates share.
+//!
+//! The data model between a source and a sink ([`model`]: frames in, MQTT
+//! messages and points out, and their validation), frame tickets
+//! ([`ticket`]), a log-line rate limiter ([`ratelimit`]) and [`sync::lock`].
+//! It knows nothing of wasmtime, ports or sinks: `sluice-runtime` and the
+//! host build on it, never the other way round.
+
+pub mod model;
+pub mod ratelimit;
+pub mod sync;
+pub mod ticket;
