@@ -171,9 +171,11 @@ async fn sluice_writer(port: u16, db: &str, points: Vec<Point>, gzip: bool) -> f
     let metrics = Arc::new(Metrics::new());
     let n = points.len() as u64;
     let start = Instant::now();
-    let (sink, tx) = InfluxSink::start(&config, Some(dir.path()), metrics.clone()).expect("start");
+    let context =
+        sluice::sink::SinkContext::in_memory(metrics.clone(), Some(dir.path().to_owned()));
+    let (sink, tx) = InfluxSink::start(&config, context).expect("start");
     for p in points {
-        tx.send(p).await.expect("send");
+        assert!(tx.send(p).await, "send");
     }
     drop(tx);
     sink.finish().await;

@@ -190,8 +190,12 @@ async fn sluice_sink(port: u16, level: u8, variant: &Variant) -> (f64, Vec<f64>)
                 .expect("writer"),
         )
     });
-    let sink =
-        MqttSink::start_with(&config, metrics.clone(), Vec::new(), queue, None).expect("sink");
+    let context = sluice::sink::SinkContext {
+        metrics: metrics.clone(),
+        data_dir: None,
+        durable: queue,
+    };
+    let sink = MqttSink::start(&config, context, Vec::new()).expect("sink");
     let message = |i: u64| MqttMessage {
         topic: "bench/sluice".into(),
         payload: PAYLOAD.to_vec(),

@@ -27,8 +27,9 @@ use crate::reload::Reloader;
 use crate::router;
 use crate::runtime::{ModuleCache, Runtime};
 use crate::secret::Secret;
+use crate::sink::SinkContext;
 use crate::sink::durable::{DurableLog, DurableQueue};
-use crate::sink::influx::{InfluxInput, InfluxSink};
+use crate::sink::influx::InfluxSink;
 use crate::sink::mqtt::{CommandRoute, MqttSink};
 use crate::source::serial::DownlinkSender;
 use crate::source::{ReadAhead, Source};
@@ -322,13 +323,23 @@ async fn run_inner(
         _ => None,
     };
     let queue_index = |sink: Sink| durable_sinks.iter().position(|(name, _)| *name == sink);
-    let durable_queue = |sink: Sink| {
-        log.as_ref()
-            .zip(queue_index(sink))
-            .and_then(|(log, index)| log.queue(index))
-    };
     // Each durable outbox, for `GET /ready`.
     let mut outboxes: Vec<(&'static str, std::sync::Weak<DurableQueue>)> = Vec::new();
+    // What a sink starts with: its queue in the log, if it has one.
+    let mut context = |sink: Sink| {
+        let durable = log
+            .as_ref()
+            .zip(queue_index(sink))
+            .and_then(|(log, index)| log.queue(index));
+        if let Some(queue) = &durable {
+            outboxes.push((sink.as_str(), Arc::downgrade(queue)));
+        }
+        SinkContext {
+            metrics: metrics.clone(),
+            data_dir: config.data_dir.clone(),
+            durable,
+        }
+    };
     let mqtt = match &config.mqtt {
         Some(mqtt_config) => {
             if config.data_dir.is_none() {
@@ -336,41 +347,19 @@ async fn run_inner(
                     "no data_dir: MQTT messages wait in memory only and are lost if the host dies"
                 );
             }
-            let durable = durable_queue(Sink::Mqtt);
-            if let Some(queue) = &durable {
-                outboxes.push((Sink::Mqtt.as_str(), Arc::downgrade(queue)));
-            }
-            Some(Arc::new(MqttSink::start_with(
-                mqtt_config,
-                metrics.clone(),
-                routes,
-                durable,
-                config.data_dir.as_deref(),
-            )?))
+            let context = context(Sink::Mqtt);
+            Some(Arc::new(MqttSink::start(mqtt_config, context, routes)?))
         }
         None => None,
     };
-    let (influx, points, influx_queue) = match &config.influx {
-        Some(influx_config) => match durable_queue(Sink::Influx) {
-            Some(queue) => {
-                outboxes.push((Sink::Influx.as_str(), Arc::downgrade(&queue)));
-                let (sink, input, writer) = InfluxSink::start_durable(
-                    influx_config,
-                    config.data_dir.as_deref(),
-                    metrics.clone(),
-                    queue,
-                )?;
-                (Some(sink), Some(input), Some(writer))
-            }
-            None => {
-                let (sink, points) =
-                    InfluxSink::start(influx_config, config.data_dir.as_deref(), metrics.clone())?;
-                let weak = points.downgrade();
-                (Some(sink), Some(InfluxInput::Direct(points)), Some(weak))
-            }
-        },
-        None => (None, None, None),
+    let (influx, points) = match &config.influx {
+        Some(influx_config) => {
+            let (sink, input) = InfluxSink::start(influx_config, context(Sink::Influx))?;
+            (Some(sink), Some(input))
+        }
+        None => (None, None),
     };
+    let influx_queue = influx.as_ref().map(InfluxSink::writer_queue);
     let routes = router::Routes {
         tap,
         mqtt: mqtt.clone(),

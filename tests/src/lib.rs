@@ -926,7 +926,7 @@ impl Drop for VictoriaMetrics {
 pub struct InfluxWriter {
     runtime: tokio::runtime::Runtime,
     sink: Option<sluice::sink::influx::InfluxSink>,
-    tx: Option<tokio::sync::mpsc::Sender<sluice::model::Point>>,
+    tx: Option<sluice::sink::influx::InfluxInput>,
     /// The writer's metrics.
     pub metrics: std::sync::Arc<sluice::metrics::Metrics>,
     data_dir: tempfile::TempDir,
@@ -948,8 +948,11 @@ impl InfluxWriter {
         let metrics = std::sync::Arc::new(sluice::metrics::Metrics::new());
         let (sink, tx) = {
             let _guard = runtime.enter();
-            sluice::sink::influx::InfluxSink::start(&config, Some(data_dir.path()), metrics.clone())
-                .expect("writer starts")
+            let context = sluice::sink::SinkContext::in_memory(
+                metrics.clone(),
+                Some(data_dir.path().to_owned()),
+            );
+            sluice::sink::influx::InfluxSink::start(&config, context).expect("writer starts")
         };
         InfluxWriter {
             runtime,
@@ -965,7 +968,7 @@ impl InfluxWriter {
         let tx = self.tx.as_ref().expect("writer open");
         self.runtime.block_on(async {
             for point in points {
-                tx.send(point).await.expect("writer alive");
+                assert!(tx.send(point).await, "writer alive");
             }
         });
     }

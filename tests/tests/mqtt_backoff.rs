@@ -10,6 +10,7 @@ use std::time::Duration;
 use sluice::config::Config;
 use sluice::metrics::Metrics;
 use sluice::model::{MqttMessage, Qos};
+use sluice::sink::SinkContext;
 use sluice::sink::mqtt::MqttSink;
 use sluice_tests::free_port;
 
@@ -27,7 +28,8 @@ fn mqtt_config(port: u16, extra: &str) -> sluice::config::MqttConfig {
 #[tokio::test(start_paused = true)]
 async fn absent_broker_costs_a_bounded_number_of_attempts() {
     let metrics = Arc::new(Metrics::new());
-    let sink = MqttSink::start(&mqtt_config(free_port(), ""), metrics.clone()).expect("starts");
+    let context = SinkContext::in_memory(metrics.clone(), None);
+    let sink = MqttSink::start(&mqtt_config(free_port(), ""), context, Vec::new()).expect("starts");
     tokio::time::sleep(Duration::from_secs(60)).await;
     let attempts = metrics.mqtt_connection_errors.get();
     // Backoff from 200 ms doubling to 5 s with jitter: a few dozen attempts a
@@ -43,7 +45,8 @@ async fn full_queue_with_drop_oldest_counts_every_eviction() {
         free_port(),
         "queue_capacity = 10\nqueue_full = \"drop_oldest\"",
     );
-    let sink = MqttSink::start(&config, metrics.clone()).expect("starts");
+    let context = SinkContext::in_memory(metrics.clone(), None);
+    let sink = MqttSink::start(&config, context, Vec::new()).expect("starts");
     for i in 0..100 {
         sink.submit(MqttMessage {
             topic: "t".into(),
@@ -103,14 +106,12 @@ async fn flush_waits(durable: bool, rounds: u64) {
             .expect("writer"),
         )
     });
-    let sink = MqttSink::start_with(
-        &mqtt_config(broker.port, ""),
-        metrics.clone(),
-        Vec::new(),
-        queue,
-        Some(dir.path()),
-    )
-    .expect("starts");
+    let context = SinkContext {
+        metrics: metrics.clone(),
+        data_dir: Some(dir.path().to_owned()),
+        durable: queue,
+    };
+    let sink = MqttSink::start(&mqtt_config(broker.port, ""), context, Vec::new()).expect("starts");
     for i in 0..rounds {
         sink.submit(MqttMessage {
             topic: "flush/t".into(),

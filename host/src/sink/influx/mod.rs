@@ -9,13 +9,13 @@
 //! * [`transport`] — the HTTP request (reqwest) and `Retry-After`.
 //! * [`dead_letter`] — `<data_dir>/dead-letter/influx.jsonl`, rotated.
 //!
-//! [`InfluxSink::start`] wires them: the pipelines' points go through a
-//! bounded channel (backpressure when InfluxDB is slow or away) to the
-//! writer task. Shutdown: drop the sender, then [`InfluxSink::finish`]
+//! [`InfluxSink::start`] wires them: in memory, the pipelines' points go
+//! through a bounded channel (backpressure when InfluxDB is slow or away) to
+//! the writer task. Shutdown: drop the sender, then [`InfluxSink::finish`]
 //! waits for every batch to settle, up to a deadline after which the rest
 //! is dead-lettered (`shutdown_undelivered`).
 //!
-//! [`InfluxSink::start_durable`] puts the durable outbox in front:
+//! With a durable queue in the [`SinkContext`], the outbox is in front:
 //!
 //! ```text
 //! router ─► DurableQueue (outbox, group commit) ─► feeder task ─► writer ─► InfluxDB
@@ -50,6 +50,7 @@ use crate::sync::lock;
 use crate::metrics::Metrics;
 use crate::model::Point;
 use crate::outbox::{Drain, Item, OutboxError};
+use crate::sink::SinkContext;
 use crate::sink::dead_letter::DeadLetters;
 use crate::sink::durable::DurableQueue;
 use crate::sink::record;
@@ -86,6 +87,8 @@ pub struct InfluxSink {
     /// With the durable outbox: the queue, the feeder task and when
     /// shutdown stops waiting.
     durable: Option<DurableParts>,
+    /// The writer's channel (see [`InfluxSink::writer_queue`]).
+    writer_queue: mpsc::WeakSender<Point>,
 }
 
 struct DurableParts {
@@ -378,19 +381,38 @@ impl Handover {
 }
 
 impl InfluxSink {
-    /// Reads the secrets, opens the dead-letter file and starts the writer.
-    /// Returns the sink and the sender the router feeds points into; the
-    /// writer finishes when every clone of the sender is dropped.
+    /// Reads the secrets, opens the dead-letter file and starts the writer;
+    /// with `context.durable`, the outbox in front of it (points found there
+    /// from a previous run are written first). Returns the sink and the
+    /// router's input; the writer finishes when the input is dropped (and,
+    /// with the outbox, the feeder stopped by [`finish`](Self::finish)).
     pub fn start(
         config: &InfluxConfig,
-        data_dir: Option<&Path>,
-        metrics: Arc<Metrics>,
-    ) -> Result<(InfluxSink, mpsc::Sender<Point>), StartError> {
-        Self::start_with_hook(config, data_dir, metrics, Arc::new(NoHook))
+        context: SinkContext,
+    ) -> Result<(InfluxSink, InfluxInput), StartError> {
+        let SinkContext {
+            metrics,
+            data_dir,
+            durable,
+        } = context;
+        match durable {
+            Some(queue) => Self::start_durable(config, data_dir.as_deref(), metrics, queue),
+            None => {
+                let (sink, points) =
+                    Self::start_writer(config, data_dir.as_deref(), metrics, Arc::new(NoHook))?;
+                Ok((sink, InfluxInput::Direct(points)))
+            }
+        }
     }
 
-    /// Like [`start`](Self::start), telling `hook` about every settled point.
-    pub fn start_with_hook(
+    /// The writer's own channel, weakly (for readiness: how full it is).
+    pub fn writer_queue(&self) -> mpsc::WeakSender<Point> {
+        self.writer_queue.clone()
+    }
+
+    /// The writer, telling `hook` about every settled point; returns the
+    /// sender of its channel.
+    fn start_writer(
         config: &InfluxConfig,
         data_dir: Option<&Path>,
         metrics: Arc<Metrics>,
@@ -433,21 +455,20 @@ impl InfluxSink {
                 give_up,
                 metrics,
                 durable: None,
+                writer_queue: tx.downgrade(),
             },
             tx,
         ))
     }
 
-    /// Like [`start`](Self::start) with `queue` (the durable outbox) in
-    /// front of the writer; points found in it from a previous run are
-    /// written first. Returns the sink, the router's input and the writer's
-    /// own channel (for readiness: how full it is).
-    pub fn start_durable(
+    /// [`start`](Self::start) with `queue` (the durable outbox) in front of
+    /// the writer, and a feeder task between them.
+    fn start_durable(
         config: &InfluxConfig,
         data_dir: Option<&Path>,
         metrics: Arc<Metrics>,
         queue: Arc<DurableQueue>,
-    ) -> Result<(InfluxSink, InfluxInput, mpsc::WeakSender<Point>), StartError> {
+    ) -> Result<(InfluxSink, InfluxInput), StartError> {
         let hook = Arc::new(OutboxHook {
             outbox_seq: Mutex::new(HashMap::new()),
             latency: metrics.end_to_end("influx"),
@@ -463,8 +484,7 @@ impl InfluxSink {
             );
         }
         let (mut sink, points) =
-            Self::start_with_hook(config, data_dir, metrics.clone(), hook.clone())?;
-        let weak = points.downgrade();
+            Self::start_writer(config, data_dir, metrics.clone(), hook.clone())?;
         let stop_feeding = CancellationToken::new();
         let feeder = tokio::spawn(feed(
             queue.clone(),
@@ -480,7 +500,7 @@ impl InfluxSink {
             stop_feeding,
             deadline: Mutex::new(None),
         });
-        Ok((sink, InfluxInput::Durable(queue), weak))
+        Ok((sink, InfluxInput::Durable(queue)))
     }
 
     /// From now on, lines still unconfirmed `timeout` later are dead-lettered

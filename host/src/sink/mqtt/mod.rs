@@ -90,6 +90,7 @@ use crate::metrics::{Metrics, SinkDrop};
 use crate::model::{MqttMessage, Qos, Sink};
 use crate::outbox::QueueFullPolicy;
 use crate::ratelimit::RateLimiter;
+use crate::sink::SinkContext;
 use crate::sink::dead_letter::DeadLetters;
 use crate::sink::durable::DurableQueue;
 use crate::sink::record;
@@ -267,23 +268,23 @@ pub struct MqttSink {
 }
 
 impl MqttSink {
-    /// Connects (in the background) and starts the publisher.
-    pub fn start(config: &MqttConfig, metrics: Arc<Metrics>) -> Result<MqttSink, MqttSetupError> {
-        Self::start_with(config, metrics, Vec::new(), None, None)
-    }
-
-    /// [`start`](Self::start), also subscribing to the pipelines' downlink
-    /// command topics (handing matching messages to `routes`), and keeping
-    /// data messages in `durable` until the broker confirms them. Messages
-    /// already in `durable` (from before a restart) are sent first. With a
-    /// `data_dir`, messages set aside go to `<data_dir>/dead-letter/mqtt.jsonl`.
-    pub fn start_with(
+    /// Connects (in the background) and starts the publisher, subscribing
+    /// to the pipelines' downlink command topics (handing matching messages
+    /// to `routes`). With `context.durable`, data messages wait there until
+    /// the broker confirms them, and those already there (from before a
+    /// restart) are sent first. With a `data_dir`, messages set aside go to
+    /// `<data_dir>/dead-letter/mqtt.jsonl`.
+    pub fn start(
         config: &MqttConfig,
-        metrics: Arc<Metrics>,
+        context: SinkContext,
         routes: Vec<CommandRoute>,
-        durable: Option<Arc<DurableQueue>>,
-        data_dir: Option<&std::path::Path>,
     ) -> Result<MqttSink, MqttSetupError> {
+        let SinkContext {
+            metrics,
+            data_dir,
+            durable,
+        } = context;
+        let data_dir = data_dir.as_deref();
         // rustls needs one process-wide crypto provider; several crates here
         // could each bring one, so choose explicitly (a second call is a no-op).
         let _ = rustls::crypto::ring::default_provider().install_default();
