@@ -19,8 +19,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::model::Sink;
+use crate::model::{InvalidOutput, Sink};
 use crate::sync::lock;
+use sluice_framing::FramingDrop;
 
 /// `{pipeline}`
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -402,23 +403,51 @@ pub struct PipelineMetrics {
 
 impl PipelineMetrics {
     /// Counts a frame that produced nothing.
-    pub fn frame_dropped(&self, reason: &str) {
+    pub fn frame_dropped(&self, reason: FrameDrop) {
         self.frames_dropped
             .get_or_create(&DropLabel {
                 pipeline: self.name.clone(),
-                reason: reason.to_owned(),
+                reason: reason.as_str().to_owned(),
             })
             .inc();
     }
 
     /// Counts an output the host refused.
-    pub fn output_dropped(&self, reason: &str) {
+    pub fn output_dropped(&self, invalid: &InvalidOutput) {
         self.outputs_dropped
             .get_or_create(&DropLabel {
                 pipeline: self.name.clone(),
-                reason: reason.to_owned(),
+                reason: invalid.reason().to_owned(),
             })
             .inc();
+    }
+}
+
+/// Why a frame produced nothing (`sluice_frames_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameDrop {
+    /// The framer dropped the bytes (CRC, oversized, truncated, …).
+    Framing(FramingDrop),
+    /// The framer failed; the bytes it held were dropped.
+    FramerError,
+    /// The pipeline had stopped (shutdown) before the frame was handed over.
+    PipelineStopped,
+    /// The transform is quarantined (the frame is dead-lettered).
+    Quarantined,
+    /// The transform or the sandbox refused it (a `ProcessError`'s reason).
+    Transform(&'static str),
+}
+
+impl FrameDrop {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameDrop::Framing(drop) => drop.reason(),
+            FrameDrop::FramerError => "framing_error",
+            FrameDrop::PipelineStopped => "pipeline_stopped",
+            FrameDrop::Quarantined => "quarantined",
+            FrameDrop::Transform(reason) => reason,
+        }
     }
 }
 
@@ -508,15 +537,15 @@ mod tests {
         let b = metrics.pipeline("b");
         a.frames_received.inc_by(3);
         b.frames_received.inc_by(4);
-        a.frame_dropped("decode_malformed");
-        b.frame_dropped("decode_malformed");
-        a.output_dropped("wildcard_topic");
+        a.frame_dropped(FrameDrop::Transform("decode_malformed"));
+        b.frame_dropped(FrameDrop::Transform("decode_malformed"));
+        a.output_dropped(&InvalidOutput::EmptyTopic);
         metrics.mqtt_delivered.inc_by(7);
         let stats = metrics.stats_json();
         assert_eq!(stats["frames_received"], 7);
         assert_eq!(stats["mqtt_delivered"], 7);
         assert_eq!(stats["dropped"]["decode_malformed"], 2);
-        assert_eq!(stats["dropped"]["wildcard_topic"], 1);
+        assert_eq!(stats["dropped"]["empty_topic"], 1);
     }
 
     #[test]

@@ -174,9 +174,9 @@ impl SerialMetrics {
     }
 
     /// Counts a downlink command that was not written.
-    pub fn downlink_dropped(&self, reason: &str) {
+    pub fn downlink_dropped(&self, reason: DownlinkDrop) {
         self.downlink_dropped
-            .get_or_create(&self.drop_label(reason))
+            .get_or_create(&self.drop_label(reason.as_str()))
             .inc();
     }
 
@@ -188,9 +188,9 @@ impl SerialMetrics {
     }
 
     /// Counts a frame that did not make it into the capture file.
-    pub fn capture_dropped(&self, reason: &str) {
+    pub fn capture_dropped(&self, reason: CaptureDrop) {
         self.capture_dropped
-            .get_or_create(&self.drop_label(reason))
+            .get_or_create(&self.drop_label(reason.as_str()))
             .inc();
     }
 
@@ -199,5 +199,79 @@ impl SerialMetrics {
         self.capture_dropped
             .get_or_create(&self.drop_label(reason))
             .get()
+    }
+}
+
+/// Why a downlink command was not written
+/// (`sluice_downlink_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownlinkDrop {
+    /// A retained message on a command topic (refused unless
+    /// `accept_retained`).
+    Retained,
+    /// The pipeline's command queue was full.
+    CommandQueueFull,
+    /// The host was stopping.
+    Shutdown,
+    /// Under `sluice replay`: there is no port to write to.
+    NoPort,
+    /// The transform refused to encode it.
+    TransformRejected,
+    /// The port's downlink queue was full.
+    QueueFull,
+    /// The port task had stopped.
+    PortStopped,
+    /// It waited in the queue longer than the command's deadline.
+    Expired,
+    /// The framer could not frame it.
+    EncodeFailed,
+    /// The write failed (the device is probably gone).
+    WriteFailed,
+    /// Not written within `serial.write_timeout_ms`.
+    WriteTimeout,
+}
+
+impl DownlinkDrop {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DownlinkDrop::Retained => "retained",
+            DownlinkDrop::CommandQueueFull => "command_queue_full",
+            DownlinkDrop::Shutdown => "shutdown",
+            DownlinkDrop::NoPort => "no_port",
+            DownlinkDrop::TransformRejected => "transform_rejected",
+            DownlinkDrop::QueueFull => "queue_full",
+            DownlinkDrop::PortStopped => "port_stopped",
+            DownlinkDrop::Expired => "expired",
+            DownlinkDrop::EncodeFailed => "encode_failed",
+            DownlinkDrop::WriteFailed => "write_failed",
+            DownlinkDrop::WriteTimeout => "write_timeout",
+        }
+    }
+}
+
+/// Why a frame is missing from its capture file
+/// (`sluice_capture_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureDrop {
+    /// The capture writer's queue was full.
+    QueueFull,
+    /// The capture writer had stopped.
+    WriterStopped,
+    /// Writing the file failed.
+    WriteFailed,
+    /// The capture file could not be opened.
+    Unavailable,
+}
+
+impl CaptureDrop {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureDrop::QueueFull => "queue_full",
+            CaptureDrop::WriterStopped => "writer_stopped",
+            CaptureDrop::WriteFailed => "write_failed",
+            CaptureDrop::Unavailable => "unavailable",
+        }
     }
 }

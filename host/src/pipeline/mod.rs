@@ -39,8 +39,8 @@ use tokio::sync::oneshot;
 
 pub mod guard;
 
-use crate::metrics::PipelineMetrics;
-use crate::metrics::serial::SerialMetrics;
+use crate::metrics::serial::{DownlinkDrop, SerialMetrics};
+use crate::metrics::{FrameDrop, PipelineMetrics};
 use crate::model::{DownlinkCommand, Frame, InvalidOutput, MqttMessage, Point};
 use crate::ratelimit::RateLimiter;
 use crate::runtime::{ProcessError, TransformInstance};
@@ -336,7 +336,7 @@ impl Worker {
         if let Some(mut link) = downlink {
             link.commands.close();
             while link.commands.try_recv().is_ok() {
-                link.metrics.downlink_dropped("shutdown");
+                link.metrics.downlink_dropped(DownlinkDrop::Shutdown);
             }
         }
         // A canary still running at shutdown just ends: its verdict sender
@@ -541,7 +541,7 @@ impl Worker {
         let stats = self.active.version.stats.clone();
         stats.frame();
         if !self.quarantine.admit(now) {
-            self.metrics.frame_dropped("quarantined");
+            self.metrics.frame_dropped(FrameDrop::Quarantined);
             stats.failed("quarantined");
             self.dead_letter(&frame);
             self.after_frame(true, now);
@@ -558,7 +558,7 @@ impl Worker {
             Ok(output) => output,
             Err(rejected) => {
                 let reason = rejected.error.reason();
-                self.metrics.frame_dropped(reason);
+                self.metrics.frame_dropped(FrameDrop::Transform(reason));
                 stats.failed(reason);
                 let trapped = matches!(
                     rejected.error,
@@ -647,7 +647,7 @@ impl Worker {
     }
 
     fn refuse_output(&mut self, invalid: &InvalidOutput, what: &str) {
-        self.metrics.output_dropped(invalid.reason());
+        self.metrics.output_dropped(invalid);
         if let Some(suppressed) = self.warn_limit.check() {
             tracing::warn!(
                 pipeline = &*self.settings.pipeline,
@@ -664,7 +664,7 @@ impl Worker {
     fn encode_command(&mut self, command: DownlinkCommand, link: &WorkerDownlink) {
         let pipeline = &*self.settings.pipeline;
         let Some(port) = &link.port else {
-            link.metrics.downlink_dropped("no_port");
+            link.metrics.downlink_dropped(DownlinkDrop::NoPort);
             return;
         };
         match self
@@ -682,7 +682,8 @@ impl Worker {
                 }
             }
             Err(error) => {
-                link.metrics.downlink_dropped("transform_rejected");
+                link.metrics
+                    .downlink_dropped(DownlinkDrop::TransformRejected);
                 if let Some(suppressed) = self.warn_limit.check() {
                     tracing::warn!(pipeline, topic = %command.topic, reason = error.reason(),
                         suppressed, "transform refused a downlink command: {error}");

@@ -54,7 +54,7 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use crate::config::CaptureConfig;
-use crate::metrics::serial::SerialMetrics;
+use crate::metrics::serial::{CaptureDrop, SerialMetrics};
 use crate::model::{Frame, now_ns};
 use crate::ratelimit::RateLimiter;
 
@@ -746,9 +746,11 @@ impl CaptureHandle {
     pub fn record(&self, frame: &Frame) {
         match self.tx.try_send((frame.received_at_ns, frame.data.clone())) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.capture_dropped("queue_full"),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.capture_dropped(CaptureDrop::QueueFull)
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.metrics.capture_dropped("writer_stopped");
+                self.metrics.capture_dropped(CaptureDrop::WriterStopped);
             }
         }
     }
@@ -838,10 +840,10 @@ fn write_loop(
                 metrics.capture_records.inc();
             }
             Some(Err(err)) => {
-                metrics.capture_dropped("write_failed");
+                metrics.capture_dropped(CaptureDrop::WriteFailed);
                 state.fail(&err);
             }
-            None => metrics.capture_dropped("unavailable"),
+            None => metrics.capture_dropped(CaptureDrop::Unavailable),
         }
     }
     if let Some(Err(err)) = state.writer.as_mut().map(CaptureWriter::sync) {

@@ -2,12 +2,12 @@
 //! v1, v2 or v3 HTTP API, retries that never drop data, and a dead-letter
 //! file for what the server refuses.
 //!
-//! * [`config`] — `[influx]`, secrets from env/file.
+//! * [`crate::config::influx`] — `[influx]`, secrets from env/file.
 //! * [`line_protocol`] — the encoder (escaping, types, precision).
 //! * [`writer`] — batching, bounded in-flight batches, retry/split/isolate,
 //!   settlement events ([`writer::DeliveryHook`]).
 //! * [`transport`] — the HTTP request (reqwest) and `Retry-After`.
-//! * [`dead_letter`] — `<data_dir>/dead-letter/influx.jsonl`, rotated.
+//! * [`crate::sink::dead_letter`] — `<data_dir>/dead-letter/influx.jsonl`, rotated.
 //!
 //! [`InfluxSink::start`] wires them: in memory, the pipelines' points go
 //! through a bounded channel (backpressure when InfluxDB is slow or away) to

@@ -4,7 +4,7 @@
 
 use tokio::sync::mpsc;
 
-use crate::metrics::serial::SerialMetrics;
+use crate::metrics::serial::{DownlinkDrop, SerialMetrics};
 use crate::model::{DownlinkCommand, Qos};
 use crate::ratelimit::RateLimiter;
 
@@ -39,7 +39,7 @@ pub(super) fn route_command(
             continue;
         }
         if retain && !route.accept_retained {
-            route.metrics.downlink_dropped("retained");
+            route.metrics.downlink_dropped(DownlinkDrop::Retained);
             if let Some(suppressed) = warnings.check() {
                 tracing::warn!(pipeline = %route.pipeline, topic, suppressed,
                     "retained downlink command ignored (set downlink.accept_retained to take them)");
@@ -53,14 +53,16 @@ pub(super) fn route_command(
         match route.commands.try_send(command) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                route.metrics.downlink_dropped("command_queue_full");
+                route
+                    .metrics
+                    .downlink_dropped(DownlinkDrop::CommandQueueFull);
                 if let Some(suppressed) = warnings.check() {
                     tracing::warn!(pipeline = %route.pipeline, topic, suppressed,
                         "downlink command dropped: the transform's command queue is full");
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                route.metrics.downlink_dropped("shutdown");
+                route.metrics.downlink_dropped(DownlinkDrop::Shutdown);
             }
         }
     }

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::metrics::serial::SerialMetrics;
+use crate::metrics::serial::{DownlinkDrop, SerialMetrics};
 
 /// One queued command.
 #[derive(Debug)]
@@ -66,11 +66,11 @@ impl DownlinkSender {
         };
         self.tx.try_send(command).map_err(|err| match err {
             mpsc::error::TrySendError::Full(_) => {
-                self.metrics.downlink_dropped("queue_full");
+                self.metrics.downlink_dropped(DownlinkDrop::QueueFull);
                 DownlinkError::QueueFull(self.pipeline.clone())
             }
             mpsc::error::TrySendError::Closed(_) => {
-                self.metrics.downlink_dropped("port_stopped");
+                self.metrics.downlink_dropped(DownlinkDrop::PortStopped);
                 DownlinkError::Stopped(self.pipeline.clone())
             }
         })
@@ -83,7 +83,7 @@ impl DownlinkSender {
             queued_at: Instant::now(),
         };
         self.tx.send(command).await.map_err(|_| {
-            self.metrics.downlink_dropped("port_stopped");
+            self.metrics.downlink_dropped(DownlinkDrop::PortStopped);
             DownlinkError::Stopped(self.pipeline.clone())
         })
     }
@@ -116,7 +116,7 @@ pub(crate) fn channel(
 pub(crate) fn drain_dropped(
     rx: &mut mpsc::Receiver<Command>,
     metrics: &SerialMetrics,
-    reason: &str,
+    reason: DownlinkDrop,
 ) {
     rx.close();
     while rx.try_recv().is_ok() {

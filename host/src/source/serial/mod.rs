@@ -52,14 +52,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::{PipelineConfig, SerialConfig, SerialParity};
-use crate::metrics::serial::SerialMetrics;
-use crate::metrics::{Metrics, PipelineMetrics};
+use crate::metrics::serial::{DownlinkDrop, SerialMetrics};
+use crate::metrics::{FrameDrop, Metrics, PipelineMetrics};
 use crate::model::{Frame, now_ns};
 use crate::ratelimit::RateLimiter;
 use crate::source::ReadAhead;
 use crate::source::capture::CaptureHandle;
 use crate::ticket::{FrameTicket, FrameTickets};
-use sluice_framing::{Framer, FramerEvent};
+use sluice_framing::{Framer, FramerEvent, FramingDrop};
 
 pub use downlink::{DownlinkError, DownlinkSender};
 pub use open::OpenError;
@@ -300,7 +300,7 @@ impl PortTask {
             }
         }
         self.serial.port_open.set(0);
-        downlink::drain_dropped(&mut self.commands, &self.serial, "shutdown");
+        downlink::drain_dropped(&mut self.commands, &self.serial, DownlinkDrop::Shutdown);
         if let Some(capture) = self.capture.take() {
             capture.close().await;
         }
@@ -330,7 +330,7 @@ impl PortTask {
                     }
                     Ok(None) => break,
                     Err(err) => {
-                        self.metrics.frame_dropped("framing_error");
+                        self.metrics.frame_dropped(FrameDrop::FramerError);
                         tracing::warn!(pipeline = &*self.pipeline, error = %err, bytes = buf.len(),
                             "framer error; buffered bytes dropped");
                         buf.clear();
@@ -340,7 +340,8 @@ impl PortTask {
                 }
             }
             if buf.len() > hard_cap {
-                self.metrics.frame_dropped("frame_oversized");
+                self.metrics
+                    .frame_dropped(FrameDrop::Framing(FramingDrop::Oversized));
                 buf.clear();
                 framer = self.build_framer();
             }
@@ -401,22 +402,24 @@ impl PortTask {
                         _ => false,
                     };
                     if !sent {
-                        self.metrics.frame_dropped("pipeline_stopped");
+                        self.metrics.frame_dropped(FrameDrop::PipelineStopped);
                     }
                 }
                 Ok(Some(FramerEvent::Dropped { reason, .. })) => {
-                    self.metrics.frame_dropped(reason.reason());
+                    self.metrics.frame_dropped(FrameDrop::Framing(reason));
                 }
                 Ok(None) => break,
                 Err(_) => {
-                    self.metrics.frame_dropped("frame_truncated");
+                    self.metrics
+                        .frame_dropped(FrameDrop::Framing(FramingDrop::Truncated));
                     break;
                 }
             }
         }
         if !buf.is_empty() {
             // Only a misbehaving framer leaves bytes behind.
-            self.metrics.frame_dropped("frame_truncated");
+            self.metrics
+                .frame_dropped(FrameDrop::Framing(FramingDrop::Truncated));
             buf.clear();
         }
     }
@@ -462,7 +465,7 @@ impl PortTask {
                 self.deliver(frame, stream, framer).await
             }
             FramerEvent::Dropped { reason, bytes } => {
-                self.metrics.frame_dropped(reason.reason());
+                self.metrics.frame_dropped(FrameDrop::Framing(reason));
                 tracing::debug!(
                     pipeline = &*self.pipeline,
                     reason = reason.reason(),
@@ -495,7 +498,7 @@ impl PortTask {
                             Ok(())
                         }
                         Err(_) => {
-                            self.metrics.frame_dropped("pipeline_stopped");
+                            self.metrics.frame_dropped(FrameDrop::PipelineStopped);
                             Err(SessionEnd::PipelineClosed)
                         }
                     };
@@ -521,12 +524,15 @@ impl PortTask {
         let max_age = self.config.downlink_max_age_ms;
         let age = command.queued_at.elapsed();
         if max_age > 0 && age > Duration::from_millis(max_age) {
-            self.downlink_problem("expired", &format!("queued {} ms ago", age.as_millis()));
+            self.downlink_problem(
+                DownlinkDrop::Expired,
+                &format!("queued {} ms ago", age.as_millis()),
+            );
             return Ok(());
         }
         let mut wire = BytesMut::with_capacity(command.payload.len() + 16);
         if let Err(err) = framer.encode(&command.payload, &mut wire) {
-            self.downlink_problem("encode_failed", &err.to_string());
+            self.downlink_problem(DownlinkDrop::EncodeFailed, &err.to_string());
             return Ok(());
         }
         let timeout = Duration::from_millis(self.config.write_timeout_ms.get());
@@ -549,12 +555,12 @@ impl PortTask {
                 Ok(())
             }
             Ok(Err(err)) => {
-                self.downlink_problem("write_failed", &err.to_string());
+                self.downlink_problem(DownlinkDrop::WriteFailed, &err.to_string());
                 Err(SessionEnd::Lost(format!("write failed: {err}")))
             }
             Err(_elapsed) => {
                 self.downlink_problem(
-                    "write_timeout",
+                    DownlinkDrop::WriteTimeout,
                     &format!(
                         "not written within {} ms (flow control? device not reading?)",
                         timeout.as_millis()
@@ -570,12 +576,12 @@ impl PortTask {
         self.commands_open && Instant::now() >= self.next_write
     }
 
-    fn downlink_problem(&mut self, reason: &str, detail: &str) {
+    fn downlink_problem(&mut self, reason: DownlinkDrop, detail: &str) {
         self.serial.downlink_dropped(reason);
         if let Some(suppressed) = self.warn_limit.check() {
             tracing::warn!(
                 pipeline = &*self.pipeline,
-                reason,
+                reason = reason.as_str(),
                 suppressed,
                 "downlink command not written: {detail}"
             );
