@@ -1166,7 +1166,7 @@ pub fn tables(results: &Results) -> String {
         }
     }
 
-    let _ = writeln!(md, "\n## Targets (issue #9)\n");
+    let _ = writeln!(md, "\n## Targets\n");
     let _ = writeln!(md, "| target | measured | verdict |");
     let _ = writeln!(md, "|---|---|---|");
     for t in targets(results) {

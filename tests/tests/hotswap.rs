@@ -1,4 +1,4 @@
-//! Transform hot swap on a running host (issue #7), with real things only:
+//! Transform hot swap on a running host, with real things only:
 //! a pty fed at a steady rate, `sluice run` as its own process, real Wasm
 //! components (`tests/guests/tagger-*`, which tag every frame's message
 //! with their version), mosquitto and `mosquitto_sub`, the admin API over

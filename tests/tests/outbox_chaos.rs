@@ -1,4 +1,4 @@
-//! Chaos tests of the durable outboxes (issue #6), all against the real
+//! Chaos tests of the durable log, all against the real
 //! thing: `sluice run` as a separate process with a `data_dir`, a pty fed at
 //! a steady rate with numbered frames `{"seq":N}` (each becomes one MQTT
 //! message `iiot/stats/seq` and one InfluxDB point `gateway_stats.seq`), a
@@ -45,8 +45,8 @@ const COMMIT_WINDOW: Duration = Duration::from_secs(2);
 /// Frames per second of the steady feed.
 const RATE: u32 = 200;
 
-/// Each outage of [`broker_and_influx_outages_while_the_feed_runs`], as
-/// long as issue #6 asks. With the default backoff (MQTT 200 ms doubling to
+/// Each outage of [`broker_and_influx_outages_while_the_feed_runs`]: long
+/// enough for a real outage's backoff. With the default backoff (MQTT 200 ms doubling to
 /// 30 s, InfluxDB 100 ms doubling to 30 s) it takes the reconnect loop
 /// through seven or eight doublings, so the sinks come back on a long,
 /// jittered backoff as after a real outage (up to ~26 s after the restart,

@@ -124,7 +124,7 @@ fn influx_outage_and_kill_9_lose_no_point_and_do_not_stall_mqtt() {
     );
 }
 
-/// Live first, backlog paced (issue #6, item 4): InfluxDB away for 10 s
+/// Live first, backlog paced: InfluxDB away for 10 s
 /// while frames arrive at 200/s, so 2,000 points pile up; the writer holds
 /// one window (`batch_lines × (max_batches_in_flight + 1)` = 200 points) and
 /// the rest waits in the outbox. After InfluxDB is back, points of frames
