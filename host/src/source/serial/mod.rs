@@ -42,7 +42,7 @@ use std::os::fd::{AsRawFd as _, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut as _, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -350,10 +350,12 @@ impl PortTask {
             }
             let idle_at = gap.zip(last_read).map(|(gap, at)| at + gap);
             let tickets = self.tickets.clone();
+            // One read takes at most READ_CHUNK (what a crash can lose).
+            let mut chunk = (&mut buf).limit(READ_CHUNK);
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break SessionEnd::Shutdown,
-                read = stream.read_buf(&mut buf), if self.may_read() => match read {
+                read = stream.read_buf(&mut chunk), if self.may_read() => match read {
                     Ok(0) => break SessionEnd::Lost("end of stream (the device hung up)".into()),
                     Ok(n) => {
                         self.serial.bytes_received.inc_by(n as u64);
