@@ -24,11 +24,15 @@ use crate::ticket::FrameTicket;
 pub struct Routes {
     /// See [`crate::app::RunOptions::tap`].
     pub tap: Option<mpsc::Sender<Emission>>,
+    /// The MQTT sink (`[mqtt]`).
     pub mqtt: Option<Arc<MqttSink>>,
+    /// The InfluxDB writer's input (`[influx]`).
     pub points: Option<InfluxInput>,
-    /// The durable log, and the queue of each sink that keeps data on disk.
+    /// The durable log (with a `data_dir` and a durable sink).
     pub log: Option<Arc<DurableLog>>,
+    /// The MQTT sink's queue in the log, if it keeps data on disk.
     pub mqtt_queue: Option<usize>,
+    /// The InfluxDB sink's queue in the log, if it keeps data on disk.
     pub influx_queue: Option<usize>,
 }
 
