@@ -397,10 +397,28 @@ pub struct Subscriber {
 /// once the subscription is active.
 pub fn mosquitto_sub(port: u16, topic: &str, extra: &[&str]) -> Subscriber {
     use std::io::BufRead as _;
-    let mut child = Command::new(program("mosquitto_sub"))
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    // A topic of its own, to see that the subscription is in place: a
+    // message published before the broker took the SUBSCRIBE never arrives,
+    // and on a loaded machine that can take seconds. `--retained-only`
+    // would exit on the probe, so those subscribers only wait a moment.
+    let probe = (!extra.contains(&"--retained-only")).then(|| {
+        format!(
+            "sluice-test/probe/{}/{}",
+            std::process::id(),
+            PROBES.fetch_add(1, Ordering::SeqCst)
+        )
+    });
+    let mut command = Command::new(program("mosquitto_sub"));
+    command
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5"])
         .args(["-q", "1", "--retain-as-published", "-t", topic])
-        .args(["-F", "%r %q %t %p"])
+        .args(["-F", "%r %q %t %p"]);
+    if let Some(probe) = &probe {
+        command.args(["-t", probe]);
+    }
+    let mut child = command
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -409,16 +427,37 @@ pub fn mosquitto_sub(port: u16, topic: &str, extra: &[&str]) -> Subscriber {
     let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let stdout = child.stdout.take().expect("piped stdout");
     let sink = received.clone();
+    let (probed_tx, probed) = std::sync::mpsc::channel();
+    let probe_topic = probe.clone();
     let reader = std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if let Some(message) = parse_received(&line) {
-                sink.lock().expect("not poisoned").push(message);
+                if probe_topic.as_deref() == Some(message.topic.as_str()) {
+                    let _ = probed_tx.send(());
+                } else {
+                    sink.lock().expect("not poisoned").push(message);
+                }
             }
         }
     });
-    // mosquitto_sub has no "subscribed" signal; give it time to SUBSCRIBE.
-    std::thread::sleep(Duration::from_millis(300));
+    match &probe {
+        Some(probe) => {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                let _ = Command::new(program("mosquitto_pub"))
+                    .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                    .args(["-q", "1", "-t", probe, "-m", "probe"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+                if probed.recv_timeout(Duration::from_millis(200)).is_ok() {
+                    break;
+                }
+            }
+        }
+        None => std::thread::sleep(Duration::from_millis(300)),
+    }
     Subscriber {
         child,
         received,

@@ -236,6 +236,21 @@ impl Link {
     pub fn plug(&self, pty: &Pty) {
         sluice::sim::point_symlink(&self.path, &pty.path).expect("point symlink");
     }
+
+    /// Removes the link, as udev does when the device goes. Call it before
+    /// dropping the pty: a link left pointing at `/dev/pts/N` would lead
+    /// to whatever pty a test running in parallel opens next under that
+    /// number.
+    pub fn unplug(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Points the link at a path in its own directory that does not exist
+    /// (a symlink to nowhere no other test can fill).
+    pub fn dangle(&self) {
+        let nowhere = self.path.with_file_name("gone");
+        sluice::sim::point_symlink(&self.path, &nowhere).expect("point symlink");
+    }
 }
 
 impl Default for Link {

@@ -41,6 +41,7 @@ fn delivery_resumes_after_each_replug_through_the_symlink() {
         assert_eq!(got, want, "round {round}");
         // Unplug: the device and its node go away…
         assert!(wait_drained(&pty, WAIT));
+        link.unplug();
         drop(pty);
         assert!(
             eventually(WAIT, || !port.is_open()),
@@ -76,9 +77,7 @@ fn a_port_absent_at_start_up_is_read_once_it_appears() {
 #[test]
 fn a_symlink_to_nowhere_is_missing_until_the_device_is_back() {
     let link = Link::new();
-    let pty = Pty::open().expect("openpty");
-    link.plug(&pty);
-    drop(pty); // the symlink now dangles
+    link.dangle();
     let mut port = harness(&link);
     assert!(eventually(WAIT, || port.serial().open_failures("missing") >= 1));
     let mut pty = Pty::open().expect("openpty");
@@ -138,6 +137,7 @@ fn binary_resumes_publishing_after_replug() {
         assert_eq!(got.len(), seq as usize, "round {round}:\n{}", sluice.log());
         if round < 3 {
             assert!(wait_drained(&pty, WAIT));
+            link.unplug();
             drop(pty);
             std::thread::sleep(Duration::from_millis(300)); // unplugged for a while
             pty = Pty::open().expect("openpty");
