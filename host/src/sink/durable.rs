@@ -583,8 +583,6 @@ impl Log {
     }
 }
 
-/// The writer thread's loop. It holds the log only while it works on a
-/// batch, so dropping every handle ends it.
 /// Frames taken by the writer and not committed yet.
 #[derive(Default)]
 struct Batch {
@@ -602,6 +600,8 @@ impl Batch {
     }
 }
 
+/// The writer thread's loop. It holds the log only while it works on a
+/// batch, so dropping every handle ends it.
 async fn run(
     log: Weak<Log>,
     mut frames: mpsc::Receiver<(FrameRecords, FrameTicket)>,
