@@ -310,6 +310,9 @@ impl PortTask {
     /// pipeline is gone.
     async fn session(&mut self, mut stream: SerialStream) -> SessionEnd {
         let mut framer = self.build_framer();
+        // The same count `frame` issues from; a handle of its own so the
+        // select below can wait on it while other arms borrow `self`.
+        let tickets = self.tickets.clone();
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut lines = LineWatch::start(stream.as_raw_fd(), &self.pipeline);
         let mut tick = tokio::time::interval_at(Instant::now() + LINE_POLL, LINE_POLL);
@@ -349,7 +352,6 @@ impl PortTask {
                 buf.reserve(READ_CHUNK);
             }
             let idle_at = gap.zip(last_read).map(|(gap, at)| at + gap);
-            let tickets = self.tickets.clone();
             // One read takes at most READ_CHUNK (what a crash can lose).
             let mut chunk = (&mut buf).limit(READ_CHUNK);
             tokio::select! {
