@@ -55,6 +55,18 @@ transform = {{ module = "{}" }}
     path
 }
 
+/// `sluice run --config PATH`, once it runs. Not `run_config`: under qemu,
+/// compiling the transform takes longer than its 30 s.
+fn run_slowly(path: &std::path::Path) -> SluiceProcess {
+    let sluice = SluiceProcess::spawn(&["run", "--config", path.to_str().expect("utf-8")], &[]);
+    assert!(
+        sluice.wait_for_log("sluice running", Duration::from_secs(180)),
+        "{}",
+        sluice.log()
+    );
+    sluice
+}
+
 #[test]
 fn a_thousand_frames_arrive_and_the_admin_api_answers() {
     let broker = Mosquitto::start();
@@ -68,14 +80,7 @@ fn a_thousand_frames_arrive_and_the_admin_api_answers() {
         &pty.path.display().to_string(),
     );
     let subscriber = mosquitto_sub(broker.port, "iiot/stats/seq", &["-q", "1"]);
-    // Not `run_config`: under qemu, compiling the transform takes longer
-    // than its 30 s.
-    let mut sluice = SluiceProcess::spawn(&["run", "--config", path.to_str().expect("utf-8")], &[]);
-    assert!(
-        sluice.wait_for_log("sluice running", Duration::from_secs(180)),
-        "{}",
-        sluice.log()
-    );
+    let mut sluice = run_slowly(&path);
     // The port opens (or the reason it does not is in the log at once).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !sluice.log().contains("serial port open")
@@ -129,12 +134,7 @@ fn without_a_serial_port_replayed_frames_arrive_and_the_admin_api_answers() {
     writer.sync().expect("sync");
     let subscriber = mosquitto_sub(broker.port, "iiot/stats/seq", &["-q", "1"]);
 
-    let mut sluice = SluiceProcess::spawn(&["run", "--config", path.to_str().expect("utf-8")], &[]);
-    assert!(
-        sluice.wait_for_log("sluice running", Duration::from_secs(180)),
-        "{}",
-        sluice.log()
-    );
+    let mut sluice = run_slowly(&path);
     let replay = std::process::Command::new(sluice_tests::sluice_bin())
         .args(["replay", "--config", path.to_str().expect("utf-8")])
         .arg(&capture)
