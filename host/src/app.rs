@@ -244,7 +244,8 @@ pub struct RunOptions {
     pub source: Source,
     /// Gets a copy of every frame's outputs (the demo's points file and
     /// `--json`, `replay --stdout`), before the sinks. Outputs for which no
-    /// sink is configured are the tap's: they are not counted as dropped.
+    /// sink is configured are the tap's: they are not counted as dropped
+    /// while the tap takes them (once its receiver is gone, they are).
     /// Waits while the tap is full, like a sink.
     pub tap: Option<mpsc::Sender<Emission>>,
     /// Told once the host runs: its metrics and the addresses it listens on.

@@ -49,16 +49,21 @@ pub async fn route(mut emissions: mpsc::Receiver<Emission>, routes: Routes, metr
         durable_queue(routes.mqtt_queue),
         durable_queue(routes.influx_queue),
     );
-    let tapped = routes.tap.is_some();
+    let mut tap = routes.tap.clone();
     while let Some(emission) = emissions.recv().await {
-        if let Some(tap) = &routes.tap {
+        if let Some(sender) = &tap {
             let copy = Emission {
                 messages: emission.messages.clone(),
                 points: emission.points.clone(),
                 ticket: FrameTicket::none(),
             };
-            let _ = tap.send(copy).await;
+            if sender.send(copy).await.is_err() {
+                // Its reader is gone (e.g. `replay --stdout | head`): from
+                // this frame on, outputs without a sink are counted.
+                tap = None;
+            }
         }
+        let tapped = tap.is_some();
         let mut frame = FrameRecords::new();
         // Records of the frame for each sink, for the count if it is refused.
         let (mut to_mqtt, mut to_influx) = (0, 0);

@@ -332,6 +332,40 @@ fn replay_at_recorded_speed_keeps_the_pace_and_reports_a_torn_tail() {
     assert_eq!(stdout.matches("\"iiot/stats/seq\"").count(), 3, "{stdout}");
 }
 
+/// `replay --stdout | head`: once nobody reads the output any more, what
+/// the transform still emits is counted as dropped (no sink takes it), not
+/// lost without a trace.
+#[test]
+fn replay_to_a_closed_stdout_counts_what_it_could_not_print() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_file(dir.path(), None);
+    let cap = dir.path().join("gw.cap");
+    let line = r#"{"seq":1,"n1":{"t":27.6,"h":54.1,"bat":3.71},"sig":{"rssi":-39,"snr":9.5},"stats":{"rx":1201,"crc_err":3}}"#;
+    // Several MiB of output: more than a pipe holds.
+    write_capture(&cap, "gw", T0, &vec![line; 5000]);
+    let mut child = Command::new(sluice_bin())
+        .args(["replay", "--stdout", "--config"])
+        .arg(&config)
+        .arg(&cap)
+        .env("SLUICE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sluice replay");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut first)
+        .expect("one line");
+    assert!(first.contains("\"kind\""), "{first}");
+    // The reader is gone (stdout closed), as after `| head -1`.
+    let out = child.wait_with_output().expect("replay ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("replayed 5000 frames"), "{stderr}");
+    assert!(stderr.contains("\"no_mqtt_sink_configured\""), "{stderr}");
+    assert!(stderr.contains("\"no_influx_sink_configured\""), "{stderr}");
+}
+
 #[test]
 fn replay_refuses_a_capture_of_an_unknown_pipeline() {
     let dir = tempfile::tempdir().expect("tempdir");
