@@ -111,8 +111,11 @@ pub fn start_pipelines(
         metrics,
         emissions,
         stop,
-        &Source::Serial,
-        CommandQueues::new(),
+        Inputs {
+            source: &Source::Serial,
+            commands: CommandQueues::new(),
+            read_ahead: ReadAhead::Queues,
+        },
     )
 }
 
@@ -143,19 +146,32 @@ pub fn command_routes(config: &Config, metrics: &Metrics) -> (Vec<CommandRoute>,
     (routes, queues)
 }
 
-/// [`start_pipelines`] with the frames coming from `source` (serial ports,
-/// or capture files for `sluice replay`) and downlink commands from
-/// `commands` (see [`command_routes`]). Required serial ports are opened
-/// before anything starts reading.
+/// Where pipelines get their frames and commands from.
+pub struct Inputs<'a> {
+    /// Serial ports, or capture files for `sluice replay`.
+    pub source: &'a Source,
+    /// Downlink commands (see [`command_routes`]).
+    pub commands: CommandQueues,
+    /// How far ports read ahead: with a durable log, what was read is safe
+    /// only once committed.
+    pub read_ahead: ReadAhead,
+}
+
+/// [`start_pipelines`] with other [`Inputs`]. Required serial ports are
+/// opened before anything starts reading.
 pub fn start_pipelines_from(
     config: &Config,
     runtime: &Runtime,
     metrics: &Metrics,
     emissions: mpsc::Sender<Emission>,
     stop: CancellationToken,
-    source: &Source,
-    mut commands: CommandQueues,
+    inputs: Inputs<'_>,
 ) -> anyhow::Result<Pipelines> {
+    let Inputs {
+        source,
+        mut commands,
+        read_ahead,
+    } = inputs;
     let mut instances = Vec::new();
     let mut transforms = Vec::new();
     for pipeline in &config.pipelines {
@@ -177,12 +193,6 @@ pub fn start_pipelines_from(
         instances.push((instance, source.prepare(pipeline, metrics)?));
     }
 
-    // With a durable log, what was read is safe only once committed.
-    let read_ahead = if config.durable_sinks().is_empty() {
-        ReadAhead::Queues
-    } else {
-        ReadAhead::UntilSettled
-    };
     let mut ports = Vec::new();
     let mut workers = Vec::new();
     let mut downlinks = BTreeMap::new();
@@ -196,7 +206,7 @@ pub fn start_pipelines_from(
             pipeline: name.clone(),
             max_payload: config.max_payload_bytes(),
         };
-        let started = prepared.spawn(frame_tx, stop.clone(), read_ahead);
+        let started = prepared.spawn(frame_tx, stop.clone(), read_ahead.clone());
         ports.push(started.task);
         let worker_downlink = commands
             .remove(&pipeline.name)
@@ -323,6 +333,10 @@ async fn run_inner(
         }
         _ => None,
     };
+    let read_ahead = match &log {
+        Some(log) => ReadAhead::UntilSettled(log.in_flight()),
+        None => ReadAhead::Queues,
+    };
     let queue_index = |sink: Sink| durable_sinks.iter().position(|(name, _)| *name == sink);
     // Each durable outbox, for `GET /ready`.
     let mut outboxes: Vec<(&'static str, std::sync::Weak<DurableQueue>)> = Vec::new();
@@ -376,8 +390,11 @@ async fn run_inner(
         &metrics,
         emit_tx,
         shutdown.clone(),
-        &source,
-        commands,
+        Inputs {
+            source: &source,
+            commands,
+            read_ahead,
+        },
     )?;
     let admin = match source {
         // A replay runs beside the live host, which serves the admin API.

@@ -119,6 +119,9 @@ pub async fn route(mut emissions: mpsc::Receiver<Emission>, routes: Routes, metr
                 metrics.sink_dropped_by(Sink::Mqtt, SinkDrop::OutboxClosed, to_mqtt);
                 metrics.sink_dropped_by(Sink::Influx, SinkDrop::OutboxClosed, to_influx);
             }
+        } else {
+            // Nothing for the log: the writer need not wait for it.
+            emission.ticket.land();
         }
     }
 }

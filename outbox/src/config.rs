@@ -49,6 +49,19 @@ pub struct OutboxConfig {
     /// Default 1000.
     #[serde(default = "default_fsync_interval")]
     pub fsync_interval_ms: NonZeroU64,
+    /// Read by the host's log writer, not here: how long a commit waits for
+    /// more frames to share it (less CPU per frame, more latency). With 0 it
+    /// waits only for frames already on their way from the ports. At most
+    /// [`MAX_COMMIT_LINGER_MS`]; default 1.
+    #[serde(default = "default_commit_linger")]
+    pub commit_linger_ms: u64,
+}
+
+/// The longest `commit_linger_ms`.
+pub const MAX_COMMIT_LINGER_MS: u64 = 100;
+
+fn default_commit_linger() -> u64 {
+    1
 }
 
 fn default_max_bytes() -> NonZeroU64 {
@@ -67,6 +80,7 @@ impl Default for OutboxConfig {
             when_full: QueueFullPolicy::Block,
             fsync: FsyncPolicy::Always,
             fsync_interval_ms: default_fsync_interval(),
+            commit_linger_ms: default_commit_linger(),
         }
     }
 }

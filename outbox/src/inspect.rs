@@ -18,6 +18,10 @@ pub struct InspectReport {
     pub seq_range: Option<(u64, u64)>,
     /// The next sequence number.
     pub next_seq: u64,
+    /// Of `items`, those still only in the journal (a host that crashed
+    /// appended them after its last checkpoint; its next start restores
+    /// them).
+    pub from_journal: u64,
     /// Size of the file.
     pub file_bytes: u64,
 }
@@ -126,6 +130,7 @@ pub(crate) fn inspect_db(
                     oldest_enqueued_ms: None,
                     seq_range: None,
                     next_seq: meta.next_seq,
+                    from_journal: 0,
                     file_bytes,
                 });
                 continue;
@@ -147,8 +152,30 @@ pub(crate) fn inspect_db(
             oldest_enqueued_ms,
             seq_range,
             next_seq: meta.next_seq,
+            from_journal: 0,
             file_bytes,
         });
+    }
+    let pending = journal::pending(path, &meta_table).map_err(|e| match e {
+        TxError::Outbox(e) => e,
+        TxError::Redb(e) => err(e),
+    })?;
+    for found in pending {
+        let Some(report) = reports
+            .iter_mut()
+            .find(|r| queue_keys(&r.queue).0 == found.items_table)
+        else {
+            continue;
+        };
+        report.items += 1;
+        report.from_journal += 1;
+        report.bytes += cost(found.record.len());
+        report.oldest_enqueued_ms = report.oldest_enqueued_ms.or(Some(found.enqueued_ms));
+        report.seq_range = Some(match report.seq_range {
+            Some((first, _)) => (first, found.seq),
+            None => (found.seq, found.seq),
+        });
+        report.next_seq = found.seq + 1;
     }
     Ok(reports)
 }
@@ -162,8 +189,10 @@ pub struct VerifyReport {
     pub closed_cleanly: bool,
     /// redb's integrity check found a problem and repaired it.
     pub repaired: bool,
-    /// Items read.
+    /// Items read (those in the journal included).
     pub items: u64,
+    /// Of `items`, those still only in the journal (see [`InspectReport`]).
+    pub from_journal: u64,
     /// Their bytes, as counted against `max_bytes`.
     pub bytes: u64,
     /// Problems found (undecodable records, wrong bookkeeping), at most 20
@@ -296,6 +325,19 @@ pub fn verify(
                         meta.next_seq
                     ),
                 );
+            }
+        }
+        let pending = journal::pending(path, &meta_table).map_err(|e| match e {
+            TxError::Outbox(e) => e,
+            TxError::Redb(e) => err(e),
+        })?;
+        for found in pending {
+            report.items += 1;
+            report.from_journal += 1;
+            report.bytes += cost(found.record.len());
+            if let Err(why) = decode(&found.record) {
+                let text = format!("journal: {} item {}: {why}", found.items_table, found.seq);
+                problem(&mut report, text);
             }
         }
         Ok(report)

@@ -73,7 +73,21 @@ pub(crate) fn open_store(
         .map(|(_, c)| c.interval())
         .min()
         .unwrap_or(Duration::from_secs(1));
-    let mut writer = Writer::default();
+    let replayed: u64 = opened.queues.iter().map(|q| q.replayed).sum();
+    if replayed > 0 {
+        tracing::info!(outbox = %name, items = replayed,
+            "appends made durable by the journal since the last checkpoint were restored");
+    }
+    let mut writer = Writer {
+        journal: match fsync {
+            FsyncPolicy::Always => Some(Journal::open(
+                &journal::journal_path(path),
+                opened.journal_generation,
+            )?),
+            FsyncPolicy::Interval => None,
+        },
+        ..Writer::default()
+    };
     let mut queue_list = Vec::with_capacity(queues.len());
     for (index, (((queue_name, config), (items_table, state_key)), found)) in
         queues.iter().zip(keys).zip(opened.queues).enumerate()
@@ -109,6 +123,7 @@ pub(crate) fn open_store(
                 quarantined: quarantined.clone(),
                 items: found.items,
                 bytes: found.meta.depth_bytes,
+                from_journal: found.replayed,
                 open_time,
             },
         }));
@@ -206,7 +221,7 @@ pub(crate) fn open_file_inner(
         .map_err(|e| classify_open_error(path, e.into()))?;
     let fail = |e: redb::Error| classify_open_error(path, e);
     let txn = db.begin_write().map_err(|e| fail(e.into()))?;
-    let (queues, repaired) = {
+    let (queues, repaired, journal_generation) = {
         let mut meta_table = txn.open_table(META).map_err(|e| fail(e.into()))?;
         let format = meta_table
             .get(META_FORMAT)
@@ -234,10 +249,27 @@ pub(crate) fn open_file_inner(
                 }
             }
         }
+        // Before the queues are read: the journal adds to them.
+        let (journal_generation, replayed) = if format.is_some() {
+            journal::replay(&txn, &mut meta_table, path).map_err(|e| match e {
+                TxError::Outbox(OutboxError::Corrupt { detail, .. }) => {
+                    OpenFailure::Corrupt(detail)
+                }
+                TxError::Outbox(err) => OpenFailure::Fatal(err),
+                TxError::Redb(err) => fail(err),
+            })?
+        } else {
+            (1, Vec::new())
+        };
+        if format.is_none() {
+            meta_table
+                .insert(journal::META_JOURNAL_GEN, 1u64.to_le_bytes().as_slice())
+                .map_err(|e| fail(e.into()))?;
+        }
         let mut queues = Vec::with_capacity(keys.len());
-        for (items_table, state_key) in keys {
+        for (table_name, state_key) in keys {
             let items_table = txn
-                .open_table(TableDefinition::<u64, &[u8]>::new(items_table))
+                .open_table(TableDefinition::<u64, &[u8]>::new(table_name))
                 .map_err(|e| fail(e.into()))?;
             let items = items_table.len().map_err(|e| fail(e.into()))?;
             let stored = meta_table
@@ -293,6 +325,10 @@ pub(crate) fn open_file_inner(
                 meta,
                 items,
                 oldest_ms,
+                replayed: replayed
+                    .iter()
+                    .find(|(table, _)| table == table_name)
+                    .map_or(0, |(_, n)| *n),
             });
         }
         if format.is_none() {
@@ -303,13 +339,14 @@ pub(crate) fn open_file_inner(
         meta_table
             .insert(META_CLEAN, [0u8].as_slice())
             .map_err(|e| fail(e.into()))?;
-        (queues, repaired)
+        (queues, repaired, journal_generation)
     };
     txn.commit().map_err(|e| fail(e.into()))?;
     Ok(Opened {
         db,
         queues,
         repaired,
+        journal_generation,
     })
 }
 
@@ -329,6 +366,14 @@ pub(crate) fn quarantine(
     name.push(format!(".corrupt-{now_ms}"));
     let moved_to = path.with_file_name(name);
     std::fs::rename(path, &moved_to).map_err(|e| io_err("move a damaged file aside", e))?;
+    // The journal's entries belong to the damaged file's sequence numbers.
+    let journal = journal::journal_path(path);
+    if journal.exists() {
+        let mut name = journal.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".corrupt-{now_ms}"));
+        std::fs::rename(&journal, journal.with_file_name(name))
+            .map_err(|e| io_err("move a damaged file's journal aside", e))?;
+    }
     // Make the rename durable before a new file takes the name.
     sync_parent_dir(path)?;
     Ok(Quarantined {

@@ -46,7 +46,8 @@ impl Store {
 
     /// Runs `body` in a write transaction with every queue's [`Meta`] (by
     /// queue index), writes the metas back and commits. Returns the body's
-    /// value and the new metas.
+    /// value and the new metas. A durable commit is a checkpoint: it starts
+    /// the journal's next generation.
     pub(crate) fn write<R>(
         &self,
         w: &mut Writer,
@@ -55,12 +56,33 @@ impl Store {
         closing: bool,
         body: impl FnOnce(&redb::WriteTransaction, &mut [Meta]) -> Result<R, TxError>,
     ) -> Result<(R, Vec<Meta>), OutboxError> {
+        self.write_journaled(w, op, durable, closing, body, |_: &R| None)
+    }
+
+    /// [`write`](Self::write), and before the commit the journal entry
+    /// `entry` makes of the body's value, if any, is written and synced: the
+    /// commit is then durable through the journal (`durable` is false).
+    pub(crate) fn write_journaled<R>(
+        &self,
+        w: &mut Writer,
+        op: &'static str,
+        durable: bool,
+        closing: bool,
+        body: impl FnOnce(&redb::WriteTransaction, &mut [Meta]) -> Result<R, TxError>,
+        entry: impl FnOnce(&R) -> Option<Vec<u8>>,
+    ) -> Result<(R, Vec<Meta>), OutboxError> {
         self.ensure_open(w)?;
         let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
         let Some(db) = guard.as_ref() else {
             return Err(self.closed_error(op));
         };
-        let marks = &w.marks;
+        let Writer { marks, journal, .. } = &mut *w;
+        let next_generation = journal
+            .as_ref()
+            .filter(|_| durable)
+            .map(|j| j.generation() + 1);
+        let mut journaled = false;
+        let mut journal_failed = false;
         let result = (|| -> Result<(R, Vec<Meta>), TxError> {
             let mut txn = db.begin_write()?;
             txn.set_durability(if durable {
@@ -93,8 +115,22 @@ impl Store {
                 if closing {
                     meta_table.insert(META_CLEAN, [1u8].as_slice())?;
                 }
+                if let Some(generation) = next_generation {
+                    meta_table.insert(
+                        journal::META_JOURNAL_GEN,
+                        generation.to_le_bytes().as_slice(),
+                    )?;
+                }
                 (value, metas)
             };
+            if let (Some(journal), Some(body)) = (journal.as_mut(), entry(&value)) {
+                // Dropping the transaction on an error rolls it back.
+                journal.append(&body).map_err(|source| {
+                    journal_failed = true;
+                    TxError::Outbox(journal::io_error(&self.path, "append (journal)", source))
+                })?;
+                journaled = true;
+            }
             txn.commit()?;
             Ok((value, metas))
         })();
@@ -104,17 +140,30 @@ impl Store {
                 for (marks, meta) in w.marks.iter_mut().zip(&done.1) {
                     marks.seq_floor = meta.next_seq;
                 }
+                if let (Some(journal), Some(generation)) = (w.journal.as_mut(), next_generation) {
+                    journal.reset(generation);
+                }
                 if durable {
                     w.pending_since = None;
-                    for queue in &self.queues {
-                        lock(&queue.state).durable_commits += 1;
-                    }
                 } else {
                     w.pending_since.get_or_insert_with(Instant::now);
                 }
+                if durable || journaled {
+                    for queue in &self.queues {
+                        lock(&queue.state).durable_commits += 1;
+                    }
+                }
                 Ok(done)
             }
-            Err(TxError::Outbox(err)) => Err(err),
+            Err(TxError::Outbox(err)) => {
+                if journal_failed {
+                    // The transaction was rolled back and redb is fine.
+                    for queue in &self.queues {
+                        lock(&queue.state).write_errors += 1;
+                    }
+                }
+                Err(err)
+            }
             Err(TxError::Redb(err)) => {
                 // redb refuses further writes after a failed commit; reopen
                 // (which repairs) before the next operation.
@@ -160,6 +209,9 @@ impl Store {
         *slot = Some(opened.db);
         drop(slot);
         w.broken = false;
+        if let Some(journal) = w.journal.as_mut() {
+            journal.reset(opened.journal_generation);
+        }
         // Pending non-durable commits were lost or made durable by the
         // repair; either way nothing is pending now.
         w.pending_since = None;
@@ -244,24 +296,53 @@ impl Store {
                 })
                 .collect());
         }
+        let journal_parts = |first_seqs: &mut dyn Iterator<Item = u64>| -> Vec<JournalPart<'_>> {
+            parts
+                .iter()
+                .zip(first_seqs)
+                .filter(|((_, records, _), _)| !records.is_empty())
+                .map(|(&(index, records, _), first_seq)| JournalPart {
+                    items_table: &self.queues[index].items_table,
+                    first_seq,
+                    records,
+                })
+                .collect()
+        };
         let mut w = lock(&self.writer);
-        let durable = self.fsync == FsyncPolicy::Always || self.flush_due(&w);
+        // Through the journal unless a checkpoint is due anyway or the
+        // entry does not fit: then the commit itself is durable.
+        let body_len = journal::body_len(&journal_parts(&mut std::iter::repeat(0)));
+        let journaled = !self.flush_due(&w) && w.journal.as_ref().is_some_and(|j| j.fits(body_len));
+        let durable = !journaled && (self.fsync == FsyncPolicy::Always || self.flush_due(&w));
         let now = (self.clock)();
         let mut full_queue = None;
-        let result = self.write(&mut w, "append", durable, false, |txn, metas| {
-            let mut done = Vec::with_capacity(parts.len());
-            for &(index, records, acks) in &parts {
-                let queue = &self.queues[index];
-                let mut items = txn.open_table(queue.items())?;
-                let meta = &mut metas[index];
-                let part = queue.append_in(&mut items, meta, records, acks, now, &self.path);
-                if let Err(TxError::Outbox(OutboxError::Full { .. })) = &part {
-                    full_queue = Some(index);
+        let entry = |done: &Vec<PartDone>| {
+            journaled.then(|| {
+                let mut first_seqs = done.iter().map(|part| part.appended.seqs.start);
+                journal::encode(&journal_parts(&mut first_seqs), now)
+            })
+        };
+        let result = self.write_journaled(
+            &mut w,
+            "append",
+            durable,
+            false,
+            |txn, metas| {
+                let mut done = Vec::with_capacity(parts.len());
+                for &(index, records, acks) in &parts {
+                    let queue = &self.queues[index];
+                    let mut items = txn.open_table(queue.items())?;
+                    let meta = &mut metas[index];
+                    let part = queue.append_in(&mut items, meta, records, acks, now, &self.path);
+                    if let Err(TxError::Outbox(OutboxError::Full { .. })) = &part {
+                        full_queue = Some(index);
+                    }
+                    done.push(part?);
                 }
-                done.push(part?);
-            }
-            Ok(done)
-        });
+                Ok(done)
+            },
+            entry,
+        );
         match result {
             Ok((done, metas)) => {
                 let mut appended = Vec::with_capacity(done.len());

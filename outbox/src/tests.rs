@@ -134,7 +134,7 @@ fn a_second_open_is_refused_while_the_first_is_open() {
     assert!(matches!(err, OutboxError::InUse { .. }), "{err}");
     assert!(err.to_string().contains("x.redb"), "{err}");
     // Nothing was moved aside.
-    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
+    assert_eq!(file_names(dir.path()), ["x.journal", "x.redb"]);
     drop(first);
 }
 
@@ -505,7 +505,16 @@ fn a_newer_format_is_refused_and_left_alone() {
         matches!(err, OutboxError::UnsupportedFormat { found: 2, .. }),
         "{err}"
     );
-    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
+    assert_eq!(file_names(dir.path()), ["x.journal", "x.redb"]);
+}
+
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 // ---- property test against a model ---------------------------------------
@@ -1027,20 +1036,21 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A 1 MiB tmpfs on a fresh directory, a quarter of it taken by a ballast
-/// file (removing it makes room again); `None` where mounting is not
-/// allowed (not root).
+/// A 4 MiB tmpfs on a fresh directory, half of it taken by a ballast file
+/// (removing it makes room again: more than the journal can hold, which is
+/// what a recovery may need); `None` where mounting is not allowed (not
+/// root).
 fn small_disk() -> Option<(tempfile::TempDir, Tmpfs, PathBuf)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
         .arg(dir.path())
         .output();
     match mounted {
         Ok(out) if out.status.success() => {}
         Ok(out) => {
             eprintln!(
-                "skipped: cannot mount a 1 MiB tmpfs (needs root): {}",
+                "skipped: cannot mount a 4 MiB tmpfs (needs root): {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
             return None;
@@ -1052,7 +1062,7 @@ fn small_disk() -> Option<(tempfile::TempDir, Tmpfs, PathBuf)> {
     }
     let tmpfs = Tmpfs(dir.path().to_owned());
     let ballast = dir.path().join("ballast");
-    std::fs::write(&ballast, vec![0u8; 256 << 10]).expect("ballast");
+    std::fs::write(&ballast, vec![0u8; 2 << 20]).expect("ballast");
     Some((dir, tmpfs, ballast))
 }
 
@@ -1381,4 +1391,128 @@ fn absorb_goes_on_where_a_crash_stopped_it() {
         .map(|i| index_of(&i.record).expect("intact"))
         .collect();
     assert_eq!(indexes, [4, 5]);
+}
+
+/// Set in the child of `a_group_survives_sigkill_with_whole_transactions`:
+/// `<db path>|<log path>|<first index>`.
+const GROUP_CHILD_ENV: &str = "SLUICE_OUTBOX_GROUP_CRASH_CHILD";
+
+/// Not a test of its own: appends the same indices to both queues of a
+/// group, one transaction each, until killed.
+#[test]
+fn group_crash_child() {
+    let Ok(spec) = std::env::var(GROUP_CHILD_ENV) else {
+        return;
+    };
+    let [db, log, first] = spec.split('|').collect::<Vec<_>>()[..] else {
+        panic!("bad spec {spec}");
+    };
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .expect("log");
+    let group = group_of_two(Path::new(db), config(1 << 30), config(1 << 30));
+    log.write_all(b"opened\n").expect("log write");
+    let mut next: u64 = first.parse().expect("first index");
+    let mut rng = rand::rng();
+    loop {
+        let n = rng.random_range(1..=16u64);
+        let a: Vec<Vec<u8>> = (next..next + n)
+            .map(|i| indexed(i, rng.random_range(0..300)))
+            .collect();
+        let b: Vec<Vec<u8>> = (next..next + n).map(|i| indexed(i, 40)).collect();
+        log.write_all(format!("try {next} {n}\n").as_bytes())
+            .expect("log write");
+        group
+            .append(&[(0, &refs(&a), &[]), (1, &refs(&b), &[])])
+            .expect("append");
+        log.write_all(format!("ok {next} {n}\n").as_bytes())
+            .expect("log write");
+        next += n;
+    }
+}
+
+/// Appends made durable by the journal come back after a `SIGKILL`, in both
+/// queues of their transaction or in neither, and nothing confirmed is lost.
+#[test]
+fn a_group_survives_sigkill_with_whole_transactions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("log.redb");
+    let log_path = dir.path().join("child.log");
+    let exe = std::env::current_exe().expect("test binary");
+    let mut rng = rand::rng();
+    let mut next_index = 0u64;
+    let mut replayed_rounds = 0;
+    for round in 0..12 {
+        let _ = std::fs::remove_file(&log_path);
+        let mut child = std::process::Command::new(&exe)
+            .args(["--exact", "tests::group_crash_child", "--test-threads=1"])
+            .env(
+                GROUP_CHILD_ENV,
+                format!("{}|{}|{next_index}", db.display(), log_path.display()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log_path).is_ok_and(|t| t.starts_with("opened")) {
+            assert!(Instant::now() < deadline, "child never opened");
+            assert!(child.try_wait().expect("wait").is_none(), "child exited");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Mostly within the first checkpoint interval: the journal holds it all.
+        std::thread::sleep(Duration::from_millis(rng.random_range(20..400)));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        let log = parse_log(&std::fs::read_to_string(&log_path).unwrap_or_default());
+        // The tools see what a start would restore, journal included.
+        let reports = inspect(&db).expect("inspect after the kill");
+        let verified = verify(&db, |r| index_of(r).map(|_| ())).expect("verify after the kill");
+        let group = group_of_two(&db, config(1 << 30), config(1 << 30));
+        let (qa, qb) = (group.queue(0).expect("a"), group.queue(1).expect("b"));
+        let found = [qa, qb].map(|q| (q.stats().depth_items, q.recovery().from_journal));
+        let reported: Vec<(u64, u64)> = reports.iter().map(|r| (r.items, r.from_journal)).collect();
+        assert_eq!(reported, found, "round {round}: inspect");
+        assert_eq!(verified.problem_count, 0, "{:?}", verified.problems);
+        assert_eq!(
+            (verified.items, verified.from_journal),
+            (found[0].0 + found[1].0, found[0].1 + found[1].1),
+            "round {round}: verify"
+        );
+        let indices = |q: &Outbox| -> Vec<u64> {
+            all(q)
+                .iter()
+                .map(|i| index_of(&i.record).unwrap_or_else(|e| panic!("round {round}: {e}")))
+                .collect()
+        };
+        let (a, b) = (indices(qa), indices(qb));
+        let ctx = format!("round {round} ({log:?}, from {next_index})");
+        assert_eq!(a, b, "{ctx}: the queues disagree");
+        assert!(
+            a.windows(2).all(|p| p[1] == p[0] + 1),
+            "{ctx}: gap or duplicate"
+        );
+        let got_hi = a.last().copied();
+        if let Some(confirmed) = log.confirmed_hi {
+            assert!(
+                got_hi >= Some(confirmed),
+                "{ctx}: lost confirmed items, have {got_hi:?}"
+            );
+        }
+        assert!(
+            got_hi <= log.tried_hi.max(next_index.checked_sub(1)),
+            "{ctx}: never appended"
+        );
+        if qa.recovery().from_journal > 0 {
+            replayed_rounds += 1;
+        }
+        // Start the next round empty, where this one stopped.
+        next_index = got_hi.map_or(next_index, |h| h + 1);
+        let seqs_a: Vec<u64> = all(qa).iter().map(|i| i.seq).collect();
+        let seqs_b: Vec<u64> = all(qb).iter().map(|i| i.seq).collect();
+        group.ack(&[(0, &seqs_a), (1, &seqs_b)]).expect("ack");
+    }
+    assert!(replayed_rounds > 0, "no round replayed the journal");
 }

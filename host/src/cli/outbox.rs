@@ -162,6 +162,7 @@ fn print_queue(path: &Path, report: &outbox::InspectReport, json: bool) {
                 "first_seq": report.seq_range.map(|r| r.0),
                 "last_seq": report.seq_range.map(|r| r.1),
                 "next_seq": report.next_seq,
+                "from_journal": report.from_journal,
                 "file_bytes": report.file_bytes,
             })
         );
@@ -173,7 +174,14 @@ fn print_queue(path: &Path, report: &outbox::InspectReport, json: bool) {
         println!("  queue {}", report.queue);
         "    "
     };
-    println!("{indent}items        {}", report.items);
+    if report.from_journal > 0 {
+        println!(
+            "{indent}items        {} ({} in the journal: the next start restores them)",
+            report.items, report.from_journal
+        );
+    } else {
+        println!("{indent}items        {}", report.items);
+    }
     println!(
         "{indent}bytes        {} ({}; records + {} per item)",
         report.bytes,
@@ -245,6 +253,7 @@ fn verify_one(path: &Path, json: bool) -> bool {
                         "closed_cleanly": report.closed_cleanly,
                         "repaired": report.repaired,
                         "items": report.items,
+                        "from_journal": report.from_journal,
                         "bytes": report.bytes,
                         "problem_count": report.problem_count,
                         "problems": report.problems,
@@ -258,9 +267,13 @@ fn verify_one(path: &Path, json: bool) -> bool {
                     }
                     (_, true) => "integrity check found damage and repaired it",
                 };
+                let journal = match report.from_journal {
+                    0 => String::new(),
+                    n => format!(", {n} of them in the journal"),
+                };
                 if ok {
                     println!(
-                        "{}: ok, {} items, {} bytes ({state})",
+                        "{}: ok, {} items{journal}, {} bytes ({state})",
                         path.display(),
                         report.items,
                         report.bytes

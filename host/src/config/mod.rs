@@ -425,6 +425,21 @@ impl Config {
         if let Some(influx) = &self.influx {
             problems.extend(influx.validate());
         }
+        let outboxes = [
+            ("mqtt", self.mqtt.as_ref().map(|m| &m.outbox)),
+            ("influx", self.influx.as_ref().map(|i| &i.outbox)),
+        ];
+        for (sink, outbox) in outboxes {
+            if let Some(outbox) = outbox
+                && outbox.commit_linger_ms > crate::outbox::MAX_COMMIT_LINGER_MS
+            {
+                problems.push(format!(
+                    "{sink}.outbox.commit_linger_ms: at most {} (ms), not {}",
+                    crate::outbox::MAX_COMMIT_LINGER_MS,
+                    outbox.commit_linger_ms
+                ));
+            }
+        }
         problems.extend(self.admin.validate());
         problems.extend(self.hotswap.validate());
         problems.extend(pipeline::validate(
@@ -575,6 +590,25 @@ transform = { module = "t.wasm", config = { prefix = "iiot", qos = 1, on = true,
             problems
                 .iter()
                 .any(|p| p.starts_with("pipeline[0].transform.module:")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn commit_linger_is_bounded() {
+        let with = |linger: u64| {
+            let text = MINIMAL.replace(
+                "host = \"127.0.0.1\"\n",
+                &format!("host = \"127.0.0.1\"\noutbox = {{ commit_linger_ms = {linger} }}\n"),
+            );
+            parse(&text).expect("parses").validate()
+        };
+        assert!(with(0).is_empty(), "{:?}", with(0));
+        let problems = with(500);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("mqtt.outbox.commit_linger_ms: at most 100")),
             "{problems:?}"
         );
     }

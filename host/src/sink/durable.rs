@@ -13,10 +13,11 @@
 //!   frame or none of it. Each sink then reads its own queue through its
 //!   own cursor and acks its own items.
 //! * **Group commit.** The writer thread takes everything queued (up to
-//!   [`MAX_BATCH`] records, waiting `COMMIT_LINGER` (1 ms) after the first
-//!   frame for more) and appends it in one transaction, so with
-//!   `fsync = "always"` one disk sync serves every sink and every frame that
-//!   arrived meanwhile. Acks ride along in the same transaction once the
+//!   [`MAX_BATCH`] records, waiting `commit_linger_ms` (1 ms) after the
+//!   first frame for more, or with 0 for the frames still on their way
+//!   from the ports) and appends it in one transaction, so with
+//!   `fsync = "always"` one disk sync (of the outbox's journal) serves every
+//!   sink and every frame that arrived meanwhile. Acks ride along in the same transaction once the
 //!   oldest waited `ACK_BATCH_AGE` (50 ms); acks with no append to share
 //!   wait `ACK_LINGER` (10 ms) before a commit of their own. One thread owns all writes
 //!   because redb has a single writer: concurrent appends would serialise
@@ -46,19 +47,20 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::metrics::{Metrics, SinkDrop};
 use crate::model::Sink;
-use crate::outbox::{Item, Outbox, OutboxError, OutboxGroup, Part};
+use crate::outbox::{Item, MAX_COMMIT_LINGER_MS, Outbox, OutboxError, OutboxGroup, Part};
 use crate::sync::lock;
-use crate::ticket::FrameTicket;
+use crate::ticket::{FrameTicket, InFlight};
 
 /// Records appended in one transaction at most.
 pub const MAX_BATCH: usize = 2048;
 /// Frames waiting for the writer thread (as many as the pipelines may hand
 /// the router: a frame can carry up to `max_output_bytes_per_frame`).
 const CHANNEL: usize = 256;
-/// How long the writer waits after a frame for more to share its commit:
-/// at 1000 frames/s it makes commits (and fsyncs) about half as many, for
-/// about a millisecond more latency (BENCHMARKS.md).
-const COMMIT_LINGER: Duration = Duration::from_millis(1);
+/// With `commit_linger_ms = 0`, how long a commit waits at most for the
+/// frames on their way from the ports ([`InFlight`]: the rest of a read of
+/// several frames, other ports' frames in their pipelines). A port reads on
+/// only after the commit, so with none on the way nothing more can come.
+const IN_FLIGHT_WAIT: Duration = Duration::from_millis(1);
 /// Acks ride with appends only once the oldest of them waited this long
 /// (or [`ACK_BATCH_ITEMS`] piled up): removing items dirties the head of a
 /// queue's B-tree, and doing that in every commit under a steady load
@@ -89,6 +91,7 @@ pub struct DurableQueue {
 struct Log {
     group: OutboxGroup,
     sides: Vec<Side>,
+    in_flight: InFlight,
     frames: Mutex<Option<mpsc::Sender<(FrameRecords, FrameTicket)>>>,
     wake: Arc<Notify>,
     /// Bumped after every batch the writer finished (appended or refused).
@@ -157,9 +160,17 @@ impl DurableLog {
                 exported: Mutex::new((0, 0, 0)),
             })
             .collect();
+        let in_flight = InFlight::default();
+        // One writer for every queue: the shortest linger any asks for.
+        let linger = (0..sinks.len())
+            .filter_map(|index| group.queue(index))
+            .map(|queue| queue.config().commit_linger_ms.min(MAX_COMMIT_LINGER_MS))
+            .min()
+            .map_or(Duration::ZERO, Duration::from_millis);
         let log = Arc::new(Log {
             group,
             sides,
+            in_flight: in_flight.clone(),
             frames: Mutex::new(Some(tx)),
             wake: wake.clone(),
             batches: watch::Sender::new(0),
@@ -175,9 +186,15 @@ impl DurableLog {
             .join("+");
         let thread = std::thread::Builder::new()
             .name(format!("outbox-{name}"))
-            .spawn(move || runtime.block_on(run(weak, rx, wake, stop)))?;
+            .spawn(move || runtime.block_on(run(weak, rx, wake, stop, in_flight, linger)))?;
         *lock(&log.writer) = Some(thread);
         Ok(DurableLog { log })
+    }
+
+    /// The count of frames on their way to this log, for the ports that
+    /// feed it.
+    pub fn in_flight(&self) -> InFlight {
+        self.log.in_flight.clone()
     }
 
     /// The queue opened `index`-th, if there is one.
@@ -594,6 +611,7 @@ struct Batch {
 
 impl Batch {
     fn add(&mut self, (frame, ticket): (FrameRecords, FrameTicket)) {
+        ticket.land();
         self.records += frame.len();
         self.frames.push(frame);
         self.tickets.push(ticket);
@@ -607,6 +625,8 @@ async fn run(
     mut frames: mpsc::Receiver<(FrameRecords, FrameTicket)>,
     wake: Arc<Notify>,
     stop: Arc<AtomicBool>,
+    in_flight: InFlight,
+    linger: Duration,
 ) {
     let mut batch = Batch::default();
     let mut open = true;
@@ -645,16 +665,30 @@ async fn run(
             }
         }
         if !batch.frames.is_empty() && open {
-            // Frames that arrive within COMMIT_LINGER share the commit.
-            let until = tokio::time::Instant::now() + COMMIT_LINGER;
+            // Frames that arrive within the linger share the commit; with
+            // no linger, only those already on their way from the ports.
+            let now = tokio::time::Instant::now();
+            let deadline = now + linger.max(IN_FLIGHT_WAIT);
             while batch.records < MAX_BATCH {
-                match tokio::time::timeout_at(until, frames.recv()).await {
-                    Ok(Some(frame)) => batch.add(frame),
-                    Ok(None) => {
-                        open = false;
-                        break;
-                    }
-                    Err(_) => break,
+                let waiting = if linger.is_zero() {
+                    !in_flight.is_empty()
+                } else {
+                    tokio::time::Instant::now() < now + linger
+                };
+                if !waiting {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    frame = frames.recv() => match frame {
+                        Some(frame) => batch.add(frame),
+                        None => {
+                            open = false;
+                            break;
+                        }
+                    },
+                    () = in_flight.emptied(), if linger.is_zero() => {}
+                    () = tokio::time::sleep_until(deadline) => break,
                 }
             }
         }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::PipelineConfig;
 use crate::metrics::Metrics;
 use crate::model::Frame;
+use crate::ticket::InFlight;
 
 /// Where the pipelines' frames come from.
 #[derive(Debug, Clone, Default)]
@@ -25,15 +26,16 @@ pub enum Source {
 }
 
 /// How far a serial port may read ahead of what is safe on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ReadAhead {
     /// As far as the pipeline's bounded queues hold (no durable log: a
     /// crash loses what is in memory anyway).
     Queues,
     /// No read while a frame of the last one is unsettled — not committed
     /// to the durable log nor finished otherwise ([`crate::ticket`]); the
-    /// kernel's buffer holds what arrives meanwhile.
-    UntilSettled,
+    /// kernel's buffer holds what arrives meanwhile. The frames count in
+    /// the log's [`InFlight`] on their way to it.
+    UntilSettled(InFlight),
 }
 
 /// One pipeline's source, prepared but not reading yet.

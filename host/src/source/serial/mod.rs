@@ -162,7 +162,10 @@ impl PreparedPort {
         let mut task = self.task;
         task.frames = Some(frames);
         task.shutdown = shutdown;
-        task.tickets = (read_ahead == ReadAhead::UntilSettled).then(FrameTickets::default);
+        task.tickets = match read_ahead {
+            ReadAhead::Queues => None,
+            ReadAhead::UntilSettled(in_flight) => Some(FrameTickets::new(in_flight)),
+        };
         let initial = self.initial;
         StartedPort {
             task: tokio::spawn(task.run(initial)),
@@ -324,6 +327,7 @@ impl PortTask {
         let hard_cap = self.config.max_frame_bytes.get().saturating_mul(4) + 4 * READ_CHUNK;
         let end = 'session: loop {
             // Every complete frame already buffered goes out first.
+            let delivering = tickets.as_ref().map(FrameTickets::delivering);
             loop {
                 match framer.decode(&mut buf) {
                     Ok(Some(event)) => {
@@ -342,6 +346,7 @@ impl PortTask {
                     }
                 }
             }
+            drop(delivering);
             if buf.len() > hard_cap {
                 self.metrics
                     .frame_dropped(FrameDrop::Framing(FramingDrop::Oversized));
