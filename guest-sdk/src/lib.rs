@@ -15,6 +15,9 @@
 //! a compile-time check, so the very same code is unit-tested with a plain
 //! `cargo test`, no WebAssembly involved.
 //!
+//! For devices behind the host's Modbus sources, [`modbus`] reads the
+//! frames (one response each) and builds the write commands.
+//!
 //! # Hello, world
 //!
 //! ```
@@ -104,6 +107,7 @@ mod config;
 mod error;
 mod frame;
 pub mod log;
+pub mod modbus;
 mod output;
 mod packed;
 

@@ -1,0 +1,589 @@
+//! sluice transform for Modbus devices, driven by a register map in its
+//! config: no code per device.
+//!
+//! The host polls the devices and hands each response over as a frame
+//! ([`sluice_sdk::modbus`] has the layout). Every map entry whose value lies
+//! entirely inside a reading of its table (and of its unit, if it names
+//! one) becomes one MQTT message and one field of the reading's InfluxDB
+//! point.
+//!
+//! # Configuration
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `point.<name>` | (at least one) | a map entry, below; `<name>` is the last topic level and the field key |
+//! | `device.<unit id>` | `unit<id>` | the name of unit 0–255 in topics and in the `device` tag |
+//! | `prefix` | `modbus` | first topic level(s), e.g. `plant/line1` |
+//! | `measurement` | `modbus` | InfluxDB measurement of every point |
+//! | `qos` | `1` | MQTT QoS of every message: `0`, `1` or `2` |
+//! | `retain` | `true` | whether messages are retained |
+//!
+//! A map entry is `<table> <address> <type>` and options, separated by
+//! spaces:
+//!
+//! * `<table>`: `coils`, `discrete_inputs` (type `bool`), `holding`,
+//!   `input` (any other type);
+//! * `<address>`: the protocol address as sent in the request, 0–65535
+//!   (decimal or `0x` hex; `40001`-style register numbers are not
+//!   addresses: holding register 40001 is `holding 0`);
+//! * `<type>`: `bool`, `u16`, `i16` (one register), `u32`, `i32`, `f32`
+//!   (two), `u64`, `i64`, `f64` (four);
+//! * `scale=<f>`, `offset=<f>`: publish `raw × scale + offset`;
+//! * `unit=<text>`: the engineering unit, in the point's `<name>_unit` tag;
+//! * `order=low_first`: the least significant register first (default
+//!   `high_first`; 32- and 64-bit types only);
+//! * `deadband=<f>`: publish only when the value moved by more than this
+//!   since it was last published (for `bool`, only `deadband=0`: publish on
+//!   change);
+//! * `unit_id=<n>`: only in readings of unit `n` (default: every unit).
+//!
+//! So `"point.temperature" = "holding 0 i16 scale=0.1 unit=°C deadband=0.5"`
+//! publishes holding register 0 of every unit, read as a signed tenth of a
+//! degree, when it moved by more than half a degree. [`EXAMPLE_CONFIG`] is
+//! a whole map. Any other key, or a bad entry, is an
+//! [`Error::InvalidConfig`] naming the key.
+//!
+//! # Output
+//!
+//! For each reading, in address order: a message
+//! `<prefix>/<device>/<name>` whose payload is the value as text (`true`,
+//! `1234`, `-1500`, `230.5`) and one point: the measurement, tags `device`
+//! and `<name>_unit` for each entry with a unit inside the reading (even
+//! when its value is held back, so the series stays the same), one field
+//! per published value and no timestamp (the host uses the frame's receive
+//! time). No value published, no point.
+//!
+//! Field types are fixed: `bool` boolean, `u16`/`u32`/`u64` unsigned,
+//! `i16`/`i32`/`i64` signed integer, `f32`/`f64` and every value with a
+//! `scale` or `offset` float. A scaled value has as many decimals as the
+//! raw value plus `scale`'s, or as `offset`'s if more: raw 250 with
+//! `scale=0.01 offset=-1` is `1.50`. A float register holding NaN or an
+//! infinity is skipped (InfluxDB refuses them).
+//!
+//! The deadband state lives in the instance: a restart or a new version
+//! publishes everything once.
+//!
+//! A frame that is not a reading is refused as the SDK says
+//! ([`Error::Malformed`], or [`Error::Unsupported`] for another format).
+//!
+//! ```
+//! use modbus_registers::{EXAMPLE_CONFIG, ModbusRegisters};
+//! use sluice_sdk::{Config, Frame, Transform};
+//!
+//! let mut map = ModbusRegisters::init(&Config::from_pairs(EXAMPLE_CONFIG.iter().copied()))?;
+//! // Unit 1, holding registers 0–1: 215, 250.
+//! let frame = Frame::from_data([1, 1, 3, 0, 0, 0, 0, 2, 0, 215, 0, 250]);
+//! let out = sluice_sdk::process(&mut map, &frame)?;
+//! assert_eq!(out.messages()[0].topic, "plant/boiler/temperature");
+//! assert_eq!(out.messages()[0].payload, b"21.5");
+//! assert_eq!(out.messages()[1].payload, b"1.50");
+//! # Ok::<(), sluice_sdk::Error>(())
+//! ```
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use sluice_sdk::modbus::{Reading, Table, WordOrder};
+use sluice_sdk::{Config, Error, FieldValue, Frame, Message, Output, Point, Qos, Transform};
+
+/// A whole configuration: the one in docs/transforms.md and the one
+/// `modbus_registers.vectors.jsonl` (beside this crate's `Cargo.toml`)
+/// expects.
+pub const EXAMPLE_CONFIG: &[(&str, &str)] = &[
+    ("prefix", "plant"),
+    ("measurement", "modbus"),
+    ("qos", "1"),
+    ("retain", "true"),
+    ("device.1", "boiler"),
+    ("device.2", "meter"),
+    (
+        "point.temperature",
+        "holding 0 i16 scale=0.1 unit=°C deadband=0.5 unit_id=1",
+    ),
+    (
+        "point.pressure",
+        "holding 1 u16 scale=0.01 offset=-1 unit=bar unit_id=1",
+    ),
+    ("point.run_hours", "holding 2 u32 unit=h unit_id=1"),
+    (
+        "point.heat_flow",
+        "holding 4 i32 order=low_first unit=W unit_id=1",
+    ),
+    ("point.pump", "coils 0 bool unit_id=1"),
+    ("point.alarm", "discrete_inputs 0 bool deadband=0 unit_id=1"),
+    ("point.voltage", "input 0 f32 unit=V unit_id=2"),
+    (
+        "point.energy_import",
+        "input 2 f64 order=low_first unit=kWh unit_id=2",
+    ),
+    ("point.pulse_count", "input 6 u64 unit_id=2"),
+    (
+        "point.energy_net",
+        "input 10 i64 order=low_first unit=Wh unit_id=2",
+    ),
+    ("point.status", "holding 100 u16"),
+];
+
+/// The transform. Create it with [`Transform::init`].
+#[derive(Debug, Clone)]
+pub struct ModbusRegisters {
+    prefix: String,
+    measurement: String,
+    qos: Qos,
+    retain: bool,
+    devices: BTreeMap<u8, String>,
+    /// Sorted by table, address and name: output comes in address order.
+    entries: Vec<Entry>,
+    /// The last published value per (unit, index in `entries`), for entries
+    /// with a deadband.
+    published: BTreeMap<(u8, usize), Value>,
+}
+
+sluice_sdk::export!(ModbusRegisters);
+
+/// One `point.<name>` of the map.
+#[derive(Debug, Clone)]
+struct Entry {
+    name: String,
+    table: Table,
+    address: u16,
+    kind: Kind,
+    order: WordOrder,
+    scaling: Option<Scaling>,
+    /// The `<name>_unit` tag and the engineering unit.
+    unit: Option<(String, String)>,
+    deadband: Option<f64>,
+    unit_id: Option<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Bool,
+    U16,
+    I16,
+    U32,
+    I32,
+    F32,
+    U64,
+    I64,
+    F64,
+}
+
+const KINDS: &[(&str, Kind)] = &[
+    ("bool", Kind::Bool),
+    ("u16", Kind::U16),
+    ("i16", Kind::I16),
+    ("u32", Kind::U32),
+    ("i32", Kind::I32),
+    ("f32", Kind::F32),
+    ("u64", Kind::U64),
+    ("i64", Kind::I64),
+    ("f64", Kind::F64),
+];
+
+const TABLES: &[(&str, Table)] = &[
+    ("coils", Table::Coils),
+    ("discrete_inputs", Table::DiscreteInputs),
+    ("holding", Table::HoldingRegisters),
+    ("input", Table::InputRegisters),
+];
+
+impl Kind {
+    /// Registers (or bits) the value takes.
+    fn width(self) -> u16 {
+        match self {
+            Kind::Bool | Kind::U16 | Kind::I16 => 1,
+            Kind::U32 | Kind::I32 | Kind::F32 => 2,
+            Kind::U64 | Kind::I64 | Kind::F64 => 4,
+        }
+    }
+}
+
+/// `raw × scale + offset`, with the decimals of `scale` and `offset`.
+#[derive(Debug, Clone, Copy)]
+struct Scaling {
+    scale: f64,
+    offset: f64,
+    scale_decimals: usize,
+    offset_decimals: usize,
+}
+
+/// A decoded value, as published.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Value {
+    Bool(bool),
+    Uint(u64),
+    Int(i64),
+    Float(f64),
+}
+
+impl Value {
+    /// Whether `self` differs from `last` by more than `deadband`.
+    fn moved(self, last: Value, deadband: f64) -> bool {
+        match (self, last) {
+            (Value::Bool(a), Value::Bool(b)) => a != b,
+            (Value::Uint(a), Value::Uint(b)) => a.abs_diff(b) as f64 > deadband,
+            (Value::Int(a), Value::Int(b)) => a.abs_diff(b) as f64 > deadband,
+            // The slack keeps float noise (1.5 - 1.2 = 0.30000000000000004)
+            // from counting as a move at the deadband's edge.
+            (Value::Float(a), Value::Float(b)) => {
+                (a - b).abs() > deadband + 16.0 * f64::EPSILON * a.abs().max(b.abs())
+            }
+            _ => true,
+        }
+    }
+
+    fn field(self) -> FieldValue {
+        match self {
+            Value::Bool(v) => FieldValue::Boolean(v),
+            Value::Uint(v) => FieldValue::Uint(v),
+            Value::Int(v) => FieldValue::Int(v),
+            Value::Float(v) => FieldValue::Float(v),
+        }
+    }
+}
+
+impl Entry {
+    /// The raw value, if it is entirely inside `reading`.
+    fn read(&self, reading: &Reading<'_>) -> Option<Value> {
+        let (a, order) = (self.address, self.order);
+        Some(match self.kind {
+            Kind::Bool => Value::Bool(reading.bit(a)?),
+            Kind::U16 => Value::Uint(reading.u16(a)?.into()),
+            Kind::I16 => Value::Int(reading.i16(a)?.into()),
+            Kind::U32 => Value::Uint(reading.u32(a, order)?.into()),
+            Kind::I32 => Value::Int(reading.i32(a, order)?.into()),
+            // Through its shortest decimal form: 21.1f32 is 21.1, not
+            // 21.100000381469727.
+            Kind::F32 => {
+                let v = reading.f32(a, order)?;
+                Value::Float(v.to_string().parse().unwrap_or(f64::from(v)))
+            }
+            Kind::U64 => Value::Uint(reading.u64(a, order)?),
+            Kind::I64 => Value::Int(reading.i64(a, order)?),
+            Kind::F64 => Value::Float(reading.f64(a, order)?),
+        })
+    }
+
+    /// The value to publish and its text; `None` when it is not a finite
+    /// number.
+    fn publish(&self, raw: Value) -> Option<(Value, String)> {
+        let Some(s) = self.scaling else {
+            if let Value::Float(v) = raw
+                && !v.is_finite()
+            {
+                return None;
+            }
+            let text = match raw {
+                Value::Bool(v) => v.to_string(),
+                Value::Uint(v) => v.to_string(),
+                Value::Int(v) => v.to_string(),
+                Value::Float(v) => v.to_string(),
+            };
+            return Some((raw, text));
+        };
+        let (raw, raw_decimals) = match raw {
+            Value::Uint(v) => (v as f64, 0),
+            Value::Int(v) => (v as f64, 0),
+            Value::Float(v) if v.is_finite() => (v, decimals(v)),
+            Value::Float(_) | Value::Bool(_) => return None,
+        };
+        let scaled = raw * s.scale + s.offset;
+        if !scaled.is_finite() {
+            return None;
+        }
+        let places = (raw_decimals + s.scale_decimals).max(s.offset_decimals);
+        let text = format!("{scaled:.places$}");
+        let value = text.parse().unwrap_or(scaled);
+        Some((Value::Float(value), text))
+    }
+}
+
+/// Fraction digits of `v`'s shortest decimal form.
+fn decimals(v: f64) -> usize {
+    v.to_string().split_once('.').map_or(0, |(_, f)| f.len())
+}
+
+impl Transform for ModbusRegisters {
+    fn init(config: &Config) -> Result<Self, Error> {
+        let mut devices = BTreeMap::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        for (key, _) in config.iter() {
+            // The last value of a repeated key wins, as in `Config::get`.
+            let Some(value) = config.get(key) else {
+                continue;
+            };
+            if let Some(name) = key.strip_prefix("point.") {
+                check_level(key, name, "a point name")?;
+                entries.retain(|e| e.name != name);
+                entries.push(parse_entry(key, name, value)?);
+            } else if let Some(id) = key.strip_prefix("device.") {
+                let id: u8 = id.parse().map_err(|_| {
+                    Error::invalid_config(format!(
+                        "`{key}`: a unit id is a number from 0 to 255, like `device.1`"
+                    ))
+                })?;
+                check_level(key, value, "a device name")?;
+                devices.insert(id, value.to_owned());
+            } else if !matches!(key, "prefix" | "measurement" | "qos" | "retain") {
+                return Err(Error::invalid_config(format!(
+                    "unknown key `{key}` (known: `point.<name>`, `device.<unit id>`, `prefix`, `measurement`, `qos`, `retain`)"
+                )));
+            }
+        }
+        if entries.is_empty() {
+            return Err(Error::invalid_config(
+                "the register map is empty: add `point.<name>` keys, like `point.temperature` = \"holding 0 i16 scale=0.1\"",
+            ));
+        }
+        entries.sort_by(|a, b| {
+            (a.table.function(), a.address, &a.name).cmp(&(b.table.function(), b.address, &b.name))
+        });
+
+        let prefix = config.get_or("prefix", "modbus");
+        check_prefix(prefix)?;
+        let measurement = config.get_or("measurement", "modbus");
+        if measurement.is_empty() {
+            return Err(Error::invalid_config("`measurement` must not be empty"));
+        }
+        Ok(ModbusRegisters {
+            prefix: prefix.to_owned(),
+            measurement: measurement.to_owned(),
+            qos: config.parse_or("qos", Qos::AtLeastOnce)?,
+            retain: config.parse_or("retain", true)?,
+            devices,
+            entries,
+            published: BTreeMap::new(),
+        })
+    }
+
+    fn process(&mut self, frame: &Frame, out: &mut Output) -> Result<(), Error> {
+        let reading = Reading::parse(frame)?;
+        let unit_id = reading.unit();
+        let device = match self.devices.get(&unit_id) {
+            Some(name) => name.clone(),
+            None => format!("unit{unit_id}"),
+        };
+        let mut point = Point::new(self.measurement.as_str()).tag("device", device.as_str());
+        for (index, entry) in self.entries.iter().enumerate() {
+            if entry.table != reading.table() || entry.unit_id.is_some_and(|id| id != unit_id) {
+                continue;
+            }
+            let Some(raw) = entry.read(&reading) else {
+                continue;
+            };
+            if let Some((tag, unit)) = &entry.unit {
+                point.tags.push((tag.clone(), unit.clone()));
+            }
+            let Some((value, text)) = entry.publish(raw) else {
+                sluice_sdk::log::debug(&format!(
+                    "`point.{}` of unit {unit_id}: not a finite number, skipped",
+                    entry.name
+                ));
+                continue;
+            };
+            if let Some(deadband) = entry.deadband {
+                let key = (unit_id, index);
+                if let Some(&last) = self.published.get(&key)
+                    && !value.moved(last, deadband)
+                {
+                    continue;
+                }
+                self.published.insert(key, value);
+            }
+            let topic = format!("{}/{device}/{}", self.prefix, entry.name);
+            out.publish(Message::new(topic, text).qos(self.qos).retain(self.retain));
+            point.fields.push((entry.name.clone(), value.field()));
+        }
+        if !point.fields.is_empty() {
+            out.point(point);
+        }
+        Ok(())
+    }
+}
+
+/// Parses the value of `point.<name>`.
+fn parse_entry(key: &str, name: &str, spec: &str) -> Result<Entry, Error> {
+    let bad = |why: String| Error::invalid_config(format!("`{key}` = {spec:?}: {why}"));
+    let mut words = spec.split_whitespace();
+    let (Some(table), Some(address), Some(kind)) = (words.next(), words.next(), words.next())
+    else {
+        return Err(bad(
+            "expected `<table> <address> <type> [options]`, like \"holding 0 i16 scale=0.1\""
+                .into(),
+        ));
+    };
+    let table = lookup(TABLES, table).ok_or_else(|| {
+        bad(format!(
+            "unknown table `{table}` (coils, discrete_inputs, holding, input)"
+        ))
+    })?;
+    let address = parse_address(address).ok_or_else(|| {
+        bad(format!(
+            "address `{address}` is not a number from 0 to 65535"
+        ))
+    })?;
+    let kind = lookup(KINDS, kind).ok_or_else(|| {
+        bad(format!(
+            "unknown type `{kind}` (bool, u16, i16, u32, i32, f32, u64, i64, f64)"
+        ))
+    })?;
+    match (table.is_bits(), kind == Kind::Bool) {
+        (true, false) => return Err(bad("coils and discrete_inputs are `bool`".into())),
+        (false, true) => {
+            return Err(bad(
+                "holding and input registers are numbers, not `bool`".into()
+            ));
+        }
+        _ => {}
+    }
+    if u32::from(address) + u32::from(kind.width()) > 0x1_0000 {
+        return Err(bad(format!(
+            "{} registers from address {address} run past address 65535",
+            kind.width()
+        )));
+    }
+
+    let mut entry = Entry {
+        name: name.to_owned(),
+        table,
+        address,
+        kind,
+        order: WordOrder::HighFirst,
+        scaling: None,
+        unit: None,
+        deadband: None,
+        unit_id: None,
+    };
+    let (mut scale, mut offset, mut order) = (None, None, None);
+    let mut seen: Vec<&str> = Vec::new();
+    for option in words {
+        let Some((option, value)) = option.split_once('=') else {
+            return Err(bad(format!(
+                "`{option}` is not an option (`scale=`, `offset=`, `unit=`, `order=`, `deadband=`, `unit_id=`)"
+            )));
+        };
+        if seen.contains(&option) {
+            return Err(bad(format!("`{option}` is given twice")));
+        }
+        seen.push(option);
+        let number = || -> Result<f64, Error> {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| bad(format!("`{option}={value}`: expected a number")))
+        };
+        match option {
+            "scale" => {
+                let v = number()?;
+                if v == 0.0 {
+                    return Err(bad("`scale=0` makes every value 0".into()));
+                }
+                scale = Some(v);
+            }
+            "offset" => offset = Some(number()?),
+            "deadband" => {
+                let v = number()?;
+                if v < 0.0 {
+                    return Err(bad(format!("`deadband={value}` must not be negative")));
+                }
+                if kind == Kind::Bool && v != 0.0 {
+                    return Err(bad(
+                        "a `bool` takes only `deadband=0` (publish on change)".into()
+                    ));
+                }
+                entry.deadband = Some(v);
+            }
+            "unit" => {
+                if value.is_empty() {
+                    return Err(bad("`unit=` needs a unit, like `unit=°C`".into()));
+                }
+                entry.unit = Some((format!("{name}_unit"), value.to_owned()));
+            }
+            "order" => {
+                order = Some(match value {
+                    "high_first" => WordOrder::HighFirst,
+                    "low_first" => WordOrder::LowFirst,
+                    _ => {
+                        return Err(bad(format!(
+                            "`order={value}`: expected `high_first` or `low_first`"
+                        )));
+                    }
+                });
+            }
+            "unit_id" => {
+                entry.unit_id = Some(value.parse().map_err(|_| {
+                    bad(format!(
+                        "`unit_id={value}`: expected a number from 0 to 255"
+                    ))
+                })?);
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown option `{option}` (scale, offset, unit, order, deadband, unit_id)"
+                )));
+            }
+        }
+    }
+    if kind == Kind::Bool && (scale.is_some() || offset.is_some()) {
+        return Err(bad("a `bool` cannot be scaled".into()));
+    }
+    if scale.is_some() || offset.is_some() {
+        let (scale, offset) = (scale.unwrap_or(1.0), offset.unwrap_or(0.0));
+        entry.scaling = Some(Scaling {
+            scale,
+            offset,
+            scale_decimals: decimals(scale),
+            offset_decimals: decimals(offset),
+        });
+    }
+    if let Some(order) = order {
+        if kind.width() == 1 {
+            return Err(bad(
+                "`order` applies to 32- and 64-bit types, not to one register".into(),
+            ));
+        }
+        entry.order = order;
+    }
+    Ok(entry)
+}
+
+fn lookup<T: Copy>(table: &[(&str, T)], name: &str) -> Option<T> {
+    table.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+}
+
+/// `0`–`65535`, or `0x0`–`0xFFFF`.
+fn parse_address(text: &str) -> Option<u16> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+fn check_prefix(prefix: &str) -> Result<(), Error> {
+    let problem = if prefix.is_empty() {
+        "must not be empty"
+    } else if prefix.contains(['+', '#', '\0']) {
+        "must not contain `+`, `#` or NUL"
+    } else if prefix.starts_with('/') || prefix.ends_with('/') {
+        "must not start or end with `/`"
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid_config(format!(
+        "`prefix` = {prefix:?}: {problem}"
+    )))
+}
+
+/// A name that becomes one topic level.
+fn check_level(key: &str, value: &str, what: &str) -> Result<(), Error> {
+    if value.is_empty() || value.contains(['/', '+', '#', '\0']) {
+        return Err(Error::invalid_config(format!(
+            "`{key}`: {what} must be a non-empty topic level without `/`, `+`, `#` or NUL, not {value:?}"
+        )));
+    }
+    Ok(())
+}

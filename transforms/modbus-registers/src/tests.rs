@@ -1,0 +1,662 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+use FieldValue::{Boolean, Float, Int, Uint};
+
+fn transform(pairs: &[(&str, &str)]) -> ModbusRegisters {
+    ModbusRegisters::init(&Config::from_pairs(pairs.iter().copied())).unwrap()
+}
+
+fn example() -> ModbusRegisters {
+    transform(EXAMPLE_CONFIG)
+}
+
+/// A reading of registers (function 3 or 4) from `address`.
+fn registers(unit: u8, function: u8, address: u16, words: &[u16]) -> Frame {
+    let mut data = vec![1, unit, function, 0];
+    data.extend_from_slice(&address.to_be_bytes());
+    data.extend_from_slice(&(words.len() as u16).to_be_bytes());
+    for word in words {
+        data.extend_from_slice(&word.to_be_bytes());
+    }
+    Frame::new("modbus", 1, data)
+}
+
+/// A reading of `count` bits (function 1 or 2) from `address`.
+fn bits(unit: u8, function: u8, address: u16, count: u16, packed: &[u8]) -> Frame {
+    let mut data = vec![1, unit, function, 0];
+    data.extend_from_slice(&address.to_be_bytes());
+    data.extend_from_slice(&count.to_be_bytes());
+    data.extend_from_slice(packed);
+    Frame::new("modbus", 1, data)
+}
+
+fn run(t: &mut ModbusRegisters, frame: &Frame) -> Output {
+    sluice_sdk::process(t, frame).unwrap()
+}
+
+/// `(topic, payload)` of every message.
+fn messages(out: &Output) -> Vec<(&str, &str)> {
+    out.messages()
+        .iter()
+        .map(|m| (m.topic.as_str(), std::str::from_utf8(&m.payload).unwrap()))
+        .collect()
+}
+
+fn fields(out: &Output) -> Vec<(&str, FieldValue)> {
+    assert_eq!(out.points().len(), 1, "one point per reading");
+    out.points()[0]
+        .fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect()
+}
+
+fn invalid_config(pairs: &[(&str, &str)]) -> String {
+    match ModbusRegisters::init(&Config::from_pairs(pairs.iter().copied())) {
+        Err(Error::InvalidConfig(message)) => message,
+        Err(other) => panic!("{pairs:?}: expected InvalidConfig, got {other:?}"),
+        Ok(_) => panic!("{pairs:?}: accepted"),
+    }
+}
+
+/// The words of `bytes` (big-endian), most significant first.
+fn words_of(bytes: &[u8]) -> Vec<u16> {
+    bytes
+        .chunks_exact(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]))
+        .collect()
+}
+
+#[test]
+fn every_type_with_its_field_type() {
+    let mut t = transform(&[
+        ("point.a_u16", "holding 0 u16"),
+        ("point.b_i16", "holding 1 i16"),
+        ("point.c_u32", "holding 2 u32"),
+        ("point.d_i32", "holding 4 i32"),
+        ("point.e_f32", "holding 6 f32"),
+        ("point.f_u64", "holding 8 u64"),
+        ("point.g_i64", "holding 12 i64"),
+        ("point.h_f64", "holding 16 f64"),
+    ]);
+    let mut words = vec![65535, (-2i16) as u16];
+    words.extend(words_of(&4_000_000_000u32.to_be_bytes()));
+    words.extend(words_of(&(-70_000i32).to_be_bytes()));
+    words.extend(words_of(&21.1f32.to_be_bytes()));
+    words.extend(words_of(&u64::MAX.to_be_bytes()));
+    words.extend(words_of(&i64::MIN.to_be_bytes()));
+    words.extend(words_of(&(-0.125f64).to_be_bytes()));
+    let out = run(&mut t, &registers(1, 3, 0, &words));
+    assert_eq!(
+        messages(&out),
+        [
+            ("modbus/unit1/a_u16", "65535"),
+            ("modbus/unit1/b_i16", "-2"),
+            ("modbus/unit1/c_u32", "4000000000"),
+            ("modbus/unit1/d_i32", "-70000"),
+            ("modbus/unit1/e_f32", "21.1"),
+            ("modbus/unit1/f_u64", "18446744073709551615"),
+            ("modbus/unit1/g_i64", "-9223372036854775808"),
+            ("modbus/unit1/h_f64", "-0.125"),
+        ]
+    );
+    assert_eq!(
+        fields(&out),
+        [
+            ("a_u16", Uint(65535)),
+            ("b_i16", Int(-2)),
+            ("c_u32", Uint(4_000_000_000)),
+            ("d_i32", Int(-70_000)),
+            ("e_f32", Float(21.1)),
+            ("f_u64", Uint(u64::MAX)),
+            ("g_i64", Int(i64::MIN)),
+            ("h_f64", Float(-0.125)),
+        ]
+    );
+    let point = &out.points()[0];
+    assert_eq!(point.measurement, "modbus");
+    assert_eq!(point.tags, [("device".to_string(), "unit1".to_string())]);
+    assert_eq!(point.timestamp_ns, None);
+    for m in out.messages() {
+        assert_eq!((m.qos, m.retain), (Qos::AtLeastOnce, true));
+    }
+}
+
+#[test]
+fn bools_from_coils_and_discrete_inputs() {
+    let mut t = transform(&[
+        ("point.pump", "coils 8 bool"),
+        ("point.fan", "coils 9 bool"),
+        ("point.door", "discrete_inputs 0x10 bool"),
+    ]);
+    let out = run(&mut t, &bits(1, 1, 8, 2, &[0b01]));
+    assert_eq!(
+        messages(&out),
+        [("modbus/unit1/pump", "true"), ("modbus/unit1/fan", "false")]
+    );
+    assert_eq!(
+        fields(&out),
+        [("pump", Boolean(true)), ("fan", Boolean(false))]
+    );
+    let out = run(&mut t, &bits(1, 2, 16, 1, &[1]));
+    assert_eq!(messages(&out), [("modbus/unit1/door", "true")]);
+}
+
+#[test]
+fn word_order_swaps_the_registers_not_the_bytes() {
+    let mut t = transform(&[
+        ("point.high", "input 0 u32"),
+        ("point.explicit_high", "input 0 u32 order=high_first"),
+        ("point.low", "input 0 u32 order=low_first"),
+        ("point.low64", "input 0 u64 order=low_first"),
+    ]);
+    let out = run(
+        &mut t,
+        &registers(1, 4, 0, &[0x0001, 0x0002, 0x0003, 0x0004]),
+    );
+    assert_eq!(
+        fields(&out),
+        [
+            ("explicit_high", Uint(0x0001_0002)),
+            ("high", Uint(0x0001_0002)),
+            ("low", Uint(0x0002_0001)),
+            ("low64", Uint(0x0004_0003_0002_0001)),
+        ]
+    );
+}
+
+#[test]
+fn scaled_values_are_floats_with_the_decimals_of_the_scaling() {
+    let mut t = transform(&[
+        ("point.a_tenths", "holding 0 i16 scale=0.1"),
+        ("point.b_bar", "holding 1 u16 scale=0.01 offset=-1"),
+        ("point.c_offset", "holding 2 u16 offset=-40"),
+        ("point.d_double", "holding 3 u16 scale=2"),
+        ("point.e_inverted", "holding 4 i16 scale=-0.5"),
+        ("point.f_exponent", "holding 5 u16 scale=1e-3"),
+        ("point.g_kilovolt", "holding 6 f32 scale=0.001"),
+    ]);
+    let mut words = vec![(-215i16) as u16, 250, 65, 215, 3, 1234];
+    words.extend(words_of(&230.5f32.to_be_bytes()));
+    let out = run(&mut t, &registers(1, 3, 0, &words));
+    assert_eq!(
+        messages(&out),
+        [
+            ("modbus/unit1/a_tenths", "-21.5"),
+            ("modbus/unit1/b_bar", "1.50"),
+            ("modbus/unit1/c_offset", "25"),
+            ("modbus/unit1/d_double", "430"),
+            ("modbus/unit1/e_inverted", "-1.5"),
+            ("modbus/unit1/f_exponent", "1.234"),
+            ("modbus/unit1/g_kilovolt", "0.2305"),
+        ]
+    );
+    assert_eq!(
+        fields(&out),
+        [
+            ("a_tenths", Float(-21.5)),
+            ("b_bar", Float(1.5)),
+            ("c_offset", Float(25.0)),
+            ("d_double", Float(430.0)),
+            ("e_inverted", Float(-1.5)),
+            ("f_exponent", Float(1.234)),
+            ("g_kilovolt", Float(0.2305)),
+        ]
+    );
+}
+
+#[test]
+fn only_values_entirely_inside_the_reading() {
+    let mut t = transform(&[
+        ("point.before", "holding 9 u16"),
+        ("point.first", "holding 10 u16"),
+        ("point.straddling", "holding 11 u32"),
+        ("point.after", "holding 12 u16"),
+    ]);
+    let out = run(&mut t, &registers(1, 3, 10, &[1, 2]));
+    assert_eq!(messages(&out), [("modbus/unit1/first", "1")]);
+    // Another table at the same addresses: nothing.
+    assert!(run(&mut t, &registers(1, 4, 10, &[1, 2])).is_empty());
+}
+
+#[test]
+fn output_follows_the_addresses_not_the_config() {
+    let mut t = transform(&[
+        ("point.z", "input 0 u16"),
+        ("point.b", "input 2 u16"),
+        ("point.a", "input 1 u16"),
+    ]);
+    let out = run(&mut t, &registers(1, 4, 0, &[10, 11, 12]));
+    assert_eq!(
+        messages(&out),
+        [
+            ("modbus/unit1/z", "10"),
+            ("modbus/unit1/a", "11"),
+            ("modbus/unit1/b", "12"),
+        ]
+    );
+}
+
+#[test]
+fn units_devices_and_unit_tags() {
+    let mut t = transform(&[
+        ("device.1", "boiler"),
+        (
+            "point.temperature",
+            "holding 0 i16 scale=0.1 unit=°C unit_id=1",
+        ),
+        ("point.flow", "holding 0 u16 unit=m3/h unit_id=2"),
+        ("point.status", "holding 1 u16"),
+    ]);
+    let out = run(&mut t, &registers(1, 3, 0, &[215, 3]));
+    assert_eq!(
+        messages(&out),
+        [
+            ("modbus/boiler/temperature", "21.5"),
+            ("modbus/boiler/status", "3"),
+        ]
+    );
+    assert_eq!(
+        out.points()[0].tags,
+        [
+            ("device".to_string(), "boiler".to_string()),
+            ("temperature_unit".to_string(), "°C".to_string()),
+        ]
+    );
+    let out = run(&mut t, &registers(2, 3, 0, &[12, 4]));
+    assert_eq!(
+        messages(&out),
+        [("modbus/unit2/flow", "12"), ("modbus/unit2/status", "4")]
+    );
+    assert_eq!(out.points()[0].tag_value("flow_unit"), Some("m3/h"));
+    let out = run(&mut t, &registers(3, 3, 0, &[12, 5]));
+    assert_eq!(messages(&out), [("modbus/unit3/status", "5")]);
+}
+
+#[test]
+fn deadband_holds_back_small_moves_from_the_last_published_value() {
+    let mut t = transform(&[
+        ("point.t", "holding 0 i16 scale=0.1 deadband=0.5 unit=°C"),
+        ("point.other", "holding 1 u16"),
+    ]);
+    let mut step = |raw: i16| {
+        let out = run(&mut t, &registers(1, 3, 0, &[raw as u16, 7]));
+        let t: Vec<String> = messages(&out)
+            .iter()
+            .filter(|(topic, _)| topic.ends_with("/t"))
+            .map(|(_, payload)| payload.to_string())
+            .collect();
+        // The unit tag stays, published or not.
+        assert_eq!(out.points()[0].tag_value("t_unit"), Some("°C"));
+        t
+    };
+    assert_eq!(step(215), ["21.5"], "the first value is always published");
+    assert_eq!(step(218), [] as [&str; 0]);
+    assert_eq!(
+        step(220),
+        [] as [&str; 0],
+        "exactly the deadband is held back"
+    );
+    assert_eq!(step(221), ["22.1"], "0.6 from 21.5, the last published");
+    assert_eq!(step(217), [] as [&str; 0]);
+    assert_eq!(step(216), [] as [&str; 0], "0.5 from 22.1");
+    assert_eq!(step(215), ["21.5"]);
+}
+
+#[test]
+fn deadband_state_is_per_unit_and_float_noise_is_not_a_move() {
+    let mut t = transform(&[("point.p", "input 0 u16 scale=0.1 deadband=0.3")]);
+    let mut held_back = |unit: u8, raw: u16| run(&mut t, &registers(unit, 4, 0, &[raw])).is_empty();
+    assert!(!held_back(1, 12));
+    assert!(!held_back(2, 20), "unit 2 has a state of its own");
+    // 1.5 - 1.2 is 0.30000000000000004 in binary: still within 0.3.
+    assert!(held_back(1, 15), "nothing published, not even a point");
+    assert!(!held_back(1, 16));
+    assert!(held_back(2, 22));
+}
+
+#[test]
+fn integer_deadband_compares_exactly() {
+    let mut t = transform(&[("point.count", "input 0 u64 deadband=0")]);
+    let big = u64::MAX - 1;
+    let frame = |v: u64| registers(1, 4, 0, &words_of(&v.to_be_bytes()));
+    assert_eq!(messages(&run(&mut t, &frame(big))).len(), 1);
+    assert!(run(&mut t, &frame(big)).is_empty());
+    // One apart at 2^64: the same f64, but a change.
+    assert_eq!(messages(&run(&mut t, &frame(big + 1))).len(), 1);
+}
+
+#[test]
+fn bool_deadband_zero_publishes_on_change() {
+    let mut t = transform(&[("point.alarm", "discrete_inputs 0 bool deadband=0")]);
+    let mut alarm = |on: u8| messages(&run(&mut t, &bits(1, 2, 0, 1, &[on]))).len();
+    assert_eq!(alarm(0), 1);
+    assert_eq!(alarm(0), 0);
+    assert_eq!(alarm(1), 1);
+    assert_eq!(alarm(1), 0);
+    assert_eq!(alarm(0), 1);
+}
+
+#[test]
+fn non_finite_floats_are_skipped() {
+    let mut t = transform(&[
+        ("point.a", "input 0 f32"),
+        ("point.b", "input 2 f64 scale=10"),
+        ("point.c", "input 6 u16"),
+    ]);
+    let mut words = words_of(&f32::NAN.to_be_bytes());
+    words.extend(words_of(&f64::NEG_INFINITY.to_be_bytes()));
+    words.push(9);
+    let out = run(&mut t, &registers(1, 4, 0, &words));
+    assert_eq!(messages(&out), [("modbus/unit1/c", "9")]);
+    assert_eq!(fields(&out), [("c", Uint(9))]);
+    // f64::MAX × 10 overflows.
+    let mut words = words_of(&f32::INFINITY.to_be_bytes());
+    words.extend(words_of(&f64::MAX.to_be_bytes()));
+    words.push(9);
+    let out = run(&mut t, &registers(1, 4, 0, &words));
+    assert_eq!(messages(&out), [("modbus/unit1/c", "9")]);
+}
+
+#[test]
+fn frames_that_are_not_readings_are_refused() {
+    let mut t = example();
+    let err = sluice_sdk::process(&mut t, &Frame::from_data([1, 1, 3])).unwrap_err();
+    assert_eq!(
+        err,
+        Error::malformed("modbus reading: 3 bytes, shorter than the 8-byte header")
+    );
+    let err =
+        sluice_sdk::process(&mut t, &Frame::from_data([1, 1, 3, 0, 0, 0, 0, 1, 0])).unwrap_err();
+    assert!(matches!(err, Error::Malformed(_)), "{err:?}");
+    let err =
+        sluice_sdk::process(&mut t, &Frame::from_data([2, 1, 3, 0, 0, 0, 0, 1, 0, 0])).unwrap_err();
+    assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
+}
+
+#[test]
+fn prefix_measurement_qos_and_retain() {
+    let mut t = transform(&[
+        ("prefix", "site/line1"),
+        ("measurement", "plc"),
+        ("qos", "0"),
+        ("retain", "false"),
+        ("device.0", "Kühlraum"),
+        ("point.t", "input 0 u16"),
+    ]);
+    let out = run(&mut t, &registers(0, 4, 0, &[1]));
+    let m = &out.messages()[0];
+    assert_eq!(m.topic, "site/line1/Kühlraum/t");
+    assert_eq!((m.qos, m.retain), (Qos::AtMostOnce, false));
+    assert_eq!(out.points()[0].measurement, "plc");
+    assert_eq!(out.points()[0].tag_value("device"), Some("Kühlraum"));
+}
+
+#[test]
+fn the_last_value_of_a_repeated_key_wins() {
+    let mut t = transform(&[
+        ("point.t", "input 0 u16"),
+        ("device.1", "a"),
+        ("point.t", "input 1 u16"),
+        ("device.1", "b"),
+    ]);
+    let out = run(&mut t, &registers(1, 4, 0, &[5, 6]));
+    assert_eq!(messages(&out), [("modbus/b/t", "6")]);
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let point = |spec: &'static str| invalid_config(&[("point.x", spec)]);
+    for (spec, says) in [
+        ("holding 0", "expected `<table> <address> <type> [options]`"),
+        ("registers 0 u16", "unknown table `registers`"),
+        ("holding 65536 u16", "address `65536` is not a number"),
+        ("holding -1 u16", "address `-1`"),
+        ("holding 0xG u16", "address `0xG`"),
+        ("holding 0 u8", "unknown type `u8`"),
+        ("coils 0 u16", "coils and discrete_inputs are `bool`"),
+        ("input 0 bool", "not `bool`"),
+        (
+            "holding 65533 u64",
+            "4 registers from address 65533 run past",
+        ),
+        ("holding 0 u16 scale", "`scale` is not an option"),
+        ("holding 0 u16 scale=abc", "`scale=abc`: expected a number"),
+        ("holding 0 u16 scale=inf", "`scale=inf`: expected a number"),
+        ("holding 0 u16 scale=0", "`scale=0`"),
+        ("holding 0 u16 scale=1 scale=2", "`scale` is given twice"),
+        ("holding 0 u16 deadband=-1", "must not be negative"),
+        ("coils 0 bool deadband=1", "only `deadband=0`"),
+        ("coils 0 bool scale=2", "a `bool` cannot be scaled"),
+        (
+            "holding 0 u16 order=low_first",
+            "`order` applies to 32- and 64-bit",
+        ),
+        ("holding 0 u32 order=middle", "`order=middle`"),
+        ("holding 0 u16 unit=", "`unit=` needs a unit"),
+        ("holding 0 u16 unit_id=256", "`unit_id=256`"),
+        ("holding 0 u16 colour=red", "unknown option `colour`"),
+    ] {
+        let message = point(spec);
+        assert!(
+            message.starts_with(&format!("`point.x` = {spec:?}: ")),
+            "{spec}: {message}"
+        );
+        assert!(message.contains(says), "{spec}: {message}");
+    }
+    for (pairs, says) in [
+        (
+            &[("point.a/b", "holding 0 u16")][..],
+            "`point.a/b`: a point name",
+        ),
+        (&[("point.", "holding 0 u16")][..], "`point.`: a point name"),
+        (&[("device.256", "x")][..], "`device.256`: a unit id"),
+        (&[("device.boiler", "x")][..], "`device.boiler`: a unit id"),
+        (&[("device.1", "a+b")][..], "`device.1`: a device name"),
+        (&[("devise.1", "x")][..], "unknown key `devise.1`"),
+        (&[("qos", "3")][..], "`qos` = \"3\""),
+        (&[("retain", "yes")][..], "`retain` = \"yes\""),
+        (&[("prefix", "/plant")][..], "`prefix` = \"/plant\""),
+        (
+            &[("measurement", "")][..],
+            "`measurement` must not be empty",
+        ),
+        (&[][..], "the register map is empty"),
+    ] {
+        let mut pairs = pairs.to_vec();
+        if !pairs.iter().any(|(k, _)| k.starts_with("point.")) && !pairs.is_empty() {
+            pairs.push(("point.ok", "holding 0 u16"));
+        }
+        let message = invalid_config(&pairs);
+        assert!(message.contains(says), "{pairs:?}: {message}");
+    }
+}
+
+/// The shipped test vectors pass against the example config, checked the
+/// way the host checks them on a deploy (see docs/transforms.md): one
+/// instance, the vectors in order, `expect` compared exactly where given.
+#[test]
+fn shipped_vectors_pass_with_the_example_config() {
+    let text = include_str!("../modbus_registers.vectors.jsonl");
+    let mut t = example();
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        count += 1;
+        if let Err(why) = check_vector(&mut t, line) {
+            failures.push(format!("line {}: {why}", index + 1));
+        }
+    }
+    assert_eq!(failures, [] as [String; 0]);
+    assert_eq!(count, 12);
+}
+
+fn check_vector(t: &mut ModbusRegisters, line: &str) -> Result<(), String> {
+    use serde_json::Value as Json;
+    let vector: serde_json::Map<String, Json> =
+        serde_json::from_str(line).map_err(|e| e.to_string())?;
+    only_keys(
+        &vector,
+        &["name", "input", "input_base64", "received_at_ns", "expect"],
+    )?;
+    let input = match (vector.get("input"), vector.get("input_base64")) {
+        (Some(Json::String(text)), None) => text.as_bytes().to_vec(),
+        (None, Some(Json::String(b64))) => base64_decode(b64)?,
+        _ => return Err("give exactly one of `input` and `input_base64`".into()),
+    };
+    let at = vector
+        .get("received_at_ns")
+        .and_then(Json::as_u64)
+        .unwrap_or(0);
+    let result = sluice_sdk::process(t, &Frame::new("gw", at, input));
+    let expect = vector
+        .get("expect")
+        .and_then(Json::as_object)
+        .ok_or("no `expect`")?;
+    only_keys(expect, &["error", "messages", "points"])?;
+    if let Some(kind) = expect.get("error") {
+        let got = match &result {
+            Err(Error::Malformed(_)) => "malformed",
+            Err(Error::Unsupported(_)) => "unsupported",
+            Err(Error::InvalidConfig(_)) => "invalid_config",
+            Err(Error::Internal(_)) => "internal",
+            Ok(_) => return Err(format!("expected error {kind}, got output")),
+        };
+        return match kind.as_str() {
+            Some("any") => Ok(()),
+            Some(kind) if kind == got => Ok(()),
+            _ => Err(format!("expected error {kind}, got {got}")),
+        };
+    }
+    let out = result.map_err(|e| format!("expected output, got {e}"))?;
+    if let Some(expected) = expect.get("messages").and_then(Json::as_array) {
+        if expected.len() != out.messages().len() {
+            return Err(format!(
+                "expected {} message(s), got {:?}",
+                expected.len(),
+                messages(&out)
+            ));
+        }
+        for (want, got) in expected.iter().zip(out.messages()) {
+            let want = want.as_object().ok_or("a message is an object")?;
+            only_keys(want, &["topic", "payload", "qos", "retain"])?;
+            let payload = std::str::from_utf8(&got.payload).map_err(|e| e.to_string())?;
+            let matches = want.get("topic").and_then(Json::as_str) == Some(got.topic.as_str())
+                && want
+                    .get("payload")
+                    .is_none_or(|p| p.as_str() == Some(payload))
+                && want
+                    .get("qos")
+                    .is_none_or(|q| q.as_u64() == Some(got.qos.level().into()))
+                && want
+                    .get("retain")
+                    .is_none_or(|r| r.as_bool() == Some(got.retain));
+            if !matches {
+                return Err(format!("expected {want:?}, got {got:?}"));
+            }
+        }
+    }
+    if let Some(expected) = expect.get("points").and_then(Json::as_array) {
+        if expected.len() != out.points().len() {
+            return Err(format!(
+                "expected {} point(s), got {:?}",
+                expected.len(),
+                out.points()
+            ));
+        }
+        for (want, got) in expected.iter().zip(out.points()) {
+            let want = want.as_object().ok_or("a point is an object")?;
+            only_keys(want, &["measurement", "tags", "fields", "timestamp_ns"])?;
+            let tags_match = want.get("tags").is_none_or(|tags| {
+                let tags = tags.as_object().cloned().unwrap_or_default();
+                tags.len() == got.tags.len()
+                    && got
+                        .tags
+                        .iter()
+                        .all(|(k, v)| tags.get(k).and_then(Json::as_str) == Some(v.as_str()))
+            });
+            let fields_match = want.get("fields").is_none_or(|fields| {
+                let fields = fields.as_object().cloned().unwrap_or_default();
+                fields.len() == got.fields.len()
+                    && got.fields.iter().all(|(k, v)| {
+                        fields.get(k).is_some_and(|want| match (want, v) {
+                            (Json::Bool(w), Boolean(g)) => w == g,
+                            (Json::Number(w), Float(g)) => w.as_f64() == Some(*g),
+                            (Json::Number(w), Int(g)) => w.as_i64() == Some(*g),
+                            (Json::Number(w), Uint(g)) => w.as_u64() == Some(*g),
+                            _ => false,
+                        })
+                    })
+            });
+            let matches = want.get("measurement").and_then(Json::as_str)
+                == Some(got.measurement.as_str())
+                && tags_match
+                && fields_match
+                && want
+                    .get("timestamp_ns")
+                    .is_none_or(|ts| ts.as_i64() == got.timestamp_ns);
+            if !matches {
+                return Err(format!("expected {want:?}, got {got:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn only_keys(
+    object: &serde_json::Map<String, serde_json::Value>,
+    known: &[&str],
+) -> Result<(), String> {
+    match object.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(key) => Err(format!("unknown key `{key}`")),
+        None => Ok(()),
+    }
+}
+
+fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bytes = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.trim().trim_end_matches('=').bytes() {
+        let digit = ALPHABET
+            .iter()
+            .position(|&a| a == c)
+            .ok_or_else(|| format!("not base64: {text}"))?;
+        acc = acc << 6 | digit as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            bytes.push((acc >> bits) as u8);
+        }
+    }
+    Ok(bytes)
+}
+
+/// docs/transforms.md shows `EXAMPLE_CONFIG` as the pipeline's TOML.
+#[test]
+fn the_docs_show_the_example_config() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/transforms.md");
+    let docs = std::fs::read_to_string(path).unwrap();
+    let section = docs.split("## Modbus readings").nth(1).unwrap();
+    let block = section
+        .split("[pipeline.transform.config]\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap();
+    let unquote = |s: &str| s.trim().trim_matches('"').to_owned();
+    let shown: Vec<(String, String)> = block
+        .lines()
+        .filter_map(|line| line.split_once(" = "))
+        .map(|(k, v)| (unquote(k), unquote(v)))
+        .collect();
+    let expected: Vec<(String, String)> = EXAMPLE_CONFIG
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(shown, expected);
+}
