@@ -2,8 +2,8 @@
 # Every check and test of sluice, on a fresh Debian machine (run as root, or
 # with the packages below already installed):
 #   - installs the real servers the integration tests spawn (mosquitto and
-#     its clients, influxdb 1.x, victoria-metrics) and the wasm32-wasip2
-#     target the transforms are built for;
+#     its clients, influxdb 1.x, victoria-metrics, socat, pymodbus in a venv) and
+#     the wasm32-wasip2 target the transforms are built for;
 #   - formatting and clippy (warnings are errors) for all three workspaces:
 #     the host workspace, transforms/ and tests/guests/; no import circle
 #     between the modules of host/, runtime/ and core/ (scripts/module-cycles.py);
@@ -22,12 +22,18 @@ command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 command -v influxd >/dev/null || missing+=(influxdb)
 command -v victoria-metrics >/dev/null || missing+=(victoria-metrics)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v socat >/dev/null || missing+=(socat)
 command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+echo "==> pymodbus (the Modbus devices of the tests) in target/test-venv"
+[ -x target/test-venv/bin/python ] || python3 -m venv target/test-venv
+target/test-venv/bin/pip install -q --disable-pip-version-check -r tests/support/requirements.txt
 
 echo "==> Rust toolchain (rust-toolchain.toml) with wasm32-wasip2, rustfmt, clippy"
 # RUSTUP_AUTO_INSTALL=0 on these machines: install what the toolchain file asks for explicitly.

@@ -27,7 +27,7 @@ fn main() {
     let builds = [
         (
             root.join("transforms/Cargo.toml"),
-            &["json_telemetry", "cayenne_lpp"][..],
+            &["json_telemetry", "cayenne_lpp", "modbus_registers"][..],
         ),
         (
             root.join("tests/guests/Cargo.toml"),

@@ -89,6 +89,7 @@ pub fn structural_changes(old: &Config, new: &Config) -> Vec<String> {
     for (i, (a, b)) in old.pipelines.iter().zip(&new.pipelines).enumerate() {
         let key = format!("pipeline[{i}]");
         check(&format!("{key}.serial"), same(&a.serial, &b.serial));
+        check(&format!("{key}.modbus"), a.modbus == b.modbus);
         check(&format!("{key}.downlink"), same(&a.downlink, &b.downlink));
         check(&format!("{key}.capture"), same(&a.capture, &b.capture));
         check(

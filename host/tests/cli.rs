@@ -771,3 +771,44 @@ transform = {{ module = {:?} }}
     ]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
 }
+
+/// The shipped Modbus examples pass check-config as they are, and a plan
+/// with reads past the protocol's limits is refused, naming the key.
+#[test]
+fn modbus_examples_pass_check_config_and_bad_plans_are_named() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let module = json_telemetry_module();
+    let check = |config: &Path| {
+        let out = sluice()
+            .arg("check-config")
+            .arg(config)
+            .env("SLUICE_DATA_DIR", tmp.path().join("data"))
+            .env(
+                "SLUICE_TRANSFORMS_DIR",
+                module.parent().expect("artifact dir"),
+            )
+            .output()
+            .expect("run sluice");
+        let (stdout, stderr) = text(&out);
+        (out.status.success(), format!("{stdout}{stderr}"))
+    };
+    for example in ["examples/modbus-tcp.toml", "examples/modbus-rtu.toml"] {
+        let (ok, output) = check(&repo().join(example));
+        assert!(ok, "{example}: {output}");
+    }
+    let text = std::fs::read_to_string(repo().join("examples/modbus-tcp.toml"))
+        .expect("example")
+        .replace(
+            "count = 2, interval_ms = 1000",
+            "count = 126, interval_ms = 1000",
+        );
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, text).expect("write");
+    let (ok, output) = check(&bad);
+    assert!(!ok, "{output}");
+    assert!(
+        output
+            .contains("pipeline[0].modbus.device[0].read[0].count: 1 to 125 for holding, not 126"),
+        "{output}"
+    );
+}

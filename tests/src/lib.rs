@@ -23,6 +23,8 @@ pub mod wasm {
     pub const JSON_TELEMETRY: &str = env!("SLUICE_WASM_JSON_TELEMETRY");
     /// transforms/cayenne-lpp.
     pub const CAYENNE_LPP: &str = env!("SLUICE_WASM_CAYENNE_LPP");
+    /// transforms/modbus-registers.
+    pub const MODBUS_REGISTERS: &str = env!("SLUICE_WASM_MODBUS_REGISTERS");
     /// tests/guests/misbehave.
     pub const MISBEHAVE: &str = env!("SLUICE_WASM_MISBEHAVE");
     /// tests/guests/tagger-a: tags each frame `tag/a`.
@@ -1322,6 +1324,116 @@ impl Drop for RssSampler {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+/// A Modbus TCP server of pymodbus (`tests/support/modbus_device.py`, in
+/// the venv `scripts/test.sh` makes): the devices a Modbus pipeline polls.
+/// Killed on drop.
+pub struct ModbusDevice {
+    /// Its port on 127.0.0.1 (TCP).
+    pub port: u16,
+    /// RTU: the serial line's other end, for sluice, and the socat that
+    /// links the two pseudo-terminals.
+    pub bus: Option<(PathBuf, Child, tempfile::TempDir)>,
+    child: Option<Child>,
+}
+
+impl ModbusDevice {
+    /// Starts the devices over TCP on a free port.
+    pub fn start_tcp() -> ModbusDevice {
+        let mut device = ModbusDevice {
+            port: free_port(),
+            bus: None,
+            child: None,
+        };
+        device.restart();
+        device
+    }
+
+    /// Starts the devices as RTU slaves on one end of a pair of linked
+    /// pseudo-terminals (socat); sluice opens the other, [`bus_path`]
+    /// (Self::bus_path), as its serial port.
+    pub fn start_rtu() -> ModbusDevice {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bus, device) = (dir.path().join("bus"), dir.path().join("device"));
+        let socat = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", bus.display()))
+            .arg(format!("pty,raw,echo=0,link={}", device.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn socat (scripts/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(bus.exists() && device.exists()) {
+            assert!(Instant::now() < deadline, "socat made no pty pair");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut modbus = ModbusDevice {
+            port: 0,
+            bus: Some((bus, socat, dir)),
+            child: None,
+        };
+        modbus.restart();
+        modbus
+    }
+
+    /// RTU: the serial port sluice reads.
+    pub fn bus_path(&self) -> &Path {
+        &self.bus.as_ref().expect("an RTU device").0
+    }
+
+    /// Starts it again on the same port (after [`kill`](Self::kill)).
+    pub fn restart(&mut self) {
+        self.kill();
+        let python = std::env::var_os("SLUICE_TEST_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/test-venv/bin/python"));
+        assert!(
+            python.is_file(),
+            "{} is missing: scripts/test.sh installs pymodbus there (or set SLUICE_TEST_PYTHON)",
+            python.display()
+        );
+        let mut command = Command::new(python);
+        command.arg(repo_root().join("tests/support/modbus_device.py"));
+        match &self.bus {
+            None => command.args(["tcp", &self.port.to_string()]),
+            Some((bus, _, _)) => command
+                .arg("rtu")
+                .arg(bus.with_file_name("device"))
+                .arg("19200"),
+        };
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the Modbus device");
+        self.child = Some(child);
+        if self.bus.is_none() {
+            assert!(
+                wait_for_port(self.port, Duration::from_secs(20)),
+                "the Modbus device did not listen on {}",
+                self.port
+            );
+        }
+    }
+
+    /// SIGKILL: the connection drops, nothing answers until a restart.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ModbusDevice {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some((_, socat, _)) = self.bus.as_mut() {
+            let _ = socat.kill();
+            let _ = socat.wait();
         }
     }
 }

@@ -11,6 +11,7 @@ mod influx_gateway;
 mod influx_scripted;
 mod influx_v1;
 mod influx_v2_victoria;
+mod modbus;
 mod mqtt_backoff;
 mod mqtt_delivery;
 mod mqtt_downlink;

@@ -54,7 +54,12 @@ fn cobs_port_encodes_commands_with_cobs() {
         wire.ends_with(&[0x02, 0x11, 0x02, 0x22, 0x00]),
         "{wire:02x?}"
     );
-    let mut framer = config.serial.framing.build(1024, 115_200);
+    let mut framer = config
+        .serial
+        .as_ref()
+        .expect("a serial port")
+        .framing
+        .build(1024, 115_200);
     let mut buf = bytes::BytesMut::from(&wire[..]);
     let mut frames = Vec::new();
     while let Some(event) =

@@ -16,6 +16,7 @@ pub mod hotswap;
 pub mod influx;
 pub mod interpolate;
 mod limits;
+pub mod modbus;
 mod pipeline;
 
 use std::num::{NonZeroU16, NonZeroU64, NonZeroUsize};
@@ -490,6 +491,10 @@ mod tests {
         Config::parse(Path::new("test.toml"), text, |_| None)
     }
 
+    fn first_serial(c: &Config) -> &SerialConfig {
+        c.pipelines[0].serial.as_ref().expect("a serial port")
+    }
+
     const MINIMAL: &str = r#"
 version = 1
 [mqtt]
@@ -504,7 +509,7 @@ transform = { module = "t.wasm", config = { prefix = "iiot", qos = 1, on = true,
     fn minimal_config_gets_defaults() {
         let c = parse(MINIMAL).expect("parses");
         assert_eq!(c.mqtt.as_ref().map(|m| m.port), Some(1883));
-        assert_eq!(c.pipelines[0].serial.baud.get(), 115_200);
+        assert_eq!(first_serial(&c).baud.get(), 115_200);
         assert_eq!(c.limits.call_timeout_ms.get(), 100);
         assert_eq!(
             c.pipelines[0].transform.init_pairs(),
@@ -657,7 +662,7 @@ transform = { module = "t.wasm", config = { prefix = "iiot", qos = 1, on = true,
     #[test]
     fn serial_settings_have_defaults_and_parse() {
         let c = parse(MINIMAL).expect("parses");
-        let s = &c.pipelines[0].serial;
+        let s = first_serial(&c);
         assert_eq!(
             (s.data_bits, s.parity, s.stop_bits, s.flow_control),
             (8, SerialParity::None, 1, SerialFlowControl::None)
@@ -670,7 +675,7 @@ transform = { module = "t.wasm", config = { prefix = "iiot", qos = 1, on = true,
              flow_control = \"hardware\", exclusive = false, required = true",
         );
         let c = parse(&text).expect("parses");
-        let s = &c.pipelines[0].serial;
+        let s = first_serial(&c);
         assert_eq!(
             (s.data_bits, s.parity, s.stop_bits, s.flow_control),
             (7, SerialParity::Even, 2, SerialFlowControl::Hardware)
@@ -747,17 +752,14 @@ transform = { module = "t.wasm", config = { prefix = "iiot", qos = 1, on = true,
     fn framing_defaults_to_newline_and_its_problems_name_the_pipeline() {
         use sluice_framing::{CrcKind, FramingConfig};
         let c = parse(MINIMAL).expect("parses");
-        assert_eq!(c.pipelines[0].serial.framing, FramingConfig::default());
+        assert_eq!(first_serial(&c).framing, FramingConfig::default());
         let text = MINIMAL.replace(
             "path = \"/dev/ttyUSB0\"",
             "path = \"/dev/x\", max_frame_bytes = 8, \
              framing = { kind = \"fixed\", size = 20, crc = \"crc16_modbus\" }",
         );
         let c = parse(&text).expect("parses");
-        assert_eq!(
-            c.pipelines[0].serial.framing.crc(),
-            Some(CrcKind::Crc16Modbus)
-        );
+        assert_eq!(first_serial(&c).framing.crc(), Some(CrcKind::Crc16Modbus));
         let problems = c.validate();
         assert!(
             problems

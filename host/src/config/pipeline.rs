@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::limits::{LimitsConfig, LimitsOverride};
+use super::modbus::ModbusConfig;
 
 /// `[[pipeline]]`
 #[derive(Debug, Clone, Deserialize)]
@@ -17,8 +18,14 @@ use super::limits::{LimitsConfig, LimitsOverride};
 pub struct PipelineConfig {
     /// Unique name; used in metrics labels and as the frame's `source`.
     pub name: String,
-    /// The serial port this pipeline reads.
-    pub serial: SerialConfig,
+    /// The serial port this pipeline reads (with `modbus` over RTU: the
+    /// bus, its framing unused). Absent only for Modbus TCP.
+    #[serde(default)]
+    pub serial: Option<SerialConfig>,
+    /// Poll Modbus devices instead of listening to the line
+    /// ([`ModbusConfig`]).
+    #[serde(default)]
+    pub modbus: Option<ModbusConfig>,
     /// The transform that decodes its frames.
     pub transform: TransformConfig,
     /// Overrides of the global `[limits]`, key by key
@@ -296,7 +303,31 @@ pub(super) fn validate(pipelines: &[PipelineConfig], commands_over_mqtt: bool) -
         } else if !seen.insert(p.name.as_str()) {
             problems.push(format!("{key}.name: {:?} is used twice", p.name));
         }
-        validate_serial(&key, &p.serial, &mut problems);
+        match (&p.serial, &p.modbus) {
+            (Some(serial), _) => validate_serial(&key, serial, &mut problems),
+            (None, Some(modbus)) if modbus.tcp.is_some() => {}
+            (None, _) => problems.push(format!(
+                "{key}.serial: every pipeline reads a serial port, except one polling Modbus TCP (modbus.tcp)"
+            )),
+        }
+        if let Some(modbus) = &p.modbus {
+            if modbus.tcp.is_some() && p.serial.is_some() {
+                problems.push(format!(
+                    "{key}.modbus.tcp: a pipeline polls Modbus over TCP or over its serial port (RTU), not both"
+                ));
+            }
+            if p.downlink.is_some() {
+                problems.push(format!(
+                    "{key}.downlink: Modbus writes are not supported yet"
+                ));
+            }
+            if p.capture.is_some() {
+                problems.push(format!(
+                    "{key}.capture: a Modbus pipeline has no byte stream to capture"
+                ));
+            }
+            problems.extend(modbus.validate(&format!("{key}.modbus"), modbus.tcp.is_none()));
+        }
         if let Some(capture) = &p.capture {
             validate_capture(&key, capture, &mut problems);
         }
@@ -400,11 +431,13 @@ fn validate_shared_paths(pipelines: &[PipelineConfig], problems: &mut Vec<String
     let mut serial_paths = std::collections::HashMap::new();
     let mut capture_paths = std::collections::HashMap::new();
     for (i, p) in pipelines.iter().enumerate() {
-        if let Some(first) = serial_paths.insert(p.serial.path.as_path(), i) {
-            serial_paths.insert(p.serial.path.as_path(), first);
+        if let Some(serial) = &p.serial
+            && let Some(first) = serial_paths.insert(serial.path.as_path(), i)
+        {
+            serial_paths.insert(serial.path.as_path(), first);
             problems.push(format!(
                 "pipeline[{i}].serial.path: {} is already read by pipeline[{first}]",
-                p.serial.path.display()
+                serial.path.display()
             ));
         }
         if let Some(capture) = &p.capture

@@ -8,6 +8,7 @@
 //! a `prometheus_client` counter handle is an `Arc` to one atomic, so
 //! incrementing it costs one atomic add, no label lookup.
 
+pub mod modbus;
 pub mod serial;
 
 use std::sync::Mutex;
@@ -93,6 +94,8 @@ pub struct Metrics {
     pub influx: InfluxMetrics,
     /// Serial ports, downlink and capture (`source::serial::metrics`).
     serial: serial::SerialFamilies,
+    /// Modbus pollers.
+    modbus: modbus::ModbusFamilies,
 }
 
 impl Default for Metrics {
@@ -215,6 +218,7 @@ impl Metrics {
         );
         let influx = InfluxMetrics::register(&mut registry);
         let serial = serial::SerialFamilies::register(&mut registry);
+        let modbus = modbus::ModbusFamilies::register(&mut registry);
         let hotswap = HotswapMetrics::register(&mut registry);
         Self {
             hotswap,
@@ -238,6 +242,7 @@ impl Metrics {
             end_to_end_seconds,
             influx,
             serial,
+            modbus,
         }
     }
 
@@ -262,6 +267,11 @@ impl Metrics {
     /// Pre-resolved serial, downlink and capture counters for one pipeline.
     pub fn serial(&self, pipeline: &str) -> serial::SerialMetrics {
         self.serial.pipeline(pipeline)
+    }
+
+    /// The Modbus counters of one pipeline.
+    pub fn modbus(&self, pipeline: &str) -> modbus::ModbusMetrics {
+        self.modbus.pipeline(pipeline)
     }
 
     /// Pre-resolved counters for one pipeline.

@@ -3,6 +3,7 @@
 //! bounded channel.
 
 pub mod capture;
+pub mod modbus;
 
 pub mod replay;
 pub mod serial;
@@ -44,6 +45,8 @@ pub enum PreparedSource {
     Serial(Box<serial::PreparedPort>),
     /// A capture feed.
     Replay(replay::PreparedFeed),
+    /// A Modbus poller.
+    Modbus(modbus::PreparedPoller),
 }
 
 /// A running source.
@@ -63,6 +66,9 @@ impl Source {
         metrics: &Metrics,
     ) -> anyhow::Result<PreparedSource> {
         Ok(match self {
+            Source::Serial if pipeline.modbus.is_some() => {
+                PreparedSource::Modbus(modbus::prepare(pipeline, metrics)?)
+            }
             Source::Serial => PreparedSource::Serial(Box::new(serial::prepare(pipeline, metrics)?)),
             Source::Replay(plan) => PreparedSource::Replay(plan.prepare(pipeline, metrics)?),
         })
@@ -86,6 +92,10 @@ impl PreparedSource {
                     downlink: Some(started.downlink),
                 }
             }
+            PreparedSource::Modbus(poller) => StartedSource {
+                task: poller.spawn(frames, stop, read_ahead),
+                downlink: None,
+            },
             PreparedSource::Replay(feed) => StartedSource {
                 task: feed.spawn(frames, stop),
                 downlink: None,

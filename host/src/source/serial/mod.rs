@@ -98,7 +98,9 @@ pub struct StartedPort {
 pub fn prepare(pipeline: &PipelineConfig, metrics: &Metrics) -> anyhow::Result<PreparedPort> {
     let name: Arc<str> = pipeline.name.as_str().into();
     let serial_metrics = metrics.serial(&pipeline.name);
-    let config = pipeline.serial.clone();
+    let Some(config) = pipeline.serial.clone() else {
+        anyhow::bail!("pipeline {:?}: no [pipeline.serial]", pipeline.name);
+    };
     let initial = if config.required {
         match open::open(&config) {
             Ok(opened) => Some(opened),

@@ -1,0 +1,465 @@
+//! A Modbus source: polls the devices of `[pipeline.modbus]` over TCP or on
+//! the pipeline's serial bus (RTU) with `tokio-modbus`, and hands each
+//! answer to the pipeline as a frame.
+//!
+//! The frame is the answer with what it answers, in the layout
+//! `sluice_sdk::modbus::Reading` parses: format 1, unit id, function code,
+//! 0, start address (u16 BE), count (u16 BE), then the registers (u16 BE
+//! each) or the bits packed as on the wire.
+//!
+//! One request at a time on the link (an RTU bus has one master and no
+//! addressing of answers; a TCP gateway often serialises anyway), the one
+//! due first, so every device gets its turn. A device that does not answer
+//! is counted and left alone for a backoff (doubling up to
+//! `backoff_max_ms`) so a dead device does not take the bus from live ones;
+//! an exception is an answer (counted by code), not a failure — except a
+//! TCP gateway's "the device did not answer" (codes 10 and 11). A failed
+//! link is reopened with the same backoff. With a durable log the next
+//! request waits until the last answer is committed, as a serial port's
+//! next read does ([`crate::ticket`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_modbus::client::{Client as _, Context, Reader as _};
+use tokio_modbus::prelude::SlaveContext as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::modbus::{ModbusConfig, Poll, Table};
+use crate::config::{PipelineConfig, SerialConfig};
+use crate::metrics::Metrics;
+use crate::metrics::modbus::ModbusMetrics;
+use crate::model::{Frame, now_ns};
+use crate::source::ReadAhead;
+use crate::ticket::{FrameTicket, FrameTickets};
+
+/// The frame layout's version (byte 0).
+const FORMAT: u8 = 1;
+/// Exceptions by which a TCP gateway says the device behind it did not
+/// answer (path unavailable, target failed to respond): a dead device, as
+/// a timeout is on a bus of our own.
+const GATEWAY_NO_ANSWER: [u8; 2] = [0x0A, 0x0B];
+
+/// A poller, prepared but not polling yet.
+pub struct PreparedPoller {
+    pipeline: Arc<str>,
+    config: ModbusConfig,
+    serial: Option<SerialConfig>,
+    metrics: ModbusMetrics,
+}
+
+/// Prepares the poller of `pipeline` (which has `[pipeline.modbus]`).
+pub fn prepare(pipeline: &PipelineConfig, metrics: &Metrics) -> anyhow::Result<PreparedPoller> {
+    let Some(config) = pipeline.modbus.clone() else {
+        anyhow::bail!("pipeline {:?}: no [pipeline.modbus]", pipeline.name);
+    };
+    Ok(PreparedPoller {
+        pipeline: pipeline.name.as_str().into(),
+        serial: pipeline.serial.clone().filter(|_| config.tcp.is_none()),
+        config,
+        metrics: metrics.modbus(&pipeline.name),
+    })
+}
+
+impl PreparedPoller {
+    /// Starts polling: frames go to `frames` until `stop`.
+    pub fn spawn(
+        self,
+        frames: mpsc::Sender<Frame>,
+        stop: CancellationToken,
+        read_ahead: ReadAhead,
+    ) -> tokio::task::JoinHandle<()> {
+        let tickets = match read_ahead {
+            ReadAhead::Queues => None,
+            ReadAhead::UntilSettled(in_flight) => Some(FrameTickets::new(in_flight)),
+        };
+        let poller = Poller {
+            schedule: Schedule::new(&self.config),
+            pipeline: self.pipeline,
+            config: self.config,
+            serial: self.serial,
+            metrics: self.metrics,
+            frames,
+            stop,
+            tickets,
+        };
+        tokio::spawn(poller.run())
+    }
+}
+
+struct Poller {
+    pipeline: Arc<str>,
+    config: ModbusConfig,
+    serial: Option<SerialConfig>,
+    metrics: ModbusMetrics,
+    frames: mpsc::Sender<Frame>,
+    stop: CancellationToken,
+    tickets: Option<FrameTickets>,
+    schedule: Schedule,
+}
+
+/// What became of one request.
+enum Outcome {
+    Answer(Vec<u8>),
+    /// The device answered with an exception (it is alive).
+    Exception(u8),
+    /// No answer in time.
+    Timeout,
+    /// An answer that does not belong to the request (a late answer to an
+    /// earlier one, a damaged frame): the link is reopened.
+    Mismatch(String),
+    /// The link failed.
+    Transport(String),
+}
+
+impl Poller {
+    async fn run(mut self) {
+        let mut link_failures = 0u32;
+        while !self.stop.is_cancelled() {
+            let context = tokio::select! {
+                () = self.stop.cancelled() => break,
+                opened = self.open() => opened,
+            };
+            let mut context = match context {
+                Ok(context) => {
+                    link_failures = 0;
+                    self.metrics.connected.set(1);
+                    context
+                }
+                Err(err) => {
+                    self.metrics.connect_failures.inc();
+                    let wait = backoff(&self.config, link_failures);
+                    link_failures += 1;
+                    if link_failures == 1 {
+                        tracing::warn!(pipeline = &*self.pipeline, error = %err,
+                            "cannot open the Modbus link; retrying with backoff");
+                    }
+                    tokio::select! {
+                        () = self.stop.cancelled() => break,
+                        () = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            };
+            let lost = self.poll_until_lost(&mut context).await;
+            self.metrics.connected.set(0);
+            let _ = context.disconnect().await;
+            if let Some(why) = lost {
+                tracing::warn!(pipeline = &*self.pipeline, reason = %why,
+                    "Modbus link lost; reopening");
+            }
+        }
+        self.metrics.connected.set(0);
+    }
+
+    async fn open(&self) -> anyhow::Result<Context> {
+        let timeout = Duration::from_millis(self.config.timeout_ms.get());
+        match (&self.config.tcp, &self.serial) {
+            (Some(address), _) => {
+                let resolved: Vec<SocketAddr> = tokio::net::lookup_host(address).await?.collect();
+                let Some(first) = resolved.first() else {
+                    anyhow::bail!("{address} resolves to no address");
+                };
+                let connect = tokio_modbus::client::tcp::connect(*first);
+                Ok(tokio::time::timeout(timeout, connect).await??)
+            }
+            (None, Some(serial)) => {
+                let opened = super::serial::open::open(serial)
+                    .map_err(|e| anyhow::anyhow!("serial port {}: {e}", serial.path.display()))?;
+                Ok(tokio_modbus::client::rtu::attach(opened.stream))
+            }
+            (None, None) => anyhow::bail!("neither modbus.tcp nor [pipeline.serial]"),
+        }
+    }
+
+    /// Polls until the link fails (returns why) or the host stops (None).
+    async fn poll_until_lost(&mut self, context: &mut Context) -> Option<String> {
+        // RTU: at least 3.5 characters of silence between frames.
+        let silence = self.serial.as_ref().map(|s| silent_interval(s.baud.get()));
+        let mut last_answer: Option<Instant> = None;
+        loop {
+            let (slot, due) = self.schedule.next(Instant::now())?;
+            let mut due = due;
+            if let (Some(silence), Some(last)) = (silence, last_answer) {
+                due = due.max(last + silence);
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => return None,
+                () = tokio::time::sleep_until(due) => {}
+            }
+            if let Some(tickets) = &self.tickets {
+                tokio::select! {
+                    () = self.stop.cancelled() => return None,
+                    () = tickets.settled() => {}
+                }
+            }
+            let poll = self.schedule.polls[slot].poll;
+            let outcome = self.request(context, &poll).await;
+            last_answer = Some(Instant::now());
+            let now = Instant::now();
+            match outcome {
+                Outcome::Answer(data) => {
+                    self.metrics.poll(poll.unit, "ok");
+                    self.schedule.answered(slot, now);
+                    if !self.deliver(&poll, &data).await {
+                        return None;
+                    }
+                }
+                Outcome::Exception(code) => {
+                    self.metrics.poll(poll.unit, &format!("exception_{code}"));
+                    if GATEWAY_NO_ANSWER.contains(&code) {
+                        self.schedule.failed(slot, now, &self.config);
+                    } else {
+                        self.schedule.answered(slot, now);
+                    }
+                }
+                Outcome::Timeout => {
+                    self.metrics.poll(poll.unit, "timeout");
+                    let wait = self.schedule.failed(slot, now, &self.config);
+                    tracing::debug!(
+                        pipeline = &*self.pipeline,
+                        unit = poll.unit,
+                        backoff_ms = wait.as_millis() as u64,
+                        "Modbus device did not answer"
+                    );
+                }
+                Outcome::Mismatch(why) => {
+                    self.metrics.poll(poll.unit, "mismatch");
+                    self.schedule.failed(slot, now, &self.config);
+                    return Some(why);
+                }
+                Outcome::Transport(why) => {
+                    self.metrics.poll(poll.unit, "transport");
+                    self.schedule.failed(slot, now, &self.config);
+                    return Some(why);
+                }
+            }
+        }
+    }
+
+    async fn request(&self, context: &mut Context, poll: &Poll) -> Outcome {
+        context.set_slave(tokio_modbus::Slave(poll.unit));
+        let timeout = Duration::from_millis(self.config.timeout_ms.get());
+        let (address, count) = (poll.address, poll.count);
+        let call = async {
+            Ok(match poll.table {
+                Table::Coils => context.read_coils(address, count).await?.map(pack_bits),
+                Table::DiscreteInputs => context
+                    .read_discrete_inputs(address, count)
+                    .await?
+                    .map(pack_bits),
+                Table::Holding => context
+                    .read_holding_registers(address, count)
+                    .await?
+                    .map(pack_words),
+                Table::Input => context
+                    .read_input_registers(address, count)
+                    .await?
+                    .map(pack_words),
+            })
+        };
+        let result: Result<_, tokio_modbus::Error> = match tokio::time::timeout(timeout, call).await
+        {
+            Ok(result) => result,
+            Err(_) => return Outcome::Timeout,
+        };
+        match result {
+            Ok(Ok(data)) => Outcome::Answer(data),
+            Ok(Err(exception)) => Outcome::Exception(exception.into()),
+            Err(tokio_modbus::Error::Protocol(err)) => Outcome::Mismatch(err.to_string()),
+            Err(tokio_modbus::Error::Transport(err))
+                if err.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                Outcome::Mismatch(err.to_string())
+            }
+            Err(tokio_modbus::Error::Transport(err)) => Outcome::Transport(err.to_string()),
+        }
+    }
+
+    /// Hands one answer to the pipeline; false once the pipeline is gone.
+    async fn deliver(&self, poll: &Poll, data: &[u8]) -> bool {
+        let mut bytes = Vec::with_capacity(8 + data.len());
+        bytes.extend_from_slice(&[FORMAT, poll.unit, poll.table.function(), 0]);
+        bytes.extend_from_slice(&poll.address.to_be_bytes());
+        bytes.extend_from_slice(&poll.count.to_be_bytes());
+        bytes.extend_from_slice(data);
+        let frame = Frame {
+            source: self.pipeline.clone(),
+            received_at_ns: now_ns(),
+            data: bytes,
+            ticket: self
+                .tickets
+                .as_ref()
+                .map_or_else(FrameTicket::none, FrameTickets::issue),
+        };
+        tokio::select! {
+            () = self.stop.cancelled() => false,
+            sent = self.frames.send(frame) => sent.is_ok(),
+        }
+    }
+}
+
+fn pack_words(words: Vec<u16>) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_be_bytes()).collect()
+}
+
+/// Bits as on the wire: bit 0 of byte 0 is the first address.
+fn pack_bits(bits: Vec<bool>) -> Vec<u8> {
+    let mut bytes = vec![0u8; bits.len().div_ceil(8)];
+    for (i, _) in bits.iter().enumerate().filter(|(_, on)| **on) {
+        bytes[i / 8] |= 1 << (i % 8);
+    }
+    bytes
+}
+
+/// 3.5 characters of 11 bits at `baud`, and 1.75 ms above 19200 baud (the
+/// Modbus serial line specification).
+fn silent_interval(baud: u32) -> Duration {
+    if baud > 19_200 {
+        Duration::from_micros(1750)
+    } else {
+        Duration::from_micros(38_500_000 / u64::from(baud.max(1)))
+    }
+}
+
+/// The delay after `failures` consecutive failures.
+fn backoff(config: &ModbusConfig, failures: u32) -> Duration {
+    let ms = config
+        .backoff_min_ms
+        .get()
+        .saturating_mul(1u64 << failures.min(20))
+        .min(config.backoff_max_ms.get());
+    Duration::from_millis(ms)
+}
+
+/// When each poll is due, and which devices are backing off.
+struct Schedule {
+    polls: Vec<Slot>,
+    /// Per unit: consecutive failures, and until when it is left alone.
+    devices: BTreeMap<u8, (u32, Option<Instant>)>,
+}
+
+struct Slot {
+    poll: Poll,
+    due: Instant,
+}
+
+impl Schedule {
+    fn new(config: &ModbusConfig) -> Self {
+        let now = Instant::now();
+        Self {
+            polls: config
+                .plan()
+                .into_iter()
+                .map(|poll| Slot { poll, due: now })
+                .collect(),
+            devices: BTreeMap::new(),
+        }
+    }
+
+    /// The slot due first (a device backing off counts from its end), and
+    /// when. Ties go to the earlier slot, so each device gets its turn.
+    fn next(&self, now: Instant) -> Option<(usize, Instant)> {
+        self.polls
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| {
+                let resume = self
+                    .devices
+                    .get(&slot.poll.unit)
+                    .and_then(|(_, until)| *until)
+                    .unwrap_or(now);
+                (i, slot.due.max(resume))
+            })
+            .min_by_key(|&(i, due)| (due, i))
+    }
+
+    /// Its next turn: one interval after this one, or now if that has
+    /// passed already (a slow bus skips turns rather than bunching them).
+    fn answered(&mut self, slot: usize, now: Instant) {
+        let unit = self.polls[slot].poll.unit;
+        self.devices.remove(&unit);
+        self.reschedule(slot, now);
+    }
+
+    /// Counts a failure of the slot's device and leaves it alone for the
+    /// backoff; returns the backoff.
+    fn failed(&mut self, slot: usize, now: Instant, config: &ModbusConfig) -> Duration {
+        let unit = self.polls[slot].poll.unit;
+        let entry = self.devices.entry(unit).or_insert((0, None));
+        let wait = backoff(config, entry.0);
+        entry.0 += 1;
+        entry.1 = Some(now + wait);
+        self.reschedule(slot, now);
+        wait
+    }
+
+    fn reschedule(&mut self, slot: usize, now: Instant) {
+        let slot = &mut self.polls[slot];
+        let interval = Duration::from_millis(slot.poll.interval_ms);
+        slot.due = (slot.due + interval).max(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_are_packed_as_on_the_wire() {
+        let bits = [true, false, true, false, false, false, false, false, true];
+        assert_eq!(pack_bits(bits.to_vec()), [0b0000_0101, 0b0000_0001]);
+        assert_eq!(pack_words(vec![0x0102, 0xfffe]), [1, 2, 0xff, 0xfe]);
+    }
+
+    #[test]
+    fn silence_follows_the_serial_line_specification() {
+        assert_eq!(silent_interval(9600), Duration::from_micros(4010));
+        assert_eq!(silent_interval(115_200), Duration::from_micros(1750));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_device_backs_off_and_the_others_keep_their_turns() {
+        let config: ModbusConfig = toml::from_str(
+            r#"
+            tcp = "127.0.0.1:502"
+            backoff_min_ms = 1000
+            backoff_max_ms = 4000
+            [[device]]
+            unit = 1
+            read = [{ table = "holding", address = 0, count = 2, interval_ms = 100 }]
+            [[device]]
+            unit = 2
+            read = [{ table = "holding", address = 0, count = 2, interval_ms = 100 }]
+            "#,
+        )
+        .expect("parses");
+        let mut schedule = Schedule::new(&config);
+        let start = Instant::now();
+        let mut turns = Vec::new();
+        let mut now = start;
+        // Unit 1 never answers; unit 2 always does.
+        while now < start + Duration::from_secs(8) {
+            let (slot, due) = schedule.next(now).expect("a slot");
+            now = now.max(due);
+            let unit = schedule.polls[slot].poll.unit;
+            turns.push((unit, now.duration_since(start).as_millis()));
+            if unit == 1 {
+                schedule.failed(slot, now, &config);
+            } else {
+                schedule.answered(slot, now);
+            }
+        }
+        let dead: Vec<u128> = turns.iter().filter(|t| t.0 == 1).map(|t| t.1).collect();
+        // Asked at 0, then after 1 s, 2 s, 4 s, 4 s (capped).
+        assert_eq!(dead, [0, 1000, 3000, 7000]);
+        let live = turns.iter().filter(|t| t.0 == 2).count();
+        assert!(
+            (79..=81).contains(&live),
+            "unit 2 polled {live} times in 8 s"
+        );
+    }
+}

@@ -1,0 +1,276 @@
+//! Modbus TCP polling against a real Modbus server: pymodbus
+//! (`tests/support/modbus_device.py`), the `sluice` binary polling it with
+//! the shipped modbus-registers transform, a real mosquitto and its own
+//! subscriber. Values, a register that changes, an exception (a read past
+//! the device's registers), a unit the gateway cannot reach beside live
+//! ones, and the server going away and coming back.
+
+use std::time::Duration;
+
+use sluice_tests::{
+    ModbusDevice, Mosquitto, Received, SluiceProcess, free_port, metric, mosquitto_sub, wasm,
+};
+
+fn write_config(dir: &std::path::Path, admin: u16, broker: u16, device: u16) -> std::path::PathBuf {
+    let path = dir.join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+version = 1
+data_dir = "{dir}"
+[admin]
+listen = "127.0.0.1:{admin}"
+[mqtt]
+host = "127.0.0.1"
+port = {broker}
+client_id = "modbus-test"
+stats_interval_secs = 0
+[[pipeline]]
+name = "plant"
+[pipeline.modbus]
+tcp = "127.0.0.1:{device}"
+timeout_ms = 300
+backoff_min_ms = 200
+backoff_max_ms = 1000
+[[pipeline.modbus.device]]
+unit = 1
+read = [
+  {{ table = "holding", address = 0, count = 2, interval_ms = 100 }},
+  {{ table = "input", address = 0, count = 4, interval_ms = 200 }},
+  {{ table = "coils", address = 0, count = 8, interval_ms = 200 }},
+  {{ table = "holding", address = 50, count = 2, interval_ms = 200 }},
+]
+[[pipeline.modbus.device]]
+unit = 2
+read = [{{ table = "holding", address = 0, count = 2, interval_ms = 200 }}]
+[[pipeline.modbus.device]]
+unit = 9
+read = [{{ table = "holding", address = 0, count = 1, interval_ms = 100 }}]
+{transform}"#,
+            dir = dir.display(),
+            transform = transform(),
+        ),
+    )
+    .expect("config");
+    path
+}
+
+/// The pipeline's transform: the shipped register map, with a map of the
+/// simulated devices.
+fn transform() -> String {
+    format!(
+        r#"[pipeline.transform]
+module = "{}"
+[pipeline.transform.config]
+prefix = "plant"
+retain = false
+"device.1" = "boiler"
+"device.2" = "meter"
+"point.counter" = "holding 0 u16 unit_id=1"
+"point.pressure" = "holding 1 u16 scale=0.1 unit_id=1"
+"point.temperature" = "input 0 f32 unit_id=1"
+"point.offset" = "input 2 i32 unit_id=1"
+"point.valve" = "coils 0 bool unit_id=1"
+"point.energy" = "holding 0 u32 unit_id=2"
+"#,
+        wasm::MODBUS_REGISTERS
+    )
+}
+
+/// `sluice_modbus_polls_total` of one pipeline, unit and result.
+fn polls(admin: u16, pipeline: &str, unit: u8, result: &str) -> f64 {
+    metric(
+        admin,
+        &format!(
+            "sluice_modbus_polls_total{{pipeline=\"{pipeline}\",unit=\"{unit}\",result=\"{result}\"}}"
+        ),
+    )
+}
+
+/// Every `sluice_modbus` sample, for failure messages.
+fn modbus_metrics(admin: u16) -> String {
+    let (_, body) = sluice_tests::http(admin, "GET", "/metrics", b"").expect("metrics");
+    body.lines()
+        .filter(|l| l.starts_with("sluice_modbus"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The payloads seen on `topic`, in order.
+fn values(received: &[Received], topic: &str) -> Vec<String> {
+    received
+        .iter()
+        .filter(|m| m.topic == topic)
+        .map(|m| m.payload.clone())
+        .collect()
+}
+
+#[test]
+fn devices_are_polled_and_a_dead_one_does_not_stall_the_others() {
+    let broker = Mosquitto::start();
+    let mut device = ModbusDevice::start_tcp();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = free_port();
+    let sub = mosquitto_sub(broker.port, "plant/#", &[]);
+    let sluice =
+        SluiceProcess::run_config(&write_config(dir.path(), admin, broker.port, device.port));
+
+    let fixed = [
+        ("plant/boiler/pressure", "20.0"),
+        ("plant/boiler/temperature", "21.5"),
+        ("plant/boiler/offset", "-5"),
+        ("plant/boiler/valve", "true"),
+        ("plant/meter/energy", "70000"),
+    ];
+    let received = sub.wait_until(Duration::from_secs(20), |got| {
+        fixed
+            .iter()
+            .all(|(topic, _)| !values(got, topic).is_empty())
+            && values(got, "plant/boiler/counter").len() >= 10
+    });
+    for (topic, want) in fixed {
+        let seen = values(&received, topic);
+        assert!(!seen.is_empty(), "nothing on {topic}: {}", sluice.log());
+        assert!(
+            seen.iter().all(|v| v == want),
+            "{topic}: {seen:?}, want {want}"
+        );
+    }
+    // Register 0 counts up every 100 ms on the device: polled every 100 ms,
+    // its values rise, never fall.
+    let counter: Vec<u32> = values(&received, "plant/boiler/counter")
+        .iter()
+        .map(|v| v.parse().expect("a number"))
+        .collect();
+    assert!(counter.len() >= 10, "{counter:?}");
+    assert!(counter.windows(2).all(|w| w[0] <= w[1]), "{counter:?}");
+    assert!(
+        counter.last() > counter.first(),
+        "the register never changed: {counter:?}"
+    );
+
+    let series = |unit: u8, result: &str| polls(admin, "plant", unit, result);
+    // Unit 9 is not behind the gateway: it answers exception 11 (the target
+    // device failed to respond), counted, and unit 9 is asked less and less
+    // often (backoff 200 ms doubling to 1 s instead of every 100 ms), while
+    // unit 1 kept its 100 ms turns (≥ 10 counter values above).
+    let dead = series(9, "exception_11");
+    let live = series(1, "ok");
+    assert!(dead >= 1.0, "{}", modbus_metrics(admin));
+    assert!(dead * 4.0 < live, "no backoff: {}", modbus_metrics(admin));
+    assert_eq!(series(9, "ok"), 0.0);
+    // A read past the device's registers is an exception, not a failure.
+    assert!(series(1, "exception_2") >= 1.0);
+    assert!(series(1, "ok") >= 20.0);
+    assert_eq!(
+        metric(admin, "sluice_modbus_connected{pipeline=\"plant\"}"),
+        1.0
+    );
+
+    // The server goes away: the link is lost, reopened with backoff, and
+    // polling resumes once it is back.
+    device.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(admin, "sluice_modbus_connected{pipeline=\"plant\"}") != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lost link was not noticed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        metric(
+            admin,
+            "sluice_modbus_connect_failures_total{pipeline=\"plant\"}"
+        ) >= 1.0
+    );
+    let before = sub.received().len();
+    device.restart();
+    let received = sub.wait_until(Duration::from_secs(20), |got| {
+        values(&got[before.min(got.len())..], "plant/meter/energy").len() >= 2
+    });
+    assert!(
+        values(&received[before..], "plant/meter/energy").len() >= 2,
+        "polling did not resume: {}",
+        sluice.log()
+    );
+}
+
+/// RTU on a serial line of its own: pymodbus as the slaves on one end of a
+/// pair of pseudo-terminals (socat), sluice the master on the other. Unit 9
+/// is not on the bus: no answer at all, a real timeout.
+#[test]
+fn an_rtu_bus_is_polled_and_a_silent_unit_times_out() {
+    let broker = Mosquitto::start();
+    let device = ModbusDevice::start_rtu();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = free_port();
+    let sub = mosquitto_sub(broker.port, "plant/#", &[]);
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+version = 1
+[admin]
+listen = "127.0.0.1:{admin}"
+[mqtt]
+host = "127.0.0.1"
+port = {broker}
+client_id = "modbus-rtu-test"
+stats_interval_secs = 0
+[[pipeline]]
+name = "bus"
+serial = {{ path = "{bus}", baud = 19200, parity = "none" }}
+[pipeline.modbus]
+timeout_ms = 200
+backoff_min_ms = 200
+backoff_max_ms = 800
+[[pipeline.modbus.device]]
+unit = 1
+read = [
+  {{ table = "holding", address = 0, count = 2, interval_ms = 100 }},
+  {{ table = "input", address = 0, count = 2, interval_ms = 300 }},
+]
+[[pipeline.modbus.device]]
+unit = 9
+read = [{{ table = "holding", address = 0, count = 1, interval_ms = 100 }}]
+{transform}"#,
+            broker = broker.port,
+            bus = device.bus_path().display(),
+            transform = transform(),
+        ),
+    )
+    .expect("config");
+    let sluice = SluiceProcess::run_config(&path);
+    let received = sub.wait_until(Duration::from_secs(20), |got| {
+        values(got, "plant/boiler/counter").len() >= 10
+            && !values(got, "plant/boiler/temperature").is_empty()
+    });
+    assert_eq!(
+        values(&received, "plant/boiler/pressure")[0],
+        "20.0",
+        "{}",
+        sluice.log()
+    );
+    assert_eq!(values(&received, "plant/boiler/temperature")[0], "21.5");
+    let counter: Vec<u32> = values(&received, "plant/boiler/counter")
+        .iter()
+        .map(|v| v.parse().expect("a number"))
+        .collect();
+    assert!(counter.len() >= 10, "{counter:?}: {}", sluice.log());
+    assert!(counter.windows(2).all(|w| w[0] <= w[1]), "{counter:?}");
+    let series = |unit: u8, result: &str| polls(admin, "bus", unit, result);
+    let (dead, live) = (series(9, "timeout"), series(1, "ok"));
+    assert!(
+        dead >= 1.0,
+        "unit 9 never timed out: {}",
+        modbus_metrics(admin)
+    );
+    assert!(
+        dead * 4.0 < live,
+        "unit 9 was not backed off: {dead} timeouts, {live} answers"
+    );
+}
