@@ -5,7 +5,8 @@
 //! ([`sluice_sdk::modbus`] has the layout). Every map entry whose value lies
 //! entirely inside a reading of its table (and of its unit, if it names
 //! one) becomes one MQTT message and one field of the reading's InfluxDB
-//! point.
+//! point. Entries marked `writable=true` can be set from MQTT (see
+//! [Writes](#writes)).
 //!
 //! # Configuration
 //!
@@ -35,7 +36,9 @@
 //! * `deadband=<f>`: publish only when the value moved by more than this
 //!   since it was last published (for `bool`, only `deadband=0`: publish on
 //!   change);
-//! * `unit_id=<n>`: only in readings of unit `n` (default: every unit).
+//! * `unit_id=<n>`: only in readings of unit `n` (default: every unit);
+//! * `writable=true`: commands may write it (`holding` and `coils` only;
+//!   default `false`, see [Writes](#writes)).
 //!
 //! So `"point.temperature" = "holding 0 i16 scale=0.1 unit=°C deadband=0.5"`
 //! publishes holding register 0 of every unit, read as a signed tenth of a
@@ -66,9 +69,49 @@
 //! A frame that is not a reading is refused as the SDK says
 //! ([`Error::Malformed`], or [`Error::Unsupported`] for another format).
 //!
+//! # Writes
+//!
+//! With a `[pipeline.downlink]` whose filter takes them (e.g.
+//! `plant/+/+/set`), a command on a topic ending in
+//! `<device>/<name>/set` writes its payload to the entry `point.<name>`
+//! of that device. Whatever comes before `<device>` is not checked: the
+//! filter chooses. `<device>` is the name in the entry's topics: the one
+//! given by `device.<unit id>`, or `unit<id>` for a unit without one; the
+//! write goes to that unit.
+//!
+//! Only entries with `writable=true` are written, since a write to the
+//! wrong register of a drive or a valve does harm: writes are opt-in,
+//! entry by entry. Input registers and discrete inputs are read-only in
+//! Modbus and cannot be made writable.
+//!
+//! The payload is the value as published, as text, surrounding whitespace
+//! ignored:
+//!
+//! * a coil (function 5): `true`/`false`, `1`/`0` or `on`/`off`, in any
+//!   case;
+//! * a `holding` entry: a number (`21.5`, `-3`, `1e3`), written as
+//!   `(value − offset) / scale`. Integer types round that to the nearest
+//!   integer (halves away from zero) and refuse a value out of the type's
+//!   range, never wrap it; `f32`/`f64` write it as a float. `u16`/`i16` use
+//!   function 6, the 32- and 64-bit types function 16 with the registers
+//!   in the entry's `order`.
+//!
+//! So with [`EXAMPLE_CONFIG`], `plant/boiler/setpoint/set` ← `21.5` sets
+//! holding register 6 of unit 1 to 215, and `plant/boiler/pump/set` ← `off`
+//! switches coil 0 of unit 1 off.
+//!
+//! A command that cannot be written is refused with an error naming its
+//! topic and why (the host counts it and writes nothing):
+//! [`Error::Malformed`] for a topic not ending in `<device>/<name>/set`, a
+//! payload that is not a value of the entry's type, or a value out of its
+//! range; [`Error::Unsupported`] for an unknown device or entry, an entry
+//! mapped for another unit, a read-only table, or an entry without
+//! `writable=true`.
+//!
 //! ```
 //! use modbus_registers::{EXAMPLE_CONFIG, ModbusRegisters};
-//! use sluice_sdk::{Config, Frame, Transform};
+//! use sluice_sdk::modbus::Write;
+//! use sluice_sdk::{Command, Config, Frame, Transform};
 //!
 //! let mut map = ModbusRegisters::init(&Config::from_pairs(EXAMPLE_CONFIG.iter().copied()))?;
 //! // Unit 1, holding registers 0–1: 215, 250.
@@ -77,6 +120,10 @@
 //! assert_eq!(out.messages()[0].topic, "plant/boiler/temperature");
 //! assert_eq!(out.messages()[0].payload, b"21.5");
 //! assert_eq!(out.messages()[1].payload, b"1.50");
+//!
+//! // Set the boiler's setpoint (unit 1, holding register 6) to 21.5 °C.
+//! let command = Command::new("plant/boiler/setpoint/set", "21.5");
+//! assert_eq!(map.encode_command(&command)?, Write::register(1, 6, 215));
 //! # Ok::<(), sluice_sdk::Error>(())
 //! ```
 
@@ -85,8 +132,10 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-use sluice_sdk::modbus::{Reading, Table, WordOrder};
-use sluice_sdk::{Config, Error, FieldValue, Frame, Message, Output, Point, Qos, Transform};
+use sluice_sdk::modbus::{Reading, Table, WordOrder, Write};
+use sluice_sdk::{
+    Command, Config, Error, FieldValue, Frame, Message, Output, Point, Qos, Transform,
+};
 
 /// A whole configuration: the one in docs/transforms.md and the one
 /// `modbus_registers.vectors.jsonl` (beside this crate's `Cargo.toml`)
@@ -111,7 +160,11 @@ pub const EXAMPLE_CONFIG: &[(&str, &str)] = &[
         "point.heat_flow",
         "holding 4 i32 order=low_first unit=W unit_id=1",
     ),
-    ("point.pump", "coils 0 bool unit_id=1"),
+    (
+        "point.setpoint",
+        "holding 6 i16 scale=0.1 unit=°C unit_id=1 writable=true",
+    ),
+    ("point.pump", "coils 0 bool unit_id=1 writable=true"),
     ("point.alarm", "discrete_inputs 0 bool deadband=0 unit_id=1"),
     ("point.voltage", "input 0 f32 unit=V unit_id=2"),
     (
@@ -156,6 +209,8 @@ struct Entry {
     unit: Option<(String, String)>,
     deadband: Option<f64>,
     unit_id: Option<u8>,
+    /// `writable=true`: commands may write it (holding and coils only).
+    writable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,6 +354,170 @@ impl Entry {
         let value = text.parse().unwrap_or(scaled);
         Some((Value::Float(value), text))
     }
+
+    /// The write command setting this entry of unit `unit_id` to `text`,
+    /// the inverse of [`publish`](Self::publish); `Err` says why not.
+    fn write(&self, unit_id: u8, text: &str) -> Result<Vec<u8>, String> {
+        if text.is_empty() {
+            return Err("empty payload: expected the value to write".into());
+        }
+        if self.kind == Kind::Bool {
+            let on = parse_bool(text).ok_or_else(|| {
+                format!(
+                    "{} is not a coil state (true/false, 1/0, on/off)",
+                    quoted(text)
+                )
+            })?;
+            return Ok(Write::coil(unit_id, self.address, on));
+        }
+        let bits = self.raw_bits(text)?;
+        let width = self.kind.width();
+        if width == 1 {
+            return Ok(Write::register(unit_id, self.address, bits as u16));
+        }
+        // Most significant register first, then as `order` says.
+        let mut words: Vec<u16> = (0..width)
+            .rev()
+            .map(|i| (bits >> (16 * i)) as u16)
+            .collect();
+        if self.order == WordOrder::LowFirst {
+            words.reverse();
+        }
+        Write::registers(unit_id, self.address, &words).map_err(|e| e.message().to_owned())
+    }
+
+    /// The register value for `text`: `(value − offset) / scale`, rounded
+    /// to the nearest integer (halves away from zero) for integer types; in
+    /// the low `16 × width` bits.
+    fn raw_bits(&self, text: &str) -> Result<u64, String> {
+        let out_of_range = || {
+            format!(
+                "{} is out of range: `point.{}` ({}) takes {}",
+                quoted(text),
+                self.name,
+                self.describe(),
+                self.range()
+            )
+        };
+        match self.kind {
+            Kind::F32 => {
+                let raw = self.unscale(parse_number(text)?) as f32;
+                return raw
+                    .is_finite()
+                    .then(|| raw.to_bits().into())
+                    .ok_or_else(out_of_range);
+            }
+            Kind::F64 => {
+                let raw = self.unscale(parse_number(text)?);
+                return raw
+                    .is_finite()
+                    .then(|| raw.to_bits())
+                    .ok_or_else(out_of_range);
+            }
+            _ => {}
+        }
+        // An integer without scaling is taken exactly (u64 and i64 have
+        // more digits than an f64).
+        let raw: i128 = match text.parse() {
+            Ok(raw) if self.scaling.is_none() => raw,
+            // `as` saturates: too large for an i128 is out of every range.
+            _ => self.unscale(parse_number(text)?).round() as i128,
+        };
+        let bits = match self.kind {
+            Kind::U16 => u16::try_from(raw).ok().map(u64::from),
+            Kind::I16 => i16::try_from(raw).ok().map(|v| u64::from(v as u16)),
+            Kind::U32 => u32::try_from(raw).ok().map(u64::from),
+            Kind::I32 => i32::try_from(raw).ok().map(|v| u64::from(v as u32)),
+            Kind::U64 => u64::try_from(raw).ok(),
+            Kind::I64 => i64::try_from(raw).ok().map(|v| v as u64),
+            Kind::Bool | Kind::F32 | Kind::F64 => None,
+        };
+        bits.ok_or_else(out_of_range)
+    }
+
+    /// `(value − offset) / scale`.
+    fn unscale(&self, value: f64) -> f64 {
+        match self.scaling {
+            Some(s) => (value - s.offset) / s.scale,
+            None => value,
+        }
+    }
+
+    /// `i16`, `u16 scale=0.01 offset=-1`.
+    fn describe(&self) -> String {
+        let mut text = KINDS
+            .iter()
+            .find(|(_, kind)| *kind == self.kind)
+            .map_or("", |(name, _)| name)
+            .to_owned();
+        if let Some(s) = self.scaling {
+            if s.scale != 1.0 {
+                text.push_str(&format!(" scale={}", s.scale));
+            }
+            if s.offset != 0.0 {
+                text.push_str(&format!(" offset={}", s.offset));
+            }
+        }
+        text
+    }
+
+    /// The values a write can set, as published: `-3276.8 to 3276.7`.
+    fn range(&self) -> String {
+        let (min, max) = match self.kind {
+            Kind::U16 => (Value::Uint(0), Value::Uint(u16::MAX.into())),
+            Kind::I16 => (Value::Int(i16::MIN.into()), Value::Int(i16::MAX.into())),
+            Kind::U32 => (Value::Uint(0), Value::Uint(u32::MAX.into())),
+            Kind::I32 => (Value::Int(i32::MIN.into()), Value::Int(i32::MAX.into())),
+            Kind::U64 => (Value::Uint(0), Value::Uint(u64::MAX)),
+            Kind::I64 => (Value::Int(i64::MIN), Value::Int(i64::MAX)),
+            Kind::Bool => return "true or false".into(),
+            Kind::F32 | Kind::F64 => {
+                let max = if self.kind == Kind::F32 {
+                    f64::from(f32::MAX)
+                } else {
+                    f64::MAX
+                };
+                let (scale, offset) = self.scaling.map_or((1.0, 0.0), |s| (s.scale, s.offset));
+                let bound = max * scale.abs();
+                return format!("{:e} to {:e}", offset - bound, offset + bound);
+            }
+        };
+        let text = |v: Value| self.publish(v).map_or_else(String::new, |(_, text)| text);
+        let (mut low, mut high) = (text(min), text(max));
+        if self.scaling.is_some_and(|s| s.scale < 0.0) {
+            std::mem::swap(&mut low, &mut high);
+        }
+        format!("{low} to {high}")
+    }
+}
+
+/// A coil state: `true`/`false`, `1`/`0`, `on`/`off`, in any case.
+fn parse_bool(text: &str) -> Option<bool> {
+    let is = |words: [&str; 3]| words.iter().any(|w| w.eq_ignore_ascii_case(text));
+    if is(["true", "1", "on"]) {
+        Some(true)
+    } else if is(["false", "0", "off"]) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// A finite number, like `21.5`, `-3` or `1e3`.
+fn parse_number(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| format!("{} is not a number", quoted(text)))
+}
+
+/// A payload in a message: quoted, at most 40 characters of it.
+fn quoted(text: &str) -> String {
+    const SHOWN: usize = 40;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{:?}…", &text[..end]),
+        None => format!("{text:?}"),
+    }
 }
 
 /// Fraction digits of `v`'s shortest decimal form.
@@ -402,6 +621,115 @@ impl Transform for ModbusRegisters {
         }
         Ok(())
     }
+
+    /// A command on `…/<device>/<name>/set` writes its payload to
+    /// `point.<name>` of that device (see the crate docs).
+    fn encode_command(&mut self, command: &Command) -> Result<Vec<u8>, Error> {
+        let topic = command.topic.as_str();
+        let (device, name) = command_target(topic).ok_or_else(|| {
+            Error::malformed(format!(
+                "`{topic}`: a write goes to `<prefix>/<device>/<name>/set`"
+            ))
+        })?;
+        let unit_id = self.unit_named(topic, device)?;
+        let entry = self.writable_entry(topic, name, device, unit_id)?;
+        let text = command
+            .text()
+            .map_err(|e| Error::malformed(format!("`{topic}`: {}", e.message())))?;
+        entry
+            .write(unit_id, text.trim())
+            .map_err(|why| Error::malformed(format!("`{topic}`: {why}")))
+    }
+}
+
+impl ModbusRegisters {
+    /// The unit whose readings publish as `device`: the one `device.<id>`
+    /// names so, or unit `<id>` for `unit<id>` if that unit is not renamed.
+    fn unit_named(&self, topic: &str, device: &str) -> Result<u8, Error> {
+        let mut units: Vec<u8> = self
+            .devices
+            .iter()
+            .filter(|(_, name)| *name == device)
+            .map(|(&id, _)| id)
+            .collect();
+        if let Some(id) = default_unit_id(device)
+            && !self.devices.contains_key(&id)
+        {
+            units.push(id);
+            units.sort_unstable();
+        }
+        match units[..] {
+            [unit] => Ok(unit),
+            [] => Err(Error::unsupported(format!(
+                "`{topic}`: unknown device `{device}` (a name from `device.<unit id>`, or `unit<id>` for a unit without one)"
+            ))),
+            _ => {
+                let units: Vec<String> = units.iter().map(u8::to_string).collect();
+                Err(Error::unsupported(format!(
+                    "`{topic}`: device `{device}` is the name of units {}: give each its own name to write to it",
+                    units.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// `point.<name>`, if it may be written on unit `unit_id`.
+    fn writable_entry(
+        &self,
+        topic: &str,
+        name: &str,
+        device: &str,
+        unit_id: u8,
+    ) -> Result<&Entry, Error> {
+        let refuse = |why: String| Error::unsupported(format!("`{topic}`: {why}"));
+        let entry = self
+            .entries
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| refuse(format!("unknown entry: no `point.{name}` in the map")))?;
+        if let Some(id) = entry.unit_id
+            && id != unit_id
+        {
+            return Err(refuse(format!(
+                "`point.{name}` is mapped for unit {id} only, not for `{device}` (unit {unit_id})"
+            )));
+        }
+        let read_only = match entry.table {
+            Table::InputRegisters => Some("an input register"),
+            Table::DiscreteInputs => Some("a discrete input"),
+            Table::HoldingRegisters | Table::Coils => None,
+        };
+        if let Some(what) = read_only {
+            return Err(refuse(format!(
+                "`point.{name}` is {what}, read-only in Modbus"
+            )));
+        }
+        if !entry.writable {
+            return Err(refuse(format!(
+                "`point.{name}` is not writable: add `writable=true` to its entry to allow writes"
+            )));
+        }
+        Ok(entry)
+    }
+}
+
+/// `(device, name)` of a topic ending in `<device>/<name>/set`.
+fn command_target(topic: &str) -> Option<(&str, &str)> {
+    let mut levels = topic.rsplit('/');
+    if levels.next()? != "set" {
+        return None;
+    }
+    let name = levels.next()?;
+    let device = levels.next()?;
+    Some((device, name))
+}
+
+/// `7` for `unit7`, the name of a unit without `device.<id>`; `None` for
+/// anything else (`unit07`, `unit256`).
+fn default_unit_id(device: &str) -> Option<u8> {
+    let digits = device.strip_prefix("unit")?;
+    let id: u8 = digits.parse().ok()?;
+    (id.to_string() == digits).then_some(id)
 }
 
 /// Parses the value of `point.<name>`.
@@ -456,13 +784,14 @@ fn parse_entry(key: &str, name: &str, spec: &str) -> Result<Entry, Error> {
         unit: None,
         deadband: None,
         unit_id: None,
+        writable: false,
     };
     let (mut scale, mut offset, mut order) = (None, None, None);
     let mut seen: Vec<&str> = Vec::new();
     for option in words {
         let Some((option, value)) = option.split_once('=') else {
             return Err(bad(format!(
-                "`{option}` is not an option (`scale=`, `offset=`, `unit=`, `order=`, `deadband=`, `unit_id=`)"
+                "`{option}` is not an option (`scale=`, `offset=`, `unit=`, `order=`, `deadband=`, `unit_id=`, `writable=`)"
             )));
         };
         if seen.contains(&option) {
@@ -521,12 +850,29 @@ fn parse_entry(key: &str, name: &str, spec: &str) -> Result<Entry, Error> {
                     ))
                 })?);
             }
+            "writable" => {
+                entry.writable = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(bad(format!(
+                            "`writable={value}`: expected `true` or `false`"
+                        )));
+                    }
+                };
+            }
             _ => {
                 return Err(bad(format!(
-                    "unknown option `{option}` (scale, offset, unit, order, deadband, unit_id)"
+                    "unknown option `{option}` (scale, offset, unit, order, deadband, unit_id, writable)"
                 )));
             }
         }
+    }
+    if entry.writable && !matches!(table, Table::HoldingRegisters | Table::Coils) {
+        return Err(bad(
+            "`writable=true`: only `holding` and `coils` can be written, this table is read-only"
+                .into(),
+        ));
     }
     if kind == Kind::Bool && (scale.is_some() || offset.is_some()) {
         return Err(bad("a `bool` cannot be scaled".into()));

@@ -3,6 +3,7 @@
 use super::*;
 
 use FieldValue::{Boolean, Float, Int, Uint};
+use sluice_sdk::modbus::WriteValues;
 
 fn transform(pairs: &[(&str, &str)]) -> ModbusRegisters {
     ModbusRegisters::init(&Config::from_pairs(pairs.iter().copied())).unwrap()
@@ -438,6 +439,22 @@ fn bad_config_names_the_key() {
         ("holding 0 u16 unit=", "`unit=` needs a unit"),
         ("holding 0 u16 unit_id=256", "`unit_id=256`"),
         ("holding 0 u16 colour=red", "unknown option `colour`"),
+        (
+            "holding 0 u16 writable=yes",
+            "`writable=yes`: expected `true` or `false`",
+        ),
+        (
+            "holding 0 u16 writable=true writable=false",
+            "`writable` is given twice",
+        ),
+        (
+            "input 0 u16 writable=true",
+            "`writable=true`: only `holding` and `coils` can be written",
+        ),
+        (
+            "discrete_inputs 0 bool writable=true",
+            "`writable=true`: only `holding` and `coils` can be written",
+        ),
     ] {
         let message = point(spec);
         assert!(
@@ -474,6 +491,429 @@ fn bad_config_names_the_key() {
     }
 }
 
+/// The write `topic` ← `payload` encodes to, decoded.
+fn write(t: &mut ModbusRegisters, topic: &str, payload: &str) -> Write {
+    let bytes = t
+        .encode_command(&Command::new(topic, payload))
+        .unwrap_or_else(|e| panic!("{topic} <- {payload:?}: {e}"));
+    Write::parse(&bytes).unwrap()
+}
+
+/// The refusal of `topic` ← `payload`, checked to name the topic.
+fn refused(t: &mut ModbusRegisters, topic: &str, payload: &[u8]) -> Error {
+    let err = match t.encode_command(&Command::new(topic, payload)) {
+        Err(err) => err,
+        Ok(bytes) => panic!("{topic} <- {payload:?}: written as {bytes:?}"),
+    };
+    assert!(err.message().starts_with(&format!("`{topic}`: ")), "{err}");
+    err
+}
+
+fn registers_write(unit: u8, address: u16, words: &[u16]) -> Write {
+    Write {
+        unit,
+        address,
+        values: WriteValues::Registers(words.to_vec()),
+    }
+}
+
+#[test]
+fn a_scaled_setpoint_is_written_with_function_6() {
+    let mut t = example();
+    let w = write(&mut t, "plant/boiler/setpoint/set", "21.5");
+    assert_eq!(w.function(), 6);
+    assert_eq!(
+        w,
+        Write {
+            unit: 1,
+            address: 6,
+            values: WriteValues::Register(215)
+        }
+    );
+    let w = write(&mut t, "plant/boiler/setpoint/set", " -3\n");
+    assert_eq!(w.values, WriteValues::Register((-30i16) as u16));
+}
+
+#[test]
+fn wide_types_are_written_with_function_16_in_the_entry_order() {
+    let mut t = transform(&[
+        ("point.a_u32", "holding 0 u32 writable=true"),
+        ("point.b_i32", "holding 2 i32 order=low_first writable=true"),
+        ("point.c_f32", "holding 4 f32 writable=true"),
+        ("point.d_u64", "holding 8 u64 writable=true"),
+        (
+            "point.e_i64",
+            "holding 12 i64 order=low_first writable=true",
+        ),
+        ("point.f_f64", "holding 16 f64 scale=0.5 writable=true"),
+    ]);
+    let cases: [(&str, &str, u16, Vec<u16>); 6] = [
+        ("a_u32", "100000", 0, vec![0x0001, 0x86A0]),
+        ("b_i32", "-1500", 2, vec![0xFA24, 0xFFFF]),
+        ("c_f32", "230.5", 4, vec![0x4366, 0x8000]),
+        (
+            "d_u64",
+            "18446744073709551615",
+            8,
+            vec![0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF],
+        ),
+        ("e_i64", "-4200", 12, vec![0xEF98, 0xFFFF, 0xFFFF, 0xFFFF]),
+        // 21.1 / 0.5
+        ("f_f64", "21.1", 16, words_of(&42.2f64.to_be_bytes())),
+    ];
+    for (name, payload, address, words) in cases {
+        let w = write(&mut t, &format!("modbus/unit1/{name}/set"), payload);
+        assert_eq!(w.function(), 16, "{name}");
+        assert_eq!(w, registers_write(1, address, &words), "{name}");
+    }
+}
+
+#[test]
+fn written_values_read_back_as_sent() {
+    let mut t = transform(&[
+        ("point.a_u16", "holding 0 u16 writable=true"),
+        ("point.b_i16", "holding 1 i16 writable=true"),
+        ("point.c_u32", "holding 2 u32 writable=true"),
+        ("point.d_i32", "holding 4 i32 order=low_first writable=true"),
+        ("point.g_i64", "holding 6 i64 writable=true"),
+        (
+            "point.h_scaled",
+            "holding 10 u16 scale=0.01 offset=-1 writable=true",
+        ),
+    ]);
+    let sent = [
+        ("a_u16", "65535"),
+        ("b_i16", "-32768"),
+        ("c_u32", "4000000000"),
+        ("d_i32", "-70000"),
+        ("g_i64", "-9223372036854775808"),
+        ("h_scaled", "1.50"),
+    ];
+    let mut words = vec![0; 11];
+    for (name, payload) in sent {
+        let w = write(&mut t, &format!("modbus/unit1/{name}/set"), payload);
+        let values = match w.values {
+            WriteValues::Register(v) => vec![v],
+            WriteValues::Registers(v) => v,
+            other => panic!("{name}: {other:?}"),
+        };
+        let at = usize::from(w.address);
+        words[at..at + values.len()].copy_from_slice(&values);
+    }
+    let out = run(&mut t, &registers(1, 3, 0, &words));
+    let read: Vec<(&str, &str)> = messages(&out)
+        .into_iter()
+        .map(|(topic, payload)| (topic.trim_start_matches("modbus/unit1/"), payload))
+        .collect();
+    assert_eq!(read, sent);
+}
+
+#[test]
+fn coils_take_true_false_1_0_on_off_in_any_case() {
+    let mut t = example();
+    for (payload, on) in [
+        ("true", true),
+        ("false", false),
+        ("1", true),
+        ("0", false),
+        ("on", true),
+        ("off", false),
+        ("ON", true),
+        ("Off", false),
+        ("TRUE\n", true),
+    ] {
+        let w = write(&mut t, "plant/boiler/pump/set", payload);
+        assert_eq!(w.function(), 5, "{payload:?}");
+        assert_eq!(
+            w,
+            Write {
+                unit: 1,
+                address: 0,
+                values: WriteValues::Coil(on)
+            },
+            "{payload:?}"
+        );
+    }
+}
+
+#[test]
+fn any_prefix_and_the_device_by_its_topic_name() {
+    let mut t = transform(&[
+        ("device.1", "boiler"),
+        ("point.mode", "holding 3 u16 writable=true"),
+    ]);
+    for topic in [
+        "modbus/boiler/mode/set",
+        "site/line1/cmd/boiler/mode/set",
+        "boiler/mode/set",
+    ] {
+        assert_eq!(write(&mut t, topic, "2").unit, 1, "{topic}");
+    }
+    // An entry without `unit_id` is written to the unit the name stands for.
+    assert_eq!(write(&mut t, "modbus/unit7/mode/set", "2").unit, 7);
+    assert_eq!(write(&mut t, "modbus/unit0/mode/set", "2").unit, 0);
+    for device in ["unit1", "unit07", "unit256", "Boiler", ""] {
+        let err = refused(&mut t, &format!("modbus/{device}/mode/set"), b"2");
+        assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
+        assert!(
+            err.message()
+                .contains(&format!("unknown device `{device}`")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_name_shared_by_two_units_is_not_written() {
+    let mut t = transform(&[
+        ("device.1", "pump"),
+        ("device.2", "pump"),
+        ("device.3", "unit4"),
+        ("point.speed", "holding 0 u16 writable=true"),
+    ]);
+    let err = refused(&mut t, "modbus/pump/speed/set", b"5");
+    assert_eq!(
+        err,
+        Error::unsupported(
+            "`modbus/pump/speed/set`: device `pump` is the name of units 1, 2: give each its own name to write to it"
+        )
+    );
+    // Unit 3 is named `unit4`, and unit 4 has no name: `unit4` is both.
+    let err = refused(&mut t, "modbus/unit4/speed/set", b"5");
+    assert!(err.message().contains("units 3, 4"), "{err}");
+}
+
+#[test]
+fn inverse_scaling_rounds_to_the_nearest_raw_value() {
+    let mut t = transform(&[
+        ("point.tenths", "holding 0 i16 scale=0.1 writable=true"),
+        (
+            "point.bar",
+            "holding 1 u16 scale=0.01 offset=-1 writable=true",
+        ),
+        ("point.inverted", "holding 2 i16 scale=-0.5 writable=true"),
+        ("point.plain", "holding 3 i16 writable=true"),
+    ]);
+    let mut raw = |name: &str, payload: &str| match write(
+        &mut t,
+        &format!("modbus/unit1/{name}/set"),
+        payload,
+    )
+    .values
+    {
+        WriteValues::Register(v) => v as i16,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(raw("tenths", "21.5"), 215);
+    assert_eq!(raw("tenths", "21.54"), 215);
+    assert_eq!(raw("tenths", "21.56"), 216);
+    assert_eq!(raw("tenths", "-0.04"), 0);
+    assert_eq!(raw("bar", "1.5"), 250);
+    assert_eq!(raw("bar", "-1"), 0);
+    assert_eq!(raw("inverted", "1.5"), -3);
+    assert_eq!(raw("plain", "2.5"), 3, "halves away from zero");
+    assert_eq!(raw("plain", "-2.5"), -3);
+    assert_eq!(raw("plain", "1e3"), 1000);
+}
+
+#[test]
+fn values_out_of_range_are_refused_not_wrapped() {
+    let mut t = transform(&[
+        ("point.a_u16", "holding 0 u16 writable=true"),
+        ("point.b_i16", "holding 1 i16 writable=true"),
+        ("point.c_tenths", "holding 2 i16 scale=0.1 writable=true"),
+        ("point.d_u64", "holding 3 u64 writable=true"),
+        ("point.e_f32", "holding 7 f32 writable=true"),
+        (
+            "point.f_bar",
+            "holding 9 u16 scale=0.01 offset=-1 writable=true",
+        ),
+    ]);
+    for (name, payload, takes) in [
+        ("a_u16", "65536", "(u16) takes 0 to 65535"),
+        ("a_u16", "-1", "(u16) takes 0 to 65535"),
+        ("a_u16", "65535.6", "(u16) takes 0 to 65535"),
+        ("b_i16", "32768", "(i16) takes -32768 to 32767"),
+        ("b_i16", "-32769", "(i16) takes -32768 to 32767"),
+        (
+            "c_tenths",
+            "3276.8",
+            "(i16 scale=0.1) takes -3276.8 to 3276.7",
+        ),
+        (
+            "d_u64",
+            "18446744073709551616",
+            "(u64) takes 0 to 18446744073709551615",
+        ),
+        ("d_u64", "1e40", "(u64) takes 0 to"),
+        (
+            "e_f32",
+            "1e39",
+            "(f32) takes -3.4028234663852886e38 to 3.4028234663852886e38",
+        ),
+        (
+            "f_bar",
+            "-1.01",
+            "(u16 scale=0.01 offset=-1) takes -1.00 to 654.35",
+        ),
+    ] {
+        let topic = format!("modbus/unit1/{name}/set");
+        let err = refused(&mut t, &topic, payload.as_bytes());
+        assert!(matches!(err, Error::Malformed(_)), "{err:?}");
+        let expected = format!("`{topic}`: {payload:?} is out of range: `point.{name}` {takes}");
+        assert!(err.message().starts_with(&expected), "{err}");
+    }
+    // The edges themselves are written.
+    for (name, payload) in [
+        ("a_u16", "65535"),
+        ("b_i16", "-32768"),
+        ("c_tenths", "3276.7"),
+        ("f_bar", "-1"),
+        ("f_bar", "654.35"),
+    ] {
+        write(&mut t, &format!("modbus/unit1/{name}/set"), payload);
+    }
+}
+
+#[test]
+fn payloads_that_are_not_a_value_are_refused() {
+    let mut t = example();
+    for (topic, payload, says) in [
+        (
+            "plant/boiler/setpoint/set",
+            &b"warm"[..],
+            "\"warm\" is not a number",
+        ),
+        ("plant/boiler/setpoint/set", b"", "empty payload"),
+        ("plant/boiler/setpoint/set", b"  ", "empty payload"),
+        (
+            "plant/boiler/setpoint/set",
+            b"NaN",
+            "\"NaN\" is not a number",
+        ),
+        (
+            "plant/boiler/setpoint/set",
+            b"inf",
+            "\"inf\" is not a number",
+        ),
+        (
+            "plant/boiler/setpoint/set",
+            b"true",
+            "\"true\" is not a number",
+        ),
+        (
+            "plant/boiler/setpoint/set",
+            b"21,5",
+            "\"21,5\" is not a number",
+        ),
+        (
+            "plant/boiler/setpoint/set",
+            &[0xff, 0x31],
+            "not valid UTF-8",
+        ),
+        (
+            "plant/boiler/pump/set",
+            b"2",
+            "\"2\" is not a coil state (true/false, 1/0, on/off)",
+        ),
+        (
+            "plant/boiler/pump/set",
+            b"yes",
+            "\"yes\" is not a coil state",
+        ),
+    ] {
+        let err = refused(&mut t, topic, payload);
+        assert!(matches!(err, Error::Malformed(_)), "{err:?}");
+        assert!(err.message().contains(says), "{payload:?}: {err}");
+    }
+    let long = "x".repeat(500);
+    let err = refused(&mut t, "plant/boiler/setpoint/set", long.as_bytes());
+    assert!(err.message().len() < 100, "the payload is cut: {err}");
+}
+
+#[test]
+fn input_registers_and_discrete_inputs_are_read_only() {
+    let mut t = example();
+    let err = refused(&mut t, "plant/meter/voltage/set", b"230");
+    assert_eq!(
+        err,
+        Error::unsupported(
+            "`plant/meter/voltage/set`: `point.voltage` is an input register, read-only in Modbus"
+        )
+    );
+    let err = refused(&mut t, "plant/boiler/alarm/set", b"off");
+    assert_eq!(
+        err,
+        Error::unsupported(
+            "`plant/boiler/alarm/set`: `point.alarm` is a discrete input, read-only in Modbus"
+        )
+    );
+}
+
+#[test]
+fn writes_are_opt_in_with_writable_true() {
+    let mut t = transform(&[
+        ("point.by_default", "holding 0 u16"),
+        ("point.explicitly_not", "holding 1 u16 writable=false"),
+        ("point.coil", "coils 0 bool"),
+        ("point.allowed", "holding 2 u16 writable=true"),
+    ]);
+    for name in ["by_default", "explicitly_not", "coil"] {
+        let topic = format!("modbus/unit1/{name}/set");
+        let err = refused(&mut t, &topic, b"1");
+        assert_eq!(
+            err,
+            Error::unsupported(format!(
+                "`{topic}`: `point.{name}` is not writable: add `writable=true` to its entry to allow writes"
+            ))
+        );
+    }
+    assert_eq!(
+        write(&mut t, "modbus/unit1/allowed/set", "1").values,
+        WriteValues::Register(1)
+    );
+}
+
+#[test]
+fn unknown_entries_and_entries_of_other_units_are_refused() {
+    let mut t = example();
+    let err = refused(&mut t, "plant/boiler/setpiont/set", b"21");
+    assert_eq!(
+        err,
+        Error::unsupported(
+            "`plant/boiler/setpiont/set`: unknown entry: no `point.setpiont` in the map"
+        )
+    );
+    // The setpoint is unit 1's (`unit_id=1`), the meter is unit 2.
+    let err = refused(&mut t, "plant/meter/setpoint/set", b"21");
+    assert_eq!(
+        err,
+        Error::unsupported(
+            "`plant/meter/setpoint/set`: `point.setpoint` is mapped for unit 1 only, not for `meter` (unit 2)"
+        )
+    );
+}
+
+#[test]
+fn topics_not_ending_in_device_name_set_are_refused() {
+    let mut t = example();
+    for topic in [
+        "plant/boiler/setpoint",
+        "plant/boiler/setpoint/get",
+        "setpoint/set",
+        "set",
+        "plant/boiler/setpoint/set/",
+    ] {
+        let err = refused(&mut t, topic, b"21");
+        assert_eq!(
+            err,
+            Error::malformed(format!(
+                "`{topic}`: a write goes to `<prefix>/<device>/<name>/set`"
+            ))
+        );
+    }
+}
+
 /// The shipped test vectors pass against the example config, checked the
 /// way the host checks them on a deploy (see docs/transforms.md): one
 /// instance, the vectors in order, `expect` compared exactly where given.
@@ -493,7 +933,7 @@ fn shipped_vectors_pass_with_the_example_config() {
         }
     }
     assert_eq!(failures, [] as [String; 0]);
-    assert_eq!(count, 12);
+    assert_eq!(count, 13);
 }
 
 fn check_vector(t: &mut ModbusRegisters, line: &str) -> Result<(), String> {
