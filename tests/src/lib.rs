@@ -1328,6 +1328,17 @@ impl Drop for RssSampler {
     }
 }
 
+/// `mosquitto_pub` of one QoS 1 message (plus `extra` arguments, e.g. `-r`).
+pub fn mosquitto_pub(port: u16, topic: &str, payload: &str, extra: &[&str]) {
+    let status = Command::new(program("mosquitto_pub"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", topic, "-m", payload])
+        .args(extra)
+        .status()
+        .expect("run mosquitto_pub");
+    assert!(status.success(), "mosquitto_pub {topic} failed");
+}
+
 /// A Modbus TCP server of pymodbus (`tests/support/modbus_device.py`, in
 /// the venv `scripts/test.sh` makes): the devices a Modbus pipeline polls.
 /// Killed on drop.

@@ -3,7 +3,8 @@
 //! the shipped modbus-registers transform, a real mosquitto and its own
 //! subscriber. Values, a register that changes, an exception (a read past
 //! the device's registers), a unit the gateway cannot reach beside live
-//! ones, and the server going away and coming back.
+//! ones, writes from MQTT (done, and refused by the device), and the server
+//! going away and coming back.
 
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ client_id = "modbus-test"
 stats_interval_secs = 0
 [[pipeline]]
 name = "plant"
+[pipeline.downlink]
+topic = "plant/+/+/set"
 [pipeline.modbus]
 tcp = "127.0.0.1:{device}"
 timeout_ms = 300
@@ -68,11 +71,12 @@ retain = false
 "device.1" = "boiler"
 "device.2" = "meter"
 "point.counter" = "holding 0 u16 unit_id=1"
-"point.pressure" = "holding 1 u16 scale=0.1 unit_id=1"
+"point.pressure" = "holding 1 u16 scale=0.1 unit_id=1 writable=true"
 "point.temperature" = "input 0 f32 unit_id=1"
 "point.offset" = "input 2 i32 unit_id=1"
 "point.valve" = "coils 0 bool unit_id=1"
 "point.energy" = "holding 0 u32 unit_id=2"
+"point.far" = "holding 50 u16 unit_id=1 writable=true"
 "#,
         wasm::MODBUS_REGISTERS
     )
@@ -167,6 +171,33 @@ fn devices_are_polled_and_a_dead_one_does_not_stall_the_others() {
         metric(admin, "sluice_modbus_connected{pipeline=\"plant\"}"),
         1.0
     );
+
+    // Writes: a command the transform encodes is written to the device
+    // (read back by the next poll); one the device refuses (an address past
+    // its registers) is counted with the device's exception.
+    let before = sub.received().len();
+    sluice_tests::mosquitto_pub(broker.port, "plant/boiler/pressure/set", "25.0", &[]);
+    sluice_tests::mosquitto_pub(broker.port, "plant/boiler/far/set", "1", &[]);
+    let received = sub.wait_until(Duration::from_secs(10), |got| {
+        values(&got[before.min(got.len())..], "plant/boiler/pressure").contains(&"25.0".into())
+    });
+    assert!(
+        values(&received[before..], "plant/boiler/pressure").contains(&"25.0".into()),
+        "the write did not land: {}",
+        sluice.log()
+    );
+    let written = metric(admin, "sluice_downlink_written_total{pipeline=\"plant\"}");
+    assert_eq!(written, 1.0, "{}", sluice.log());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused = "sluice_downlink_dropped_total{pipeline=\"plant\",reason=\"device_exception\"}";
+    while metric(admin, refused) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused write was not counted: {}",
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // The server goes away: the link is lost, reopened with backoff, and
     // polling resumes once it is back.

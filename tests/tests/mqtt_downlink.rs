@@ -6,22 +6,13 @@
 //! retained (stale) command are never written.
 
 use std::io::Write as _;
-use std::process::Command;
 use std::time::Duration;
 
 use sluice::pty::Pty;
 use sluice_tests::serial::{MasterReader, WAIT};
-use sluice_tests::{Mosquitto, SluiceProcess, mosquitto_sub, program, repo_root, wasm};
-
-fn publish(port: u16, topic: &str, payload: &str, extra: &[&str]) {
-    let status = Command::new(program("mosquitto_pub"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-        .args(["-t", topic, "-m", payload])
-        .args(extra)
-        .status()
-        .expect("run mosquitto_pub");
-    assert!(status.success(), "mosquitto_pub {topic} failed");
-}
+use sluice_tests::{
+    Mosquitto, SluiceProcess, mosquitto_pub as publish, mosquitto_sub, repo_root, wasm,
+};
 
 #[test]
 fn mqtt_commands_are_encoded_by_the_transform_and_written_to_the_port_in_order() {

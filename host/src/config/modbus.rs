@@ -7,7 +7,7 @@
 //! enough are merged into one request ([`plan`]), since a request costs a
 //! round trip (and on RTU the bus) whatever its size.
 
-use std::num::NonZeroU64;
+use std::num::{NonZeroU64, NonZeroUsize};
 
 use serde::Deserialize;
 
@@ -47,6 +47,14 @@ pub struct ModbusConfig {
     /// The most coils or discrete inputs one merged request asks for.
     #[serde(default = "default_max_bits")]
     pub max_bits: u16,
+    /// Downlink: write commands held while the link is busy or down; when
+    /// full, new ones are refused and counted (`queue_full`).
+    #[serde(default = "default_downlink_queue")]
+    pub downlink_queue: NonZeroUsize,
+    /// Downlink: a command older than this when its turn comes is not
+    /// sent (counted as `expired`). 0: no limit.
+    #[serde(default = "default_downlink_max_age")]
+    pub downlink_max_age_ms: u64,
     /// The devices on the bus (or behind the TCP server).
     #[serde(default)]
     pub device: Vec<DeviceConfig>,
@@ -134,6 +142,12 @@ fn default_backoff_min() -> NonZeroU64 {
 }
 fn default_backoff_max() -> NonZeroU64 {
     NonZeroU64::new(60_000).unwrap_or(NonZeroU64::MIN)
+}
+fn default_downlink_queue() -> NonZeroUsize {
+    NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN)
+}
+fn default_downlink_max_age() -> u64 {
+    30_000
 }
 fn default_max_registers() -> u16 {
     MAX_READ_REGISTERS

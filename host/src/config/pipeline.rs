@@ -316,11 +316,6 @@ pub(super) fn validate(pipelines: &[PipelineConfig], commands_over_mqtt: bool) -
                     "{key}.modbus.tcp: a pipeline polls Modbus over TCP or over its serial port (RTU), not both"
                 ));
             }
-            if p.downlink.is_some() {
-                problems.push(format!(
-                    "{key}.downlink: Modbus writes are not supported yet"
-                ));
-            }
             if p.capture.is_some() {
                 problems.push(format!(
                     "{key}.capture: a Modbus pipeline has no byte stream to capture"

@@ -229,6 +229,10 @@ pub enum DownlinkDrop {
     WriteFailed,
     /// Not written within `serial.write_timeout_ms`.
     WriteTimeout,
+    /// Modbus: not a write command the poller can send.
+    InvalidCommand,
+    /// Modbus: the device answered the write with an exception.
+    DeviceException,
 }
 
 impl DownlinkDrop {
@@ -246,6 +250,8 @@ impl DownlinkDrop {
             DownlinkDrop::EncodeFailed => "encode_failed",
             DownlinkDrop::WriteFailed => "write_failed",
             DownlinkDrop::WriteTimeout => "write_timeout",
+            DownlinkDrop::InvalidCommand => "invalid_command",
+            DownlinkDrop::DeviceException => "device_exception",
         }
     }
 }

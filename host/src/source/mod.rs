@@ -46,7 +46,7 @@ pub enum PreparedSource {
     /// A capture feed.
     Replay(replay::PreparedFeed),
     /// A Modbus poller.
-    Modbus(modbus::PreparedPoller),
+    Modbus(Box<modbus::PreparedPoller>),
 }
 
 /// A running source.
@@ -67,7 +67,7 @@ impl Source {
     ) -> anyhow::Result<PreparedSource> {
         Ok(match self {
             Source::Serial if pipeline.modbus.is_some() => {
-                PreparedSource::Modbus(modbus::prepare(pipeline, metrics)?)
+                PreparedSource::Modbus(Box::new(modbus::prepare(pipeline, metrics)?))
             }
             Source::Serial => PreparedSource::Serial(Box::new(serial::prepare(pipeline, metrics)?)),
             Source::Replay(plan) => PreparedSource::Replay(plan.prepare(pipeline, metrics)?),
@@ -92,10 +92,13 @@ impl PreparedSource {
                     downlink: Some(started.downlink),
                 }
             }
-            PreparedSource::Modbus(poller) => StartedSource {
-                task: poller.spawn(frames, stop, read_ahead),
-                downlink: None,
-            },
+            PreparedSource::Modbus(poller) => {
+                let downlink = poller.downlink().clone();
+                StartedSource {
+                    task: poller.spawn(frames, stop, read_ahead),
+                    downlink: Some(downlink),
+                }
+            }
             PreparedSource::Replay(feed) => StartedSource {
                 task: feed.spawn(frames, stop),
                 downlink: None,

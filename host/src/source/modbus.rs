@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_modbus::client::{Client as _, Context, Reader as _};
+use tokio_modbus::client::{Client as _, Context, Reader as _, Writer as _};
 use tokio_modbus::prelude::SlaveContext as _;
 use tokio_util::sync::CancellationToken;
 
@@ -33,8 +33,12 @@ use crate::config::modbus::{ModbusConfig, Poll, Table};
 use crate::config::{PipelineConfig, SerialConfig};
 use crate::metrics::Metrics;
 use crate::metrics::modbus::ModbusMetrics;
+use crate::metrics::serial::{DownlinkDrop, SerialMetrics};
 use crate::model::{Frame, now_ns};
+use crate::ratelimit::RateLimiter;
 use crate::source::ReadAhead;
+use crate::source::serial::DownlinkSender;
+use crate::source::serial::downlink::{self, Command};
 use crate::ticket::{FrameTicket, FrameTickets};
 
 /// The frame layout's version (byte 0).
@@ -50,6 +54,9 @@ pub struct PreparedPoller {
     config: ModbusConfig,
     serial: Option<SerialConfig>,
     metrics: ModbusMetrics,
+    downlink: DownlinkSender,
+    commands: mpsc::Receiver<Command>,
+    serial_metrics: SerialMetrics,
 }
 
 /// Prepares the poller of `pipeline` (which has `[pipeline.modbus]`).
@@ -57,15 +64,30 @@ pub fn prepare(pipeline: &PipelineConfig, metrics: &Metrics) -> anyhow::Result<P
     let Some(config) = pipeline.modbus.clone() else {
         anyhow::bail!("pipeline {:?}: no [pipeline.modbus]", pipeline.name);
     };
+    let name: Arc<str> = pipeline.name.as_str().into();
+    let serial_metrics = metrics.serial(&pipeline.name);
+    let (downlink, commands) = downlink::channel(
+        name.clone(),
+        config.downlink_queue.get(),
+        serial_metrics.clone(),
+    );
     Ok(PreparedPoller {
-        pipeline: pipeline.name.as_str().into(),
+        pipeline: name,
         serial: pipeline.serial.clone().filter(|_| config.tcp.is_none()),
         config,
         metrics: metrics.modbus(&pipeline.name),
+        downlink,
+        commands,
+        serial_metrics,
     })
 }
 
 impl PreparedPoller {
+    /// Where write commands for these devices go.
+    pub fn downlink(&self) -> &DownlinkSender {
+        &self.downlink
+    }
+
     /// Starts polling: frames go to `frames` until `stop`.
     pub fn spawn(
         self,
@@ -86,6 +108,9 @@ impl PreparedPoller {
             frames,
             stop,
             tickets,
+            commands: self.commands,
+            serial_metrics: self.serial_metrics,
+            warn_limit: RateLimiter::new(5, Duration::from_secs(60)),
         };
         tokio::spawn(poller.run())
     }
@@ -100,6 +125,11 @@ struct Poller {
     stop: CancellationToken,
     tickets: Option<FrameTickets>,
     schedule: Schedule,
+    /// Write commands, sent before the next poll.
+    commands: mpsc::Receiver<Command>,
+    /// The downlink's counters (`sluice_downlink_*`).
+    serial_metrics: SerialMetrics,
+    warn_limit: RateLimiter,
 }
 
 /// What became of one request.
@@ -153,6 +183,11 @@ impl Poller {
             }
         }
         self.metrics.connected.set(0);
+        downlink::drain_dropped(
+            &mut self.commands,
+            &self.serial_metrics,
+            DownlinkDrop::Shutdown,
+        );
     }
 
     async fn open(&self) -> anyhow::Result<Context> {
@@ -186,9 +221,18 @@ impl Poller {
             if let (Some(silence), Some(last)) = (silence, last_answer) {
                 due = due.max(last + silence);
             }
-            tokio::select! {
+            // A write command goes before the next poll.
+            let command = tokio::select! {
                 () = self.stop.cancelled() => return None,
-                () = tokio::time::sleep_until(due) => {}
+                () = tokio::time::sleep_until(due) => None,
+                command = self.commands.recv() => command,
+            };
+            if let Some(command) = command {
+                if let Some(why) = self.write(context, command).await {
+                    return Some(why);
+                }
+                last_answer = Some(Instant::now());
+                continue;
             }
             if let Some(tickets) = &self.tickets {
                 tokio::select! {
@@ -279,6 +323,77 @@ impl Poller {
         }
     }
 
+    /// Sends one write command; returns why the link failed, if it did.
+    async fn write(&mut self, context: &mut Context, command: Command) -> Option<String> {
+        let max_age = self.config.downlink_max_age_ms;
+        let age = command.queued_at.elapsed();
+        if max_age > 0 && age > Duration::from_millis(max_age) {
+            let detail = format!("queued {} ms ago", age.as_millis());
+            self.downlink_problem(DownlinkDrop::Expired, &detail);
+            return None;
+        }
+        let write = match WriteCommand::parse(&command.payload) {
+            Ok(write) => write,
+            Err(why) => {
+                self.downlink_problem(DownlinkDrop::InvalidCommand, &why);
+                return None;
+            }
+        };
+        context.set_slave(tokio_modbus::Slave(write.unit));
+        let timeout = Duration::from_millis(self.config.timeout_ms.get());
+        let call = async {
+            match &write.values {
+                WriteValues::Coil(on) => context.write_single_coil(write.address, *on).await,
+                WriteValues::Register(word) => {
+                    context.write_single_register(write.address, *word).await
+                }
+                WriteValues::Coils(bits) => context.write_multiple_coils(write.address, bits).await,
+                WriteValues::Registers(words) => {
+                    context.write_multiple_registers(write.address, words).await
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(Ok(()))) => {
+                self.serial_metrics.downlink_written.inc();
+                tracing::debug!(
+                    pipeline = &*self.pipeline,
+                    unit = write.unit,
+                    address = write.address,
+                    "Modbus write done"
+                );
+                None
+            }
+            Ok(Ok(Err(exception))) => {
+                let code: u8 = exception.into();
+                let detail = format!("unit {} answered exception {code}", write.unit);
+                self.downlink_problem(DownlinkDrop::DeviceException, &detail);
+                None
+            }
+            Err(_) => {
+                let detail = format!("unit {} did not answer", write.unit);
+                self.downlink_problem(DownlinkDrop::WriteTimeout, &detail);
+                None
+            }
+            Ok(Err(err)) => {
+                self.downlink_problem(DownlinkDrop::WriteFailed, &err.to_string());
+                Some(format!("write failed: {err}"))
+            }
+        }
+    }
+
+    fn downlink_problem(&mut self, reason: DownlinkDrop, detail: &str) {
+        self.serial_metrics.downlink_dropped(reason);
+        if let Some(suppressed) = self.warn_limit.check() {
+            tracing::warn!(
+                pipeline = &*self.pipeline,
+                reason = reason.as_str(),
+                suppressed,
+                "Modbus write not done: {detail}"
+            );
+        }
+    }
+
     /// Hands one answer to the pipeline; false once the pipeline is gone.
     async fn deliver(&self, poll: &Poll, data: &[u8]) -> bool {
         let mut bytes = Vec::with_capacity(8 + data.len());
@@ -299,6 +414,81 @@ impl Poller {
             () = self.stop.cancelled() => false,
             sent = self.frames.send(frame) => sent.is_ok(),
         }
+    }
+}
+
+/// A write command as a transform encodes it (`sluice_sdk::modbus::Write`):
+/// format 1, unit id, function (5, 6, 15, 16), 0, address (u16 BE), count
+/// (u16 BE), then one byte 0/1 (5), a u16 (6), bits packed as on the wire
+/// (15) or count u16s (16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WriteCommand {
+    unit: u8,
+    address: u16,
+    values: WriteValues,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WriteValues {
+    Coil(bool),
+    Register(u16),
+    Coils(Vec<bool>),
+    Registers(Vec<u16>),
+}
+
+/// The protocol's limits on one write of several registers or coils.
+const MAX_WRITE_REGISTERS: usize = 123;
+const MAX_WRITE_COILS: usize = 1968;
+
+impl WriteCommand {
+    fn parse(bytes: &[u8]) -> Result<WriteCommand, String> {
+        let Some((head, data)) = bytes.split_first_chunk::<8>() else {
+            return Err(format!(
+                "{} bytes, shorter than the 8-byte header",
+                bytes.len()
+            ));
+        };
+        let [format, unit, function, reserved, a0, a1, c0, c1] = *head;
+        if format != FORMAT || reserved != 0 {
+            return Err(format!(
+                "format {format}, reserved {reserved}: not a format-1 write"
+            ));
+        }
+        let address = u16::from_be_bytes([a0, a1]);
+        let count = usize::from(u16::from_be_bytes([c0, c1]));
+        if address as usize + count > 65_536 {
+            return Err(format!("address {address} + count {count} is past 65535"));
+        }
+        let values = match (function, count, data) {
+            (5, 1, [0]) => WriteValues::Coil(false),
+            (5, 1, [1]) => WriteValues::Coil(true),
+            (6, 1, [hi, lo]) => WriteValues::Register(u16::from_be_bytes([*hi, *lo])),
+            (15, 1..=MAX_WRITE_COILS, data) if data.len() == count.div_ceil(8) => {
+                WriteValues::Coils(
+                    (0..count)
+                        .map(|i| data[i / 8] & (1 << (i % 8)) != 0)
+                        .collect(),
+                )
+            }
+            (16, 1..=MAX_WRITE_REGISTERS, data) if data.len() == 2 * count => {
+                WriteValues::Registers(
+                    data.chunks_exact(2)
+                        .map(|w| u16::from_be_bytes([w[0], w[1]]))
+                        .collect(),
+                )
+            }
+            _ => {
+                return Err(format!(
+                    "function {function}, count {count}, {} data bytes: not a valid write",
+                    data.len()
+                ));
+            }
+        };
+        Ok(WriteCommand {
+            unit,
+            address,
+            values,
+        })
     }
 }
 
@@ -413,6 +603,48 @@ mod tests {
         let bits = [true, false, true, false, false, false, false, false, true];
         assert_eq!(pack_bits(bits.to_vec()), [0b0000_0101, 0b0000_0001]);
         assert_eq!(pack_words(vec![0x0102, 0xfffe]), [1, 2, 0xff, 0xfe]);
+    }
+
+    #[test]
+    fn write_commands_parse_and_bad_ones_are_refused() {
+        let parse = WriteCommand::parse;
+        let write = |unit, address, values| WriteCommand {
+            unit,
+            address,
+            values,
+        };
+        assert_eq!(
+            parse(&[1, 7, 5, 0, 0, 3, 0, 1, 1]),
+            Ok(write(7, 3, WriteValues::Coil(true)))
+        );
+        assert_eq!(
+            parse(&[1, 1, 6, 0, 0, 10, 0, 1, 0x12, 0x34]),
+            Ok(write(1, 10, WriteValues::Register(0x1234)))
+        );
+        assert_eq!(
+            parse(&[1, 1, 15, 0, 0, 0, 0, 9, 0b0000_0101, 1]),
+            Ok(write(
+                1,
+                0,
+                WriteValues::Coils(vec![
+                    true, false, true, false, false, false, false, false, true
+                ])
+            ))
+        );
+        assert_eq!(
+            parse(&[1, 2, 16, 0, 0, 4, 0, 2, 0, 1, 0x11, 0x70]),
+            Ok(write(2, 4, WriteValues::Registers(vec![1, 0x1170])))
+        );
+        for bad in [
+            &[1, 1, 6, 0, 0, 10][..],                     // short
+            &[2, 1, 6, 0, 0, 10, 0, 1, 0, 1],             // format 2
+            &[1, 1, 5, 0, 0, 3, 0, 1, 2],                 // a coil of 2
+            &[1, 1, 3, 0, 0, 0, 0, 1, 0, 1],              // a read
+            &[1, 1, 16, 0, 0, 0, 0, 2, 0, 1],             // count 2, one register
+            &[1, 1, 16, 0, 0xff, 0xff, 0, 2, 0, 1, 0, 2], // past 65535
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
