@@ -21,6 +21,7 @@ mod bare;
 mod broker;
 mod feed;
 mod influx;
+mod modbus;
 mod procfs;
 mod report;
 mod run;
@@ -61,6 +62,9 @@ enum Cmd {
     },
     /// Internal: the bare rumqttc publisher (a system under test).
     BarePublisher(bare::BareArgs),
+    /// Modbus polling: sluice against a bare tokio-modbus client (TCP) and
+    /// against the line's limit (RTU); prints a Markdown table.
+    Modbus(modbus::ModbusArgs),
 }
 
 #[derive(clap::Args)]
@@ -176,6 +180,7 @@ fn phases(scale: f64) -> Vec<Phase> {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::BarePublisher(args) => bare::main(args),
+        Cmd::Modbus(args) => modbus::main(args),
         Cmd::Report { results, out } => {
             let bytes = std::fs::read(&results)
                 .with_context(|| format!("reading {}", results.display()))?;

@@ -4,8 +4,9 @@ implementation sluice did not write) that sluice polls.
     modbus_device.py tcp PORT
     modbus_device.py rtu SERIAL_PATH BAUD
 
-Units 1 and 2 answer. Any other unit: over TCP exception 11 (what a
+Units 1, 2 and 3 answer. Any other unit: over TCP exception 11 (what a
 gateway says of a device that did not answer), over RTU no answer at all.
+Unit 3 (for the benchmark): holding registers 0..199 = 0..199.
 Unit 1: holding registers 0..9 = 100, 200, ..., 1000, except register 0,
 which counts up by one every 100 ms from 100; input registers 0..3 = the
 float 21.5 (high word first) and the int32 -5 (high word first); coils 0..7
@@ -41,6 +42,15 @@ def unit1():
     )
 
 
+def unit3():
+    return ModbusDeviceContext(
+        hr=ModbusSequentialDataBlock(1, list(range(200))),
+        ir=ModbusSequentialDataBlock(1, [0]),
+        co=ModbusSequentialDataBlock(1, [False]),
+        di=ModbusSequentialDataBlock(1, [False]),
+    )
+
+
 def unit2():
     return ModbusDeviceContext(
         hr=ModbusSequentialDataBlock(1, words("I", 70000)),
@@ -59,7 +69,7 @@ async def count(device):
 
 
 async def main():
-    devices = {1: unit1(), 2: unit2()}
+    devices = {1: unit1(), 2: unit2(), 3: unit3()}
     context = ModbusServerContext(devices=devices, single=False)
     asyncio.get_running_loop().create_task(count(devices[1]))
     print("ready", flush=True)

@@ -221,11 +221,20 @@ impl Poller {
             if let (Some(silence), Some(last)) = (silence, last_answer) {
                 due = due.max(last + silence);
             }
-            // A write command goes before the next poll.
-            let command = tokio::select! {
-                () = self.stop.cancelled() => return None,
-                () = tokio::time::sleep_until(due) => None,
-                command = self.commands.recv() => command,
+            // A write command goes before the next poll. A poll already due
+            // does not go through the timer, which would round its wait up
+            // to the next millisecond.
+            let command = if due <= Instant::now() {
+                if self.stop.is_cancelled() {
+                    return None;
+                }
+                self.commands.try_recv().ok()
+            } else {
+                tokio::select! {
+                    () = self.stop.cancelled() => return None,
+                    () = tokio::time::sleep_until(due) => None,
+                    command = self.commands.recv() => command,
+                }
             };
             if let Some(command) = command {
                 if let Some(why) = self.write(context, command).await {
