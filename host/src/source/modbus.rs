@@ -109,6 +109,7 @@ impl PreparedPoller {
             stop,
             tickets,
             commands: self.commands,
+            commands_open: true,
             serial_metrics: self.serial_metrics,
             warn_limit: RateLimiter::new(5, Duration::from_secs(60)),
         };
@@ -127,6 +128,8 @@ struct Poller {
     schedule: Schedule,
     /// Write commands, sent before the next poll.
     commands: mpsc::Receiver<Command>,
+    /// False once every sender of `commands` is gone.
+    commands_open: bool,
     /// The downlink's counters (`sluice_downlink_*`).
     serial_metrics: SerialMetrics,
     warn_limit: RateLimiter,
@@ -224,19 +227,27 @@ impl Poller {
             // A write command goes before the next poll. A poll already due
             // does not go through the timer, which would round its wait up
             // to the next millisecond.
-            let command = if due <= Instant::now() {
-                if self.stop.is_cancelled() {
-                    return None;
+            let command = loop {
+                if due <= Instant::now() {
+                    if self.stop.is_cancelled() {
+                        return None;
+                    }
+                    break self.commands.try_recv().ok();
                 }
-                self.commands.try_recv().ok()
-            } else {
                 tokio::select! {
                     () = self.stop.cancelled() => return None,
-                    () = tokio::time::sleep_until(due) => None,
-                    command = self.commands.recv() => command,
+                    () = tokio::time::sleep_until(due) => break None,
+                    command = self.commands.recv(), if self.commands_open => match command {
+                        Some(command) => break Some(command),
+                        // Every sender is gone (the host is stopping).
+                        None => self.commands_open = false,
+                    },
                 }
             };
             if let Some(command) = command {
+                if let (Some(silence), Some(last)) = (silence, last_answer) {
+                    tokio::time::sleep_until(last + silence).await;
+                }
                 if let Some(why) = self.write(context, command).await {
                     return Some(why);
                 }
