@@ -1339,14 +1339,28 @@ pub fn mosquitto_pub(port: u16, topic: &str, payload: &str, extra: &[&str]) {
     assert!(status.success(), "mosquitto_pub {topic} failed");
 }
 
+/// The Python with pymodbus: the venv `scripts/test.sh` makes, or
+/// `SLUICE_TEST_PYTHON`.
+fn test_python() -> PathBuf {
+    let python = std::env::var_os("SLUICE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/test-venv/bin/python"));
+    assert!(
+        python.is_file(),
+        "{} is missing: scripts/test.sh installs pymodbus there (or set SLUICE_TEST_PYTHON)",
+        python.display()
+    );
+    python
+}
+
 /// A Modbus TCP server of pymodbus (`tests/support/modbus_device.py`, in
 /// the venv `scripts/test.sh` makes): the devices a Modbus pipeline polls.
 /// Killed on drop.
 pub struct ModbusDevice {
     /// Its port on 127.0.0.1 (TCP).
     pub port: u16,
-    /// RTU: the serial line's other end, for sluice, and the socat that
-    /// links the two pseudo-terminals.
+    /// RTU: the serial line's other end, for sluice, and the process that
+    /// links the two pseudo-terminals (socat, or the noisy line).
     pub bus: Option<(PathBuf, Child, tempfile::TempDir)>,
     child: Option<Child>,
 }
@@ -1367,15 +1381,44 @@ impl ModbusDevice {
     /// pseudo-terminals (socat); sluice opens the other, [`bus_path`]
     /// (Self::bus_path), as its serial port.
     pub fn start_rtu() -> ModbusDevice {
+        Self::start_rtu_on(|bus, device| {
+            let mut socat = Command::new("socat");
+            socat
+                .arg(format!("pty,raw,echo=0,link={}", bus.display()))
+                .arg(format!("pty,raw,echo=0,link={}", device.display()));
+            socat
+        })
+    }
+
+    /// As [`start_rtu`](Self::start_rtu), on a noisy line
+    /// (`tests/support/noisy_line.py`): every answer of the units in
+    /// `garble`, and every second one of those in `flaky`, arrive with a
+    /// damaged CRC.
+    pub fn start_rtu_noisy(garble: &[u8], flaky: &[u8]) -> ModbusDevice {
+        Self::start_rtu_on(|bus, device| {
+            let mut line = Command::new(test_python());
+            line.arg(repo_root().join("tests/support/noisy_line.py"))
+                .arg(bus)
+                .arg(device);
+            for unit in garble {
+                line.args(["--garble", &unit.to_string()]);
+            }
+            for unit in flaky {
+                line.args(["--flaky", &unit.to_string()]);
+            }
+            line
+        })
+    }
+
+    /// RTU on the pair of pseudo-terminals `line(bus, device)` makes.
+    fn start_rtu_on(line: impl FnOnce(&Path, &Path) -> Command) -> ModbusDevice {
         let dir = tempfile::tempdir().expect("tempdir");
         let (bus, device) = (dir.path().join("bus"), dir.path().join("device"));
-        let socat = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", bus.display()))
-            .arg(format!("pty,raw,echo=0,link={}", device.display()))
+        let linker = line(&bus, &device)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn socat (scripts/test.sh installs it)");
+            .expect("spawn the serial line (scripts/test.sh installs socat)");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !(bus.exists() && device.exists()) {
             assert!(Instant::now() < deadline, "socat made no pty pair");
@@ -1383,7 +1426,7 @@ impl ModbusDevice {
         }
         let mut modbus = ModbusDevice {
             port: 0,
-            bus: Some((bus, socat, dir)),
+            bus: Some((bus, linker, dir)),
             child: None,
         };
         modbus.restart();
@@ -1398,15 +1441,7 @@ impl ModbusDevice {
     /// Starts it again on the same port (after [`kill`](Self::kill)).
     pub fn restart(&mut self) {
         self.kill();
-        let python = std::env::var_os("SLUICE_TEST_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target/test-venv/bin/python"));
-        assert!(
-            python.is_file(),
-            "{} is missing: scripts/test.sh installs pymodbus there (or set SLUICE_TEST_PYTHON)",
-            python.display()
-        );
-        let mut command = Command::new(python);
+        let mut command = Command::new(test_python());
         command.arg(repo_root().join("tests/support/modbus_device.py"));
         match &self.bus {
             None => command.args(["tcp", &self.port.to_string()]),
@@ -1442,9 +1477,9 @@ impl ModbusDevice {
 impl Drop for ModbusDevice {
     fn drop(&mut self) {
         self.kill();
-        if let Some((_, socat, _)) = self.bus.as_mut() {
-            let _ = socat.kill();
-            let _ = socat.wait();
+        if let Some((_, linker, _)) = self.bus.as_mut() {
+            let _ = linker.kill();
+            let _ = linker.wait();
         }
     }
 }

@@ -4,14 +4,14 @@ implementation sluice did not write) that sluice polls.
     modbus_device.py tcp PORT
     modbus_device.py rtu SERIAL_PATH BAUD
 
-Units 1, 2 and 3 answer. Any other unit: over TCP exception 11 (what a
+Units 1 to 5 answer. Any other unit: over TCP exception 11 (what a
 gateway says of a device that did not answer), over RTU no answer at all.
 Unit 3 (for the benchmark): holding registers 0..199 = 0..199.
 Unit 1: holding registers 0..9 = 100, 200, ..., 1000, except register 0,
 which counts up by one every 100 ms from 100; input registers 0..3 = the
 float 21.5 (high word first) and the int32 -5 (high word first); coils 0..7
-= 1, 0, 1, 1, 0, 0, 0, 1. Unit 2: holding registers 0..1 = the uint32
-70000 (high word first). Addresses past those blocks answer exception 2
+= 1, 0, 1, 1, 0, 0, 0, 1. Units 2, 4 and 5: holding registers 0..1 =
+the uint32 70000 (high word first). Addresses past those blocks answer exception 2
 (illegal data address). Prints "ready" once it serves.
 """
 
@@ -69,7 +69,7 @@ async def count(device):
 
 
 async def main():
-    devices = {1: unit1(), 2: unit2(), 3: unit3()}
+    devices = {1: unit1(), 2: unit2(), 3: unit3(), 4: unit2(), 5: unit2()}
     context = ModbusServerContext(devices=devices, single=False)
     asyncio.get_running_loop().create_task(count(devices[1]))
     print("ready", flush=True)

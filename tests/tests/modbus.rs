@@ -231,7 +231,8 @@ fn devices_are_polled_and_a_dead_one_does_not_stall_the_others() {
 
 /// RTU on a serial line of its own: pymodbus as the slaves on one end of a
 /// pair of pseudo-terminals (socat), sluice the master on the other. Unit 9
-/// is not on the bus: no answer at all, a real timeout.
+/// is not on the bus: no answer at all, a real timeout (not retried here:
+/// each timeout is one turn of the backoff).
 #[test]
 fn an_rtu_bus_is_polled_and_a_silent_unit_times_out() {
     let broker = Mosquitto::start();
@@ -257,6 +258,7 @@ name = "bus"
 serial = {{ path = "{bus}", baud = 19200, parity = "none" }}
 [pipeline.modbus]
 timeout_ms = 200
+retries = 0
 backoff_min_ms = 200
 backoff_max_ms = 800
 [[pipeline.modbus.device]]
@@ -304,4 +306,86 @@ read = [{{ table = "holding", address = 0, count = 1, interval_ms = 100 }}]
         dead * 4.0 < live,
         "unit 9 was not backed off: {dead} timeouts, {live} answers"
     );
+}
+
+/// A noisy RTU line (`tests/support/noisy_line.py` between sluice and the
+/// pymodbus slaves damages CRCs): unit 4's answers always arrive damaged,
+/// unit 5's every second one. Damaged answers are `crc_error`, not
+/// `timeout`; with `retries = 1` unit 5 answers every turn on the retry
+/// and never backs off, and unit 4 backs off without holding up unit 1.
+#[test]
+fn crc_errors_are_counted_and_retried() {
+    let broker = Mosquitto::start();
+    let device = ModbusDevice::start_rtu_noisy(&[4], &[5]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = free_port();
+    let sub = mosquitto_sub(broker.port, "plant/#", &[]);
+    let path = dir.path().join("sluice.toml");
+    let read = r#"read = [{ table = "holding", address = 0, count = 2, interval_ms = 100 }]"#;
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+version = 1
+[admin]
+listen = "127.0.0.1:{admin}"
+[mqtt]
+host = "127.0.0.1"
+port = {broker}
+client_id = "modbus-noise-test"
+stats_interval_secs = 0
+[[pipeline]]
+name = "bus"
+serial = {{ path = "{bus}", baud = 19200, parity = "none" }}
+[pipeline.modbus]
+timeout_ms = 200
+retries = 1
+backoff_min_ms = 10000
+backoff_max_ms = 10000
+[[pipeline.modbus.device]]
+unit = 1
+{read}
+[[pipeline.modbus.device]]
+unit = 4
+{read}
+[[pipeline.modbus.device]]
+unit = 5
+{read}
+[pipeline.transform]
+module = "{module}"
+[pipeline.transform.config]
+prefix = "plant"
+retain = false
+"device.1" = "steady"
+"device.4" = "garbled"
+"device.5" = "flaky"
+"point.pair" = "holding 0 u32"
+"#,
+            broker = broker.port,
+            bus = device.bus_path().display(),
+            module = wasm::MODBUS_REGISTERS,
+        ),
+    )
+    .expect("config");
+    let sluice = SluiceProcess::run_config(&path);
+    let received = sub.wait_until(Duration::from_secs(30), |got| {
+        values(got, "plant/flaky/pair").len() >= 10
+    });
+    let flaky = values(&received, "plant/flaky/pair");
+    assert!(flaky.len() >= 10, "{flaky:?}: {}", sluice.log());
+    assert!(flaky.iter().all(|v| v == "70000"), "{flaky:?}");
+    assert!(
+        values(&received, "plant/garbled/pair").is_empty(),
+        "a damaged answer was published"
+    );
+    let series = |unit: u8, result: &str| polls(admin, "bus", unit, result);
+    let all = modbus_metrics(admin);
+    // Unit 4: one turn (asked, asked again), then 10 s of backoff.
+    assert_eq!(series(4, "crc_error"), 2.0, "{all}");
+    assert_eq!(series(4, "timeout"), 0.0, "{all}");
+    // Unit 5: every turn either answered at once or on the retry.
+    assert!(series(5, "crc_error") >= 5.0, "{all}");
+    assert_eq!(series(5, "timeout"), 0.0, "{all}");
+    assert!(series(5, "ok") >= 10.0, "{all}");
+    assert!(series(1, "ok") >= 10.0, "{all}");
 }

@@ -16,6 +16,9 @@ pub const MAX_READ_REGISTERS: u16 = 125;
 /// Coils or discrete inputs one read may ask for (the protocol's limit).
 pub const MAX_READ_BITS: u16 = 2000;
 
+/// Retries of one read, at most.
+pub const MAX_RETRIES: u8 = 10;
+
 /// `[pipeline.modbus]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +38,11 @@ pub struct ModbusConfig {
     /// See `backoff_min_ms`.
     #[serde(default = "default_backoff_max")]
     pub backoff_max_ms: NonZeroU64,
+    /// A read that got no valid answer (a timeout, or on RTU a CRC error)
+    /// is sent again right away this many times before the device counts
+    /// as failed; every attempt is counted.
+    #[serde(default = "default_retries")]
+    pub retries: u8,
     /// Reads of a device closer than this many addresses are merged into
     /// one request (0: only adjacent ones). The addresses between are read
     /// too, so a device that refuses some of them needs 0 here.
@@ -137,6 +145,9 @@ impl Table {
 fn default_timeout() -> NonZeroU64 {
     NonZeroU64::new(1000).unwrap_or(NonZeroU64::MIN)
 }
+fn default_retries() -> u8 {
+    1
+}
 fn default_backoff_min() -> NonZeroU64 {
     NonZeroU64::new(1000).unwrap_or(NonZeroU64::MIN)
 }
@@ -190,6 +201,12 @@ impl ModbusConfig {
         if self.backoff_min_ms > self.backoff_max_ms {
             problems.push(format!(
                 "{key}.backoff_min_ms: must not exceed {key}.backoff_max_ms"
+            ));
+        }
+        if self.retries > MAX_RETRIES {
+            problems.push(format!(
+                "{key}.retries: at most {MAX_RETRIES} (a dead device holds the bus for every one), not {}",
+                self.retries
             ));
         }
         if !(1..=MAX_READ_REGISTERS).contains(&self.max_registers) {
@@ -381,6 +398,7 @@ mod tests {
         let config = parse(
             r#"
             tcp = "nowhere"
+            retries = 11
             [[device]]
             unit = 0
             read = [
@@ -395,6 +413,7 @@ mod tests {
         let problems = config.validate("pipeline[0].modbus", true);
         for expected in [
             "pipeline[0].modbus.tcp: \"nowhere\" is not host:port",
+            "pipeline[0].modbus.retries: at most 10 (a dead device holds the bus for every one), not 11",
             "pipeline[0].modbus.device[0].unit: 1 to 247 on a serial bus, not 0",
             "pipeline[0].modbus.device[0].read[0].count: 1 to 125 for holding, not 126",
             "pipeline[0].modbus.device[0].read[1].interval_ms: at least 10, not 5",

@@ -16,7 +16,8 @@ pub struct PollLabel {
     pub pipeline: String,
     /// The device's unit id.
     pub unit: String,
-    /// `ok`, `timeout`, `exception_<code>`, `transport`, `mismatch`.
+    /// `ok`, `timeout`, `crc_error`, `exception_<code>`, `transport`,
+    /// `mismatch`.
     pub result: String,
 }
 
@@ -34,7 +35,7 @@ impl ModbusFamilies {
         let f = Self::default();
         registry.register(
             "modbus_polls",
-            "Modbus requests by device (unit id) and result: ok, timeout, exception_<code>, transport (the link failed), mismatch (an answer that does not fit the request)",
+            "Modbus requests by device (unit id) and result: ok, timeout, crc_error (RTU: bytes came back but no frame whose CRC checks), exception_<code>, transport (the link failed), mismatch (an answer that does not fit the request)",
             f.polls.clone(),
         );
         registry.register(

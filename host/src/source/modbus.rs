@@ -10,19 +10,27 @@
 //! One request at a time on the link (an RTU bus has one master and no
 //! addressing of answers; a TCP gateway often serialises anyway), the one
 //! due first, so every device gets its turn. A device that does not answer
-//! is counted and left alone for a backoff (doubling up to
-//! `backoff_max_ms`) so a dead device does not take the bus from live ones;
-//! an exception is an answer (counted by code), not a failure — except a
-//! TCP gateway's "the device did not answer" (codes 10 and 11). A failed
-//! link is reopened with the same backoff. With a durable log the next
+//! is asked again right away up to `retries` times, then counted failed and
+//! left alone for a backoff (doubling up to `backoff_max_ms`) so a dead
+//! device does not take the bus from live ones; an exception is an answer
+//! (counted by code), not a failure — except a TCP gateway's "the device
+//! did not answer" (codes 10 and 11). On RTU, bytes that came back without
+//! forming a frame whose CRC checks are a `crc_error`, not a `timeout`:
+//! `tokio-modbus` skips such bytes silently, so the poller watches what the
+//! line received ([`Watched`]). A failed link is reopened with the same
+//! backoff. With a durable log the next
 //! request waits until the last answer is committed, as a serial port's
 //! next read does ([`crate::ticket`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll as TaskPoll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_modbus::client::{Client as _, Context, Reader as _, Writer as _};
@@ -142,6 +150,9 @@ enum Outcome {
     Exception(u8),
     /// No answer in time.
     Timeout,
+    /// RTU: bytes came back in time, but no frame whose CRC checks (a
+    /// damaged answer, or one cut short).
+    CrcError,
     /// An answer that does not belong to the request (a late answer to an
     /// earlier one, a damaged frame): the link is reopened.
     Mismatch(String),
@@ -157,11 +168,11 @@ impl Poller {
                 () = self.stop.cancelled() => break,
                 opened = self.open() => opened,
             };
-            let mut context = match context {
-                Ok(context) => {
+            let (mut context, line) = match context {
+                Ok(opened) => {
                     link_failures = 0;
                     self.metrics.connected.set(1);
-                    context
+                    opened
                 }
                 Err(err) => {
                     self.metrics.connect_failures.inc();
@@ -177,7 +188,7 @@ impl Poller {
                     }
                 }
             };
-            let lost = self.poll_until_lost(&mut context).await;
+            let lost = self.poll_until_lost(&mut context, line.as_deref()).await;
             self.metrics.connected.set(0);
             let _ = context.disconnect().await;
             if let Some(why) = lost {
@@ -193,7 +204,8 @@ impl Poller {
         );
     }
 
-    async fn open(&self) -> anyhow::Result<Context> {
+    /// Opens the link; on RTU also the count of bytes the line received.
+    async fn open(&self) -> anyhow::Result<(Context, Option<Arc<AtomicU64>>)> {
         let timeout = Duration::from_millis(self.config.timeout_ms.get());
         match (&self.config.tcp, &self.serial) {
             (Some(address), _) => {
@@ -202,19 +214,28 @@ impl Poller {
                     anyhow::bail!("{address} resolves to no address");
                 };
                 let connect = tokio_modbus::client::tcp::connect(*first);
-                Ok(tokio::time::timeout(timeout, connect).await??)
+                Ok((tokio::time::timeout(timeout, connect).await??, None))
             }
             (None, Some(serial)) => {
                 let opened = super::serial::open::open(serial)
                     .map_err(|e| anyhow::anyhow!("serial port {}: {e}", serial.path.display()))?;
-                Ok(tokio_modbus::client::rtu::attach(opened.stream))
+                let received = Arc::new(AtomicU64::new(0));
+                let line = Watched {
+                    inner: opened.stream,
+                    received: received.clone(),
+                };
+                Ok((tokio_modbus::client::rtu::attach(line), Some(received)))
             }
             (None, None) => anyhow::bail!("neither modbus.tcp nor [pipeline.serial]"),
         }
     }
 
     /// Polls until the link fails (returns why) or the host stops (None).
-    async fn poll_until_lost(&mut self, context: &mut Context) -> Option<String> {
+    async fn poll_until_lost(
+        &mut self,
+        context: &mut Context,
+        line: Option<&AtomicU64>,
+    ) -> Option<String> {
         // RTU: at least 3.5 characters of silence between frames.
         let silence = self.serial.as_ref().map(|s| silent_interval(s.baud.get()));
         let mut last_answer: Option<Instant> = None;
@@ -261,8 +282,24 @@ impl Poller {
                 }
             }
             let poll = self.schedule.polls[slot].poll;
-            let outcome = self.request(context, &poll).await;
-            last_answer = Some(Instant::now());
+            let mut attempts = 0;
+            let outcome = loop {
+                let outcome = self.request(context, &poll, line).await;
+                last_answer = Some(Instant::now());
+                let again = match outcome {
+                    Outcome::Timeout => "timeout",
+                    Outcome::CrcError => "crc_error",
+                    _ => break outcome,
+                };
+                if attempts == self.config.retries || self.stop.is_cancelled() {
+                    break outcome;
+                }
+                attempts += 1;
+                self.metrics.poll(poll.unit, again);
+                if let Some(silence) = silence {
+                    tokio::time::sleep(silence).await;
+                }
+            };
             let now = Instant::now();
             match outcome {
                 Outcome::Answer(data) => {
@@ -280,14 +317,20 @@ impl Poller {
                         self.schedule.answered(slot, now);
                     }
                 }
-                Outcome::Timeout => {
-                    self.metrics.poll(poll.unit, "timeout");
+                Outcome::Timeout | Outcome::CrcError => {
+                    let result = if matches!(outcome, Outcome::Timeout) {
+                        "timeout"
+                    } else {
+                        "crc_error"
+                    };
+                    self.metrics.poll(poll.unit, result);
                     let wait = self.schedule.failed(slot, now, &self.config);
                     tracing::debug!(
                         pipeline = &*self.pipeline,
                         unit = poll.unit,
+                        result,
                         backoff_ms = wait.as_millis() as u64,
-                        "Modbus device did not answer"
+                        "Modbus device gave no valid answer"
                     );
                 }
                 Outcome::Mismatch(why) => {
@@ -304,8 +347,14 @@ impl Poller {
         }
     }
 
-    async fn request(&self, context: &mut Context, poll: &Poll) -> Outcome {
+    async fn request(
+        &self,
+        context: &mut Context,
+        poll: &Poll,
+        line: Option<&AtomicU64>,
+    ) -> Outcome {
         context.set_slave(tokio_modbus::Slave(poll.unit));
+        let received_before = line.map(|l| l.load(Ordering::Relaxed));
         let timeout = Duration::from_millis(self.config.timeout_ms.get());
         let (address, count) = (poll.address, poll.count);
         let call = async {
@@ -328,7 +377,14 @@ impl Poller {
         let result: Result<_, tokio_modbus::Error> = match tokio::time::timeout(timeout, call).await
         {
             Ok(result) => result,
-            Err(_) => return Outcome::Timeout,
+            Err(_) => {
+                let received_after = line.map(|l| l.load(Ordering::Relaxed));
+                return if received_after == received_before {
+                    Outcome::Timeout
+                } else {
+                    Outcome::CrcError
+                };
+            }
         };
         match result {
             Ok(Ok(data)) => Outcome::Answer(data),
@@ -509,6 +565,52 @@ impl WriteCommand {
             address,
             values,
         })
+    }
+}
+
+/// A serial port that counts the bytes it receives: how the poller tells
+/// a damaged answer from none at all.
+#[derive(Debug)]
+struct Watched<T> {
+    inner: T,
+    received: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> TaskPoll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len().saturating_sub(before);
+        self.received.fetch_add(read as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> TaskPoll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> TaskPoll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> TaskPoll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

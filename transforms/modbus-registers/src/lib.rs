@@ -38,30 +38,45 @@
 //!   change);
 //! * `unit_id=<n>`: only in readings of unit `n` (default: every unit);
 //! * `writable=true`: commands may write it (`holding` and `coils` only;
-//!   default `false`, see [Writes](#writes)).
+//!   default `false`, see [Writes](#writes));
+//! * `bit=<n>`: only bit `n` of an integer type (0 = least significant,
+//!   counted in the whole value after `order`), as a `bool`: no `scale`,
+//!   `offset` or `enum`, only `deadband=0`;
+//! * `bits=<low>..<high>`: only bits `low` to `high` (inclusive) of an
+//!   integer type, shifted down: an unsigned number, which `scale`,
+//!   `offset`, `deadband` and `enum` take as any other;
+//! * `enum=<value>:<label>,…`: publish the label of the (raw, unscaled)
+//!   value of an integer type or of `bits=`, like
+//!   `enum=0:off,1:heating,2:cooling`. Values are integers in the range of
+//!   the type or of `bits=` (decimal or `0x` hex), each given once; a label
+//!   is text without spaces, `,` or `:`, and not an integer. A value without a label is
+//!   published as its number (`7`), so nothing is lost and the field stays
+//!   a string. No `scale` or `offset`, only `deadband=0`.
 //!
 //! So `"point.temperature" = "holding 0 i16 scale=0.1 unit=°C deadband=0.5"`
 //! publishes holding register 0 of every unit, read as a signed tenth of a
-//! degree, when it moved by more than half a degree. [`EXAMPLE_CONFIG`] is
-//! a whole map. Any other key, or a bad entry, is an
-//! [`Error::InvalidConfig`] naming the key.
+//! degree, when it moved by more than half a degree. Entries may share
+//! registers: a status word is typically mapped once per flag, e.g.
+//! `"point.burner" = "holding 8 u16 bit=0"`, `"point.stage" = "holding 8
+//! u16 bits=4..7"`. [`EXAMPLE_CONFIG`] is a whole map. Any other key, or a
+//! bad entry, is an [`Error::InvalidConfig`] naming the key.
 //!
 //! # Output
 //!
-//! For each reading, in address order: a message
+//! For each reading, in address order (then by name): a message
 //! `<prefix>/<device>/<name>` whose payload is the value as text (`true`,
-//! `1234`, `-1500`, `230.5`) and one point: the measurement, tags `device`
-//! and `<name>_unit` for each entry with a unit inside the reading (even
-//! when its value is held back, so the series stays the same), one field
-//! per published value and no timestamp (the host uses the frame's receive
-//! time). No value published, no point.
+//! `1234`, `-1500`, `230.5`, `heating`) and one point: the measurement,
+//! tags `device` and `<name>_unit` for each entry with a unit inside the
+//! reading (even when its value is held back, so the series stays the
+//! same), one field per published value and no timestamp (the host uses
+//! the frame's receive time). No value published, no point.
 //!
-//! Field types are fixed: `bool` boolean, `u16`/`u32`/`u64` unsigned,
-//! `i16`/`i32`/`i64` signed integer, `f32`/`f64` and every value with a
-//! `scale` or `offset` float. A scaled value has as many decimals as the
-//! raw value plus `scale`'s, or as `offset`'s if more: raw 250 with
-//! `scale=0.01 offset=-1` is `1.50`. A float register holding NaN or an
-//! infinity is skipped (InfluxDB refuses them).
+//! Field types are fixed: `bool` and `bit=` boolean, `u16`/`u32`/`u64` and
+//! `bits=` unsigned, `i16`/`i32`/`i64` signed integer, `f32`/`f64` and every
+//! value with a `scale` or `offset` float, `enum=` string. A scaled value
+//! has as many decimals as the raw value plus `scale`'s, or as `offset`'s
+//! if more: raw 250 with `scale=0.01 offset=-1` is `1.50`. A float
+//! register holding NaN or an infinity is skipped (InfluxDB refuses them).
 //!
 //! The deadband state lives in the instance: a restart or a new version
 //! publishes everything once.
@@ -94,11 +109,21 @@
 //!   integer (halves away from zero) and refuse a value out of the type's
 //!   range, never wrap it; `f32`/`f64` write it as a float. `u16`/`i16` use
 //!   function 6, the 32- and 64-bit types function 16 with the registers
-//!   in the entry's `order`.
+//!   in the entry's `order`;
+//! * an `enum=` entry: one of its labels, exactly as published, written as
+//!   its value. A number is refused, even one published because it had no
+//!   label: the map lists the values that may be written. A writable
+//!   `enum=` needs a different label for each value.
+//!
+//! `bit=` and `bits=` entries cannot be made writable: Modbus writes whole
+//! registers, so setting some bits means reading the register and writing
+//! it back, and a change the device or another master makes in between
+//! would be undone. Map the whole register to write it.
 //!
 //! So with [`EXAMPLE_CONFIG`], `plant/boiler/setpoint/set` ← `21.5` sets
-//! holding register 6 of unit 1 to 215, and `plant/boiler/pump/set` ← `off`
-//! switches coil 0 of unit 1 off.
+//! holding register 6 of unit 1 to 215, `plant/boiler/mode/set` ←
+//! `heating` sets holding register 7 to 1, and `plant/boiler/pump/set` ←
+//! `off` switches coil 0 of unit 1 off.
 //!
 //! A command that cannot be written is refused with an error naming its
 //! topic and why (the host counts it and writes nothing):
@@ -164,6 +189,13 @@ pub const EXAMPLE_CONFIG: &[(&str, &str)] = &[
         "point.setpoint",
         "holding 6 i16 scale=0.1 unit=°C unit_id=1 writable=true",
     ),
+    (
+        "point.mode",
+        "holding 7 u16 enum=0:off,1:heating,2:cooling unit_id=1 writable=true",
+    ),
+    ("point.burner", "holding 8 u16 bit=0 deadband=0 unit_id=1"),
+    ("point.fault", "holding 8 u16 bit=1 unit_id=1"),
+    ("point.stage", "holding 8 u16 bits=4..7 unit_id=1"),
     ("point.pump", "coils 0 bool unit_id=1 writable=true"),
     ("point.alarm", "discrete_inputs 0 bool deadband=0 unit_id=1"),
     ("point.voltage", "input 0 f32 unit=V unit_id=2"),
@@ -211,6 +243,31 @@ struct Entry {
     unit_id: Option<u8>,
     /// `writable=true`: commands may write it (holding and coils only).
     writable: bool,
+    /// `bit=` or `bits=`: part of the integer value, instead of all of it.
+    bit_field: Option<BitField>,
+    /// `enum=`: the text published for each raw value.
+    labels: Option<BTreeMap<i128, String>>,
+}
+
+/// Bits of an integer value, counted from its least significant bit (0),
+/// after the registers are put in `order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BitField {
+    /// `bit=<n>`: one bit, a `bool`.
+    Flag(u32),
+    /// `bits=<low>..<high>`: those bits (inclusive), shifted down, unsigned.
+    Range { low: u32, high: u32 },
+}
+
+impl BitField {
+    fn extract(self, word: u64) -> Value {
+        match self {
+            BitField::Flag(bit) => Value::Bool(word >> bit & 1 == 1),
+            BitField::Range { low, high } => {
+                Value::Uint(word >> low & (u64::MAX >> (63 - (high - low))))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +310,27 @@ impl Kind {
             Kind::U32 | Kind::I32 | Kind::F32 => 2,
             Kind::U64 | Kind::I64 | Kind::F64 => 4,
         }
+    }
+
+    /// `u16`, as in the config.
+    fn name(self) -> &'static str {
+        KINDS
+            .iter()
+            .find(|(_, kind)| *kind == self)
+            .map_or("", |(name, _)| name)
+    }
+
+    /// The lowest and highest value of an integer type.
+    fn integer_range(self) -> Option<(i128, i128)> {
+        Some(match self {
+            Kind::U16 => (0, u16::MAX.into()),
+            Kind::I16 => (i16::MIN.into(), i16::MAX.into()),
+            Kind::U32 => (0, u32::MAX.into()),
+            Kind::I32 => (i32::MIN.into(), i32::MAX.into()),
+            Kind::U64 => (0, u64::MAX.into()),
+            Kind::I64 => (i64::MIN.into(), i64::MAX.into()),
+            Kind::Bool | Kind::F32 | Kind::F64 => return None,
+        })
     }
 }
 
@@ -304,6 +382,16 @@ impl Entry {
     /// The raw value, if it is entirely inside `reading`.
     fn read(&self, reading: &Reading<'_>) -> Option<Value> {
         let (a, order) = (self.address, self.order);
+        if let Some(bit_field) = self.bit_field {
+            // The two's complement bits for a signed type.
+            let word = match self.kind {
+                Kind::U16 | Kind::I16 => reading.u16(a)?.into(),
+                Kind::U32 | Kind::I32 => reading.u32(a, order)?.into(),
+                Kind::U64 | Kind::I64 => reading.u64(a, order)?,
+                Kind::Bool | Kind::F32 | Kind::F64 => return None,
+            };
+            return Some(bit_field.extract(word));
+        }
         Some(match self.kind {
             Kind::Bool => Value::Bool(reading.bit(a)?),
             Kind::U16 => Value::Uint(reading.u16(a)?.into()),
@@ -325,6 +413,16 @@ impl Entry {
     /// The value to publish and its text; `None` when it is not a finite
     /// number.
     fn publish(&self, raw: Value) -> Option<(Value, String)> {
+        if let Some(labels) = &self.labels {
+            let key = match raw {
+                Value::Uint(v) => i128::from(v),
+                Value::Int(v) => i128::from(v),
+                Value::Bool(_) | Value::Float(_) => return None,
+            };
+            // A value without a label is published as its number.
+            let text = labels.get(&key).cloned().unwrap_or_else(|| key.to_string());
+            return Some((raw, text));
+        }
         let Some(s) = self.scaling else {
             if let Value::Float(v) = raw
                 && !v.is_finite()
@@ -355,6 +453,15 @@ impl Entry {
         Some((Value::Float(value), text))
     }
 
+    /// The InfluxDB field of a published value: the text for an `enum=`.
+    fn field(&self, value: Value, text: &str) -> FieldValue {
+        if self.labels.is_some() {
+            FieldValue::Text(text.to_owned())
+        } else {
+            value.field()
+        }
+    }
+
     /// The write command setting this entry of unit `unit_id` to `text`,
     /// the inverse of [`publish`](Self::publish); `Err` says why not.
     fn write(&self, unit_id: u8, text: &str) -> Result<Vec<u8>, String> {
@@ -370,7 +477,10 @@ impl Entry {
             })?;
             return Ok(Write::coil(unit_id, self.address, on));
         }
-        let bits = self.raw_bits(text)?;
+        let bits = match &self.labels {
+            Some(labels) => self.label_bits(labels, text)?,
+            None => self.raw_bits(text)?,
+        };
         let width = self.kind.width();
         if width == 1 {
             return Ok(Write::register(unit_id, self.address, bits as u16));
@@ -384,6 +494,27 @@ impl Entry {
             words.reverse();
         }
         Write::registers(unit_id, self.address, &words).map_err(|e| e.message().to_owned())
+    }
+
+    /// The register value of the label `text`, in the low `16 × width`
+    /// bits; only labels are written, never a value missing from the map.
+    fn label_bits(&self, labels: &BTreeMap<i128, String>, text: &str) -> Result<u64, String> {
+        let value = labels
+            .iter()
+            .find(|(_, label)| *label == text)
+            .map(|(&value, _)| value)
+            .ok_or_else(|| {
+                let known: Vec<&str> = labels.values().map(String::as_str).collect();
+                format!(
+                    "{} is not a label of `point.{}` ({})",
+                    quoted(text),
+                    self.name,
+                    known.join(", ")
+                )
+            })?;
+        // Labels are checked against the type's range in `parse_entry`.
+        self.integer_bits(value)
+            .ok_or_else(|| format!("{value} does not fit `point.{}`", self.name))
     }
 
     /// The register value for `text`: `(value − offset) / scale`, rounded
@@ -423,7 +554,12 @@ impl Entry {
             // `as` saturates: too large for an i128 is out of every range.
             _ => self.unscale(parse_number(text)?).round() as i128,
         };
-        let bits = match self.kind {
+        self.integer_bits(raw).ok_or_else(out_of_range)
+    }
+
+    /// `raw` in the low `16 × width` bits; `None` outside the type's range.
+    fn integer_bits(&self, raw: i128) -> Option<u64> {
+        match self.kind {
             Kind::U16 => u16::try_from(raw).ok().map(u64::from),
             Kind::I16 => i16::try_from(raw).ok().map(|v| u64::from(v as u16)),
             Kind::U32 => u32::try_from(raw).ok().map(u64::from),
@@ -431,8 +567,7 @@ impl Entry {
             Kind::U64 => u64::try_from(raw).ok(),
             Kind::I64 => i64::try_from(raw).ok().map(|v| v as u64),
             Kind::Bool | Kind::F32 | Kind::F64 => None,
-        };
-        bits.ok_or_else(out_of_range)
+        }
     }
 
     /// `(value − offset) / scale`.
@@ -445,11 +580,7 @@ impl Entry {
 
     /// `i16`, `u16 scale=0.01 offset=-1`.
     fn describe(&self) -> String {
-        let mut text = KINDS
-            .iter()
-            .find(|(_, kind)| *kind == self.kind)
-            .map_or("", |(name, _)| name)
-            .to_owned();
+        let mut text = self.kind.name().to_owned();
         if let Some(s) = self.scaling {
             if s.scale != 1.0 {
                 text.push_str(&format!(" scale={}", s.scale));
@@ -613,8 +744,10 @@ impl Transform for ModbusRegisters {
                 self.published.insert(key, value);
             }
             let topic = format!("{}/{device}/{}", self.prefix, entry.name);
+            point
+                .fields
+                .push((entry.name.clone(), entry.field(value, &text)));
             out.publish(Message::new(topic, text).qos(self.qos).retain(self.retain));
-            point.fields.push((entry.name.clone(), value.field()));
         }
         if !point.fields.is_empty() {
             out.point(point);
@@ -785,13 +918,20 @@ fn parse_entry(key: &str, name: &str, spec: &str) -> Result<Entry, Error> {
         deadband: None,
         unit_id: None,
         writable: false,
+        bit_field: None,
+        labels: None,
     };
     let (mut scale, mut offset, mut order) = (None, None, None);
     let mut seen: Vec<&str> = Vec::new();
     for option in words {
         let Some((option, value)) = option.split_once('=') else {
+            let hint = if seen.last() == Some(&"enum") {
+                "; labels in `enum=` cannot contain spaces"
+            } else {
+                ""
+            };
             return Err(bad(format!(
-                "`{option}` is not an option (`scale=`, `offset=`, `unit=`, `order=`, `deadband=`, `unit_id=`, `writable=`)"
+                "`{option}` is not an option (`scale=`, `offset=`, `unit=`, `order=`, `deadband=`, `unit_id=`, `writable=`, `bit=`, `bits=`, `enum=`){hint}"
             )));
         };
         if seen.contains(&option) {
@@ -818,11 +958,6 @@ fn parse_entry(key: &str, name: &str, spec: &str) -> Result<Entry, Error> {
                 let v = number()?;
                 if v < 0.0 {
                     return Err(bad(format!("`deadband={value}` must not be negative")));
-                }
-                if kind == Kind::Bool && v != 0.0 {
-                    return Err(bad(
-                        "a `bool` takes only `deadband=0` (publish on change)".into()
-                    ));
                 }
                 entry.deadband = Some(v);
             }
@@ -861,9 +996,34 @@ fn parse_entry(key: &str, name: &str, spec: &str) -> Result<Entry, Error> {
                     }
                 };
             }
+            "bit" | "bits" => {
+                if kind.integer_range().is_none() {
+                    return Err(bad(format!(
+                        "`{option}=` selects bits of an integer register (u16, i16, u32, i32, u64, i64), not of `{}`",
+                        kind.name()
+                    )));
+                }
+                let bit_field = parse_bit_field(option, value).map_err(bad)?;
+                let last_bit = 16 * u32::from(kind.width()) - 1;
+                let highest = match bit_field {
+                    BitField::Flag(bit) => bit,
+                    BitField::Range { high, .. } => high,
+                };
+                if highest > last_bit {
+                    return Err(bad(format!(
+                        "`{option}={value}`: the bits of `{}` are 0 to {last_bit}",
+                        kind.name()
+                    )));
+                }
+                if entry.bit_field.is_some() {
+                    return Err(bad("give `bit=` or `bits=`, not both".into()));
+                }
+                entry.bit_field = Some(bit_field);
+            }
+            "enum" => entry.labels = Some(parse_labels(value).map_err(bad)?),
             _ => {
                 return Err(bad(format!(
-                    "unknown option `{option}` (scale, offset, unit, order, deadband, unit_id, writable)"
+                    "unknown option `{option}` (scale, offset, unit, order, deadband, unit_id, writable, bit, bits, enum)"
                 )));
             }
         }
@@ -874,10 +1034,42 @@ fn parse_entry(key: &str, name: &str, spec: &str) -> Result<Entry, Error> {
                 .into(),
         ));
     }
-    if kind == Kind::Bool && (scale.is_some() || offset.is_some()) {
+    let scaled = scale.is_some() || offset.is_some();
+    if kind == Kind::Bool && scaled {
         return Err(bad("a `bool` cannot be scaled".into()));
     }
-    if scale.is_some() || offset.is_some() {
+    let flag = matches!(entry.bit_field, Some(BitField::Flag(_)));
+    if flag && scaled {
+        return Err(bad("`bit=` is a `bool`, it cannot be scaled".into()));
+    }
+    if entry.bit_field.is_some() && entry.writable {
+        let option = if flag { "bit" } else { "bits" };
+        return Err(bad(format!(
+            "`writable=true` with `{option}=`: writing part of a register means reading the whole of it and writing it back, which is not atomic in Modbus and could undo a change to its other bits; map the whole register to write it"
+        )));
+    }
+    if let Some(labels) = &entry.labels {
+        check_labels(&entry, labels, scaled).map_err(bad)?;
+    }
+    if let Some(v) = entry.deadband
+        && v != 0.0
+    {
+        let only_on_change = if kind == Kind::Bool {
+            Some("a `bool`")
+        } else if flag {
+            Some("`bit=`")
+        } else if entry.labels.is_some() {
+            Some("`enum=`")
+        } else {
+            None
+        };
+        if let Some(what) = only_on_change {
+            return Err(bad(format!(
+                "{what} takes only `deadband=0` (publish on change)"
+            )));
+        }
+    }
+    if scaled {
         let (scale, offset) = (scale.unwrap_or(1.0), offset.unwrap_or(0.0));
         entry.scaling = Some(Scaling {
             scale,
@@ -895,6 +1087,114 @@ fn parse_entry(key: &str, name: &str, spec: &str) -> Result<Entry, Error> {
         entry.order = order;
     }
     Ok(entry)
+}
+
+/// `bit=<n>` or `bits=<low>..<high>`.
+fn parse_bit_field(option: &str, value: &str) -> Result<BitField, String> {
+    let bit = |text: &str| text.parse::<u32>().ok();
+    if option == "bit" {
+        return bit(value).map(BitField::Flag).ok_or_else(|| {
+            format!("`bit={value}`: expected a bit number (0 = least significant), like `bit=3`")
+        });
+    }
+    let (low, high) = value
+        .split_once("..")
+        .and_then(|(low, high)| Some((bit(low)?, bit(high)?)))
+        .ok_or_else(|| {
+            format!("`bits={value}`: expected `<low>..<high>` (inclusive, 0 = least significant), like `bits=4..7`")
+        })?;
+    if low > high {
+        return Err(format!(
+            "`bits={value}`: the lower bit comes first, like `bits={high}..{low}`"
+        ));
+    }
+    Ok(BitField::Range { low, high })
+}
+
+/// `enum=<value>:<label>,…`: values are integers (decimal or `0x` hex),
+/// labels are text without spaces, `,` or `:` that is not an integer.
+fn parse_labels(spec: &str) -> Result<BTreeMap<i128, String>, String> {
+    if spec.is_empty() {
+        return Err("`enum=` needs `<value>:<label>` pairs, like `enum=0:off,1:on`".into());
+    }
+    let mut labels = BTreeMap::new();
+    for pair in spec.split(',') {
+        let (value, label) = pair.split_once(':').ok_or_else(|| {
+            format!("`enum=`: `{pair}` is not `<value>:<label>` (labels cannot contain `,`, `:` or spaces)")
+        })?;
+        let value = parse_integer(value)
+            .ok_or_else(|| format!("`enum=`: `{value}` in `{pair}` is not an integer"))?;
+        if label.is_empty() {
+            return Err(format!("`enum=`: `{pair}` has an empty label"));
+        }
+        if label.contains(':') {
+            return Err(format!(
+                "`enum=`: the label `{label}` contains `:` (labels cannot contain `,`, `:` or spaces)"
+            ));
+        }
+        if label.parse::<i128>().is_ok() {
+            return Err(format!(
+                "`enum=`: the label `{label}` is a number, which is how a value without a label is published: use a word"
+            ));
+        }
+        if labels.insert(value, label.to_owned()).is_some() {
+            return Err(format!("`enum=`: the value {value} is given twice"));
+        }
+    }
+    Ok(labels)
+}
+
+/// The `enum=` labels of `entry` fit its type and options.
+fn check_labels(
+    entry: &Entry,
+    labels: &BTreeMap<i128, String>,
+    scaled: bool,
+) -> Result<(), String> {
+    let (min, max, of) = match entry.bit_field {
+        Some(BitField::Flag(_)) => {
+            return Err(
+                "`enum=` maps integers and `bit=` is a `bool`: use `bits=<n>..<n>` for an enum of one bit"
+                    .into(),
+            );
+        }
+        Some(BitField::Range { low, high }) => (
+            0,
+            (1i128 << (high - low + 1)) - 1,
+            format!("`bits={low}..{high}`"),
+        ),
+        None => {
+            let (min, max) = entry.kind.integer_range().ok_or_else(|| {
+                format!("`enum=` maps integer values, not `{}`", entry.kind.name())
+            })?;
+            (min, max, format!("`{}`", entry.kind.name()))
+        }
+    };
+    if scaled {
+        return Err("`enum=` maps the raw value, it cannot be scaled".into());
+    }
+    if let Some(value) = labels.keys().find(|&&v| v < min || v > max) {
+        return Err(format!(
+            "`enum=`: {value} is not a value of {of} ({min} to {max})"
+        ));
+    }
+    if entry.writable {
+        for (value, label) in labels {
+            if let Some((other, _)) = labels.iter().find(|(v, l)| *l == label && *v != value) {
+                return Err(format!(
+                    "`enum=`: the label `{label}` stands for {value} and {other}: a writable entry needs a label per value"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A decimal integer, or `0x` hex.
+fn parse_integer(text: &str) -> Option<i128> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok().map(i128::from),
+        None => text.parse().ok(),
+    }
 }
 
 fn lookup<T: Copy>(table: &[(&str, T)], name: &str) -> Option<T> {

@@ -2,7 +2,7 @@
 
 use super::*;
 
-use FieldValue::{Boolean, Float, Int, Uint};
+use FieldValue::{Boolean, Float, Int, Text, Uint};
 use sluice_sdk::modbus::WriteValues;
 
 fn transform(pairs: &[(&str, &str)]) -> ModbusRegisters {
@@ -455,6 +455,133 @@ fn bad_config_names_the_key() {
             "discrete_inputs 0 bool writable=true",
             "`writable=true`: only `holding` and `coils` can be written",
         ),
+        (
+            "holding 0 u16 bit=16",
+            "`bit=16`: the bits of `u16` are 0 to 15",
+        ),
+        (
+            "holding 0 i32 bits=28..32",
+            "`bits=28..32`: the bits of `i32` are 0 to 31",
+        ),
+        ("holding 0 u16 bit=-1", "`bit=-1`: expected a bit number"),
+        ("holding 0 u16 bit=", "`bit=`: expected a bit number"),
+        (
+            "holding 0 u16 bits=4-7",
+            "`bits=4-7`: expected `<low>..<high>`",
+        ),
+        (
+            "holding 0 u16 bits=4..",
+            "`bits=4..`: expected `<low>..<high>`",
+        ),
+        (
+            "holding 0 u16 bits=7..4",
+            "the lower bit comes first, like `bits=4..7`",
+        ),
+        (
+            "holding 0 u16 bit=1 bits=2..3",
+            "give `bit=` or `bits=`, not both",
+        ),
+        ("holding 0 u16 bit=1 bit=2", "`bit` is given twice"),
+        (
+            "holding 0 f32 bit=1",
+            "`bit=` selects bits of an integer register",
+        ),
+        (
+            "coils 0 bool bits=0..0",
+            "integer register (u16, i16, u32, i32, u64, i64), not of `bool`",
+        ),
+        (
+            "holding 0 u16 bit=3 scale=0.1",
+            "`bit=` is a `bool`, it cannot be scaled",
+        ),
+        (
+            "holding 0 u16 offset=1 bit=3",
+            "`bit=` is a `bool`, it cannot be scaled",
+        ),
+        (
+            "holding 0 u16 bit=3 deadband=1",
+            "`bit=` takes only `deadband=0`",
+        ),
+        (
+            "holding 0 u16 deadband=0.5 bit=3",
+            "`bit=` takes only `deadband=0`",
+        ),
+        (
+            "holding 0 u16 bit=3 writable=true",
+            "`writable=true` with `bit=`: writing part of a register",
+        ),
+        (
+            "holding 0 u16 writable=true bits=0..3",
+            "`writable=true` with `bits=`",
+        ),
+        (
+            "holding 0 u16 enum=",
+            "`enum=` needs `<value>:<label>` pairs",
+        ),
+        (
+            "holding 0 u16 enum=0:off,",
+            "`enum=`: `` is not `<value>:<label>`",
+        ),
+        (
+            "holding 0 u16 enum=0:off,on",
+            "`enum=`: `on` is not `<value>:<label>` (labels cannot contain `,`, `:` or spaces)",
+        ),
+        (
+            "holding 0 u16 enum=0:off,1:low heat",
+            "`heat` is not an option (`scale=`, `offset=`, `unit=`, `order=`, `deadband=`, `unit_id=`, `writable=`, `bit=`, `bits=`, `enum=`); labels in `enum=` cannot contain spaces",
+        ),
+        ("holding 0 u16 enum=0:a:b", "the label `a:b` contains `:`"),
+        (
+            "holding 0 u16 enum=zero:off",
+            "`zero` in `zero:off` is not an integer",
+        ),
+        ("holding 0 u16 enum=0:", "`0:` has an empty label"),
+        (
+            "holding 0 u16 enum=0:off,0x0:none",
+            "the value 0 is given twice",
+        ),
+        ("holding 0 u16 enum=0:off,1:2", "the label `2` is a number"),
+        (
+            "holding 0 u16 enum=0:off,65536:x",
+            "65536 is not a value of `u16` (0 to 65535)",
+        ),
+        ("holding 0 u16 enum=-1:x", "-1 is not a value of `u16`"),
+        (
+            "holding 0 i16 enum=-32769:x",
+            "-32769 is not a value of `i16` (-32768 to 32767)",
+        ),
+        (
+            "holding 0 u16 bits=4..5 enum=4:x",
+            "4 is not a value of `bits=4..5` (0 to 3)",
+        ),
+        (
+            "holding 0 f64 enum=0:x",
+            "`enum=` maps integer values, not `f64`",
+        ),
+        (
+            "coils 0 bool enum=0:off",
+            "`enum=` maps integer values, not `bool`",
+        ),
+        (
+            "holding 0 u16 bit=2 enum=0:off",
+            "use `bits=<n>..<n>` for an enum of one bit",
+        ),
+        (
+            "holding 0 u16 enum=0:off scale=2",
+            "`enum=` maps the raw value, it cannot be scaled",
+        ),
+        (
+            "holding 0 u16 enum=0:off deadband=1",
+            "`enum=` takes only `deadband=0`",
+        ),
+        (
+            "holding 0 u16 bits=0..1 enum=0:off deadband=2",
+            "`enum=` takes only `deadband=0`",
+        ),
+        (
+            "holding 0 u16 enum=0:off,1:on,3:off writable=true",
+            "the label `off` stands for 0 and 3: a writable entry needs a label per value",
+        ),
     ] {
         let message = point(spec);
         assert!(
@@ -489,6 +616,241 @@ fn bad_config_names_the_key() {
         let message = invalid_config(&pairs);
         assert!(message.contains(says), "{pairs:?}: {message}");
     }
+}
+
+#[test]
+fn bit_fields_share_a_register() {
+    let mut t = transform(&[
+        ("point.a_ready", "holding 0 u16 bit=0"),
+        ("point.b_fault", "holding 0 u16 bit=1"),
+        ("point.c_stage", "holding 0 u16 bits=4..7"),
+        ("point.d_top", "holding 0 u16 bit=15"),
+        ("point.e_sign", "holding 1 i16 bit=15"),
+        ("point.f_all", "holding 1 i16 bits=0..15"),
+        ("point.g_low_nibble", "holding 1 i16 bits=0..3"),
+        ("point.h_word_order", "holding 2 u32 order=low_first bit=16"),
+        (
+            "point.i_high_half",
+            "holding 2 u32 order=low_first bits=16..31",
+        ),
+        ("point.j_top_bit", "holding 4 i64 bit=63"),
+        ("point.k_everything", "holding 4 i64 bits=0..63"),
+        ("point.l_whole", "holding 0 u16"),
+    ]);
+    let mut words = vec![0b1000_0000_0011_0001, (-2i16) as u16, 0x0000, 0x0003];
+    words.extend(words_of(&(-1i64).to_be_bytes()));
+    let out = run(&mut t, &registers(1, 3, 0, &words));
+    assert_eq!(
+        messages(&out),
+        [
+            ("modbus/unit1/a_ready", "true"),
+            ("modbus/unit1/b_fault", "false"),
+            ("modbus/unit1/c_stage", "3"),
+            ("modbus/unit1/d_top", "true"),
+            ("modbus/unit1/l_whole", "32817"),
+            ("modbus/unit1/e_sign", "true"),
+            ("modbus/unit1/f_all", "65534"),
+            ("modbus/unit1/g_low_nibble", "14"),
+            // Low word first: the high half is the second register, 3.
+            ("modbus/unit1/h_word_order", "true"),
+            ("modbus/unit1/i_high_half", "3"),
+            ("modbus/unit1/j_top_bit", "true"),
+            ("modbus/unit1/k_everything", "18446744073709551615"),
+        ]
+    );
+    assert_eq!(
+        fields(&out),
+        [
+            ("a_ready", Boolean(true)),
+            ("b_fault", Boolean(false)),
+            ("c_stage", Uint(3)),
+            ("d_top", Boolean(true)),
+            ("l_whole", Uint(32817)),
+            ("e_sign", Boolean(true)),
+            ("f_all", Uint(65534)),
+            ("g_low_nibble", Uint(14)),
+            ("h_word_order", Boolean(true)),
+            ("i_high_half", Uint(3)),
+            ("j_top_bit", Boolean(true)),
+            ("k_everything", Uint(u64::MAX)),
+        ]
+    );
+}
+
+#[test]
+fn bits_are_scaled_and_deadbanded_as_numbers() {
+    let mut t = transform(&[(
+        "point.level",
+        "input 0 u16 bits=8..15 scale=0.5 offset=-10 deadband=1",
+    )]);
+    let mut level = |high_byte: u16| {
+        let out = run(&mut t, &registers(1, 4, 0, &[high_byte << 8 | 0xFF]));
+        let payloads: Vec<String> = messages(&out).iter().map(|(_, p)| p.to_string()).collect();
+        if !payloads.is_empty() {
+            assert_eq!(fields(&out)[0].1, Float(payloads[0].parse().unwrap()));
+        }
+        payloads
+    };
+    assert_eq!(level(41), ["10.5"]);
+    assert_eq!(level(43), [] as [&str; 0], "1.0 from 10.5");
+    assert_eq!(level(44), ["12.0"]);
+}
+
+#[test]
+fn a_bit_with_deadband_zero_publishes_on_change() {
+    let mut t = transform(&[
+        ("point.fault", "holding 0 u16 bit=3 deadband=0"),
+        ("point.count", "holding 0 u16 bits=0..2"),
+    ]);
+    let mut step = |word: u16| messages(&run(&mut t, &registers(1, 3, 0, &[word]))).len();
+    assert_eq!(step(0b0000), 2, "first: both");
+    assert_eq!(step(0b0001), 1, "the fault bit did not change");
+    assert_eq!(step(0b1001), 2);
+    assert_eq!(step(0b1111), 1);
+    assert_eq!(step(0b0111), 2);
+}
+
+#[test]
+fn enums_publish_labels_and_unlabelled_values_as_numbers() {
+    let mut t = transform(&[
+        (
+            "point.a_mode",
+            "holding 0 u16 enum=0:off,1:heating,2:cooling",
+        ),
+        (
+            "point.b_error",
+            "holding 1 i16 enum=-1:sensor_open,0:ok,0x10:Störung",
+        ),
+        (
+            "point.c_phase",
+            "holding 2 u16 bits=8..9 enum=0:idle,1:starting,3:running",
+        ),
+        (
+            "point.d_code",
+            "holding 3 u32 order=low_first enum=70000:überlast",
+        ),
+    ]);
+    let frame = |mode: u16, error: i16, phase_word: u16, code: u32| {
+        let words = [
+            mode,
+            error as u16,
+            phase_word,
+            code as u16,
+            (code >> 16) as u16,
+        ];
+        registers(1, 3, 0, &words)
+    };
+    let out = run(&mut t, &frame(1, -1, 0x0300, 70_000));
+    assert_eq!(
+        messages(&out),
+        [
+            ("modbus/unit1/a_mode", "heating"),
+            ("modbus/unit1/b_error", "sensor_open"),
+            ("modbus/unit1/c_phase", "running"),
+            ("modbus/unit1/d_code", "überlast"),
+        ]
+    );
+    assert_eq!(
+        fields(&out),
+        [
+            ("a_mode", Text("heating".into())),
+            ("b_error", Text("sensor_open".into())),
+            ("c_phase", Text("running".into())),
+            ("d_code", Text("überlast".into())),
+        ]
+    );
+    let out = run(&mut t, &frame(7, 16, 0x02FF, 5));
+    assert_eq!(
+        fields(&out),
+        [
+            ("a_mode", Text("7".into())),
+            ("b_error", Text("Störung".into())),
+            ("c_phase", Text("2".into())),
+            ("d_code", Text("5".into())),
+        ]
+    );
+    let out = run(&mut t, &frame(0, -300, 0, 0));
+    assert_eq!(fields(&out)[1], ("b_error", Text("-300".into())));
+}
+
+#[test]
+fn an_enum_with_deadband_zero_publishes_on_change() {
+    let mut t = transform(&[("point.mode", "holding 0 u16 enum=0:off,1:on deadband=0")]);
+    let mut mode = |raw: u16| messages(&run(&mut t, &registers(1, 3, 0, &[raw]))).len();
+    assert_eq!(mode(0), 1);
+    assert_eq!(mode(0), 0);
+    assert_eq!(mode(1), 1);
+    assert_eq!(mode(5), 1, "a value without a label is a change too");
+    assert_eq!(mode(5), 0);
+}
+
+#[test]
+fn an_enum_is_written_by_its_labels_only() {
+    let mut t = example();
+    let w = write(&mut t, "plant/boiler/mode/set", "heating");
+    assert_eq!(w.function(), 6);
+    assert_eq!(
+        w,
+        Write {
+            unit: 1,
+            address: 7,
+            values: WriteValues::Register(1)
+        }
+    );
+    assert_eq!(
+        write(&mut t, "plant/boiler/mode/set", " off\n").values,
+        WriteValues::Register(0)
+    );
+    for payload in ["Heating", "1", "7", "boost", ""] {
+        let err = refused(&mut t, "plant/boiler/mode/set", payload.as_bytes());
+        assert!(matches!(err, Error::Malformed(_)), "{err:?}");
+    }
+    let err = refused(&mut t, "plant/boiler/mode/set", b"boost");
+    assert_eq!(
+        err,
+        Error::malformed(
+            "`plant/boiler/mode/set`: \"boost\" is not a label of `point.mode` (off, heating, cooling)"
+        )
+    );
+
+    // A wide signed register, in the entry's order.
+    let mut t = transform(&[(
+        "point.state",
+        "holding 10 i32 order=low_first enum=-2:reverse,0:stop,70000:fast writable=true",
+    )]);
+    for (label, words) in [
+        ("reverse", [0xFFFE, 0xFFFF]),
+        ("stop", [0, 0]),
+        ("fast", [0x1170, 0x0001]),
+    ] {
+        let w = write(&mut t, "modbus/unit1/state/set", label);
+        assert_eq!(w, registers_write(1, 10, &words), "{label}");
+    }
+}
+
+#[test]
+fn bit_fields_and_enums_read_back_what_was_written() {
+    let mut t = transform(&[
+        (
+            "point.mode",
+            "holding 0 i16 enum=-1:auto,0:off,1:on writable=true",
+        ),
+        ("point.mode_sign", "holding 0 i16 bit=15"),
+        ("point.mode_low", "holding 0 i16 bits=0..1 enum=3:three"),
+    ]);
+    let value = match write(&mut t, "modbus/unit1/mode/set", "auto").values {
+        WriteValues::Register(v) => v,
+        other => panic!("{other:?}"),
+    };
+    let out = run(&mut t, &registers(1, 3, 0, &[value]));
+    assert_eq!(
+        messages(&out),
+        [
+            ("modbus/unit1/mode", "auto"),
+            ("modbus/unit1/mode_low", "three"),
+            ("modbus/unit1/mode_sign", "true"),
+        ]
+    );
 }
 
 /// The write `topic` ← `payload` encodes to, decoded.
@@ -933,7 +1295,7 @@ fn shipped_vectors_pass_with_the_example_config() {
         }
     }
     assert_eq!(failures, [] as [String; 0]);
-    assert_eq!(count, 13);
+    assert_eq!(count, 16);
 }
 
 fn check_vector(t: &mut ModbusRegisters, line: &str) -> Result<(), String> {
@@ -1026,6 +1388,7 @@ fn check_vector(t: &mut ModbusRegisters, line: &str) -> Result<(), String> {
                     && got.fields.iter().all(|(k, v)| {
                         fields.get(k).is_some_and(|want| match (want, v) {
                             (Json::Bool(w), Boolean(g)) => w == g,
+                            (Json::String(w), Text(g)) => w == g,
                             (Json::Number(w), Float(g)) => w.as_f64() == Some(*g),
                             (Json::Number(w), Int(g)) => w.as_i64() == Some(*g),
                             (Json::Number(w), Uint(g)) => w.as_u64() == Some(*g),
