@@ -229,22 +229,18 @@ fn devices_are_polled_and_a_dead_one_does_not_stall_the_others() {
     );
 }
 
-/// RTU on a serial line of its own: pymodbus as the slaves on one end of a
-/// pair of pseudo-terminals (socat), sluice the master on the other. Unit 9
-/// is not on the bus: no answer at all, a real timeout (not retried here:
-/// each timeout is one turn of the backoff).
-#[test]
-fn an_rtu_bus_is_polled_and_a_silent_unit_times_out() {
-    let broker = Mosquitto::start();
-    let device = ModbusDevice::start_rtu();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let admin = free_port();
-    let sub = mosquitto_sub(broker.port, "plant/#", &[]);
-    let path = dir.path().join("sluice.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
+/// The config of an RTU pipeline `bus` on `device`'s line, publishing to
+/// `broker`: `[pipeline.modbus]` and what follows are `modbus`.
+fn rtu_config(
+    dir: &std::path::Path,
+    admin: u16,
+    broker: u16,
+    device: &ModbusDevice,
+    modbus: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("sluice.toml");
+    let config = format!(
+        r#"
 version = 1
 [admin]
 listen = "127.0.0.1:{admin}"
@@ -257,6 +253,31 @@ stats_interval_secs = 0
 name = "bus"
 serial = {{ path = "{bus}", baud = 19200, parity = "none" }}
 [pipeline.modbus]
+{modbus}"#,
+        bus = device.bus_path().display(),
+    );
+    std::fs::write(&path, config).expect("config");
+    path
+}
+
+/// RTU on a serial line of its own: pymodbus as the slaves on one end of a
+/// pair of pseudo-terminals (socat), sluice the master on the other. Unit 9
+/// is not on the bus: no answer at all, a real timeout (not retried here:
+/// each timeout is one turn of the backoff).
+#[test]
+fn an_rtu_bus_is_polled_and_a_silent_unit_times_out() {
+    let broker = Mosquitto::start();
+    let device = ModbusDevice::start_rtu();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = free_port();
+    let sub = mosquitto_sub(broker.port, "plant/#", &[]);
+    let path = rtu_config(
+        dir.path(),
+        admin,
+        broker.port,
+        &device,
+        &format!(
+            r#"
 timeout_ms = 200
 retries = 0
 backoff_min_ms = 200
@@ -271,12 +292,9 @@ read = [
 unit = 9
 read = [{{ table = "holding", address = 0, count = 1, interval_ms = 100 }}]
 {transform}"#,
-            broker = broker.port,
-            bus = device.bus_path().display(),
             transform = transform(),
         ),
-    )
-    .expect("config");
+    );
     let sluice = SluiceProcess::run_config(&path);
     let received = sub.wait_until(Duration::from_secs(20), |got| {
         values(got, "plant/boiler/counter").len() >= 10
@@ -320,24 +338,14 @@ fn crc_errors_are_counted_and_retried() {
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = free_port();
     let sub = mosquitto_sub(broker.port, "plant/#", &[]);
-    let path = dir.path().join("sluice.toml");
     let read = r#"read = [{ table = "holding", address = 0, count = 2, interval_ms = 100 }]"#;
-    std::fs::write(
-        &path,
-        format!(
+    let path = rtu_config(
+        dir.path(),
+        admin,
+        broker.port,
+        &device,
+        &format!(
             r#"
-version = 1
-[admin]
-listen = "127.0.0.1:{admin}"
-[mqtt]
-host = "127.0.0.1"
-port = {broker}
-client_id = "modbus-noise-test"
-stats_interval_secs = 0
-[[pipeline]]
-name = "bus"
-serial = {{ path = "{bus}", baud = 19200, parity = "none" }}
-[pipeline.modbus]
 timeout_ms = 200
 retries = 1
 backoff_min_ms = 10000
@@ -361,12 +369,9 @@ retain = false
 "device.5" = "flaky"
 "point.pair" = "holding 0 u32"
 "#,
-            broker = broker.port,
-            bus = device.bus_path().display(),
             module = wasm::MODBUS_REGISTERS,
         ),
-    )
-    .expect("config");
+    );
     let sluice = SluiceProcess::run_config(&path);
     let received = sub.wait_until(Duration::from_secs(30), |got| {
         values(got, "plant/flaky/pair").len() >= 10
