@@ -229,7 +229,7 @@ fn main() {
         frames: frame_rx,
         downlink: None,
         control: Some(control_rx),
-        emissions: emit_tx,
+        emissions: emit_tx.into(),
         metrics: metrics.pipeline("bench"),
         guard,
     }

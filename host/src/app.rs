@@ -22,9 +22,11 @@ use crate::hotswap::watch::DirWatcher;
 use crate::metrics::Metrics;
 use crate::model::{DownlinkCommand, MqttMessage, Qos, Sink};
 use crate::outbox::{OutboxConfig, OutboxGroup};
-use crate::pipeline::{Emission, WorkerControl, WorkerDownlink, WorkerSettings, WorkerSpec};
+use crate::pipeline::{
+    Emission, Emitter, WorkerControl, WorkerDownlink, WorkerSettings, WorkerSpec,
+};
 use crate::reload::Reloader;
-use crate::router;
+use crate::router::{self, Router};
 use crate::runtime::{ModuleCache, Runtime};
 use crate::secret::Secret;
 use crate::sink::SinkContext;
@@ -34,8 +36,6 @@ use crate::sink::mqtt::{CommandRoute, MqttSink};
 use crate::source::serial::DownlinkSender;
 use crate::source::{ReadAhead, Source};
 
-/// Capacity of the channel from the workers to the sinks, in frames.
-const EMISSION_CHANNEL: usize = 256;
 /// How long shutdown waits for the broker to confirm in-flight messages.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -102,14 +102,14 @@ pub fn start_pipelines(
     config: &Config,
     runtime: &Runtime,
     metrics: &Metrics,
-    emissions: mpsc::Sender<Emission>,
+    emissions: impl Into<Emitter>,
     stop: CancellationToken,
 ) -> anyhow::Result<Pipelines> {
     start_pipelines_from(
         config,
         runtime,
         metrics,
-        emissions,
+        emissions.into(),
         stop,
         Inputs {
             source: &Source::Serial,
@@ -163,7 +163,7 @@ pub fn start_pipelines_from(
     config: &Config,
     runtime: &Runtime,
     metrics: &Metrics,
-    emissions: mpsc::Sender<Emission>,
+    emissions: Emitter,
     stop: CancellationToken,
     inputs: Inputs<'_>,
 ) -> anyhow::Result<Pipelines> {
@@ -383,12 +383,12 @@ async fn run_inner(
         mqtt_queue: queue_index(Sink::Mqtt),
         influx_queue: queue_index(Sink::Influx),
     };
-    let (emit_tx, emit_rx) = mpsc::channel(EMISSION_CHANNEL);
+    let router = Router::new(routes, metrics.clone());
     let pipelines = start_pipelines_from(
         &config,
         &runtime,
         &metrics,
-        emit_tx,
+        Emitter::Route(router),
         shutdown.clone(),
         Inputs {
             source: &source,
@@ -412,7 +412,6 @@ async fn run_inner(
             start_admin(&config.admin, state, admin_token.as_ref()).await
         }
     };
-    let router = tokio::spawn(router::route(emit_rx, routes, metrics.clone()));
     let stats = match (&config.mqtt, &mqtt) {
         (Some(mqtt_config), Some(sink)) if mqtt_config.stats_interval_secs > 0 => {
             Some(tokio::spawn(publish_stats(
@@ -479,7 +478,6 @@ async fn run_inner(
         influx.give_up_after(FLUSH_TIMEOUT);
     }
     pipelines.join().await;
-    let _ = router.await;
     if let Some(stats) = stats {
         stats.abort();
         let _ = stats.await;

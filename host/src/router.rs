@@ -1,10 +1,10 @@
 //! The router: the one place a frame's validated outputs are sent on.
 //!
-//! Every pipeline's worker hands it one `Emission` per frame. Messages go to
-//! the MQTT sink and points to the InfluxDB writer; for sinks that keep data
-//! on disk, the frame's records for all of them are pushed to the durable
-//! log as one unit (committed together, and the frame's ticket dropped after
-//! the commit). A tap, if any, gets a copy first. Adding a sink means a
+//! Every pipeline's worker routes its frames' `Emission`s itself, with a
+//! [`Router`] of its own. Messages go to the MQTT sink and points to the
+//! InfluxDB writer; for sinks that keep data on disk, the frame's records
+//! for all of them are pushed to the durable log as one unit (committed
+//! together, and the frame's ticket dropped after the commit). A tap, if any, gets a copy first. Adding a sink means a
 //! field in [`Routes`] and an arm here.
 
 use std::sync::Arc;
@@ -12,13 +12,57 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::metrics::{Metrics, SinkDrop};
-use crate::model::Sink;
-use crate::pipeline::Emission;
+use crate::model::{MqttMessage, Point, Sink};
 use crate::sink::durable::{DurableLog, FrameRecords};
 use crate::sink::influx::InfluxInput;
 use crate::sink::mqtt::MqttSink;
 use crate::sink::record;
 use crate::ticket::FrameTicket;
+
+/// What one frame hands to the sinks: its validated outputs, in the order
+/// the transform emitted them. A frame's outputs travel together so the
+/// durable log can commit them together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Emission {
+    /// Validated MQTT messages.
+    pub messages: Vec<MqttMessage>,
+    /// Validated points; `timestamp_ns` is always set (frame receive time
+    /// when the transform gave none).
+    pub points: Vec<Point>,
+    /// The frame's ticket: the port reads on once this is dropped (after
+    /// the durable log committed the outputs).
+    pub ticket: FrameTicket,
+}
+
+/// Where a worker hands its frames' outputs: straight to the sinks, or to
+/// a channel (for the tests and benchmarks that read the outputs).
+#[derive(Clone)]
+pub enum Emitter {
+    /// Routed on the worker's thread.
+    Route(Router),
+    /// Sent to a channel.
+    Channel(mpsc::Sender<Emission>),
+}
+
+impl Emitter {
+    /// Hands over one frame's outputs; false once the receiving end of the
+    /// channel is gone.
+    pub async fn emit(&mut self, emission: Emission) -> bool {
+        match self {
+            Emitter::Route(router) => {
+                router.route(emission).await;
+                true
+            }
+            Emitter::Channel(sender) => sender.send(emission).await.is_ok(),
+        }
+    }
+}
+
+impl From<mpsc::Sender<Emission>> for Emitter {
+    fn from(sender: mpsc::Sender<Emission>) -> Emitter {
+        Emitter::Channel(sender)
+    }
+}
 
 /// Where a frame's outputs go.
 pub struct Routes {
@@ -41,17 +85,51 @@ pub struct Routes {
 /// it is committed together. Without `[mqtt]` / `[influx]` outputs are the
 /// tap's if there is one, else counted as such, with one log line, so none
 /// disappears silently.
-pub async fn route(mut emissions: mpsc::Receiver<Emission>, routes: Routes, metrics: Arc<Metrics>) {
-    let mut told_about_points = false;
-    let mut told_about_messages = false;
-    let durable_queue = |queue: Option<usize>| queue.filter(|_| routes.log.is_some());
-    let (mqtt_queue, influx_queue) = (
-        durable_queue(routes.mqtt_queue),
-        durable_queue(routes.influx_queue),
-    );
-    let mut tap = routes.tap.clone();
-    while let Some(emission) = emissions.recv().await {
-        if let Some(sender) = &tap {
+///
+/// Each pipeline's worker has a clone and routes on its own thread, right
+/// after the transform: a frame's outputs reach the sinks' queues without
+/// another hand-off (every hand-off is a thread woken per frame).
+#[derive(Clone)]
+pub struct Router {
+    routes: Arc<Routes>,
+    metrics: Arc<Metrics>,
+    /// The sinks' queues in the log, for those that keep data on disk.
+    mqtt_queue: Option<usize>,
+    influx_queue: Option<usize>,
+    /// The tap, until its reader is gone.
+    tap: Option<mpsc::Sender<Emission>>,
+    told_about_points: bool,
+    told_about_messages: bool,
+}
+
+impl Router {
+    /// A router to `routes`.
+    pub fn new(routes: Routes, metrics: Arc<Metrics>) -> Router {
+        let durable_queue = |queue: Option<usize>| queue.filter(|_| routes.log.is_some());
+        Router {
+            mqtt_queue: durable_queue(routes.mqtt_queue),
+            influx_queue: durable_queue(routes.influx_queue),
+            tap: routes.tap.clone(),
+            routes: Arc::new(routes),
+            metrics,
+            told_about_points: false,
+            told_about_messages: false,
+        }
+    }
+
+    /// Sends one frame's outputs on; waits while a sink's queue is full
+    /// (backpressure).
+    pub async fn route(&mut self, emission: Emission) {
+        let Router {
+            routes,
+            metrics,
+            mqtt_queue,
+            influx_queue,
+            tap,
+            told_about_points,
+            told_about_messages,
+        } = self;
+        if let Some(sender) = tap {
             let copy = Emission {
                 messages: emission.messages.clone(),
                 points: emission.points.clone(),
@@ -60,34 +138,37 @@ pub async fn route(mut emissions: mpsc::Receiver<Emission>, routes: Routes, metr
             if sender.send(copy).await.is_err() {
                 // Its reader is gone (e.g. `replay --stdout | head`): from
                 // this frame on, outputs without a sink are counted.
-                tap = None;
+                *tap = None;
             }
         }
         let tapped = tap.is_some();
         let mut frame = FrameRecords::new();
         // Records of the frame for each sink, for the count if it is refused.
         let (mut to_mqtt, mut to_influx) = (0, 0);
-        for message in emission.messages {
-            match (&routes.mqtt, mqtt_queue) {
-                (Some(_), Some(index)) => {
-                    frame.push((index, record::mqtt_to_vec(&message)));
-                    to_mqtt += 1;
+        match (&routes.mqtt, *mqtt_queue) {
+            (Some(_), Some(index)) => {
+                for message in &emission.messages {
+                    frame.push((index, record::mqtt_to_vec(message)));
                 }
-                (Some(sink), None) => sink.submit(message).await,
-                (None, _) if tapped => {}
-                (None, _) => {
-                    metrics.sink_dropped(Sink::Mqtt, SinkDrop::NotConfigured);
-                    if !told_about_messages {
-                        tracing::info!(
-                            "transforms emit MQTT messages but no [mqtt] is configured; messages are counted and discarded"
-                        );
-                        told_about_messages = true;
-                    }
+                to_mqtt = emission.messages.len() as u64;
+            }
+            // Waits while the sink's backlog is full (backpressure).
+            (Some(sink), None) => sink.submit_all(emission.messages).await,
+            (None, _) if tapped => {}
+            (None, _) if emission.messages.is_empty() => {}
+            (None, _) => {
+                let count = emission.messages.len() as u64;
+                metrics.sink_dropped_by(Sink::Mqtt, SinkDrop::NotConfigured, count);
+                if !*told_about_messages {
+                    tracing::info!(
+                        "transforms emit MQTT messages but no [mqtt] is configured; messages are counted and discarded"
+                    );
+                    *told_about_messages = true;
                 }
             }
         }
         for point in emission.points {
-            match (&routes.points, influx_queue) {
+            match (&routes.points, *influx_queue) {
                 (Some(_), Some(index)) => {
                     frame.push((index, record::point_to_vec(&point)));
                     to_influx += 1;
@@ -101,11 +182,11 @@ pub async fn route(mut emissions: mpsc::Receiver<Emission>, routes: Routes, metr
                 (None, _) if tapped => {}
                 (None, _) => {
                     metrics.sink_dropped(Sink::Influx, SinkDrop::NotConfigured);
-                    if !told_about_points {
+                    if !*told_about_points {
                         tracing::info!(
                             "transforms emit points but no [influx] is configured; points are counted and discarded"
                         );
-                        told_about_points = true;
+                        *told_about_points = true;
                     }
                 }
             }

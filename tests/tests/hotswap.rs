@@ -663,7 +663,7 @@ fn quarantine_skips_and_dead_letters_frames() {
         frames: frame_rx,
         downlink: None,
         control: Some(control_rx),
-        emissions: emit_tx,
+        emissions: emit_tx.into(),
         metrics: metrics.pipeline("p"),
         guard: WorkerGuard {
             quarantine: QuarantinePolicy {

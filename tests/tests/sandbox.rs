@@ -314,7 +314,7 @@ fn worker_refuses_invalid_outputs_and_counts_them() {
         frames: frame_rx,
         downlink: None,
         control: None,
-        emissions: emit_tx,
+        emissions: emit_tx.into(),
         metrics: pipeline_metrics,
         guard: Default::default(),
     }

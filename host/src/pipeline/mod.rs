@@ -1,7 +1,7 @@
 //! A pipeline: frames from one source through one transform to the sinks.
 //!
 //! ```text
-//! port task ──(bounded)──► transform worker (OS thread) ──(bounded)──► emissions
+//! port task ──(bounded)──► transform worker (OS thread) ──► router ──► sinks' queues
 //!     ▲                        ▲        │ encode-command
 //!     └──(downlink queue)──────┼────────┘
 //!           MQTT commands ──(bounded, try_send)
@@ -9,10 +9,12 @@
 //!
 //! The transform runs on a dedicated OS thread: a guest call is synchronous
 //! and may take up to its deadline, and it must never stall the async
-//! runtime that drives the ports and the MQTT connection. Both channels are
-//! bounded, so a slow sink slows the worker, which slows the port task, which
-//! leaves bytes in the kernel's serial buffer (backpressure, no unbounded
-//! growth).
+//! runtime that drives the ports and the MQTT connection. The worker also
+//! routes the outputs into the sinks' bounded queues (or the durable log),
+//! so a frame crosses one hand-off between the port and the sinks. The frame
+//! channel and the sinks' queues are bounded, so a slow sink slows the
+//! worker, which slows the port task, which leaves bytes in the kernel's
+//! serial buffer (backpressure, no unbounded growth).
 //!
 //! The worker is also where the host checks what the untrusted transform
 //! returned: every message and point is validated; a refused one is counted
@@ -39,9 +41,11 @@ use tokio::sync::oneshot;
 
 pub mod guard;
 
+pub use crate::router::{Emission, Emitter};
+
 use crate::metrics::serial::{DownlinkDrop, SerialMetrics};
 use crate::metrics::{FrameDrop, PipelineMetrics};
-use crate::model::{DownlinkCommand, Frame, InvalidOutput, MqttMessage, Point};
+use crate::model::{DownlinkCommand, Frame, InvalidOutput};
 use crate::ratelimit::RateLimiter;
 use crate::runtime::{ProcessError, TransformInstance};
 use crate::source::capture::CaptureHandle;
@@ -51,21 +55,6 @@ use guard::{
     Canary, CanaryDecision, CanaryPolicy, Quarantine, QuarantineEvent, QuarantinePolicy,
     RecentOutcomes, VersionStats,
 };
-
-/// What one frame hands to the sinks: its validated outputs, in the order
-/// the transform emitted them. A frame's outputs travel together so the
-/// durable log can commit them together.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Emission {
-    /// Validated MQTT messages.
-    pub messages: Vec<MqttMessage>,
-    /// Validated points; `timestamp_ns` is always set (frame receive time
-    /// when the transform gave none).
-    pub points: Vec<Point>,
-    /// The frame's ticket: the port reads on once this is dropped (after
-    /// the durable log committed the outputs).
-    pub ticket: FrameTicket,
-}
 
 /// Settings the worker needs besides its instance.
 #[derive(Debug, Clone)]
@@ -194,8 +183,8 @@ pub struct WorkerSpec {
     /// Swap orders and the like, served between two frames (`None`: none
     /// will come).
     pub control: Option<mpsc::Receiver<WorkerControl>>,
-    /// Each frame's outputs, to the router.
-    pub emissions: mpsc::Sender<Emission>,
+    /// Where each frame's outputs go (routed on the worker's thread).
+    pub emissions: Emitter,
     /// The pipeline's counters.
     pub metrics: PipelineMetrics,
     /// Version, quarantine, dead letters.
@@ -281,7 +270,7 @@ struct RunningCanary {
 struct Worker {
     settings: WorkerSettings,
     active: Active,
-    emissions: mpsc::Sender<Emission>,
+    emissions: Emitter,
     metrics: PipelineMetrics,
     warn_limit: RateLimiter,
     canary: Option<RunningCanary>,
@@ -638,9 +627,8 @@ impl Worker {
                 }
             }
         }
-        if !(emission.messages.is_empty() && emission.points.is_empty())
-            && self.emissions.send(emission).await.is_err()
-        {
+        let empty = emission.messages.is_empty() && emission.points.is_empty();
+        if !empty && !self.emissions.emit(emission).await {
             return None;
         }
         Some(refused)

@@ -369,38 +369,44 @@ impl MqttSink {
     /// the backlog is full (backpressure); with `drop_oldest` it evicts the
     /// oldest queued message (counted) and returns at once.
     pub async fn submit(&self, message: MqttMessage) {
+        self.submit_all(std::iter::once(message)).await;
+    }
+
+    /// [`submit`](Self::submit) for several messages, in order: queued
+    /// together, so the connection task is woken once for them, not once
+    /// per message.
+    pub async fn submit_all(&self, messages: impl IntoIterator<Item = MqttMessage>) {
         match &self.shared.durable {
             Some(durable) => {
-                if !durable.push(record::mqtt_to_vec(&message)).await {
-                    self.shared
-                        .metrics
-                        .sink_dropped(Sink::Mqtt, SinkDrop::OutboxClosed);
+                for message in messages {
+                    if !durable.push(record::mqtt_to_vec(&message)).await {
+                        self.shared
+                            .metrics
+                            .sink_dropped(Sink::Mqtt, SinkDrop::OutboxClosed);
+                    }
                 }
             }
-            None => self.push(Entry::data(message)).await,
+            None => self.push_all(messages.into_iter().map(Entry::data)).await,
         }
     }
 
-    async fn push(&self, mut entry: Entry) {
+    async fn push_all(&self, entries: impl Iterator<Item = Entry>) {
         let shared = &self.shared;
-        loop {
+        let drop_oldest = shared.policy == QueueFullPolicy::DropOldest;
+        let mut entries = entries.peekable();
+        while entries.peek().is_some() {
             let space = shared.drained.notified();
             tokio::pin!(space);
             space.as_mut().enable();
             {
                 let mut backlog = lock(&shared.backlog);
-                entry.seq = backlog.next_seq;
-                if backlog.queue.len() < shared.capacity {
-                    backlog.next_seq += 1;
-                    backlog.queue.push_back(entry);
-                    backlog.dropping = false;
-                    shared.metrics.mqtt_backlog.set(backlog.queue.len() as i64);
-                    drop(backlog);
-                    shared.filled.notify_one();
-                    return;
-                }
-                if shared.policy == QueueFullPolicy::DropOldest {
-                    if let Some(evicted) = backlog.queue.pop_front() {
+                let mut queued = false;
+                while let Some(mut entry) =
+                    entries.next_if(|_| drop_oldest || backlog.queue.len() < shared.capacity)
+                {
+                    if backlog.queue.len() < shared.capacity {
+                        backlog.dropping = false;
+                    } else if let Some(evicted) = backlog.queue.pop_front() {
                         shared
                             .metrics
                             .sink_dropped(Sink::Mqtt, SinkDrop::QueueFullDropOldest);
@@ -410,14 +416,21 @@ impl MqttSink {
                                 "MQTT backlog full: dropping the oldest messages (policy drop_oldest) until it drains");
                         }
                     }
+                    entry.seq = backlog.next_seq;
                     backlog.next_seq += 1;
                     backlog.queue.push_back(entry);
+                    queued = true;
+                }
+                if queued {
+                    shared.metrics.mqtt_backlog.set(backlog.queue.len() as i64);
                     drop(backlog);
                     shared.filled.notify_one();
-                    return;
                 }
             }
-            space.await;
+            if entries.peek().is_some() {
+                // `block`: wait until the connection task took some.
+                space.await;
+            }
         }
     }
 
@@ -488,7 +501,7 @@ impl MqttSink {
         let offline = Entry::status(&self.shared.status_topic, b"offline");
         let deadline = tokio::time::Instant::now() + timeout;
         // Bounded: with `block` and a full backlog the broker may be gone.
-        let _ = tokio::time::timeout_at(deadline, self.push(offline)).await;
+        let _ = tokio::time::timeout_at(deadline, self.push_all(std::iter::once(offline))).await;
         if let Some(durable) = &self.shared.durable {
             // Everything submitted is appended before the publisher may stop.
             let _ = tokio::time::timeout_at(deadline, durable.seal()).await;
