@@ -1,5 +1,6 @@
-//! CPU time and memory of a process, from `/proc/<pid>/stat` and
-//! `/proc/<pid>/status`, and evicting a file from the page cache.
+//! CPU time, memory and context switches of a process, from
+//! `/proc/<pid>/stat`, `/proc/<pid>/status` and `/proc/<pid>/task/*/status`,
+//! and evicting a file from the page cache.
 
 use anyhow::{Context as _, Result, bail};
 
@@ -16,6 +17,9 @@ pub struct ProcSample {
     pub rss_anon_kib: u64,
     /// The file-backed part (the binary's and libraries' pages), KiB.
     pub rss_file_kib: u64,
+    /// Voluntary + involuntary context switches of the threads alive now
+    /// (see [`context_switches`]); 0 if unreadable.
+    pub context_switches: u64,
 }
 
 /// Drops `path`'s clean pages from the page cache (after writing back dirty
@@ -61,11 +65,32 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     Ok(ProcSample {
         cpu_secs,
-        rss_kib: status_kib(&status, "VmRSS:").unwrap_or(0),
-        hwm_kib: status_kib(&status, "VmHWM:").unwrap_or(0),
-        rss_anon_kib: status_kib(&status, "RssAnon:").unwrap_or(0),
-        rss_file_kib: status_kib(&status, "RssFile:").unwrap_or(0),
+        rss_kib: status_number(&status, "VmRSS:").unwrap_or(0),
+        hwm_kib: status_number(&status, "VmHWM:").unwrap_or(0),
+        rss_anon_kib: status_number(&status, "RssAnon:").unwrap_or(0),
+        rss_file_kib: status_number(&status, "RssFile:").unwrap_or(0),
+        context_switches: context_switches(pid),
     })
+}
+
+/// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` summed over
+/// every thread in `/proc/<pid>/task`: the process's own `status` counts
+/// only its main thread. A thread that exited is no longer listed, so its
+/// switches are lost and a delta between two readings undercounts (or
+/// would be negative); a thread that exits while the directory is read is
+/// skipped. 0 if the directory cannot be read.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| task.ok())
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .map(|status| {
+            status_number(&status, "voluntary_ctxt_switches:").unwrap_or(0)
+                + status_number(&status, "nonvoluntary_ctxt_switches:").unwrap_or(0)
+        })
+        .sum()
 }
 
 /// utime + stime (fields 14 and 15) in clock ticks. The command name (field
@@ -85,8 +110,9 @@ fn parse_cpu_ticks(stat: &str) -> Result<u64> {
     Ok(field(14)? + field(15)?)
 }
 
-/// A `Key:   1234 kB` line of `/proc/<pid>/status`, in KiB.
-fn status_kib(status: &str, key: &str) -> Option<u64> {
+/// The number on a `Key:   1234 kB` (sizes, in KiB) or `Key:   1234`
+/// (counts) line of a `status` file.
+fn status_number(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|line| line.strip_prefix(key))
@@ -111,5 +137,32 @@ mod tests {
         // RssShmem is the rest of VmRSS.
         assert!(s.rss_anon_kib > 0 && s.rss_file_kib > 0, "{s:?}");
         assert!(s.rss_anon_kib + s.rss_file_kib <= s.rss_kib, "{s:?}");
+    }
+
+    #[test]
+    fn counts_context_switches_of_its_own_threads() {
+        // Each sleep blocks, a voluntary switch of this thread, which is
+        // still alive (and so listed in /proc/self/task) when sampled.
+        for _ in 0..5 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // Joining blocks this thread too; the joined thread's own switches
+        // are gone with it.
+        std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(1)))
+            .join()
+            .unwrap();
+        let s = sample(std::process::id()).unwrap();
+        assert!(s.context_switches >= 5, "{s:?}");
+    }
+
+    #[test]
+    fn reads_switch_counts_from_a_status_file() {
+        let status =
+            "Name:\tsluice\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(status_number(status, "voluntary_ctxt_switches:"), Some(120));
+        assert_eq!(
+            status_number(status, "nonvoluntary_ctxt_switches:"),
+            Some(7)
+        );
     }
 }

@@ -2,10 +2,11 @@
 //! computed from it, and `report.md` with its charts.
 //!
 //! Aggregation across rounds: latency percentiles pool every frame of every
-//! round; CPU per frame is total CPU over total frames; CPU share and
-//! steady RSS are medians; peak RSS is the largest; throughput is the best
-//! round (the machine is shared, so a slower round measures the neighbours);
-//! a fixed rate counts as kept up only if every round kept it up.
+//! round; CPU and context switches per frame are totals over total frames;
+//! CPU share and steady RSS are medians; peak RSS is the largest; throughput
+//! is the best round (the machine is shared, so a slower round measures the
+//! neighbours); a fixed rate counts as kept up only if every round kept it
+//! up.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -261,6 +262,9 @@ pub struct RateSummary {
     pub load_1m: f64,
     /// Total CPU / total frames, µs.
     pub cpu_us_per_frame: f64,
+    /// Total context switches / total frames, over the rounds that counted
+    /// them.
+    pub ctx_switches_per_frame: Option<f64>,
     /// Median CPU share (1.0 = one core).
     pub cpu_cores: f64,
     /// Median broker CPU share.
@@ -318,20 +322,20 @@ fn influx_table(md: &mut String, results: &Results, suts: &[Sut]) {
          (urllib, in the read loop), the bare publisher with pre-formatted lines in \
          sluice's batches. *Points*: four per frame that arrived complete over MQTT, \
          against what the database held once the count settled (or after the system's \
-         shutdown flush, if more), all rounds. CPU is the system's own over the step \
-         (until its MQTT messages were in), not influxd's.\n"
+         shutdown flush, if more), all rounds. CPU and switches are the system's own over \
+         the step (until its MQTT messages were in), not influxd's.\n"
     );
     let _ = writeln!(
         md,
-        "| system | kept up | lost msgs | p99 ms (median of rounds) | CPU % of a core | CPU µs/frame | × sluice | points expected | points stored | points lost | settled after ms | steady RSS MiB |"
+        "| system | kept up | lost msgs | p99 ms (median of rounds) | CPU % of a core | CPU µs/frame | × sluice | switches/frame | points expected | points stored | points lost | settled after ms | steady RSS MiB |"
     );
     let _ = writeln!(
         md,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for &sut in suts {
         let Some(s) = rate_summary(results, PHASE, sut) else {
-            failed_row(md, results, PHASE, sut, 10);
+            failed_row(md, results, PHASE, sut, 11);
             continue;
         };
         let checks: Vec<_> = results
@@ -347,7 +351,7 @@ fn influx_table(md: &mut String, results: &Results, suts: &[Sut]) {
         let settle = median(checks.iter().map(|c| c.settle_ms).collect());
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {:.0} | {:.1} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {:.0} | {:.1} |",
             sut.label(),
             if s.kept_up {
                 "yes".to_owned()
@@ -365,6 +369,7 @@ fn influx_table(md: &mut String, results: &Results, suts: &[Sut]) {
                 Sut::Sluice,
                 metric::cpu_per_frame
             )),
+            num(s.ctx_switches_per_frame, 1),
             expected,
             stored,
             if lost == 0 {
@@ -393,6 +398,11 @@ pub fn rate_summary(results: &Results, phase: &str, sut: Sut) -> Option<RateSumm
         .count();
     let cpu: f64 = steps.iter().map(|s| s.cpu_secs).sum();
     let frames: u64 = steps.iter().map(|s| s.frames_complete).sum();
+    // Results from before switches were counted have none.
+    let (switches, switch_frames) = steps
+        .iter()
+        .filter_map(|s| Some((s.ctx_switches?, s.frames_complete)))
+        .fold((0u64, 0u64), |(n, f), (sn, sf)| (n + sn, f + sf));
     Some(RateSummary {
         kept_up: failed_rounds == 0 && steps.iter().all(|s| s.kept_up),
         lost: steps.iter().map(|s| s.messages_lost).sum(),
@@ -407,6 +417,7 @@ pub fn rate_summary(results: &Results, phase: &str, sut: Sut) -> Option<RateSumm
         } else {
             0.0
         },
+        ctx_switches_per_frame: (switch_frames > 0).then(|| switches as f64 / switch_frames as f64),
         p99_by_round: steps
             .iter()
             .filter_map(|s| s.latency.map(|l| l.p99))
@@ -592,7 +603,7 @@ pub fn run_line(r: &RunResult) -> String {
     for s in &r.steps {
         let _ = write!(
             line,
-            " | {}{} {}/{} frames, lost {}, {} f/s, p99 {} ms, {:.1} µs/frame, {:.0}% cpu{}",
+            " | {}{} {}/{} frames, lost {}, {} f/s, p99 {} ms, {:.1} µs/frame, {} switches/frame, {:.0}% cpu{}",
             s.kind,
             s.target_rate
                 .map(|r| format!("@{r:.0}"))
@@ -603,6 +614,7 @@ pub fn run_line(r: &RunResult) -> String {
             rate(s.delivered_rate),
             num(s.latency.map(|l| l.p99), 2),
             s.cpu_us_per_frame,
+            num(s.ctx_switches_per_frame, 1),
             s.cpu_cores * 100.0,
             if s.kept_up { "" } else { " (not kept up)" }
         );
@@ -863,11 +875,11 @@ pub fn markdown(results: &Results) -> String {
     let _ = writeln!(md, "\n## Every run\n");
     let _ = writeln!(
         md,
-        "| round | phase | pos | system | start-up ms | step | frames complete / written | lost msgs | delivered f/s | max lag ms | drain ms | p50 ms | p99 ms | CPU µs/frame | CPU % | broker % | bench % | RSS MiB | error |"
+        "| round | phase | pos | system | start-up ms | step | frames complete / written | lost msgs | delivered f/s | max lag ms | drain ms | p50 ms | p99 ms | CPU µs/frame | switches/frame | CPU % | broker % | bench % | RSS MiB | error |"
     );
     let _ = writeln!(
         md,
-        "|---:|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---:|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
     for r in &results.runs {
         let error = r
@@ -878,7 +890,7 @@ pub fn markdown(results: &Results) -> String {
         if r.steps.is_empty() {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | | | | | | | | | | | | | | {} |",
+                "| {} | {} | {} | {} | {} | | | | | | | | | | | | | | | {} |",
                 r.round,
                 r.phase,
                 r.position,
@@ -890,7 +902,7 @@ pub fn markdown(results: &Results) -> String {
         for (i, s) in r.steps.iter().enumerate() {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {}{} | {} / {} | {} | {} | {:.1} | {:.0} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} | {} |",
+                "| {} | {} | {} | {} | {} | {}{} | {} / {} | {} | {} | {:.1} | {:.0} | {} | {} | {:.1} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {} |",
                 r.round,
                 r.phase,
                 r.position,
@@ -913,6 +925,7 @@ pub fn markdown(results: &Results) -> String {
                 num(s.latency.map(|l| l.p50), 2),
                 num(s.latency.map(|l| l.p99), 2),
                 s.cpu_us_per_frame,
+                num(s.ctx_switches_per_frame, 1),
                 s.cpu_cores * 100.0,
                 s.broker_cores * 100.0,
                 s.bench_cores * 100.0,
@@ -1041,25 +1054,27 @@ pub fn tables(results: &Results) -> String {
              due. Where a system did not keep up, the pty pushed back on the generator (the bare \
              publisher: its client queue did) and latency counts from the delayed write, so \
              those percentiles understate the delay and are not comparable. \
+             *switches/frame*: the system's voluntary and involuntary context switches over \
+             its threads (`/proc/<pid>/task/*/status`), per frame. \
              *load*: the machine's 1-minute load average after the step (median).\n"
         );
         let _ = writeln!(
             md,
-            "| system | kept up | delivered frames/s | lost msgs | p99 ms (median of rounds) | p99 each round | × sluice | p50 ms | p90 ms | p99.9 ms | max ms | CPU % of a core | CPU µs/frame | × sluice | broker CPU % | steady RSS MiB | peak RSS MiB | load |"
+            "| system | kept up | delivered frames/s | lost msgs | p99 ms (median of rounds) | p99 each round | × sluice | p50 ms | p90 ms | p99.9 ms | max ms | CPU % of a core | CPU µs/frame | × sluice | switches/frame | broker CPU % | steady RSS MiB | peak RSS MiB | load |"
         );
         let _ = writeln!(
             md,
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for &sut in &suts {
             let Some(s) = rate_summary(results, phase, sut) else {
-                failed_row(&mut md, results, phase, sut, 16);
+                failed_row(&mut md, results, phase, sut, 17);
                 continue;
             };
             let l = s.latency;
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 sut.label(),
                 if s.kept_up {
                     "yes".to_owned()
@@ -1088,6 +1103,7 @@ pub fn tables(results: &Results) -> String {
                     Sut::Sluice,
                     metric::cpu_per_frame
                 )),
+                num(s.ctx_switches_per_frame, 1),
                 s.broker_cores * 100.0,
                 s.rss_mib,
                 s.hwm_mib,

@@ -12,7 +12,8 @@
 //! 2. 50 warm-up frames at 200 frames/s, all delivered before measuring.
 //! 3. Each step writes its frames (fixed rate or burst), waits until every
 //!    frame is complete (or 2 s pass without a message, or 20 s in all),
-//!    and reads the process's CPU time and memory before and after.
+//!    and reads the process's CPU time, memory and context switches
+//!    before and after.
 //! 4. In the InfluxDB phase, the run's database is counted until it holds
 //!    four points per frame that arrived complete over MQTT, or stops
 //!    growing for 3 s (20 s at most); then again after the stop, which
@@ -158,6 +159,15 @@ pub struct StepResult {
     pub cpu_us_per_frame: f64,
     /// CPU seconds / wall seconds (1.0 = one core).
     pub cpu_cores: f64,
+    /// Context switches (voluntary + involuntary) of the system under
+    /// test's threads over the step; a thread that exited during the step
+    /// takes its switches with it. `None` in results from before this was
+    /// measured.
+    #[serde(default)]
+    pub ctx_switches: Option<u64>,
+    /// Context switches per complete frame (`None` without complete frames).
+    #[serde(default)]
+    pub ctx_switches_per_frame: Option<f64>,
     /// The broker's CPU seconds / wall seconds.
     pub broker_cores: f64,
     /// The bench's own (generator + subscriber) CPU seconds / wall seconds.
@@ -591,6 +601,7 @@ fn measure(
     let (s1, b1, o1, t1) = (
         target.proc.sample().unwrap_or(ProcSample {
             cpu_secs: s0.cpu_secs,
+            context_switches: s0.context_switches,
             ..ProcSample::default()
         }),
         procfs::sample(ctx.broker.pid())?,
@@ -651,6 +662,7 @@ fn measure(
         && complete == written
         && (target_rate.is_none() || (written == frames && late_ms <= MAX_LATE_MS));
     let cpu_secs = (s1.cpu_secs - s0.cpu_secs).max(0.0);
+    let ctx_switches = s1.context_switches.saturating_sub(s0.context_switches);
     let mut latencies_ns = latencies;
     let latency = Percentiles::of(&mut latencies_ns);
     Ok(StepResult {
@@ -684,6 +696,8 @@ fn measure(
             0.0
         },
         cpu_cores: cpu_secs / wall,
+        ctx_switches: Some(ctx_switches),
+        ctx_switches_per_frame: (complete > 0).then(|| ctx_switches as f64 / complete as f64),
         broker_cores: (b1.cpu_secs - b0.cpu_secs) / wall,
         bench_cores: (o1.cpu_secs - o0.cpu_secs) / wall,
         load_1m: load_average(),
