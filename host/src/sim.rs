@@ -139,17 +139,32 @@ fn unread(fd: RawFd) -> std::io::Result<usize> {
 }
 
 /// Waits until the host has read everything written to `pty` (or `timeout`).
+///
+/// The count of unread bytes misses what the kernel has not yet moved from
+/// the master's side to the slave's input queue (a work item, late on a
+/// loaded machine), so "nothing unread" must hold for [`DRAINED_FOR`]
+/// before it counts.
 pub fn wait_drained(pty: &Pty, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
+    let mut empty_since: Option<Instant> = None;
     while Instant::now() < deadline {
         match unread_bytes(pty) {
-            Ok(0) => return true,
-            Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(0) => {
+                let since = *empty_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= DRAINED_FOR {
+                    return true;
+                }
+            }
+            Ok(_) => empty_since = None,
             Err(_) => return false,
         }
+        std::thread::sleep(Duration::from_millis(5));
     }
     false
 }
+
+/// How long a pty must show nothing unread to count as drained.
+const DRAINED_FOR: Duration = Duration::from_millis(50);
 
 /// Points the symlink `link` at `target`, replacing an existing symlink
 /// atomically; refuses to replace anything else.
