@@ -346,10 +346,10 @@ fn crc_errors_are_counted_and_retried() {
         &device,
         &format!(
             r#"
-timeout_ms = 200
+timeout_ms = 500
 retries = 1
-backoff_min_ms = 10000
-backoff_max_ms = 10000
+backoff_min_ms = 60000
+backoff_max_ms = 60000
 [[pipeline.modbus.device]]
 unit = 1
 {read}
@@ -374,10 +374,10 @@ retain = false
     );
     let sluice = SluiceProcess::run_config(&path);
     let received = sub.wait_until(Duration::from_secs(30), |got| {
-        values(got, "plant/flaky/pair").len() >= 10
+        values(got, "plant/flaky/pair").len() >= 5
     });
     let flaky = values(&received, "plant/flaky/pair");
-    assert!(flaky.len() >= 10, "{flaky:?}: {}", sluice.log());
+    assert!(flaky.len() >= 5, "{flaky:?}: {}", sluice.log());
     assert!(flaky.iter().all(|v| v == "70000"), "{flaky:?}");
     assert!(
         values(&received, "plant/garbled/pair").is_empty(),
@@ -385,12 +385,13 @@ retain = false
     );
     let series = |unit: u8, result: &str| polls(admin, "bus", unit, result);
     let all = modbus_metrics(admin);
-    // Unit 4: one turn (asked, asked again), then 10 s of backoff.
+    // Unit 4: one turn (asked, asked again), then a minute of backoff.
     assert_eq!(series(4, "crc_error"), 2.0, "{all}");
     assert_eq!(series(4, "timeout"), 0.0, "{all}");
-    // Unit 5: every turn either answered at once or on the retry.
+    // Unit 5: every turn's first answer is damaged and its retry answered;
+    // without the retry it would back off for a minute after the first.
     assert!(series(5, "crc_error") >= 5.0, "{all}");
     assert_eq!(series(5, "timeout"), 0.0, "{all}");
-    assert!(series(5, "ok") >= 10.0, "{all}");
-    assert!(series(1, "ok") >= 10.0, "{all}");
+    assert!(series(5, "ok") >= 5.0, "{all}");
+    assert!(series(1, "ok") >= 5.0, "{all}");
 }
