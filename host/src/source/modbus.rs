@@ -18,9 +18,9 @@
 //! forming a frame whose CRC checks are a `crc_error`, not a `timeout`:
 //! `tokio-modbus` skips such bytes silently, so the poller watches what the
 //! line received ([`Watched`]). A failed link is reopened with the same
-//! backoff. With a durable log the next
-//! request waits until the last answer is committed, as a serial port's
-//! next read does ([`crate::ticket`]).
+//! backoff. With a durable log the next request waits until the last
+//! answer is committed, as a serial port's next read does
+//! ([`crate::ticket`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -160,6 +160,18 @@ enum Outcome {
     Transport(String),
 }
 
+impl Outcome {
+    /// The metric's result for a request that got no valid answer (the ones
+    /// retried), `None` for any other outcome.
+    fn no_answer(&self) -> Option<&'static str> {
+        match self {
+            Outcome::Timeout => Some("timeout"),
+            Outcome::CrcError => Some("crc_error"),
+            _ => None,
+        }
+    }
+}
+
 impl Poller {
     async fn run(mut self) {
         let mut link_failures = 0u32;
@@ -286,16 +298,14 @@ impl Poller {
             let outcome = loop {
                 let outcome = self.request(context, &poll, line).await;
                 last_answer = Some(Instant::now());
-                let again = match outcome {
-                    Outcome::Timeout => "timeout",
-                    Outcome::CrcError => "crc_error",
-                    _ => break outcome,
+                let Some(result) = outcome.no_answer() else {
+                    break outcome;
                 };
                 if attempts == self.config.retries || self.stop.is_cancelled() {
                     break outcome;
                 }
                 attempts += 1;
-                self.metrics.poll(poll.unit, again);
+                self.metrics.poll(poll.unit, result);
                 if let Some(silence) = silence {
                     tokio::time::sleep(silence).await;
                 }
@@ -318,11 +328,7 @@ impl Poller {
                     }
                 }
                 Outcome::Timeout | Outcome::CrcError => {
-                    let result = if matches!(outcome, Outcome::Timeout) {
-                        "timeout"
-                    } else {
-                        "crc_error"
-                    };
+                    let result = outcome.no_answer().unwrap_or("timeout");
                     self.metrics.poll(poll.unit, result);
                     let wait = self.schedule.failed(slot, now, &self.config);
                     tracing::debug!(
