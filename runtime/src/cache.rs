@@ -112,7 +112,7 @@ impl ModuleCache {
         hash: &str,
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let loaded = self.load_or_compile(engine, wasm, hash);
-        if !matches!(loaded, Ok((_, CacheOutcome::Hit | CacheOutcome::Shared))) {
+        if !matches!(loaded, Ok((_, CacheOutcome::Hit))) {
             release_freed_memory();
         }
         loaded
