@@ -28,7 +28,7 @@ pub enum FsyncPolicy {
 }
 
 /// Settings of one sink's outbox (`[mqtt.outbox]`, `[influx.outbox]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxConfig {
     /// Bound on record bytes plus [`ITEM_OVERHEAD`] per item (default 256 MiB).
@@ -49,19 +49,21 @@ pub struct OutboxConfig {
     /// Default 1000.
     #[serde(default = "default_fsync_interval")]
     pub fsync_interval_ms: NonZeroU64,
-    /// Read by the host's log writer, not here: how long a commit waits for
-    /// more frames to share it (less CPU per frame, more latency). With 0 it
-    /// waits only for frames already on their way from the ports. At most
-    /// [`MAX_COMMIT_LINGER_MS`]; default 1.
+    /// Read by the host's log writer, not here: commits are at least this
+    /// far apart, in milliseconds (fractions allowed), so frames that arrive
+    /// meanwhile share one (less CPU per frame, more latency); a frame after
+    /// a quiet spell commits at once. With 0 a commit waits only for frames
+    /// already on their way from the ports. At most
+    /// [`MAX_COMMIT_LINGER_MS`]; default 1.5.
     #[serde(default = "default_commit_linger")]
-    pub commit_linger_ms: u64,
+    pub commit_linger_ms: f64,
 }
 
 /// The longest `commit_linger_ms`.
-pub const MAX_COMMIT_LINGER_MS: u64 = 100;
+pub const MAX_COMMIT_LINGER_MS: f64 = 100.0;
 
-fn default_commit_linger() -> u64 {
-    1
+fn default_commit_linger() -> f64 {
+    1.5
 }
 
 fn default_max_bytes() -> NonZeroU64 {

@@ -160,7 +160,19 @@ pub(crate) fn inspect_db(
         TxError::Outbox(e) => e,
         TxError::Redb(e) => err(e),
     })?;
-    for found in pending {
+    for (table, seq) in &pending.stored_acks {
+        let Some(report) = reports
+            .iter_mut()
+            .find(|r| queue_keys(&r.queue).0 == *table)
+        else {
+            continue;
+        };
+        if let Some(freed) = stored_cost(&txn, table, *seq).map_err(err)? {
+            report.items = report.items.saturating_sub(1);
+            report.bytes = report.bytes.saturating_sub(freed);
+        }
+    }
+    for found in pending.records {
         let Some(report) = reports
             .iter_mut()
             .find(|r| queue_keys(&r.queue).0 == found.items_table)
@@ -331,7 +343,13 @@ pub fn verify(
             TxError::Outbox(e) => e,
             TxError::Redb(e) => err(e),
         })?;
-        for found in pending {
+        for (table, seq) in &pending.stored_acks {
+            if let Some(freed) = stored_cost(&txn, table, *seq).map_err(err)? {
+                report.items = report.items.saturating_sub(1);
+                report.bytes = report.bytes.saturating_sub(freed);
+            }
+        }
+        for found in pending.records {
             report.items += 1;
             report.from_journal += 1;
             report.bytes += cost(found.record.len());
@@ -348,4 +366,21 @@ pub fn verify(
             detail: format!("redb panicked: {}", panic_message(payload.as_ref())),
         })
     })
+}
+
+/// What item `seq` of `table` counts in the file's bytes, if the file holds
+/// it (the journal acked it since: a replay removes it).
+fn stored_cost(
+    txn: &redb::ReadTransaction,
+    table: &str,
+    seq: u64,
+) -> Result<Option<u64>, redb::Error> {
+    let items = match txn.open_table(TableDefinition::<u64, &[u8]>::new(table)) {
+        Ok(items) => items,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(items
+        .get(seq)?
+        .map(|v| cost(v.value().len().saturating_sub(8))))
 }

@@ -12,13 +12,14 @@
 //! so records for several of them commit together or not at all
 //! ([`OutboxGroup::append`]). Nothing here knows what a record means.
 //!
-//! * [`Outbox::append`] writes a batch in one transaction (group commit) and
-//!   returns the batch's sequence numbers, a contiguous range;
+//! * [`Outbox::append`] writes a batch atomically (one journal entry or
+//!   one transaction: group commit) and returns the batch's sequence
+//!   numbers, a contiguous range;
 //! * [`Outbox::peek`], [`Outbox::peek_range`], [`Outbox::peek_newest`] read
 //!   without removing, and [`Drain`] keeps the two read positions a sink
 //!   needs to send live data first and the backlog paced;
-//! * [`Outbox::ack`] removes what the server confirmed (many in one
-//!   transaction);
+//! * [`Outbox::ack`] removes what the server confirmed (staged items in
+//!   memory, stored ones many in one transaction);
 //! * bounds: `max_bytes` (required) and `max_age_secs` (optional TTL); when
 //!   full, `block` (append returns [`OutboxError::Full`], the caller waits with
 //!   [`Outbox::wait_for_room`] and so applies backpressure) or `drop_oldest`
@@ -46,17 +47,23 @@
 //! after it are gone, consistently and all together).
 //!
 //! * `fsync = "always"` (default): every append is durable when `append`
-//!   returns (with the evictions and expiries it made). The append commits
-//!   to redb without syncing and writes its records to the file's
-//!   **journal** (`NAME.journal`: one contiguous write and one `fdatasync`,
-//!   about half the CPU of a durable redb commit, which rewrites scattered
-//!   B-tree pages); a durable redb commit — a *checkpoint* — happens at most
-//!   every `fsync_interval_ms`, when the journal is full and at close, and
-//!   retires the journal. Opening the file replays what the journal holds
-//!   beyond the last checkpoint (see `journal`). Acks, evictions and the
-//!   background thread's expiries are not journaled: they become durable at
-//!   the next checkpoint, so a crash can only bring back items already
-//!   delivered (redelivery: at-least-once) or evicted, never lose one.
+//!   returns (with the evictions and expiries it made). The append writes
+//!   its records to the file's **journal** (`NAME.journal`: one contiguous
+//!   write and one `fdatasync`, about half the CPU of a durable redb
+//!   commit, which rewrites scattered B-tree pages) and keeps them in
+//!   memory, *staged*, with no redb transaction; the acks the append
+//!   carries ride in the same journal entry. Most items are acked while
+//!   staged and never written to redb. The staged rest goes to redb with
+//!   the next transaction the file needs (a bound to enforce, an expiry),
+//!   at the latest with a durable redb commit — a *checkpoint* — when the
+//!   journal is full and at close, which retires the journal. Opening the
+//!   file replays what the journal holds beyond the last checkpoint, less
+//!   what its acks confirmed (see `journal`). Acks with no append to carry
+//!   them are journaled within `fsync_interval_ms`; evictions and the
+//!   background thread's expiries are not journaled and become durable
+//!   with a checkpoint within `fsync_interval_ms`. So a crash can only bring
+//!   back items already delivered (redelivery: at-least-once) or evicted,
+//!   never lose one.
 //! * `fsync = "interval"`: appends are non-durable too, with no journal, and
 //!   a checkpoint happens at most every `fsync_interval_ms`. A crash of the
 //!   process or the machine loses the appends of the last interval (up to
@@ -112,9 +119,11 @@
 //! commit that fails *may* still have become durable (redb says so), so a
 //! caller retrying a failed append can create duplicates — never a loss.
 //!
-//! The journal adds at most its size (`journal::JOURNAL_BYTES`, 1 MiB)
-//! to the disk, and that much free space is what reopening after a crash on
-//! a full disk may need (the replayed records go into redb's pages). A torn
+//! The journal adds its size (`journal::JOURNAL_BYTES`, 4 MiB, written
+//! once at creation) to the disk, and that much free space is what
+//! reopening after a crash on a full disk may need (the replayed records go
+//! into redb's pages); the staged items take about as much memory at most.
+//! A torn
 //! journal entry (a crash during its write) was never confirmed to the
 //! caller and is skipped whole: it holds every queue's records of one
 //! append, under one checksum. A damaged file's journal is moved aside with
@@ -367,6 +376,22 @@ struct Queue {
     room: Condvar,
     appended_tx: tokio::sync::watch::Sender<u64>,
     recovery: Recovery,
+    /// Appends durable through the journal and not yet in redb (see
+    /// `store::Store::stage`).
+    staged: Mutex<Staged>,
+}
+
+/// A queue's staged items: the newest of the queue (every sequence number
+/// above those in redb), each in the journal of the current generation.
+/// Written to redb by the next transaction of the file (at the latest the
+/// checkpoint that retires the journal), or removed unwritten when acked
+/// first.
+#[derive(Default)]
+struct Staged {
+    /// By sequence number: enqueue time and record.
+    items: std::collections::BTreeMap<u64, (u64, Vec<u8>)>,
+    /// What they count in `depth_bytes`.
+    bytes: u64,
 }
 
 impl Queue {
@@ -401,6 +426,8 @@ struct Writer {
     /// With `fsync = "always"`: where appends become durable between
     /// checkpoints (see `journal`).
     journal: Option<Journal>,
+    /// Since when acks wait for the journal (`Marks::unjournaled_acks`).
+    unjournaled_since: Option<Instant>,
 }
 
 /// A queue's episodes (one warning each) and sequence floor.
@@ -418,6 +445,9 @@ struct Marks {
     /// between were handed out already (cursors, acks in flight) and must
     /// not be handed out again, so every write starts from at least this.
     seq_floor: u64,
+    /// Acks applied without a journal entry (acks alone cost no sync): the
+    /// next entry carries them, or the background thread writes one.
+    unjournaled_acks: Vec<u64>,
 }
 
 /// What the file says of a queue: next sequence number and bytes in use.

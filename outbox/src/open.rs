@@ -126,6 +126,7 @@ pub(crate) fn open_store(
                 from_journal: found.replayed,
                 open_time,
             },
+            staged: Mutex::new(Staged::default()),
         }));
     }
     let store = Arc::new(Store {

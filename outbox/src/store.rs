@@ -107,6 +107,7 @@ impl Store {
                 }
                 // Closed while the body runs, which may write to it too.
                 drop(meta_table);
+                self.write_staged(&txn, &mut metas)?;
                 let value = body(&txn, &mut metas)?;
                 let mut meta_table = txn.open_table(META)?;
                 for (queue, meta) in self.queues.iter().zip(&metas) {
@@ -134,9 +135,14 @@ impl Store {
             txn.commit()?;
             Ok((value, metas))
         })();
-        drop(guard);
         match result {
             Ok(done) => {
+                // In redb now; a reader that saw them staged read redb only
+                // below them.
+                for queue in &self.queues {
+                    *lock(&queue.staged) = Staged::default();
+                }
+                drop(guard);
                 for (marks, meta) in w.marks.iter_mut().zip(&done.1) {
                     marks.seq_floor = meta.next_seq;
                 }
@@ -145,6 +151,12 @@ impl Store {
                 }
                 if durable {
                     w.pending_since = None;
+                    // Durable in redb now, staged ones acked included (never
+                    // written).
+                    for marks in &mut w.marks {
+                        marks.unjournaled_acks.clear();
+                    }
+                    w.unjournaled_since = None;
                 } else {
                     w.pending_since.get_or_insert_with(Instant::now);
                 }
@@ -156,6 +168,7 @@ impl Store {
                 Ok(done)
             }
             Err(TxError::Outbox(err)) => {
+                drop(guard);
                 if journal_failed {
                     // The transaction was rolled back and redb is fine.
                     for queue in &self.queues {
@@ -165,6 +178,7 @@ impl Store {
                 Err(err)
             }
             Err(TxError::Redb(err)) => {
+                drop(guard);
                 // redb refuses further writes after a failed commit; reopen
                 // (which repairs) before the next operation.
                 w.broken = true;
@@ -174,6 +188,33 @@ impl Store {
                 Err(OutboxError::from_redb(&self.path, op, err))
             }
         }
+    }
+
+    /// Inside a transaction, before anything else: writes every queue's
+    /// staged items to redb, so the transaction sees (and its bounds,
+    /// evictions and acks apply to) the whole queue.
+    fn write_staged(
+        &self,
+        txn: &redb::WriteTransaction,
+        metas: &mut [Meta],
+    ) -> Result<(), TxError> {
+        let mut value = Vec::new();
+        for (queue, meta) in self.queues.iter().zip(metas) {
+            let staged = lock(&queue.staged);
+            if staged.items.is_empty() {
+                continue;
+            }
+            let mut items = txn.open_table(queue.items())?;
+            for (&seq, (enqueued_ms, record)) in &staged.items {
+                value.clear();
+                value.extend_from_slice(&enqueued_ms.to_le_bytes());
+                value.extend_from_slice(record);
+                items.insert(seq, value.as_slice())?;
+            }
+            // `next_seq` is already past them (the sequence floor).
+            meta.depth_bytes += staged.bytes;
+        }
+        Ok(())
     }
 
     pub(crate) fn closed_error(&self, op: &'static str) -> OutboxError {
@@ -207,6 +248,15 @@ impl Store {
             },
         })?;
         *slot = Some(opened.db);
+        // The reopen replayed the journal, which holds every staged item
+        // (those acked meanwhile too: sent again, never lost).
+        for queue in &self.queues {
+            *lock(&queue.staged) = Staged::default();
+        }
+        for marks in &mut w.marks {
+            marks.unjournaled_acks.clear();
+        }
+        w.unjournaled_since = None;
         drop(slot);
         w.broken = false;
         if let Some(journal) = w.journal.as_mut() {
@@ -305,6 +355,8 @@ impl Store {
                     items_table: &self.queues[index].items_table,
                     first_seq,
                     records,
+                    // Applied in redb, durable with the next checkpoint.
+                    acks: &[],
                 })
                 .collect()
         };
@@ -315,6 +367,9 @@ impl Store {
         let journaled = !self.flush_due(&w) && w.journal.as_ref().is_some_and(|j| j.fits(body_len));
         let durable = !journaled && (self.fsync == FsyncPolicy::Always || self.flush_due(&w));
         let now = (self.clock)();
+        if journaled && let Some(staged) = self.stage(&mut w, &parts, now) {
+            return staged.map(|(appended, _)| appended);
+        }
         let mut full_queue = None;
         let entry = |done: &Vec<PartDone>| {
             journaled.then(|| {
@@ -359,22 +414,7 @@ impl Store {
                         s.dropped_expired += part.appended.expired;
                         part.tally.apply(&mut s, meta);
                     }
-                    let marks = &mut w.marks[index];
-                    queue.note_expired(marks, part.appended.expired);
-                    // An episode (of evictions or refusals) ends once the
-                    // queue is back under half its bound: while deliveries
-                    // free room item by item, appends alternate between
-                    // fitting and not, and each of those must not be a new
-                    // episode (and warning).
-                    let relieved = meta.depth_bytes <= queue.config.max_bytes.get() / 2;
-                    queue.note_overflow(marks, part.appended.evicted, relieved);
-                    if relieved && let Some(refused) = marks.blocked_episode.take() {
-                        tracing::info!(
-                            outbox = %queue.name,
-                            refused,
-                            "outbox has room again; appends resumed"
-                        );
-                    }
+                    queue.note_episodes(&mut w.marks[index], &part.appended, meta.depth_bytes);
                     to_notify.push((index, part.acked > 0, meta.next_seq));
                     appended.push(part.appended);
                 }
@@ -411,6 +451,291 @@ impl Store {
         }
     }
 
+    /// An append without a redb transaction: the records are written to the
+    /// journal (durable when this returns, like any journaled append) and
+    /// staged in memory; acks of staged items remove them there, acks of
+    /// stored items in a transaction of their own. The acks ride in the
+    /// entry (with earlier ones not journaled yet), so a replay leaves out
+    /// what was delivered. Most items are delivered and acked before the
+    /// next checkpoint, and so never reach redb at all. With no records, the
+    /// acks are applied without an entry (no sync): the next one carries
+    /// them.
+    ///
+    /// `None` (nothing done) when the append needs the whole queue in redb:
+    /// a bound to enforce (eviction or `block`), an expiry due, a journal
+    /// too full for the entry (a checkpoint). The caller then takes the
+    /// transaction, which writes the staged items first.
+    fn stage(
+        &self,
+        w: &mut Writer,
+        parts: &[Part<'_>],
+        now: u64,
+    ) -> Option<Result<(Vec<Appended>, u64), OutboxError>> {
+        if w.broken || w.journal.is_none() {
+            return None;
+        }
+        let mut seen = vec![false; self.queues.len()];
+        for &(index, records, acks) in parts {
+            if std::mem::replace(&mut seen[index], true) {
+                return None;
+            }
+            if records.is_empty() {
+                continue;
+            }
+            let queue = &self.queues[index];
+            // Acks of stored items free room too, but are not counted: the
+            // check errs on the side of a transaction.
+            let freed: u64 = {
+                let staged = lock(&queue.staged);
+                acks.iter()
+                    .filter_map(|seq| staged.items.get(seq))
+                    .map(|(_, record)| cost(record.len()))
+                    .sum()
+            };
+            let needed: u64 = records.iter().map(|r| cost(r.len())).sum();
+            let s = lock(&queue.state);
+            if s.depth_bytes.saturating_sub(freed) + needed > queue.config.max_bytes.get() {
+                return None;
+            }
+            let expiry_due = queue.config.max_age_secs.is_some_and(|max_age| {
+                s.oldest_enqueued_ms
+                    .is_some_and(|oldest| oldest < now.saturating_sub(max_age.get() * 1000))
+            });
+            if expiry_due {
+                return None;
+            }
+        }
+        if parts.iter().any(|(_, records, _)| !records.is_empty()) {
+            let Writer { journal, marks, .. } = &mut *w;
+            let journal = journal.as_mut()?;
+            let acks: Vec<Vec<u64>> = marks
+                .iter()
+                .enumerate()
+                .map(|(index, marks)| {
+                    let mut acks = marks.unjournaled_acks.clone();
+                    if let Some((_, _, new)) = parts.iter().find(|part| part.0 == index) {
+                        acks.extend_from_slice(new);
+                    }
+                    acks
+                })
+                .collect();
+            let journal_parts: Vec<JournalPart<'_>> = (0..self.queues.len())
+                .filter_map(|index| {
+                    let records = parts
+                        .iter()
+                        .find(|part| part.0 == index)
+                        .map_or(&[][..], |part| part.1);
+                    (!records.is_empty() || !acks[index].is_empty()).then(|| JournalPart {
+                        items_table: &self.queues[index].items_table,
+                        first_seq: marks[index].seq_floor,
+                        records,
+                        acks: &acks[index],
+                    })
+                })
+                .collect();
+            if !journal.fits(journal::body_len(&journal_parts)) {
+                return None;
+            }
+            if let Err(source) = journal.append(&journal::encode(&journal_parts, now)) {
+                for queue in &self.queues {
+                    lock(&queue.state).write_errors += 1;
+                }
+                return Some(Err(journal::io_error(
+                    &self.path,
+                    "append (journal)",
+                    source,
+                )));
+            }
+            for marks in marks.iter_mut() {
+                marks.unjournaled_acks.clear();
+            }
+            w.unjournaled_since = None;
+        } else {
+            for &(index, _, acks) in parts {
+                w.marks[index].unjournaled_acks.extend_from_slice(acks);
+            }
+            if parts.iter().any(|(_, _, acks)| !acks.is_empty()) {
+                w.unjournaled_since.get_or_insert_with(Instant::now);
+            }
+        }
+        // Acks of stored items: removed now, in redb only (staged items stay
+        // above them).
+        let mut stored_acks: Vec<(usize, Vec<u64>)> = Vec::new();
+        for &(index, _, acks) in parts {
+            let staged = lock(&self.queues[index].staged);
+            let stored: Vec<u64> = acks
+                .iter()
+                .copied()
+                .filter(|seq| !staged.items.contains_key(seq))
+                .collect();
+            if !stored.is_empty() {
+                stored_acks.push((index, stored));
+            }
+        }
+        let mut from_redb = Vec::new();
+        if !stored_acks.is_empty() {
+            match self.remove_stored(w, &stored_acks) {
+                Ok(done) => from_redb = done,
+                // The acks are journaled (or waiting to be): a replay applies
+                // them, and the file is reopened before the next write.
+                Err(err) => tracing::warn!(outbox = %self.name, error = %err,
+                    "outbox: could not remove confirmed items; the file is reopened"),
+            }
+        }
+        let mut appended = Vec::with_capacity(parts.len());
+        let mut acked = 0;
+        for &(index, records, acks) in parts {
+            let queue = &self.queues[index];
+            let marks = &mut w.marks[index];
+            let first = marks.seq_floor;
+            let mut staged = lock(&queue.staged);
+            let mut s = lock(&queue.state);
+            for seq in acks {
+                if let Some((_, record)) = staged.items.remove(seq) {
+                    staged.bytes -= cost(record.len());
+                    s.depth_bytes = s.depth_bytes.saturating_sub(cost(record.len()));
+                    s.depth_items = s.depth_items.saturating_sub(1);
+                    s.acked += 1;
+                    acked += 1;
+                }
+            }
+            for (seq, record) in (first..).zip(records) {
+                staged.bytes += cost(record.len());
+                s.depth_bytes += cost(record.len());
+                staged.items.insert(seq, (now, record.to_vec()));
+            }
+            let added = records.len() as u64;
+            marks.seq_floor += added;
+            s.depth_items += added;
+            s.appended += added;
+            s.next_seq = marks.seq_floor;
+            if added > 0 {
+                s.durable_commits += 1;
+            }
+            let staged_oldest = staged.items.values().next().map(|(ms, _)| *ms);
+            if let Some((_, removed, tally, meta)) = from_redb.iter().find(|done| done.0 == index) {
+                s.acked += removed;
+                acked += removed;
+                s.depth_items = tally.items + staged.items.len() as u64;
+                s.depth_bytes = meta.depth_bytes + staged.bytes;
+                s.oldest_enqueued_ms = tally.oldest_ms.or(staged_oldest);
+            } else if s.depth_items == staged.items.len() as u64 {
+                // Nothing stored: the oldest is staged.
+                s.oldest_enqueued_ms = staged_oldest;
+            }
+            let depth_bytes = s.depth_bytes;
+            drop((s, staged));
+            let part = Appended {
+                seqs: first..marks.seq_floor,
+                evicted: 0,
+                expired: 0,
+            };
+            queue.note_episodes(marks, &part, depth_bytes);
+            appended.push(part);
+        }
+        for &(index, _, acks) in parts {
+            let queue = &self.queues[index];
+            queue.appended_tx.send_replace(w.marks[index].seq_floor);
+            if !acks.is_empty() {
+                queue.room.notify_all();
+            }
+        }
+        Some(Ok((appended, acked)))
+    }
+
+    /// Removes acked items from redb without writing the staged ones (the
+    /// acks are in the journal or will be: no checkpoint is needed for
+    /// them). Returns per queue how many were removed, and what redb holds.
+    fn remove_stored(
+        &self,
+        w: &mut Writer,
+        acks: &[(usize, Vec<u64>)],
+    ) -> Result<Vec<(usize, u64, Tally, Meta)>, OutboxError> {
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(db) = guard.as_ref() else {
+            return Err(self.closed_error("ack"));
+        };
+        let result = (|| -> Result<_, TxError> {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::None)?;
+            let mut done = Vec::with_capacity(acks.len());
+            {
+                let mut meta_table = txn.open_table(META)?;
+                for (index, seqs) in acks {
+                    let queue = &self.queues[*index];
+                    let mut meta = meta_table
+                        .get(queue.state_key.as_str())?
+                        .and_then(|v| Meta::from_bytes(v.value()))
+                        .ok_or_else(|| OutboxError::Corrupt {
+                            path: self.path.clone(),
+                            detail: format!(
+                                "the state record of {} is missing or damaged",
+                                queue.name
+                            ),
+                        })?;
+                    let mut items = txn.open_table(queue.items())?;
+                    let removed = remove_in(&mut items, &mut meta, seqs)?;
+                    let tally = Tally::of(&items)?;
+                    meta_table.insert(queue.state_key.as_str(), meta.to_bytes().as_slice())?;
+                    done.push((*index, removed, tally, meta));
+                }
+            }
+            txn.commit()?;
+            Ok(done)
+        })();
+        drop(guard);
+        result.map_err(|err| {
+            w.broken = true;
+            for queue in &self.queues {
+                lock(&queue.state).write_errors += 1;
+            }
+            match err {
+                TxError::Outbox(err) => err,
+                TxError::Redb(err) => OutboxError::from_redb(&self.path, "ack", err),
+            }
+        })
+    }
+
+    /// Writes the acks waiting for the journal in an entry of their own
+    /// once they waited `fsync_interval_ms` (no append came to carry them),
+    /// so a crash sends at most that much again.
+    pub(crate) fn journal_acks_if_due(&self, w: &mut Writer) -> Result<(), OutboxError> {
+        if w.unjournaled_since
+            .is_none_or(|t| t.elapsed() < self.interval)
+        {
+            return Ok(());
+        }
+        let Writer { journal, marks, .. } = &mut *w;
+        let Some(journal) = journal.as_mut() else {
+            return Ok(());
+        };
+        let journal_parts: Vec<JournalPart<'_>> = self
+            .queues
+            .iter()
+            .zip(marks.iter())
+            .filter(|(_, marks)| !marks.unjournaled_acks.is_empty())
+            .map(|(queue, marks)| JournalPart {
+                items_table: &queue.items_table,
+                first_seq: marks.seq_floor,
+                records: &[],
+                acks: &marks.unjournaled_acks,
+            })
+            .collect();
+        if journal.fits(journal::body_len(&journal_parts)) {
+            journal
+                .append(&journal::encode(&journal_parts, (self.clock)()))
+                .map_err(|source| journal::io_error(&self.path, "append (journal)", source))?;
+            for marks in marks.iter_mut() {
+                marks.unjournaled_acks.clear();
+            }
+            w.unjournaled_since = None;
+            Ok(())
+        } else {
+            // A checkpoint makes them durable too.
+            self.durable_commit(w, "flush", false)
+        }
+    }
+
     /// Removes acked items from several queues in one transaction (unknown
     /// ones are ignored); returns how many were removed.
     pub(crate) fn ack(&self, acks: &[(usize, &[u64])]) -> Result<u64, OutboxError> {
@@ -423,6 +748,15 @@ impl Store {
             return Ok(0);
         }
         let mut w = lock(&self.writer);
+        if !w.broken && w.journal.is_some() {
+            let parts: Vec<Part<'_>> = acks
+                .iter()
+                .map(|&(index, seqs)| (index, &[][..], seqs))
+                .collect();
+            if let Some(Ok((_, acked))) = self.stage(&mut w, &parts, (self.clock)()) {
+                return Ok(acked);
+            }
+        }
         let durable = self.flush_due(&w);
         let (done, metas) = self.write(&mut w, "ack", durable, false, |txn, metas| {
             let mut done = Vec::with_capacity(acks.len());
@@ -500,39 +834,80 @@ impl Store {
         let Some(db) = guard.as_ref() else {
             return Err(self.closed_error("read"));
         };
-        let redb_err = |e: redb::Error| OutboxError::from_redb(&self.path, "read", e);
-        let txn = db.begin_read().map_err(|e| redb_err(e.into()))?;
-        let table = txn
-            .open_table(queue.items())
-            .map_err(|e| redb_err(e.into()))?;
-        let iter = table.range(range).map_err(|e| redb_err(e.into()))?;
-        let iter: Box<dyn Iterator<Item = _>> = if newest_first {
-            Box::new(iter.rev())
-        } else {
-            Box::new(iter)
+        // Staged items are the newest, and an item leaves the staged ones
+        // only once its commit to redb is visible: redb is read below the
+        // first staged item of this moment, so each item is found once.
+        let (staged, first_staged) = {
+            let staged = lock(&queue.staged);
+            let to_item = |(&seq, (enqueued_ms, record)): (&u64, &(u64, Vec<u8>))| Item {
+                seq,
+                enqueued_ms: *enqueued_ms,
+                record: record.clone(),
+            };
+            let items: Vec<Item> = if is_empty(range) {
+                Vec::new()
+            } else if newest_first {
+                let in_range = staged.items.range(range);
+                in_range.rev().take(max_items).map(to_item).collect()
+            } else {
+                let in_range = staged.items.range(range);
+                in_range.take(max_items).map(to_item).collect()
+            };
+            (items, staged.items.keys().next().copied())
         };
         let mut bytes = 0usize;
-        for entry in iter {
-            let (k, v) = entry.map_err(|e| redb_err(e.into()))?;
-            let seq = k.value();
-            let value = v.value();
-            let Some((enqueued_ms, record)) = split_value(value) else {
-                return Err(OutboxError::CorruptItem {
-                    path: self.path.clone(),
-                    seq,
-                    len: value.len(),
-                });
-            };
-            if !out.is_empty() && bytes + record.len() > max_bytes {
-                break;
+        // Whether to go on after adding `item`.
+        let mut add = |out: &mut Vec<Item>, item: Item| {
+            if !out.is_empty() && bytes + item.record.len() > max_bytes {
+                return false;
             }
-            bytes += record.len();
-            out.push(Item {
-                seq,
-                enqueued_ms,
-                record: record.to_vec(),
-            });
-            if out.len() >= max_items {
+            bytes += item.record.len();
+            out.push(item);
+            out.len() < max_items
+        };
+        let mut staged = staged.into_iter();
+        if newest_first {
+            for item in staged.by_ref() {
+                if !add(&mut out, item) {
+                    return Ok(out);
+                }
+            }
+        }
+        if let Some(redb_range) = below(range, first_staged) {
+            let redb_err = |e: redb::Error| OutboxError::from_redb(&self.path, "read", e);
+            let txn = db.begin_read().map_err(|e| redb_err(e.into()))?;
+            let table = txn
+                .open_table(queue.items())
+                .map_err(|e| redb_err(e.into()))?;
+            let iter = table.range(redb_range).map_err(|e| redb_err(e.into()))?;
+            let iter: Box<dyn Iterator<Item = _>> = if newest_first {
+                Box::new(iter.rev())
+            } else {
+                Box::new(iter)
+            };
+            for entry in iter {
+                let (k, v) = entry.map_err(|e| redb_err(e.into()))?;
+                let seq = k.value();
+                let value = v.value();
+                let Some((enqueued_ms, record)) = split_value(value) else {
+                    return Err(OutboxError::CorruptItem {
+                        path: self.path.clone(),
+                        seq,
+                        len: value.len(),
+                    });
+                };
+                let item = Item {
+                    seq,
+                    enqueued_ms,
+                    record: record.to_vec(),
+                };
+                if !add(&mut out, item) {
+                    return Ok(out);
+                }
+            }
+        }
+        for item in staged {
+            if !add(&mut out, item) {
                 break;
             }
         }
@@ -678,7 +1053,7 @@ impl Store {
                 if self.flush_due(&w) || w.broken {
                     self.flush_locked(&mut w)
                 } else {
-                    Ok(())
+                    self.journal_acks_if_due(&mut w)
                 }
             });
             let result = result.and_then(|()| self.shrink_if_drained());
@@ -716,7 +1091,12 @@ impl Store {
         };
         let mut w = lock(&self.writer);
         let before = file_len();
-        if w.broken || !worth_it(before, &w) {
+        // Staged items wait for a transaction, which compaction is not.
+        let staged = self
+            .queues
+            .iter()
+            .any(|q| !lock(&q.staged).items.is_empty());
+        if w.broken || staged || !worth_it(before, &w) {
             return Ok(());
         }
         let started = Instant::now();
@@ -875,6 +1255,25 @@ impl Queue {
         Ok(expired)
     }
 
+    /// After an append: starts or ends the queue's episodes of expiries,
+    /// evictions and refusals.
+    pub(crate) fn note_episodes(&self, marks: &mut Marks, appended: &Appended, depth_bytes: u64) {
+        self.note_expired(marks, appended.expired);
+        // An episode (of evictions or refusals) ends once the queue is back
+        // under half its bound: while deliveries free room item by item,
+        // appends alternate between fitting and not, and each of those must
+        // not be a new episode (and warning).
+        let relieved = depth_bytes <= self.config.max_bytes.get() / 2;
+        self.note_overflow(marks, appended.evicted, relieved);
+        if relieved && let Some(refused) = marks.blocked_episode.take() {
+            tracing::info!(
+                outbox = %self.name,
+                refused,
+                "outbox has room again; appends resumed"
+            );
+        }
+    }
+
     pub(crate) fn note_expired(&self, marks: &mut Marks, expired: u64) {
         if expired > 0 {
             let episode = marks.expiry_episode.get_or_insert(0);
@@ -944,6 +1343,38 @@ pub(crate) fn sync_parent_dir(path: &Path) -> Result<(), OutboxError> {
             })?;
     }
     Ok(())
+}
+
+/// `range` cut below `first` (everything if `None`); `None` if nothing is
+/// left of it.
+pub(crate) fn below(
+    range: (Bound<u64>, Bound<u64>),
+    first: Option<u64>,
+) -> Option<(Bound<u64>, Bound<u64>)> {
+    let Some(first) = first else {
+        return Some(range);
+    };
+    let end = match range.1 {
+        Bound::Included(end) if end < first => Bound::Included(end),
+        Bound::Excluded(end) if end < first => Bound::Excluded(end),
+        _ => Bound::Excluded(first),
+    };
+    let cut = (range.0, end);
+    (!is_empty(cut)).then_some(cut)
+}
+
+/// Whether no sequence number lies in `range` (`BTreeMap::range` panics on
+/// some of those).
+pub(crate) fn is_empty(range: (Bound<u64>, Bound<u64>)) -> bool {
+    match range {
+        (Bound::Included(start), Bound::Excluded(end)) => start >= end,
+        (Bound::Included(start), Bound::Included(end)) => start > end,
+        (Bound::Excluded(start), Bound::Excluded(end)) => start.saturating_add(1) >= end,
+        (Bound::Excluded(start), Bound::Included(end)) => start >= end,
+        (Bound::Excluded(start), Bound::Unbounded) => start == u64::MAX,
+        (Bound::Unbounded, Bound::Excluded(end)) => end == 0,
+        (Bound::Unbounded, _) | (Bound::Included(_), Bound::Unbounded) => false,
+    }
 }
 
 pub(crate) fn clone_bound(bound: Bound<&u64>) -> Bound<u64> {

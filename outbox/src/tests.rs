@@ -220,6 +220,103 @@ fn items_expire_by_age() {
     assert_eq!((stats.dropped_expired, stats.depth_bytes), (3, 17));
 }
 
+/// Appends are staged in memory once journaled and move into redb with the
+/// checkpoint that retires the journal; a reader following the queue
+/// meanwhile must see every item exactly once, in order, wherever it is at
+/// that moment.
+#[test]
+fn a_reader_sees_each_item_once_while_items_move_into_the_file() {
+    const ITEMS: u64 = 10_000;
+    const LEN: usize = 1000;
+    // Several journals' worth: several checkpoints.
+    assert!(ITEMS * LEN as u64 > 2 * journal::JOURNAL_BYTES);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outbox = Arc::new(Outbox::open(dir.path().join("x.redb"), config(64 << 20)).expect("open"));
+    let confirmed = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let writer = {
+        let (outbox, confirmed) = (outbox.clone(), confirmed.clone());
+        std::thread::spawn(move || {
+            let mut rng = rand::rng();
+            let mut next = 0u64;
+            while next < ITEMS {
+                let n = rng.random_range(1..=5).min(ITEMS - next);
+                let records: Vec<Vec<u8>> = (next..next + n).map(|i| indexed(i, LEN)).collect();
+                let acks = std::mem::take(&mut *confirmed.lock().expect("lock"));
+                outbox
+                    .append_and_ack(&refs(&records), &acks)
+                    .expect("append");
+                next += n;
+            }
+        })
+    };
+    let mut after = None;
+    let mut expected = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while expected < ITEMS {
+        assert!(Instant::now() < deadline, "stuck at item {expected}");
+        let batch = outbox.peek(after, 7, usize::MAX).expect("peek");
+        for item in &batch {
+            assert_eq!(index_of(&item.record), Ok(expected), "at seq {}", item.seq);
+            if let Some(previous) = after {
+                assert_eq!(item.seq, previous + 1, "sequence numbers follow each other");
+            }
+            after = Some(item.seq);
+            expected += 1;
+        }
+        confirmed
+            .lock()
+            .expect("lock")
+            .extend(batch.iter().map(|item| item.seq));
+    }
+    writer.join().expect("writer");
+    let acks = std::mem::take(&mut *confirmed.lock().expect("lock"));
+    outbox.ack(&acks).expect("ack");
+    let stats = outbox.stats();
+    assert_eq!((stats.depth_items, stats.depth_bytes), (0, 0));
+    assert_eq!(stats.acked, ITEMS);
+}
+
+/// Items acked while still staged are gone for good after a clean close;
+/// items not acked are in the file, whether they reached redb or not.
+#[test]
+fn staged_items_survive_a_close_and_acked_ones_stay_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.redb");
+    let outbox = Outbox::open(&path, config(1 << 20)).expect("open");
+    let records: Vec<Vec<u8>> = (0..10).map(|i| indexed(i, 10)).collect();
+    let first = outbox.append(&refs(&records[..5])).expect("append").seqs;
+    // Closing writes them to redb.
+    outbox.close().expect("close");
+    let outbox = Outbox::open(&path, config(1 << 20)).expect("open");
+    let second = outbox.append(&refs(&records[5..])).expect("append").seqs;
+    // One acked in redb, two acked while staged.
+    let acked = [first.start, second.start, second.start + 1];
+    assert_eq!(outbox.ack(&acked).expect("ack"), 3);
+    assert_eq!(outbox.stats().depth_items, 7);
+    // Reads run across the two: redb's items, then the staged ones.
+    let indexes = |items: Vec<Item>| -> Vec<u64> {
+        items
+            .iter()
+            .map(|item| index_of(&item.record).expect("record"))
+            .collect()
+    };
+    assert_eq!(indexes(all(&outbox)), vec![1, 2, 3, 4, 7, 8, 9]);
+    let newest = outbox.peek_newest(None, 5, usize::MAX).expect("peek");
+    assert_eq!(indexes(newest), vec![9, 8, 7, 4, 3]);
+    let middle = outbox.peek_range(first.start + 3..second.end - 1, 10, usize::MAX);
+    assert_eq!(indexes(middle.expect("peek")), vec![3, 4, 7, 8]);
+    outbox.close().expect("close");
+    let outbox = Outbox::open(&path, config(1 << 20)).expect("reopen");
+    let left: Vec<u64> = all(&outbox)
+        .iter()
+        .map(|item| index_of(&item.record).expect("record"))
+        .collect();
+    assert_eq!(left, vec![1, 2, 3, 4, 7, 8, 9]);
+    let stats = outbox.stats();
+    assert_eq!(stats.depth_items, 7);
+    assert_eq!(stats.depth_bytes, 7 * cost(18));
+}
+
 #[test]
 fn background_thread_expires_and_flushes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1036,14 +1133,15 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A 4 MiB tmpfs on a fresh directory, half of it taken by a ballast file
-/// (removing it makes room again: more than the journal can hold, which is
-/// what a recovery may need); `None` where mounting is not allowed (not
-/// root).
-fn small_disk() -> Option<(tempfile::TempDir, Tmpfs, PathBuf)> {
+/// A tmpfs of `size` bytes on a fresh directory, half of it taken by a
+/// ballast file (removing it makes room again); `None` where mounting is
+/// not allowed (not root).
+fn small_disk(size: u64) -> Option<(tempfile::TempDir, Tmpfs, PathBuf)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o"])
+        .arg(format!("size={size}"))
+        .arg("tmpfs")
         .arg(dir.path())
         .output();
     match mounted {
@@ -1062,13 +1160,16 @@ fn small_disk() -> Option<(tempfile::TempDir, Tmpfs, PathBuf)> {
     }
     let tmpfs = Tmpfs(dir.path().to_owned());
     let ballast = dir.path().join("ballast");
-    std::fs::write(&ballast, vec![0u8; 2 << 20]).expect("ballast");
+    let half = usize::try_from(size / 2).expect("size");
+    std::fs::write(&ballast, vec![0u8; half]).expect("ballast");
     Some((dir, tmpfs, ballast))
 }
 
 #[test]
 fn a_full_disk_is_a_clear_error_and_recovers() {
-    let Some((dir, _tmpfs, ballast)) = small_disk() else {
+    // The room freed is more than the journal can hold: what a recovery may
+    // need.
+    let Some((dir, _tmpfs, ballast)) = small_disk(4 * journal::JOURNAL_BYTES) else {
         return;
     };
     let path = dir.path().join("full.redb");
@@ -1133,7 +1234,7 @@ fn a_full_disk_is_a_clear_error_and_recovers() {
 /// reused number would skip it.
 #[test]
 fn a_failed_commit_never_makes_sequence_numbers_go_back() {
-    let Some((dir, _tmpfs, ballast)) = small_disk() else {
+    let Some((dir, _tmpfs, ballast)) = small_disk(4 << 20) else {
         return;
     };
     let path = dir.path().join("interval.redb");
@@ -1397,6 +1498,35 @@ fn absorb_goes_on_where_a_crash_stopped_it() {
 /// `<db path>|<log path>|<first index>`.
 const GROUP_CHILD_ENV: &str = "SLUICE_OUTBOX_GROUP_CRASH_CHILD";
 
+/// A crash child's log, which the parent reads after the kill.
+fn child_log(path: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .expect("log")
+}
+
+/// Runs the test `child` of this binary with `env` set to `spec`, and waits
+/// until it wrote "opened" to `log`.
+fn spawn_opened(child: &str, env: &str, spec: &str, log: &Path) -> std::process::Child {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut child = std::process::Command::new(exe)
+        .args(["--exact", child, "--test-threads=1"])
+        .env(env, spec)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(log).is_ok_and(|t| t.starts_with("opened")) {
+        assert!(Instant::now() < deadline, "child never opened");
+        assert!(child.try_wait().expect("wait").is_none(), "child exited");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child
+}
+
 /// Not a test of its own: appends the same indices to both queues of a
 /// group, one transaction each, until killed.
 #[test]
@@ -1407,11 +1537,7 @@ fn group_crash_child() {
     let [db, log, first] = spec.split('|').collect::<Vec<_>>()[..] else {
         panic!("bad spec {spec}");
     };
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(log)
-        .expect("log");
+    let mut log = child_log(log);
     let group = group_of_two(Path::new(db), config(1 << 30), config(1 << 30));
     log.write_all(b"opened\n").expect("log write");
     let mut next: u64 = first.parse().expect("first index");
@@ -1440,28 +1566,18 @@ fn a_group_survives_sigkill_with_whole_transactions() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("log.redb");
     let log_path = dir.path().join("child.log");
-    let exe = std::env::current_exe().expect("test binary");
     let mut rng = rand::rng();
     let mut next_index = 0u64;
     let mut replayed_rounds = 0;
     for round in 0..12 {
         let _ = std::fs::remove_file(&log_path);
-        let mut child = std::process::Command::new(&exe)
-            .args(["--exact", "tests::group_crash_child", "--test-threads=1"])
-            .env(
-                GROUP_CHILD_ENV,
-                format!("{}|{}|{next_index}", db.display(), log_path.display()),
-            )
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn child");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&log_path).is_ok_and(|t| t.starts_with("opened")) {
-            assert!(Instant::now() < deadline, "child never opened");
-            assert!(child.try_wait().expect("wait").is_none(), "child exited");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let spec = format!("{}|{}|{next_index}", db.display(), log_path.display());
+        let mut child = spawn_opened(
+            "tests::group_crash_child",
+            GROUP_CHILD_ENV,
+            &spec,
+            &log_path,
+        );
         // Mostly within the first checkpoint interval: the journal holds it all.
         std::thread::sleep(Duration::from_millis(rng.random_range(20..400)));
         child.kill().expect("SIGKILL");
@@ -1515,4 +1631,96 @@ fn a_group_survives_sigkill_with_whole_transactions() {
         group.ack(&[(0, &seqs_a), (1, &seqs_b)]).expect("ack");
     }
     assert!(replayed_rounds > 0, "no round replayed the journal");
+}
+
+const ACKS_CHILD_ENV: &str = "SLUICE_OUTBOX_ACKS_CRASH_CHILD";
+
+/// Not a test of its own: appends batches until killed, each carrying the
+/// acks of the batch before it — all of them but every fifth index, which
+/// stays unconfirmed.
+#[test]
+fn acks_crash_child() {
+    let Ok(spec) = std::env::var(ACKS_CHILD_ENV) else {
+        return;
+    };
+    let [db, log] = spec.split('|').collect::<Vec<_>>()[..] else {
+        panic!("bad spec {spec}");
+    };
+    let mut log = child_log(log);
+    let outbox = Outbox::open(db, config(1 << 30)).expect("open");
+    log.write_all(b"opened\n").expect("log write");
+    let mut rng = rand::rng();
+    let mut next = 0u64;
+    let mut previous: Vec<(u64, u64)> = Vec::new();
+    loop {
+        let n = rng.random_range(1..=16u64);
+        let records: Vec<Vec<u8>> = (next..next + n)
+            .map(|i| indexed(i, rng.random_range(0..300)))
+            .collect();
+        let acks: Vec<u64> = previous
+            .iter()
+            .filter(|(index, _)| index % 5 != 0)
+            .map(|(_, seq)| *seq)
+            .collect();
+        let appended = outbox
+            .append_and_ack(&refs(&records), &acks)
+            .expect("append");
+        log.write_all(format!("ok {next} {n}\n").as_bytes())
+            .expect("log write");
+        previous = (next..next + n).zip(appended.seqs).collect();
+        next += n;
+    }
+}
+
+/// Acks are journaled with the next append: after a `SIGKILL` the items
+/// confirmed before it stay gone (they used to come back, and be sent
+/// again, until the next checkpoint), and every unconfirmed one is back.
+#[test]
+fn acks_survive_sigkill() {
+    let mut rng = rand::rng();
+    for round in 0..6 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("acks.redb");
+        let log_path = dir.path().join("child.log");
+        let spec = format!("{}|{}", db.display(), log_path.display());
+        let mut child = spawn_opened("tests::acks_crash_child", ACKS_CHILD_ENV, &spec, &log_path);
+        // Within a journal generation and past a checkpoint or two.
+        std::thread::sleep(Duration::from_millis(rng.random_range(50..2500)));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let batches: Vec<(u64, u64)> = text
+            .split_inclusive('\n')
+            .filter(|line| line.starts_with("ok ") && line.ends_with('\n'))
+            .filter_map(|line| {
+                let mut words = line.split_whitespace().skip(1);
+                Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+            })
+            .collect();
+        let Some(&(last_first, _)) = batches.last() else {
+            continue;
+        };
+        let outbox = Outbox::open(&db, config(1 << 30)).expect("reopen");
+        let found: Vec<u64> = all(&outbox)
+            .iter()
+            .map(|item| index_of(&item.record).expect("record"))
+            .collect();
+        let ctx = format!("round {round}, {} batches", batches.len());
+        assert!(found.windows(2).all(|p| p[0] < p[1]), "{ctx}: out of order");
+        for index in (0..last_first).filter(|i| i % 5 == 0) {
+            assert!(found.contains(&index), "{ctx}: unconfirmed {index} lost");
+        }
+        // Confirmed by an append that returned: never back.
+        let back: Vec<u64> = found
+            .iter()
+            .copied()
+            .filter(|&i| i < last_first && i % 5 != 0)
+            .collect();
+        assert!(
+            back.is_empty(),
+            "{ctx}: {} confirmed items came back, from {:?}",
+            back.len(),
+            back.first()
+        );
+    }
 }

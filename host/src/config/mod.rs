@@ -432,10 +432,10 @@ impl Config {
         ];
         for (sink, outbox) in outboxes {
             if let Some(outbox) = outbox
-                && outbox.commit_linger_ms > crate::outbox::MAX_COMMIT_LINGER_MS
+                && !(0.0..=crate::outbox::MAX_COMMIT_LINGER_MS).contains(&outbox.commit_linger_ms)
             {
                 problems.push(format!(
-                    "{sink}.outbox.commit_linger_ms: at most {} (ms), not {}",
+                    "{sink}.outbox.commit_linger_ms: 0 to {} (ms), not {}",
                     crate::outbox::MAX_COMMIT_LINGER_MS,
                     outbox.commit_linger_ms
                 ));
@@ -601,25 +601,29 @@ transform = { module = "t.wasm", config = { prefix = "iiot", qos = 1, on = true,
 
     #[test]
     fn commit_linger_is_bounded() {
-        let with = |linger: u64| {
+        let with = |linger: &str| {
             let text = MINIMAL.replace(
                 "host = \"127.0.0.1\"\n",
                 &format!("host = \"127.0.0.1\"\noutbox = {{ commit_linger_ms = {linger} }}\n"),
             );
             parse(&text).expect("parses").validate()
         };
-        let problems = with(0);
-        assert!(
-            !problems.iter().any(|p| p.contains("commit_linger_ms")),
-            "{problems:?}"
-        );
-        let problems = with(500);
-        assert!(
-            problems
-                .iter()
-                .any(|p| p.starts_with("mqtt.outbox.commit_linger_ms: at most 100")),
-            "{problems:?}"
-        );
+        for fine in ["0", "2", "0.5", "100.0"] {
+            let problems = with(fine);
+            assert!(
+                !problems.iter().any(|p| p.contains("commit_linger_ms")),
+                "{fine}: {problems:?}"
+            );
+        }
+        for bad in ["500", "-1", "nan", "inf"] {
+            let problems = with(bad);
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with("mqtt.outbox.commit_linger_ms: 0 to 100")),
+                "{bad}: {problems:?}"
+            );
+        }
     }
 
     #[test]

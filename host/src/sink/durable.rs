@@ -13,15 +13,19 @@
 //!   frame or none of it. Each sink then reads its own queue through its
 //!   own cursor and acks its own items.
 //! * **Group commit.** The writer thread takes everything queued (up to
-//!   [`MAX_BATCH`] records, waiting `commit_linger_ms` (1 ms) after the
-//!   first frame for more, or with 0 for the frames still on their way
-//!   from the ports) and appends it in one transaction, so with
-//!   `fsync = "always"` one disk sync (of the outbox's journal) serves every
-//!   sink and every frame that arrived meanwhile. Acks ride along in the same transaction once the
-//!   oldest waited `ACK_BATCH_AGE` (50 ms); acks with no append to share
-//!   wait `ACK_LINGER` (10 ms) before a commit of their own. One thread owns all writes
-//!   because redb has a single writer: concurrent appends would serialise
-//!   on its lock and lose the batching.
+//!   [`MAX_BATCH`] records) and appends it in one transaction. Commits are
+//!   at least `commit_linger_ms` (1.5 ms) apart: after one, the thread
+//!   sleeps out the rest before it looks again, and frames sent meanwhile
+//!   wake nothing; a frame after a quiet spell commits at once. With 0 a
+//!   commit waits only for the frames still on their way from the ports.
+//!   With `fsync = "always"` one disk sync (of the outbox's journal) serves
+//!   every sink and every frame that arrived meanwhile. Acks ride along with
+//!   every append; with no append coming they are applied on their own
+//!   within [`ACK_IDLE`] (the outbox keeps its newest items in memory until
+//!   a checkpoint, so acking them costs no disk write, see
+//!   `sluice_outbox::journal`). One thread owns all writes because redb
+//!   has a single writer: concurrent appends would serialise on its lock
+//!   and lose the batching.
 //! * **Backpressure.** With `when_full = "block"` a full queue makes the
 //!   writer wait for acks (it keeps applying them while it waits); the
 //!   channel fills and pushes wait, which slows the pipelines and leaves
@@ -61,18 +65,12 @@ const CHANNEL: usize = 256;
 /// several frames, other ports' frames in their pipelines). A port reads on
 /// only after the commit, so with none on the way nothing more can come.
 const IN_FLIGHT_WAIT: Duration = Duration::from_millis(1);
-/// Acks ride with appends only once the oldest of them waited this long
-/// (or [`ACK_BATCH_ITEMS`] piled up): removing items dirties the head of a
-/// queue's B-tree, and doing that in every commit under a steady load
-/// costs more page writes than the appends. They stay in the file that
-/// much longer (a crash meanwhile re-sends them, as any unconfirmed item).
-const ACK_BATCH_AGE: Duration = Duration::from_millis(50);
-/// See [`ACK_BATCH_AGE`].
+/// How long acks wait at most for an append to carry them while none
+/// comes. The writer is not woken for each (that would cost a wake-up per
+/// delivered message): it finds them when it next works or wakes.
+const ACK_IDLE: Duration = Duration::from_millis(50);
+/// Acks that wake the writer, however recent: room for a full queue.
 const ACK_BATCH_ITEMS: usize = 1024;
-/// How long acks wait for an append to share its commit before they get
-/// one of their own. Longer only delays freeing their room (and a crash in
-/// between sends them again, as with any unconfirmed item).
-const ACK_LINGER: Duration = Duration::from_millis(10);
 
 /// What a frame adds to the log: records by queue index.
 pub type FrameRecords = Vec<(usize, Vec<u8>)>;
@@ -101,23 +99,10 @@ struct Log {
     metrics: Arc<Metrics>,
 }
 
-/// Acks not yet applied, and since when the oldest waits.
+/// Acks not yet applied.
 #[derive(Default)]
 struct PendingAcks {
     seqs: Vec<u64>,
-    since: Option<std::time::Instant>,
-}
-
-impl PendingAcks {
-    fn push(&mut self, seq: u64) {
-        self.seqs.push(seq);
-        self.since.get_or_insert_with(std::time::Instant::now);
-    }
-
-    fn due(&self) -> bool {
-        self.seqs.len() >= ACK_BATCH_ITEMS
-            || self.since.is_some_and(|t| t.elapsed() >= ACK_BATCH_AGE)
-    }
 }
 
 /// A queue's bookkeeping on this side of the outbox.
@@ -164,9 +149,14 @@ impl DurableLog {
         // One writer for every queue: the shortest linger any asks for.
         let linger = (0..sinks.len())
             .filter_map(|index| group.queue(index))
-            .map(|queue| queue.config().commit_linger_ms.min(MAX_COMMIT_LINGER_MS))
-            .min()
-            .map_or(Duration::ZERO, Duration::from_millis);
+            .map(|queue| {
+                queue
+                    .config()
+                    .commit_linger_ms
+                    .clamp(0.0, MAX_COMMIT_LINGER_MS)
+            })
+            .reduce(f64::min)
+            .map_or(Duration::ZERO, |ms| Duration::from_secs_f64(ms / 1000.0));
         let log = Arc::new(Log {
             group,
             sides,
@@ -261,13 +251,11 @@ impl DurableQueue {
     pub fn ack(&self, seq: u64) {
         let waiting = {
             let mut pending = lock(&self.side().pending_acks);
-            pending.push(seq);
+            pending.seqs.push(seq);
             pending.seqs.len()
         };
-        // The writer needs to hear of the first (to apply them once they
-        // are due) and of a full batch; a wakeup per delivered message
-        // would cost more than the acks.
-        if waiting == 1 || waiting == ACK_BATCH_ITEMS {
+        // Only a pile of them wakes the writer (see `ACK_IDLE`).
+        if waiting == ACK_BATCH_ITEMS {
             self.log.wake.notify_one();
         }
     }
@@ -395,29 +383,25 @@ impl Log {
         sent
     }
 
-    /// The pending acks of every queue (`due_only`: only of the queues
-    /// whose acks are due, see [`ACK_BATCH_AGE`]).
-    fn take_acks(&self, due_only: bool) -> Vec<Vec<u64>> {
+    /// The pending acks of every queue.
+    fn take_acks(&self) -> Vec<Vec<u64>> {
         self.sides
             .iter()
-            .map(|side| {
-                let mut pending = lock(&side.pending_acks);
-                if due_only && !pending.due() {
-                    return Vec::new();
-                }
-                pending.since = None;
-                std::mem::take(&mut pending.seqs)
-            })
+            .map(|side| std::mem::take(&mut lock(&side.pending_acks).seqs))
             .collect()
     }
 
     fn restore_acks(&self, acks: Vec<Vec<u64>>) {
         for (side, acks) in self.sides.iter().zip(acks) {
-            let mut pending = lock(&side.pending_acks);
-            for seq in acks {
-                pending.push(seq);
-            }
+            lock(&side.pending_acks).seqs.extend(acks);
         }
+    }
+
+    /// Whether any queue holds items (which acks may confirm).
+    fn holds_items(&self) -> bool {
+        (0..self.sides.len())
+            .filter_map(|index| self.group.queue(index))
+            .any(|queue| queue.stats().depth_items > 0)
     }
 
     fn has_pending_acks(&self) -> bool {
@@ -427,7 +411,7 @@ impl Log {
     }
 
     fn apply_acks(&self) {
-        let acks = self.take_acks(false);
+        let acks = self.take_acks();
         let parts: Vec<(usize, &[u64])> = acks
             .iter()
             .enumerate()
@@ -459,8 +443,7 @@ impl Log {
         let mut full = false;
         let mut delay = Duration::from_millis(10);
         loop {
-            // A full queue needs every ack it can get.
-            let acks = self.take_acks(!full);
+            let acks = self.take_acks();
             let parts: Vec<Part<'_>> = by_queue
                 .iter()
                 .zip(&acks)
@@ -618,6 +601,22 @@ impl Batch {
     }
 }
 
+/// Adds the frames already in the channel to `batch` (up to [`MAX_BATCH`]
+/// records); `open` turns false once every sender is gone.
+fn take_ready(
+    frames: &mut mpsc::Receiver<(FrameRecords, FrameTicket)>,
+    batch: &mut Batch,
+    open: &mut bool,
+) {
+    while *open && batch.records < MAX_BATCH {
+        match frames.try_recv() {
+            Ok(frame) => batch.add(frame),
+            Err(mpsc::error::TryRecvError::Empty) => break,
+            Err(mpsc::error::TryRecvError::Disconnected) => *open = false,
+        }
+    }
+}
+
 /// The writer thread's loop. It holds the log only while it works on a
 /// batch, so dropping every handle ends it.
 async fn run(
@@ -630,16 +629,30 @@ async fn run(
 ) {
     let mut batch = Batch::default();
     let mut open = true;
+    let mut last_commit: Option<std::time::Instant> = None;
     loop {
+        if let Some(at) = last_commit.take() {
+            // Commits at most one `linger` apart: sleep out the rest before
+            // looking for frames (the thread's only work; a frame sent
+            // meanwhile wakes nothing). A frame after a quiet spell commits
+            // at once.
+            let left = linger.saturating_sub(at.elapsed());
+            if !left.is_zero() {
+                std::thread::sleep(left);
+            }
+            take_ready(&mut frames, &mut batch, &mut open);
+        }
         if batch.frames.is_empty() {
             if !open && stop.load(Ordering::SeqCst) {
                 break;
             }
-            // Acks that are not due yet get their own commit once they are,
-            // if no append takes them first.
-            let acks_waiting = log.upgrade().is_some_and(|log| log.has_pending_acks());
-            let tick = if acks_waiting {
-                ACK_BATCH_AGE
+            // Acks can come while the queues hold anything: they wait for
+            // the next frame, or this tick.
+            let acks_expected = log
+                .upgrade()
+                .is_some_and(|log| log.has_pending_acks() || log.holds_items());
+            let tick = if acks_expected {
+                ACK_IDLE
             } else {
                 Duration::from_secs(1)
             };
@@ -657,27 +670,11 @@ async fn run(
         let Some(log) = log.upgrade() else {
             break;
         };
-        if batch.frames.is_empty() && open && log.has_pending_acks() {
-            // Woken by acks alone: give them ACK_LINGER to ride along
-            // with the next append instead of a commit of their own.
-            if let Ok(Some(frame)) = tokio::time::timeout(ACK_LINGER, frames.recv()).await {
-                batch.add(frame);
-            }
-        }
-        if !batch.frames.is_empty() && open {
-            // Frames that arrive within the linger share the commit; with
-            // no linger, only those already on their way from the ports.
-            let now = tokio::time::Instant::now();
-            let deadline = now + linger.max(IN_FLIGHT_WAIT);
-            while batch.records < MAX_BATCH {
-                let waiting = if linger.is_zero() {
-                    !in_flight.is_empty()
-                } else {
-                    tokio::time::Instant::now() < now + linger
-                };
-                if !waiting {
-                    break;
-                }
+        if !batch.frames.is_empty() && open && linger.is_zero() {
+            // No linger: only the frames already on their way from the
+            // ports share the commit.
+            let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+            while batch.records < MAX_BATCH && !in_flight.is_empty() {
                 tokio::select! {
                     biased;
                     frame = frames.recv() => match frame {
@@ -687,21 +684,12 @@ async fn run(
                             break;
                         }
                     },
-                    () = in_flight.emptied(), if linger.is_zero() => {}
+                    () = in_flight.emptied() => {}
                     () = tokio::time::sleep_until(deadline) => break,
                 }
             }
         }
-        while open && batch.records < MAX_BATCH {
-            match frames.try_recv() {
-                Ok(frame) => batch.add(frame),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    open = false;
-                    break;
-                }
-            }
-        }
+        take_ready(&mut frames, &mut batch, &mut open);
         if batch.frames.is_empty() {
             log.apply_acks();
         } else {
@@ -716,6 +704,9 @@ async fn run(
             // The frames are safe: their ports may read on.
             batch.tickets.clear();
             batch.records = 0;
+            if !linger.is_zero() {
+                last_commit = Some(std::time::Instant::now());
+            }
         }
         log.batches.send_modify(|n| *n += 1);
         log.export_depth();

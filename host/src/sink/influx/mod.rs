@@ -172,6 +172,10 @@ struct Pacing {
     window: usize,
     /// Backlog points per second; `None` = unlimited.
     backfill_per_sec: Option<u32>,
+    /// Live reads at most this often: the writer holds lines for
+    /// `flush_interval_ms` anyway, so reading after every commit of the
+    /// log would cost a wake-up per commit and gain nothing.
+    live_every: Duration,
 }
 
 impl Pacing {
@@ -183,6 +187,8 @@ impl Pacing {
                 .saturating_mul(config.max_batches_in_flight.get().saturating_add(1)),
             backfill_per_sec: (config.backfill_points_per_sec > 0)
                 .then_some(config.backfill_points_per_sec),
+            live_every: (Duration::from_millis(config.flush_interval_ms.get()) / 20)
+                .min(MAX_LIVE_EVERY),
         }
     }
 }
@@ -260,6 +266,7 @@ async fn feed(
         stop: stop.clone(),
     };
     let mut backlog_logged = outbox.stats().depth_items > 0;
+    let mut last_live_read = tokio::time::Instant::now();
     loop {
         appended.borrow_and_update();
         let settled = hook.settled.notified();
@@ -283,6 +290,9 @@ async fn feed(
             let room = (pacing.window - unsettled).min(READ_BATCH);
             let live = drain.next_live(outbox, room, READ_BYTES);
             let live = read_or_log(live);
+            if !live.is_empty() {
+                last_live_read = tokio::time::Instant::now();
+            }
             live_left = live.len() == room;
             handed += live.len();
             if !handover.hand(live).await {
@@ -322,7 +332,13 @@ async fn feed(
         }
         let pause = backlog_wait.unwrap_or(Duration::from_millis(100));
         tokio::select! {
-            _ = appended.changed() => {}
+            _ = appended.changed() => {
+                let next_read = last_live_read + pacing.live_every;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next_read), if !queue.is_sealed() => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
             _ = &mut settled => {}
             _ = tokio::time::sleep(pause) => {}
             _ = stop.cancelled() => return,
@@ -332,6 +348,9 @@ async fn feed(
 
 /// Items read from the outbox at once.
 const READ_BATCH: usize = 256;
+/// See [`Pacing::live_every`]: a twentieth of the flush interval, at most
+/// this.
+const MAX_LIVE_EVERY: Duration = Duration::from_millis(50);
 /// Bytes read from the outbox at once.
 const READ_BYTES: usize = 4 << 20;
 

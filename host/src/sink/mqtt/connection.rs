@@ -38,6 +38,9 @@ struct Feed {
     cursor: Option<u64>,
     /// Changes when the outbox grew.
     appended: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The outbox's next sequence number when a read last found nothing
+    /// more: until it changes, reading again would find nothing either.
+    exhausted_at: Option<u64>,
 }
 
 /// Tops up rumqttc's queue from the tracker, taking more from the backlog
@@ -91,12 +94,17 @@ fn take(shared: &Shared, feed: &mut Feed) -> usize {
     let Some(durable) = &shared.durable else {
         return 0;
     };
-    if let Some(appended) = &mut feed.appended {
-        appended.borrow_and_update();
+    // Taken before the read: an append during it changes the value.
+    let next_seq = feed.appended.as_mut().map(|a| *a.borrow_and_update());
+    if !closed && next_seq.is_some() && next_seq == feed.exhausted_at {
+        return 0;
     }
     // Items read stay in the outbox (and in `unconfirmed`) until acked.
     let mut batch = Vec::new();
-    read_outbox(shared, durable, &mut feed.cursor, &mut batch);
+    let read = read_outbox(shared, durable, &mut feed.cursor, &mut batch);
+    // Only an empty read says there is nothing more: a short one may have
+    // stopped at the byte limit.
+    feed.exhausted_at = read.filter(|&n| n == 0).and(next_seq);
     // Read from the outbox itself, so items it evicted or expired before
     // they were taken are not waited for.
     if batch.is_empty()
@@ -150,20 +158,22 @@ async fn new_work(shared: &Shared, feed: &mut Feed) {
 }
 
 /// Reads the next outbox items after `cursor` into `batch`. A record that
-/// does not decode is counted, removed and skipped.
+/// does not decode is counted, removed and skipped. Returns how many items
+/// were read (`None` if the read failed).
 fn read_outbox(
     shared: &Shared,
     durable: &DurableQueue,
     cursor: &mut Option<u64>,
     batch: &mut Vec<Entry>,
-) {
+) -> Option<usize> {
     let items = match durable.read_after(*cursor, TAKE_BATCH) {
         Ok(items) => items,
         Err(err) => {
             tracing::error!(error = %err, "MQTT outbox: cannot read; retrying");
-            return;
+            return None;
         }
     };
+    let read = items.len();
     for item in items {
         *cursor = Some(item.seq);
         match record::decode_mqtt(&item.record) {
@@ -183,6 +193,7 @@ fn read_outbox(
             }
         }
     }
+    Some(read)
 }
 
 /// Refuses (counts, logs, settles) the entries of `batch` that exceed the
@@ -223,6 +234,7 @@ pub(super) async fn drive_connection(
     let mut feed = Feed {
         cursor: None,
         appended: shared.durable.as_ref().map(|d| d.appended()),
+        exhausted_at: None,
     };
     let mut connected_at: Option<Instant> = None;
     let mut last_error: Option<String> = None;
