@@ -34,7 +34,8 @@
 //! a key/value pair, so removal in any order (InfluxDB settles batches out of
 //! order) is a delete, with no compaction of our own. The price: every commit
 //! rewrites the B-tree path it touched (a few 4 KiB pages), which is why
-//! appends and acks are batched.
+//! appends and acks are batched, and why with a journal most items never
+//! reach it (see Durability).
 //!
 //! # Durability (`fsync`)
 //!

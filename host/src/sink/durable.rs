@@ -632,10 +632,14 @@ async fn run(
     let mut last_commit: Option<std::time::Instant> = None;
     loop {
         if let Some(at) = last_commit.take() {
-            // Commits at most one `linger` apart: sleep out the rest before
-            // looking for frames (the thread's only work; a frame sent
-            // meanwhile wakes nothing). A frame after a quiet spell commits
-            // at once.
+            // Commits at most one `linger` apart: apply the acks that came
+            // (off the next commit's path: InfluxDB's come by the thousand),
+            // then sleep out the rest before looking for frames (the
+            // thread's only work; a frame sent meanwhile wakes nothing). A
+            // frame after a quiet spell commits at once.
+            if let Some(log) = log.upgrade() {
+                log.apply_acks();
+            }
             let left = linger.saturating_sub(at.elapsed());
             if !left.is_zero() {
                 std::thread::sleep(left);
