@@ -49,8 +49,8 @@ pub struct OutboxConfig {
     /// Default 1000.
     #[serde(default = "default_fsync_interval")]
     pub fsync_interval_ms: NonZeroU64,
-    /// Read by the host's log writer, not here: commits are at least this
-    /// far apart, in milliseconds (fractions allowed), so frames that arrive
+    /// Read by the host's log writer, not here: commits start at least
+    /// this far apart, in milliseconds (fractions allowed), so frames that arrive
     /// meanwhile share one (less CPU per frame, more latency); a frame after
     /// a quiet spell commits at once. With 0 a commit waits only for frames
     /// already on their way from the ports. At most

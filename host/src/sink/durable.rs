@@ -13,10 +13,10 @@
 //!   frame or none of it. Each sink then reads its own queue through its
 //!   own cursor and acks its own items.
 //! * **Group commit.** The writer thread takes everything queued (up to
-//!   [`MAX_BATCH`] records) and appends it in one transaction. Commits are
-//!   at least `commit_linger_ms` (1.5 ms) apart: after one, the thread
-//!   sleeps out the rest before it looks again, and frames sent meanwhile
-//!   wake nothing; a frame after a quiet spell commits at once. With 0 a
+//!   [`MAX_BATCH`] records) and appends it in one transaction. Commits
+//!   start at least `commit_linger_ms` (1.5 ms) apart: after one, the
+//!   thread sleeps out the rest before it looks again, and frames sent
+//!   meanwhile wake nothing; a frame after a quiet spell commits at once. With 0 a
 //!   commit waits only for the frames still on their way from the ports.
 //!   With `fsync = "always"` one disk sync (of the outbox's journal) serves
 //!   every sink and every frame that arrived meanwhile. Acks ride along with
@@ -632,7 +632,7 @@ async fn run(
     let mut last_commit: Option<std::time::Instant> = None;
     loop {
         if let Some(at) = last_commit.take() {
-            // Commits at most one `linger` apart: apply the acks that came
+            // Commits start one `linger` apart: apply the acks that came
             // (off the next commit's path: InfluxDB's come by the thousand),
             // then sleep out the rest before looking for frames (the
             // thread's only work; a frame sent meanwhile wakes nothing). A
@@ -697,6 +697,7 @@ async fn run(
         if batch.frames.is_empty() {
             log.apply_acks();
         } else {
+            let started = std::time::Instant::now();
             log.append(&batch.frames).await;
             // After the commit: a reader adding this to the outbox's
             // depth may count a record twice, never miss one.
@@ -709,7 +710,7 @@ async fn run(
             batch.tickets.clear();
             batch.records = 0;
             if !linger.is_zero() {
-                last_commit = Some(std::time::Instant::now());
+                last_commit = Some(started);
             }
         }
         log.batches.send_modify(|n| *n += 1);
