@@ -189,6 +189,16 @@ pub(crate) fn inspect_db(
         });
         report.next_seq = found.seq + 1;
     }
+    // Acked records of the journal count too: their numbers are not handed
+    // out again.
+    for (table, next_seq) in &pending.next_seqs {
+        if let Some(report) = reports
+            .iter_mut()
+            .find(|r| queue_keys(&r.queue).0 == *table)
+        {
+            report.next_seq = report.next_seq.max(*next_seq);
+        }
+    }
     Ok(reports)
 }
 

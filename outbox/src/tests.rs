@@ -1700,7 +1700,19 @@ fn acks_survive_sigkill() {
         let Some(&(last_first, _)) = batches.last() else {
             continue;
         };
+        // The tools see what a start restores, acks included.
+        let reports = inspect(&db).expect("inspect after the kill");
         let outbox = Outbox::open(&db, config(1 << 30)).expect("reopen");
+        let stats = outbox.stats();
+        let reported: Vec<(u64, u64, u64)> = reports
+            .iter()
+            .map(|r| (r.items, r.bytes, r.next_seq))
+            .collect();
+        assert_eq!(
+            reported,
+            [(stats.depth_items, stats.depth_bytes, stats.next_seq)],
+            "round {round}: inspect"
+        );
         let found: Vec<u64> = all(&outbox)
             .iter()
             .map(|item| index_of(&item.record).expect("record"))
