@@ -361,15 +361,18 @@ impl Store {
                 .collect()
         };
         let mut w = lock(&self.writer);
+        let now = (self.clock)();
+        // The common case, with a journal: no transaction at all.
+        if !self.flush_due(&w)
+            && let Some(staged) = self.stage(&mut w, &parts, now)
+        {
+            return staged.map(|(appended, _)| appended);
+        }
         // Through the journal unless a checkpoint is due anyway or the
         // entry does not fit: then the commit itself is durable.
         let body_len = journal::body_len(&journal_parts(&mut std::iter::repeat(0)));
         let journaled = !self.flush_due(&w) && w.journal.as_ref().is_some_and(|j| j.fits(body_len));
         let durable = !journaled && (self.fsync == FsyncPolicy::Always || self.flush_due(&w));
-        let now = (self.clock)();
-        if journaled && let Some(staged) = self.stage(&mut w, &parts, now) {
-            return staged.map(|(appended, _)| appended);
-        }
         let mut full_queue = None;
         let entry = |done: &Vec<PartDone>| {
             journaled.then(|| {
@@ -748,14 +751,12 @@ impl Store {
             return Ok(0);
         }
         let mut w = lock(&self.writer);
-        if !w.broken && w.journal.is_some() {
-            let parts: Vec<Part<'_>> = acks
-                .iter()
-                .map(|&(index, seqs)| (index, &[][..], seqs))
-                .collect();
-            if let Some(Ok((_, acked))) = self.stage(&mut w, &parts, (self.clock)()) {
-                return Ok(acked);
-            }
+        let parts: Vec<Part<'_>> = acks
+            .iter()
+            .map(|&(index, seqs)| (index, &[][..], seqs))
+            .collect();
+        if let Some(Ok((_, acked))) = self.stage(&mut w, &parts, (self.clock)()) {
+            return Ok(acked);
         }
         let durable = self.flush_due(&w);
         let (done, metas) = self.write(&mut w, "ack", durable, false, |txn, metas| {
