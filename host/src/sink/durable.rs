@@ -99,16 +99,11 @@ struct Log {
     metrics: Arc<Metrics>,
 }
 
-/// Acks not yet applied.
-#[derive(Default)]
-struct PendingAcks {
-    seqs: Vec<u64>,
-}
-
 /// A queue's bookkeeping on this side of the outbox.
 struct Side {
     sink: Sink,
-    pending_acks: Mutex<PendingAcks>,
+    /// Acks not yet applied.
+    pending_acks: Mutex<Vec<u64>>,
     /// Records pushed and not yet appended (or refused): in the channel or
     /// the batch being written.
     in_transit: AtomicU64,
@@ -138,7 +133,7 @@ impl DurableLog {
             .iter()
             .map(|&sink| Side {
                 sink,
-                pending_acks: Mutex::new(PendingAcks::default()),
+                pending_acks: Mutex::new(Vec::new()),
                 in_transit: AtomicU64::new(0),
                 sealed: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
@@ -156,7 +151,9 @@ impl DurableLog {
                     .clamp(0.0, MAX_COMMIT_LINGER_MS)
             })
             .reduce(f64::min)
-            .map_or(Duration::ZERO, |ms| Duration::from_secs_f64(ms / 1000.0));
+            // NaN clamps to NaN: no spacing rather than a panic.
+            .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok())
+            .unwrap_or(Duration::ZERO);
         let log = Arc::new(Log {
             group,
             sides,
@@ -251,8 +248,8 @@ impl DurableQueue {
     pub fn ack(&self, seq: u64) {
         let waiting = {
             let mut pending = lock(&self.side().pending_acks);
-            pending.seqs.push(seq);
-            pending.seqs.len()
+            pending.push(seq);
+            pending.len()
         };
         // Only a pile of them wakes the writer (see `ACK_IDLE`).
         if waiting == ACK_BATCH_ITEMS {
@@ -387,13 +384,13 @@ impl Log {
     fn take_acks(&self) -> Vec<Vec<u64>> {
         self.sides
             .iter()
-            .map(|side| std::mem::take(&mut lock(&side.pending_acks).seqs))
+            .map(|side| std::mem::take(&mut *lock(&side.pending_acks)))
             .collect()
     }
 
     fn restore_acks(&self, acks: Vec<Vec<u64>>) {
         for (side, acks) in self.sides.iter().zip(acks) {
-            lock(&side.pending_acks).seqs.extend(acks);
+            lock(&side.pending_acks).extend(acks);
         }
     }
 
@@ -407,7 +404,7 @@ impl Log {
     fn has_pending_acks(&self) -> bool {
         self.sides
             .iter()
-            .any(|side| !lock(&side.pending_acks).seqs.is_empty())
+            .any(|side| !lock(&side.pending_acks).is_empty())
     }
 
     fn apply_acks(&self) {
@@ -732,6 +729,24 @@ mod tests {
 
     use super::*;
     use crate::outbox::{OutboxConfig, QueueFullPolicy};
+
+    /// A linger that is not a number (a config built in code, past the
+    /// file's validation) means no spacing; it used to panic the writer's
+    /// start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_linger_that_is_not_a_number_does_not_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = OutboxConfig {
+            commit_linger_ms: f64::NAN,
+            ..OutboxConfig::default()
+        };
+        let outbox = Outbox::open(dir.path().join("x.redb"), config).expect("open");
+        let queue =
+            DurableQueue::start(Sink::Mqtt, outbox, Arc::new(Metrics::new())).expect("start");
+        assert!(queue.push(b"record".to_vec()).await);
+        queue.close().await;
+        assert_eq!(queue.outbox().stats().appended, 1);
+    }
 
     /// Every eviction is counted once in `sink_dropped` (it used to be
     /// counted on append and again from the outbox's stats).
