@@ -2,8 +2,10 @@
 # Every check and test of sluice, on a fresh Debian machine (run as root, or
 # with the packages below already installed):
 #   - installs the real servers the integration tests spawn (mosquitto and
-#     its clients, influxdb 1.x, victoria-metrics, socat, pymodbus in a venv) and
-#     the wasm32-wasip2 target the transforms are built for;
+#     its clients, influxdb 1.x, victoria-metrics, socat, pymodbus in a venv),
+#     the independent Sparkplug implementations they check against (pysparkplug
+#     in that venv; Node.js and Eclipse Tahu's sparkplug-payload from npm in
+#     target/test-node) and the wasm32-wasip2 target the transforms are built for;
 #   - formatting and clippy (warnings are errors) for all three workspaces:
 #     the host workspace, transforms/ and tests/guests/; no import circle
 #     between the modules of host/, runtime/ and core/ (scripts/module-cycles.py);
@@ -25,15 +27,23 @@ command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v socat >/dev/null || missing+=(socat)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-echo "==> pymodbus (the Modbus devices of the tests) in target/test-venv"
+echo "==> pymodbus and pysparkplug (the Modbus devices and a Sparkplug host of the tests) in target/test-venv"
 [ -x target/test-venv/bin/python ] || python3 -m venv target/test-venv
 target/test-venv/bin/pip install -q --disable-pip-version-check -r tests/support/requirements.txt
+
+echo "==> Eclipse Tahu's sparkplug-payload (the tests' second Sparkplug decoder) in target/test-node"
+tahu=target/test-node/node_modules/sparkplug-payload/package.json
+if ! { [ -f "$tahu" ] && grep -q '"version": "1.0.3"' "$tahu"; }; then
+  npm install --prefix target/test-node --no-audit --no-fund --silent sparkplug-payload@1.0.3
+fi
 
 echo "==> Rust toolchain (rust-toolchain.toml) with wasm32-wasip2, rustfmt, clippy"
 # RUSTUP_AUTO_INSTALL=0 on these machines: install what the toolchain file asks for explicitly.

@@ -386,6 +386,8 @@ pub enum Sink {
     Mqtt,
     /// InfluxDB (points).
     Influx,
+    /// The Sparkplug B edge node (points, on its own MQTT connection).
+    Sparkplug,
 }
 
 impl Sink {
@@ -394,6 +396,7 @@ impl Sink {
         match self {
             Sink::Mqtt => "mqtt",
             Sink::Influx => "influx",
+            Sink::Sparkplug => "sparkplug",
         }
     }
 }

@@ -33,6 +33,7 @@ use crate::sink::SinkContext;
 use crate::sink::durable::{DurableLog, DurableQueue};
 use crate::sink::influx::InfluxSink;
 use crate::sink::mqtt::{CommandRoute, MqttSink};
+use crate::sink::sparkplug::SparkplugSink;
 use crate::source::serial::DownlinkSender;
 use crate::source::{ReadAhead, Source};
 
@@ -367,6 +368,17 @@ async fn run_inner(
         }
         None => None,
     };
+    let sparkplug = match &config.mqtt {
+        Some(mqtt_config) => match &mqtt_config.sparkplug {
+            Some(sparkplug_config) => Some(Arc::new(SparkplugSink::start(
+                mqtt_config,
+                sparkplug_config,
+                context(Sink::Sparkplug),
+            )?)),
+            None => None,
+        },
+        None => None,
+    };
     let (influx, points) = match &config.influx {
         Some(influx_config) => {
             let (sink, input) = InfluxSink::start(influx_config, context(Sink::Influx))?;
@@ -379,9 +391,11 @@ async fn run_inner(
         tap,
         mqtt: mqtt.clone(),
         points,
+        sparkplug: sparkplug.clone(),
         log: log.map(Arc::new),
         mqtt_queue: queue_index(Sink::Mqtt),
         influx_queue: queue_index(Sink::Influx),
+        sparkplug_queue: queue_index(Sink::Sparkplug),
     };
     let router = Router::new(routes, metrics.clone());
     let pipelines = start_pipelines_from(
@@ -482,21 +496,22 @@ async fn run_inner(
         stats.abort();
         let _ = stats.await;
     }
-    if let Some(sink) = mqtt.and_then(Arc::into_inner) {
-        let durable = sink.is_durable();
-        let unconfirmed = sink.shutdown(FLUSH_TIMEOUT).await;
-        if unconfirmed > 0 && durable {
-            tracing::warn!(
-                unconfirmed,
-                "shutdown: messages the broker has not confirmed stay in the outbox and are sent after the next start"
-            );
-        } else if unconfirmed > 0 {
-            tracing::error!(
-                unconfirmed,
-                "shutdown: broker did not confirm every message in time; they are lost (no durable outbox)"
-            );
+    // Both MQTT connections flush at once, under the same deadline.
+    let mqtt_done = async {
+        if let Some(sink) = mqtt.and_then(Arc::into_inner) {
+            let durable = sink.is_durable();
+            let left = sink.shutdown(FLUSH_TIMEOUT).await as u64;
+            report_unconfirmed("MQTT messages", left, durable);
         }
-    }
+    };
+    let sparkplug_done = async {
+        if let Some(sink) = sparkplug.and_then(Arc::into_inner) {
+            let durable = sink.is_durable();
+            let left = sink.shutdown(FLUSH_TIMEOUT).await;
+            report_unconfirmed("Sparkplug points", left, durable);
+        }
+    };
+    tokio::join!(mqtt_done, sparkplug_done);
     if let Some(influx) = influx {
         influx.finish().await;
     }
@@ -505,6 +520,22 @@ async fn run_inner(
     }
     tracing::info!("sluice stopped");
     Ok(())
+}
+
+/// Logs what a sink's broker had not confirmed at shutdown: kept in the
+/// durable log for the next start, or lost without one.
+fn report_unconfirmed(what: &str, left: u64, durable: bool) {
+    if left > 0 && durable {
+        tracing::warn!(
+            left,
+            "shutdown: {what} the broker has not confirmed stay in the outbox and are sent after the next start"
+        );
+    } else if left > 0 {
+        tracing::error!(
+            left,
+            "shutdown: {what} the broker did not confirm in time are lost (no durable outbox)"
+        );
+    }
 }
 
 /// Opens the durable log `<data_dir>/outbox/log.redb` with a queue per

@@ -2,7 +2,7 @@
 //!
 //! Every pipeline's worker routes its frames' `Emission`s itself, with a
 //! [`Router`] of its own. Messages go to the MQTT sink and points to the
-//! InfluxDB writer; for sinks that keep data on disk, the frame's records
+//! InfluxDB writer (and to the Sparkplug edge node); for sinks that keep data on disk, the frame's records
 //! for all of them are pushed to the durable log as one unit (committed
 //! together, and the frame's ticket dropped after the commit). A tap, if
 //! any, gets a copy first. Adding a sink means a field in [`Routes`] and an
@@ -18,6 +18,7 @@ use crate::sink::durable::{DurableLog, FrameRecords};
 use crate::sink::influx::InfluxInput;
 use crate::sink::mqtt::MqttSink;
 use crate::sink::record;
+use crate::sink::sparkplug::SparkplugSink;
 use crate::ticket::FrameTicket;
 
 /// What one frame hands to the sinks: its validated outputs, in the order
@@ -73,12 +74,16 @@ pub struct Routes {
     pub mqtt: Option<Arc<MqttSink>>,
     /// The InfluxDB writer's input (`[influx]`).
     pub points: Option<InfluxInput>,
+    /// The Sparkplug edge node (`[mqtt.sparkplug]`): points too.
+    pub sparkplug: Option<Arc<SparkplugSink>>,
     /// The durable log (with a `data_dir` and a durable sink).
     pub log: Option<Arc<DurableLog>>,
     /// The MQTT sink's queue in the log, if it keeps data on disk.
     pub mqtt_queue: Option<usize>,
     /// The InfluxDB sink's queue in the log, if it keeps data on disk.
     pub influx_queue: Option<usize>,
+    /// The Sparkplug edge node's queue in the log, if it keeps data on disk.
+    pub sparkplug_queue: Option<usize>,
 }
 
 /// Sends each frame's messages to the MQTT sink and points to the InfluxDB
@@ -97,6 +102,7 @@ pub struct Router {
     /// The sinks' queues in the log, for those that keep data on disk.
     mqtt_queue: Option<usize>,
     influx_queue: Option<usize>,
+    sparkplug_queue: Option<usize>,
     /// The tap, until its reader is gone.
     tap: Option<mpsc::Sender<Emission>>,
     told_about_points: bool,
@@ -110,6 +116,7 @@ impl Router {
         Router {
             mqtt_queue: durable_queue(routes.mqtt_queue),
             influx_queue: durable_queue(routes.influx_queue),
+            sparkplug_queue: durable_queue(routes.sparkplug_queue),
             tap: routes.tap.clone(),
             routes: Arc::new(routes),
             metrics,
@@ -126,6 +133,7 @@ impl Router {
             metrics,
             mqtt_queue,
             influx_queue,
+            sparkplug_queue,
             tap,
             told_about_points,
             told_about_messages,
@@ -168,6 +176,22 @@ impl Router {
                 }
             }
         }
+        // The edge node takes the points as well as InfluxDB.
+        let mut to_sparkplug = 0;
+        match (&routes.sparkplug, *sparkplug_queue) {
+            (Some(_), Some(index)) => {
+                for point in &emission.points {
+                    frame.push((index, record::point_to_vec(point)));
+                }
+                to_sparkplug = emission.points.len() as u64;
+            }
+            // Waits while its queue is full (backpressure).
+            (Some(sink), None) if !emission.points.is_empty() => {
+                sink.submit(emission.points.clone()).await;
+            }
+            _ => {}
+        }
+        let sparkplug_only = routes.sparkplug.is_some() && routes.points.is_none();
         for point in emission.points {
             match (&routes.points, *influx_queue) {
                 (Some(_), Some(index)) => {
@@ -180,7 +204,7 @@ impl Router {
                         metrics.sink_dropped(Sink::Influx, SinkDrop::WriterStopped);
                     }
                 }
-                (None, _) if tapped => {}
+                (None, _) if tapped || sparkplug_only => {}
                 (None, _) => {
                     metrics.sink_dropped(Sink::Influx, SinkDrop::NotConfigured);
                     if !*told_about_points {
@@ -200,6 +224,7 @@ impl Router {
             if !log.push_frame(frame, emission.ticket).await {
                 metrics.sink_dropped_by(Sink::Mqtt, SinkDrop::OutboxClosed, to_mqtt);
                 metrics.sink_dropped_by(Sink::Influx, SinkDrop::OutboxClosed, to_influx);
+                metrics.sink_dropped_by(Sink::Sparkplug, SinkDrop::OutboxClosed, to_sparkplug);
             }
         } else {
             // Nothing for the log: the writer need not wait for it.

@@ -618,7 +618,7 @@ fn check_config_messages_snapshot() {
   |
 4 | prot = 1
   | ^^^^
-unknown field `prot`, expected one of `host`, `port`, `client_id`, `protocol`, `session_expiry_secs`, `keep_alive_secs`, `max_payload_bytes`, `max_inflight`, `reconnect_min_ms`, `reconnect_max_ms`, `username`, `password_env`, `password_file`, `tls`, `status_topic_prefix`, `stats_interval_secs`, `queue_capacity`, `queue_full`, `durable`, `outbox`
+unknown field `prot`, expected one of `host`, `port`, `client_id`, `protocol`, `session_expiry_secs`, `keep_alive_secs`, `max_payload_bytes`, `max_inflight`, `reconnect_min_ms`, `reconnect_max_ms`, `username`, `password_env`, `password_file`, `tls`, `status_topic_prefix`, `stats_interval_secs`, `queue_capacity`, `queue_full`, `durable`, `outbox`, `sparkplug`
 
 ",
         ),

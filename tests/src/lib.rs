@@ -6,6 +6,8 @@
 //!   servers per test (ephemeral ports, temp dirs, stop/restart, killed on drop).
 //! * [`SluiceProcess`] — the real `sluice` binary as a child process.
 //! * [`mosquitto_sub`] — an independent subscriber (mosquitto's own client).
+//! * [`SparkplugHost`] — a Sparkplug B host application whose decoders the
+//!   project did not write (pysparkplug and Eclipse Tahu's, which must agree).
 //! * [`wasm`] — paths of the components built from `transforms/` and
 //!   `tests/guests/` by this crate's build script.
 
@@ -1339,15 +1341,15 @@ pub fn mosquitto_pub(port: u16, topic: &str, payload: &str, extra: &[&str]) {
     assert!(status.success(), "mosquitto_pub {topic} failed");
 }
 
-/// The Python with pymodbus: the venv `scripts/test.sh` makes, or
-/// `SLUICE_TEST_PYTHON`.
+/// The Python with pymodbus and pysparkplug: the venv `scripts/test.sh`
+/// makes, or `SLUICE_TEST_PYTHON`.
 fn test_python() -> PathBuf {
     let python = std::env::var_os("SLUICE_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/test-venv/bin/python"));
     assert!(
         python.is_file(),
-        "{} is missing: scripts/test.sh installs pymodbus there (or set SLUICE_TEST_PYTHON)",
+        "{} is missing: scripts/test.sh installs pymodbus and pysparkplug there (or set SLUICE_TEST_PYTHON)",
         python.display()
     );
     python
@@ -1481,5 +1483,134 @@ impl Drop for ModbusDevice {
             let _ = linker.kill();
             let _ = linker.wait();
         }
+    }
+}
+
+/// A Sparkplug B host application (`tests/support/sparkplug_host.py`):
+/// every message under `spBv1.0/<group>/` decoded by both pysparkplug and
+/// Eclipse Tahu's `sparkplug-payload` (which `scripts/test.sh` installs), one
+/// JSON object each; the script's docstring tells the format and the
+/// commands. Killed on drop.
+pub struct SparkplugHost {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    /// Message and error lines.
+    messages: std::sync::mpsc::Receiver<serde_json::Value>,
+    /// `ready` and `done` lines.
+    answers: std::sync::mpsc::Receiver<serde_json::Value>,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl SparkplugHost {
+    /// Connects to the broker on 127.0.0.1:`port`, subscribed to the group;
+    /// `host_id` gives it a STATE topic (and Will). Returns once subscribed.
+    pub fn start(port: u16, group: &str, host_id: Option<&str>) -> SparkplugHost {
+        Self::launch(port, group, host_id, None)
+    }
+
+    /// Like [`start`](Self::start) with a persistent session as client
+    /// `session`: the broker keeps what comes while the host is away (QoS 0
+    /// too with mosquitto's `queue_qos0_messages true`).
+    pub fn start_persistent(port: u16, group: &str, session: &str) -> SparkplugHost {
+        Self::launch(port, group, None, Some(session))
+    }
+
+    fn launch(
+        port: u16,
+        group: &str,
+        host_id: Option<&str>,
+        session: Option<&str>,
+    ) -> SparkplugHost {
+        use std::io::BufRead as _;
+        let stderr = tempfile::NamedTempFile::new().expect("temp file");
+        let mut command = Command::new(test_python());
+        command
+            .arg(repo_root().join("tests/support/sparkplug_host.py"))
+            .args(["--port", &port.to_string(), "--group", group]);
+        if let Some(host_id) = host_id {
+            command.args(["--host-id", host_id]);
+        }
+        if let Some(session) = session {
+            command.args(["--session", session]);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr.reopen().expect("reopen temp file"))
+            .spawn()
+            .expect("spawn sparkplug_host.py");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (message_tx, messages) = std::sync::mpsc::channel();
+        let (answer_tx, answers) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(
+                    |_| serde_json::json!({ "error": format!("not JSON: {line}") }),
+                );
+                let answer = value.get("ready").is_some() || value.get("done").is_some();
+                let sent = if answer {
+                    answer_tx.send(value)
+                } else {
+                    message_tx.send(value)
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+        });
+        let host = SparkplugHost {
+            child,
+            stdin,
+            messages,
+            answers,
+            stderr,
+        };
+        match host.answers.recv_timeout(Duration::from_secs(30)) {
+            Ok(ready) if ready["ready"] == true => host,
+            other => panic!(
+                "sparkplug_host.py did not get ready ({other:?}): {}",
+                host.stderr()
+            ),
+        }
+    }
+
+    /// Sends one command line (`online`, `rebirth edge1`, `ncmd ...`) and
+    /// waits until it is published; panics if the script refuses it.
+    pub fn command(&mut self, line: &str) {
+        use std::io::Write as _;
+        if let Err(error) = writeln!(self.stdin, "{line}").and_then(|()| self.stdin.flush()) {
+            panic!(
+                "sparkplug host: cannot send {line:?}: {error}; {}",
+                self.stderr()
+            );
+        }
+        let word = line.split_whitespace().next().unwrap_or_default();
+        match self.answers.recv_timeout(Duration::from_secs(20)) {
+            Ok(answer) if answer["done"] == word && answer.get("error").is_none() => {}
+            other => panic!(
+                "sparkplug host: {line:?} answered {other:?}; {}",
+                self.stderr()
+            ),
+        }
+    }
+
+    /// The next decoded message, or error line (`{"topic", "error"}`), to
+    /// arrive within `timeout`.
+    pub fn next_message(&mut self, timeout: Duration) -> Option<serde_json::Value> {
+        self.messages.recv_timeout(timeout).ok()
+    }
+
+    /// What the script wrote to stderr (for assertion messages).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for SparkplugHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -28,3 +28,4 @@ mod serial_pipelines;
 mod serial_replug;
 mod shutdown;
 mod smoke;
+mod sparkplug;

@@ -18,6 +18,7 @@ pub mod interpolate;
 mod limits;
 pub mod modbus;
 mod pipeline;
+pub mod sparkplug;
 
 use std::num::{NonZeroU16, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
@@ -184,6 +185,9 @@ pub struct MqttConfig {
     /// The outbox's bounds, full policy and fsync policy (`[mqtt.outbox]`).
     #[serde(default)]
     pub outbox: crate::outbox::OutboxConfig,
+    /// `[mqtt.sparkplug]`: also a Sparkplug B edge node (the points).
+    #[serde(default)]
+    pub sparkplug: Option<sparkplug::SparkplugConfig>,
 }
 
 /// The MQTT protocol version the sink speaks.
@@ -402,6 +406,9 @@ impl Config {
                     mqtt.status_topic_prefix
                 ));
             }
+            if let Some(sparkplug) = &mqtt.sparkplug {
+                problems.extend(sparkplug.validate());
+            }
             if let Some(tls) = &mqtt.tls {
                 if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
                     problems.push("mqtt.tls.client_cert_file: mutual TLS needs both client_cert_file and client_key_file".into());
@@ -470,6 +477,11 @@ impl Config {
         }
         if let Some(influx) = self.influx.as_ref().filter(|i| i.durable) {
             sinks.push((crate::model::Sink::Influx, influx.outbox.clone()));
+        }
+        if let Some(mqtt) = self.mqtt.as_ref().filter(|m| m.durable)
+            && let Some(sparkplug) = &mqtt.sparkplug
+        {
+            sinks.push((crate::model::Sink::Sparkplug, sparkplug.outbox.clone()));
         }
         sinks
     }

@@ -10,6 +10,7 @@
 
 pub mod modbus;
 pub mod serial;
+pub mod sparkplug;
 
 use std::sync::Mutex;
 
@@ -96,6 +97,8 @@ pub struct Metrics {
     serial: serial::SerialFamilies,
     /// Modbus pollers.
     modbus: modbus::ModbusFamilies,
+    /// The Sparkplug B edge node (`sluice_sparkplug_*`).
+    pub sparkplug: sparkplug::SparkplugMetrics,
 }
 
 impl Default for Metrics {
@@ -220,7 +223,9 @@ impl Metrics {
         let serial = serial::SerialFamilies::register(&mut registry);
         let modbus = modbus::ModbusFamilies::register(&mut registry);
         let hotswap = HotswapMetrics::register(&mut registry);
+        let sparkplug = sparkplug::SparkplugMetrics::register(&mut registry);
         Self {
+            sparkplug,
             hotswap,
             registry: Mutex::new(registry),
             frames_received,

@@ -9,6 +9,7 @@ pub mod durable;
 pub mod influx;
 pub mod mqtt;
 pub mod record;
+pub mod sparkplug;
 
 use std::path::PathBuf;
 use std::sync::Arc;

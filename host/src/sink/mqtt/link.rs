@@ -93,6 +93,65 @@ fn qos_v5(qos: Qos) -> rumqttc::v5::mqttbytes::QoS {
     }
 }
 
+/// What every connection to the `[mqtt]` broker shares: the credentials
+/// (username and password read from `password_env` / `password_file`) and
+/// the TLS transport, if configured.
+pub(crate) struct BrokerAccess {
+    /// Username and password.
+    pub credentials: Option<(String, String)>,
+    /// TLS (`None`: plain TCP).
+    pub transport: Option<Transport>,
+}
+
+impl BrokerAccess {
+    /// Reads the secrets and certificates `[mqtt]` names.
+    pub(crate) fn read(config: &MqttConfig) -> Result<BrokerAccess, MqttSetupError> {
+        let credentials = match &config.username {
+            Some(username) => {
+                let password = crate::secret::read_secret(
+                    "mqtt.password_env",
+                    &config.password_env,
+                    "mqtt.password_file",
+                    &config.password_file,
+                    &|var| std::env::var(var).ok(),
+                )?;
+                let password = password.map(|p| p.expose().to_owned()).unwrap_or_default();
+                Some((username.clone(), password))
+            }
+            None => None,
+        };
+        let transport = match &config.tls {
+            Some(tls) => {
+                let read = |key: &'static str, path: &std::path::Path| {
+                    std::fs::read(path).map_err(|source| MqttSetupError::ReadFile {
+                        key,
+                        path: path.display().to_string(),
+                        source,
+                    })
+                };
+                let ca = read("tls.ca_file", &tls.ca_file)?;
+                let client_auth = match (&tls.client_cert_file, &tls.client_key_file) {
+                    (Some(cert), Some(key)) => Some((
+                        read("tls.client_cert_file", cert)?,
+                        read("tls.client_key_file", key)?,
+                    )),
+                    _ => None,
+                };
+                Some(Transport::tls_with_config(TlsConfiguration::Simple {
+                    ca,
+                    alpn: None,
+                    client_auth,
+                }))
+            }
+            None => None,
+        };
+        Ok(BrokerAccess {
+            credentials,
+            transport,
+        })
+    }
+}
+
 /// Builds the event loop from `[mqtt]`, with a persistent
 /// session and `offline` (retained) as last will on `status_topic`.
 pub(super) fn connect(
@@ -100,45 +159,10 @@ pub(super) fn connect(
     client_id: String,
     status_topic: &str,
 ) -> Result<Link, MqttSetupError> {
-    let credentials = match &config.username {
-        Some(username) => {
-            let password = crate::secret::read_secret(
-                "mqtt.password_env",
-                &config.password_env,
-                "mqtt.password_file",
-                &config.password_file,
-                &|var| std::env::var(var).ok(),
-            )?;
-            let password = password.map(|p| p.expose().to_owned()).unwrap_or_default();
-            Some((username.clone(), password))
-        }
-        None => None,
-    };
-    let transport = match &config.tls {
-        Some(tls) => {
-            let read = |key: &'static str, path: &std::path::Path| {
-                std::fs::read(path).map_err(|source| MqttSetupError::ReadFile {
-                    key,
-                    path: path.display().to_string(),
-                    source,
-                })
-            };
-            let ca = read("tls.ca_file", &tls.ca_file)?;
-            let client_auth = match (&tls.client_cert_file, &tls.client_key_file) {
-                (Some(cert), Some(key)) => Some((
-                    read("tls.client_cert_file", cert)?,
-                    read("tls.client_key_file", key)?,
-                )),
-                _ => None,
-            };
-            Some(Transport::tls_with_config(TlsConfiguration::Simple {
-                ca,
-                alpn: None,
-                client_auth,
-            }))
-        }
-        None => None,
-    };
+    let BrokerAccess {
+        credentials,
+        transport,
+    } = BrokerAccess::read(config)?;
     let keep_alive = Duration::from_secs(u64::from(config.keep_alive_secs.get()));
     let max_packet = config
         .max_payload_bytes
@@ -204,7 +228,7 @@ pub(super) fn connect(
 /// TCP level (a QoS 0 message gets no MQTT reply to carry the ACK) waits
 /// for the peer's delayed ACK: measured 40 ms per QoS 1 message after a
 /// QoS 0 one.
-fn network_options() -> rumqttc::NetworkOptions {
+pub(crate) fn network_options() -> rumqttc::NetworkOptions {
     let mut options = rumqttc::NetworkOptions::new();
     options.set_tcp_nodelay(true);
     options

@@ -72,7 +72,7 @@
 
 mod commands;
 mod connection;
-mod link;
+pub(crate) mod link;
 mod tracker;
 
 use std::collections::VecDeque;
