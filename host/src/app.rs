@@ -356,6 +356,8 @@ async fn run_inner(
             durable,
         }
     };
+    // The edge node hands NCMD/DCMD metrics to the same pipelines.
+    let sparkplug_routes = routes.clone();
     let mqtt = match &config.mqtt {
         Some(mqtt_config) => {
             if config.data_dir.is_none() {
@@ -374,6 +376,7 @@ async fn run_inner(
                 mqtt_config,
                 sparkplug_config,
                 context(Sink::Sparkplug),
+                sparkplug_routes,
             )?)),
             None => None,
         },

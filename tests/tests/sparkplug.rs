@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sluice::pty::Pty;
 use sluice_tests::faultproxy::FaultProxy;
+use sluice_tests::serial::MasterReader;
 use sluice_tests::{Mosquitto, SluiceProcess, SparkplugHost, free_port, metric, repo_root, wasm};
 
 const GROUP: &str = "plant1";
@@ -563,4 +564,52 @@ fn points_written_but_never_read_by_the_broker_are_sent_again_after_the_births()
         rig.metric("sluice_sparkplug_resent_total") >= 1.0,
         "resent points not counted"
     );
+}
+
+#[test]
+fn device_commands_reach_the_serial_line_through_the_transform() {
+    let broker = Mosquitto::start();
+    let host = SparkplugHost::start(broker.port, GROUP, None);
+    let mut rig = Rig::start(host, broker.port, None);
+    let line = MasterReader::start(&rig.pty);
+    rig.feed(1..=2);
+    rig.wait(20, "frames 1-2", |m| has_all(m, 1..=2));
+    // DCMD metrics by name (pysparkplug's encoding: no datatype), through
+    // command_topic iiot/cmd/{device}/{metric} to json-telemetry.
+    rig.host
+        .command(&format!("dcmd {NODE} node1 interval Int64 30"));
+    rig.host
+        .command(&format!("dcmd {NODE} node2 label String \"boiler room\""));
+    rig.host
+        .command(&format!("dcmd {NODE} node1 led Boolean true"));
+    let want = [
+        r#"{"to":"n1","cmd":"interval","arg":30}"#,
+        r#"{"to":"n2","cmd":"label","arg":"boiler room"}"#,
+        r#"{"to":"n1","cmd":"led","arg":true}"#,
+    ];
+    let expected: usize = want.iter().map(|l| l.len() + 1).sum();
+    let written =
+        String::from_utf8(line.wait_for(expected, Duration::from_secs(10))).expect("utf-8");
+    assert_eq!(
+        written.lines().collect::<Vec<_>>(),
+        want,
+        "{}",
+        rig.node.sluice.log()
+    );
+    // A DCMD that does not decode is counted; the node goes on.
+    rig.host
+        .command(&format!("raw spBv1.0/{GROUP}/DCMD/{NODE}/node1 0aff"));
+    let dropped = "sluice_sparkplug_commands_dropped_total{reason=\"malformed\"}";
+    assert!(
+        sluice_tests::eventually_every(Duration::from_secs(10), Duration::from_millis(50), || {
+            rig.metric(dropped) >= 1.0
+        }),
+        "malformed DCMD not counted:\n{}",
+        rig.node.sluice.log()
+    );
+    rig.feed(3..=4);
+    rig.wait(10, "the node stopped after a malformed DCMD", |m| {
+        has_all(m, 3..=4)
+    });
+    check_session_rules(&rig);
 }

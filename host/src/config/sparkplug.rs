@@ -33,6 +33,14 @@ pub struct SparkplugConfig {
     /// environment variable with an empty default).
     #[serde(default)]
     pub primary_host_id: Option<String>,
+    /// Where NCMD and DCMD metrics go: each becomes a downlink command on
+    /// this topic (`{device}`: the device, or the edge node for NCMD;
+    /// `{metric}`: the metric's name), its value as JSON for the payload,
+    /// handed to the pipeline whose `[pipeline.downlink] topic` matches.
+    /// None: commands other than the rebirth request are counted and
+    /// ignored.
+    #[serde(default)]
+    pub command_topic: Option<String>,
     /// MQTT client id of the edge node's connection. Default: the `[mqtt]`
     /// client id with `-sparkplug` appended.
     #[serde(default)]
@@ -87,6 +95,20 @@ impl SparkplugConfig {
                 "mqtt.sparkplug.metric_name: \"{}\" must contain {{field}}, or the fields of a point would share one name",
                 self.metric_name
             ));
+        }
+        if let Some(topic) = &self.command_topic {
+            let example = topic
+                .replace("{device}", "device")
+                .replace("{metric}", "metric");
+            if !topic.contains("{metric}") {
+                problems.push(format!(
+                    "mqtt.sparkplug.command_topic: \"{topic}\" must contain {{metric}}"
+                ));
+            } else if crate::model::validate_topic(&example).is_err() {
+                problems.push(format!(
+                    "mqtt.sparkplug.command_topic: \"{topic}\" is not a valid topic"
+                ));
+            }
         }
         if let Err(problem) = MetricNaming::parse(&self.metric_name) {
             problems.push(format!("mqtt.sparkplug.metric_name: {problem}"));

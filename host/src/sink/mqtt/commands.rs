@@ -9,7 +9,7 @@ use crate::model::{DownlinkCommand, Qos};
 use crate::ratelimit::RateLimiter;
 
 /// Where the commands for one pipeline go (see the `sink::mqtt` docs).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CommandRoute {
     /// The pipeline (logs).
     pub pipeline: String,
@@ -26,18 +26,21 @@ pub struct CommandRoute {
 }
 
 /// Hands an incoming publish to every pipeline whose filter matches, without
-/// waiting (this runs in the task that polls the event loop).
-pub(super) fn route_command(
+/// waiting (this runs in the task that polls the event loop). Returns how
+/// many pipelines' filters matched.
+pub(crate) fn route_command(
     routes: &[CommandRoute],
     topic: &str,
     payload: &[u8],
     retain: bool,
     warnings: &mut RateLimiter,
-) {
+) -> usize {
+    let mut matched = 0;
     for route in routes {
         if !crate::model::topic_matches_filter(topic, &route.filter) {
             continue;
         }
+        matched += 1;
         if retain && !route.accept_retained {
             route.metrics.downlink_dropped(DownlinkDrop::Retained);
             if let Some(suppressed) = warnings.check() {
@@ -66,4 +69,5 @@ pub(super) fn route_command(
             }
         }
     }
+    matched
 }

@@ -368,7 +368,9 @@ fn apply(shared: &Shared, event: LinkEvent, warnings: &mut RateLimiter) -> bool 
             topic,
             payload,
             retain,
-        } => route_command(&shared.routes, &topic, &payload, retain, warnings),
+        } => {
+            route_command(&shared.routes, &topic, &payload, retain, warnings);
+        }
         LinkEvent::SubAck(granted) => {
             for (granted, route) in granted.iter().zip(&shared.routes) {
                 if *granted {

@@ -70,7 +70,7 @@
 //! The protocol differences live in `link.rs`, the connection task in
 //! `connection.rs`, the routing of downlink commands in `commands.rs`.
 
-mod commands;
+pub(crate) mod commands;
 mod connection;
 pub(crate) mod link;
 mod tracker;

@@ -31,6 +31,7 @@ use crate::config::MqttConfig;
 use crate::config::sparkplug::SparkplugConfig;
 use crate::model::Point;
 use crate::sink::SinkContext;
+use crate::sink::mqtt::CommandRoute;
 pub use queue::Queue;
 
 /// A running edge node.
@@ -42,11 +43,13 @@ pub struct SparkplugSink {
 
 impl SparkplugSink {
     /// Starts the edge node's session task (it connects, and reconnects,
-    /// on its own).
+    /// on its own). NCMD/DCMD metrics go to the pipelines of `routes` (see
+    /// `command_topic`).
     pub fn start(
         mqtt: &MqttConfig,
         config: &SparkplugConfig,
         context: SinkContext,
+        routes: Vec<CommandRoute>,
     ) -> anyhow::Result<SparkplugSink> {
         let queue = match &context.durable {
             Some(durable) => Queue::durable(durable.clone(), context.metrics.clone()),
@@ -59,6 +62,7 @@ impl SparkplugSink {
             queue.clone(),
             context.metrics.clone(),
             context.data_dir.as_deref(),
+            routes,
         )?;
         let task = tokio::spawn(session.run(stop.clone()));
         Ok(SparkplugSink { queue, stop, task })

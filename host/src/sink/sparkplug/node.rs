@@ -347,6 +347,30 @@ impl EdgeNode {
         (&self.naming, set, &mut self.next_alias)
     }
 
+    /// A metric this node declared, by name or alias: its name and type.
+    /// `device` `None` is the edge node itself.
+    pub fn declared(
+        &self,
+        device: Option<&str>,
+        name: Option<&str>,
+        alias: Option<u64>,
+    ) -> Option<(String, DataType)> {
+        let set = match device {
+            None => &self.node,
+            Some(device) => &self.devices.iter().find(|(d, _)| d == device)?.1,
+        };
+        let known = match name {
+            Some(name) => &set.metrics[*set.by_name.get(name)?],
+            None => set.metrics.iter().find(|m| Some(m.alias) == alias)?,
+        };
+        Some((known.name.clone(), known.datatype))
+    }
+
+    /// The edge node's id.
+    pub fn edge_node_id(&self) -> &str {
+        &self.edge_node_id
+    }
+
     /// The device a point belongs to (created on first sight), or the node.
     fn target_of(&mut self, point: &Point) -> Target {
         let Some((_, value)) = point

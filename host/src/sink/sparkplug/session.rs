@@ -24,12 +24,15 @@ use rumqttc::{Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS, 
 use tokio_util::sync::CancellationToken;
 
 use super::node::{EdgeNode, NAMESPACE, Outgoing as Message, REBIRTH, Sample};
-use super::proto::{Payload, Value};
+use super::proto::{DataType, Metric, Payload, Value};
 use super::queue::Queue;
 use crate::backoff::Backoff;
 use crate::config::MqttConfig;
 use crate::config::sparkplug::SparkplugConfig;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::sink::mqtt::CommandRoute;
+use crate::sink::mqtt::commands::route_command;
 use crate::sink::mqtt::link::{BrokerAccess, network_options};
 
 /// Points read from the queue per batch (one confirmation each).
@@ -70,6 +73,11 @@ pub(super) struct Session {
     bd_seq_file: Option<PathBuf>,
     /// The `bdSeq` of the next connection.
     bd_seq: u8,
+    /// `command_topic`: where NCMD/DCMD metrics go as downlink commands.
+    command_topic: Option<String>,
+    /// The pipelines' downlink routes.
+    routes: Vec<CommandRoute>,
+    warnings: RateLimiter,
 }
 
 /// What the session tracks of the data it sent.
@@ -94,6 +102,7 @@ impl Session {
         queue: Queue,
         metrics: Arc<Metrics>,
         data_dir: Option<&Path>,
+        routes: Vec<CommandRoute>,
     ) -> anyhow::Result<Session> {
         let node = EdgeNode::new(config).map_err(|e| anyhow::anyhow!("mqtt.sparkplug: {e}"))?;
         let access = BrokerAccess::read(mqtt)?;
@@ -138,6 +147,9 @@ impl Session {
                 .map(|host| format!("{NAMESPACE}/STATE/{host}")),
             bd_seq_file,
             bd_seq,
+            command_topic: config.command_topic.clone(),
+            routes,
+            warnings: RateLimiter::new(5, Duration::from_secs(10)),
         })
     }
 
@@ -216,13 +228,10 @@ impl Session {
                             }
                             _ => {}
                         }
-                    } else if publish.topic == self.command_filters[0] {
-                        if self.node_command(&publish.payload) && phase == Phase::Online {
-                            self.rebirth();
-                        }
-                    } else {
-                        // DCMD: routed to pipelines in a later step.
-                        self.metrics.sparkplug.command_dropped("not_routed");
+                    } else if self.command(&publish.topic, &publish.payload)
+                        && phase == Phase::Online
+                    {
+                        self.rebirth();
                     }
                 }
                 Ok(Event::Incoming(Incoming::UnsubAck(_))) => self.confirmed(&mut delivery),
@@ -399,23 +408,76 @@ impl Session {
         self.bd_seq = self.bd_seq.wrapping_add(1);
     }
 
-    /// An NCMD: true if it asks for a rebirth. A payload that does not
-    /// decode, and metrics this node does not act on, are counted.
-    fn node_command(&self, payload: &[u8]) -> bool {
+    /// An NCMD or DCMD: true if it asks for a rebirth. The other metrics
+    /// go to the pipelines as downlink commands. A payload that does not
+    /// decode, and metrics that go nowhere, are counted.
+    fn command(&mut self, topic: &str, payload: &[u8]) -> bool {
+        // NCMD, or DCMD for the device its last level names.
+        let device = (topic != self.command_filters[0])
+            .then(|| topic.rsplit('/').next())
+            .flatten();
         let Ok(command) = Payload::decode(payload) else {
             self.metrics.sparkplug.command_dropped("malformed");
-            tracing::warn!("Sparkplug: an NCMD payload that does not decode is ignored");
+            if let Some(suppressed) = self.warnings.check() {
+                tracing::warn!(
+                    topic,
+                    suppressed,
+                    "Sparkplug: a command that does not decode is ignored"
+                );
+            }
             return false;
         };
         let mut rebirth = false;
         for metric in &command.metrics {
-            match (metric.name.as_deref(), &metric.value) {
-                (Some(REBIRTH), Some(Value::Boolean(true))) => rebirth = true,
-                (Some(REBIRTH), _) => self.metrics.sparkplug.command_dropped("malformed"),
-                _ => self.metrics.sparkplug.command_dropped("not_routed"),
+            if device.is_none() && metric.name.as_deref() == Some(REBIRTH) {
+                match metric.value {
+                    Some(Value::Boolean(true)) => rebirth = true,
+                    _ => self.metrics.sparkplug.command_dropped("malformed"),
+                }
+                continue;
+            }
+            if let Err(reason) = self.downlink(device, metric) {
+                self.metrics.sparkplug.command_dropped(reason);
+                if let Some(suppressed) = self.warnings.check() {
+                    tracing::warn!(topic, metric = ?metric.name, reason, suppressed,
+                        "Sparkplug: a command metric is not acted on");
+                }
             }
         }
         rebirth
+    }
+
+    /// Hands one command metric to the pipelines: on `command_topic`, its
+    /// value as JSON. Typed by the command, else by this node's birth.
+    fn downlink(&mut self, device: Option<&str>, metric: &Metric) -> Result<(), &'static str> {
+        let template = self.command_topic.as_ref().ok_or("not_routed")?;
+        let declared = self
+            .node
+            .declared(device, metric.name.as_deref(), metric.alias);
+        let name = match (&metric.name, &declared) {
+            (Some(name), _) => name.clone(),
+            (None, Some((name, _))) => name.clone(),
+            (None, None) => return Err("unknown_metric"),
+        };
+        let datatype = metric
+            .datatype
+            .and_then(DataType::from_number)
+            .or(declared.map(|(_, datatype)| datatype));
+        let payload = json_value(metric, datatype).ok_or("unsupported_value")?;
+        let topic = template
+            .replace("{device}", device.unwrap_or(self.node.edge_node_id()))
+            .replace("{metric}", &name);
+        crate::model::validate_topic(&topic).map_err(|_| "invalid_topic")?;
+        match route_command(
+            &self.routes,
+            &topic,
+            payload.as_bytes(),
+            false,
+            &mut self.warnings,
+        ) {
+            0 => Err("no_pipeline"),
+            _ => Ok(()),
+        }
     }
 
     fn publish_all(&mut self, messages: Vec<Message>) {
@@ -459,6 +521,30 @@ fn host_state(payload: &[u8], seen: Option<(bool, u64)>) -> Option<(bool, u64)> 
     Some((state.online, state.timestamp))
 }
 
+/// A command metric's value as JSON: integers with the sign their type
+/// gives them (Sparkplug carries them unsigned), null for `is_null`; none
+/// for bytes and numbers JSON cannot write (NaN, infinities).
+fn json_value(metric: &Metric, datatype: Option<DataType>) -> Option<String> {
+    use DataType::{Int8, Int16, Int32, Int64};
+    if metric.is_null == Some(true) {
+        return Some("null".into());
+    }
+    let float = |v: f64| serde_json::Number::from_f64(v).map(|n| n.to_string());
+    Some(match (metric.value.as_ref()?, datatype) {
+        (Value::Boolean(b), _) => b.to_string(),
+        (Value::Int(v), Some(Int8)) => (*v as i8).to_string(),
+        (Value::Int(v), Some(Int16)) => (*v as i16).to_string(),
+        (Value::Int(v), Some(Int32)) => (*v as i32).to_string(),
+        (Value::Int(v), _) => v.to_string(),
+        (Value::Long(v), Some(Int64)) => (*v as i64).to_string(),
+        (Value::Long(v), _) => v.to_string(),
+        (Value::Float(v), _) => float(f64::from(*v))?,
+        (Value::Double(v), _) => float(*v)?,
+        (Value::String(text), _) => serde_json::Value::from(text.as_str()).to_string(),
+        (Value::Bytes(_), _) => return None,
+    })
+}
+
 fn write_bd_seq(path: &Path, bd_seq: u8) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -466,4 +552,76 @@ fn write_bd_seq(path: &Path, bd_seq: u8) -> std::io::Result<()> {
     let temporary = path.with_extension("tmp");
     std::fs::write(&temporary, format!("{bd_seq}\n"))?;
     std::fs::rename(&temporary, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(value: Value, datatype: Option<DataType>) -> (Metric, Option<DataType>) {
+        let metric = Metric {
+            value: Some(value),
+            ..Metric::default()
+        };
+        (metric, datatype)
+    }
+
+    #[test]
+    fn command_values_become_json_with_the_sign_their_type_gives_them() {
+        let cases = [
+            (metric(Value::Int(253), Some(DataType::Int8)), Some("-3")),
+            (
+                metric(Value::Int(0xFFFF_FFFD), Some(DataType::Int8)),
+                Some("-3"),
+            ),
+            (
+                metric(Value::Int(0xFFFF_FFFD), Some(DataType::Int32)),
+                Some("-3"),
+            ),
+            (metric(Value::Int(253), Some(DataType::UInt8)), Some("253")),
+            (
+                metric(Value::Long(u64::MAX - 2), Some(DataType::Int64)),
+                Some("-3"),
+            ),
+            (
+                metric(Value::Long(u64::MAX), None),
+                Some("18446744073709551615"),
+            ),
+            (metric(Value::Double(2.5), None), Some("2.5")),
+            (metric(Value::Double(f64::NAN), None), None),
+            (metric(Value::Boolean(true), None), Some("true")),
+            (
+                metric(Value::String("a \"b\"".into()), None),
+                Some(r#""a \"b\"""#),
+            ),
+            (metric(Value::Bytes(vec![1]), None), None),
+        ];
+        for ((metric, datatype), want) in cases {
+            assert_eq!(
+                json_value(&metric, datatype).as_deref(),
+                want,
+                "{:?} as {datatype:?}",
+                metric.value
+            );
+        }
+        let null = Metric {
+            is_null: Some(true),
+            ..Metric::default()
+        };
+        assert_eq!(json_value(&null, None).as_deref(), Some("null"));
+    }
+
+    #[test]
+    fn a_stale_or_unreadable_state_is_ignored() {
+        let state = |online: bool, timestamp: u64| {
+            format!(r#"{{"online":{online},"timestamp":{timestamp}}}"#).into_bytes()
+        };
+        assert_eq!(host_state(&state(true, 5), None), Some((true, 5)));
+        assert_eq!(host_state(&state(false, 4), Some((true, 5))), None);
+        assert_eq!(
+            host_state(&state(false, 6), Some((true, 5))),
+            Some((false, 6))
+        );
+        assert_eq!(host_state(b"ONLINE", None), None);
+    }
 }
