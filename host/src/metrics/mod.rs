@@ -510,7 +510,8 @@ pub enum SinkDrop {
     /// Line protocol cannot say it exactly (the encoder's reason, e.g.
     /// `empty_measurement`): a dead letter.
     Unencodable(&'static str),
-    /// Larger than the InfluxDB server accepts in one request.
+    /// Larger than the server takes: an InfluxDB request, a Sparkplug
+    /// message over `mqtt.max_payload_bytes`.
     TooLarge,
     /// Still undelivered to InfluxDB when the shutdown deadline came.
     ShutdownUndelivered,

@@ -24,7 +24,7 @@ use crate::model::Qos;
 
 /// Bytes allowed in a PUBLISH packet beyond the payload: fixed header,
 /// topic (up to 65535 + 2 length bytes), packet id and (MQTT 5) properties.
-pub(super) const PACKET_OVERHEAD: usize = 65_535 + 16;
+pub(crate) const PACKET_OVERHEAD: usize = 65_535 + 16;
 
 /// The event loop. The sink puts its requests straight into its `pending`
 /// queue; rumqttc's request channel stays unused (the client half is

@@ -25,6 +25,9 @@ pub const REBIRTH: &str = "Node Control/Rebirth";
 pub const BD_SEQ: &str = "bdSeq";
 /// Most metrics in one data message.
 const MAX_METRICS_PER_MESSAGE: usize = 256;
+/// Points share a data message while it stays below this many bytes (well
+/// below the default `mqtt.max_payload_bytes`).
+const MAX_SHARED_MESSAGE_BYTES: usize = 64 << 10;
 
 /// A message to publish (QoS 0, not retained, as Sparkplug wants births and
 /// data).
@@ -86,6 +89,8 @@ enum Target {
 struct Pending {
     target: Target,
     metrics: Vec<Metric>,
+    /// The metrics' encoded size.
+    bytes: usize,
 }
 
 impl EdgeNode {
@@ -302,9 +307,11 @@ impl EdgeNode {
             if data.is_empty() {
                 continue;
             }
+            let bytes: usize = data.iter().map(|m| m.encoded_len() + 4).sum();
             let fits = pending.as_ref().is_some_and(|p| {
                 p.target == target
                     && p.metrics.len() + data.len() <= MAX_METRICS_PER_MESSAGE
+                    && p.bytes + bytes <= MAX_SHARED_MESSAGE_BYTES
                     && !data
                         .iter()
                         .any(|m| p.metrics.iter().any(|q| q.alias == m.alias))
@@ -313,11 +320,15 @@ impl EdgeNode {
                 out.push(self.data_message(message, now));
             }
             match &mut pending {
-                Some(message) => message.metrics.extend(data),
+                Some(message) => {
+                    message.metrics.extend(data);
+                    message.bytes += bytes;
+                }
                 None => {
                     pending = Some(Pending {
                         target,
                         metrics: data,
+                        bytes,
                     })
                 }
             }

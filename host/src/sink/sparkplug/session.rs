@@ -29,11 +29,12 @@ use super::queue::Queue;
 use crate::backoff::Backoff;
 use crate::config::MqttConfig;
 use crate::config::sparkplug::SparkplugConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SinkDrop};
+use crate::model::Sink;
 use crate::ratelimit::RateLimiter;
 use crate::sink::mqtt::CommandRoute;
 use crate::sink::mqtt::commands::route_command;
-use crate::sink::mqtt::link::{BrokerAccess, network_options};
+use crate::sink::mqtt::link::{BrokerAccess, PACKET_OVERHEAD, network_options};
 
 /// Points read from the queue per batch (one confirmation each).
 const BATCH: usize = 256;
@@ -77,6 +78,9 @@ pub(super) struct Session {
     command_topic: Option<String>,
     /// The pipelines' downlink routes.
     routes: Vec<CommandRoute>,
+    /// `[mqtt] max_payload_bytes`: larger messages are not sent (rumqttc
+    /// would fail the connection on them, again after every reconnect).
+    max_payload: usize,
     warnings: RateLimiter,
 }
 
@@ -111,6 +115,9 @@ impl Session {
         options.set_keep_alive(Duration::from_secs(u64::from(mqtt.keep_alive_secs.get())));
         // Sparkplug 3.0: an edge node's session is clean.
         options.set_clean_session(true);
+        let max_payload = mqtt.max_payload_bytes.get();
+        let max_packet = max_payload.saturating_add(PACKET_OVERHEAD);
+        options.set_max_packet_size(max_packet, max_packet);
         if let Some((username, password)) = access.credentials {
             options.set_credentials(username, password);
         }
@@ -149,6 +156,7 @@ impl Session {
             bd_seq,
             command_topic: config.command_topic.clone(),
             routes,
+            max_payload,
             warnings: RateLimiter::new(5, Duration::from_secs(10)),
         })
     }
@@ -482,9 +490,17 @@ impl Session {
 
     fn publish_all(&mut self, messages: Vec<Message>) {
         for message in messages {
-            if let Some(kind) = message.topic.split('/').nth(2) {
-                self.metrics.sparkplug.published(kind);
+            let kind = message.topic.split('/').nth(2).unwrap_or_default();
+            if message.payload.len() > self.max_payload {
+                // Counted per message: its points are not told apart here.
+                self.metrics
+                    .sink_dropped(Sink::Sparkplug, SinkDrop::TooLarge);
+                tracing::error!(topic = %message.topic, bytes = message.payload.len(),
+                    max = self.max_payload,
+                    "Sparkplug: a {kind} larger than mqtt.max_payload_bytes is not sent");
+                continue;
             }
+            self.metrics.sparkplug.published(kind);
             let publish = rumqttc::Publish::from_bytes(
                 message.topic,
                 QoS::AtMostOnce,
