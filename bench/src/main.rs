@@ -25,6 +25,7 @@ mod modbus;
 mod procfs;
 mod report;
 mod run;
+mod sparkplug;
 mod subscriber;
 mod sut;
 mod svg;

@@ -618,6 +618,15 @@ pub fn run_line(r: &RunResult) -> String {
             s.cpu_cores * 100.0,
             if s.kept_up { "" } else { " (not kept up)" }
         );
+        if let Some(sparkplug) = s.sparkplug_latency {
+            let _ = write!(
+                line,
+                ", Sparkplug {}/{} frames, p99 {} ms",
+                sparkplug.n,
+                s.frames_written,
+                num(Some(sparkplug.p99), 2)
+            );
+        }
     }
     if let Some(c) = &r.influx {
         let _ = write!(

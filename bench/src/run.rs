@@ -153,6 +153,9 @@ pub struct StepResult {
     pub kept_up: bool,
     /// Write → last message of the frame.
     pub latency: Option<Percentiles>,
+    /// Write → the frame's Sparkplug data (only with a Sparkplug edge node).
+    #[serde(default)]
+    pub sparkplug_latency: Option<Percentiles>,
     /// CPU seconds of the system under test over the step.
     pub cpu_secs: f64,
     /// CPU microseconds per complete frame.
@@ -610,6 +613,16 @@ fn measure(
     );
     let wall = (t1 - t0) as f64 / 1e9;
 
+    let mut sparkplug_ns: Vec<u64> = sub.with(|c| {
+        times
+            .iter()
+            .enumerate()
+            .filter_map(|(k, &written_at)| {
+                let done = c.sparkplug_done_ns[c.index(first_seq + k as u64)];
+                (done != 0).then(|| done.saturating_sub(written_at))
+            })
+            .collect()
+    });
     let (received, surplus, complete, last_done, latencies) = sub.with(|c| {
         let mut received = 0u64;
         let mut surplus = 0u64;
@@ -689,6 +702,7 @@ fn measure(
         late_ms,
         kept_up,
         latency,
+        sparkplug_latency: Percentiles::of(&mut sparkplug_ns),
         cpu_secs,
         cpu_us_per_frame: if complete > 0 {
             cpu_secs * 1e6 / complete as f64

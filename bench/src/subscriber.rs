@@ -13,6 +13,11 @@
 //! Retained messages (delivered at subscribe time, left by an earlier
 //! system under test) are skipped: live messages reach an existing
 //! subscription with the retain flag clear (MQTT 3.1.1).
+//!
+//! It also subscribes to `spBv1.0/#` (QoS 0, as Sparkplug publishes): a
+//! frame's Sparkplug data is *complete* when the message carrying its
+//! `gateway_stats/seq` arrives (the edge node's NDATA, the frame's last
+//! message; the first frame's value comes in the births).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -22,6 +27,7 @@ use anyhow::{Context as _, Result, anyhow};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::feed::MESSAGES_PER_FRAME;
+use crate::sparkplug;
 use crate::util::mono_ns;
 
 const SEQ_TOPIC: &str = "iiot/stats/seq";
@@ -56,6 +62,10 @@ pub struct Collected {
     watch_completed: usize,
     /// Connection errors after the subscription was up.
     pub errors: Vec<String>,
+    /// When each frame's Sparkplug data arrived ([`mono_ns`]; 0 = not yet).
+    pub sparkplug_done_ns: Vec<u64>,
+    /// The alias of `gateway_stats/seq`, from the last birth declaring it.
+    sparkplug_seq_alias: Option<u64>,
 }
 
 impl Collected {
@@ -75,12 +85,18 @@ impl Collected {
             watch: 0..0,
             watch_completed: 0,
             errors: Vec::new(),
+            sparkplug_done_ns: vec![0; capacity],
+            sparkplug_seq_alias: None,
         }
     }
 
     fn record(&mut self, topic: &str, payload: &[u8], retain: bool, now: u64) {
         if retain {
             self.retained_skipped += 1;
+            return;
+        }
+        if topic.starts_with("spBv1.0/") {
+            self.record_sparkplug(payload, now);
             return;
         }
         self.last_ns = now;
@@ -111,6 +127,31 @@ impl Collected {
             }
         } else if u32::from(*count) > MESSAGES_PER_FRAME {
             self.surplus += 1;
+        }
+    }
+
+    /// A Sparkplug message: a birth names the alias of the frame's
+    /// sequence number; the metric with that alias marks its frame.
+    fn record_sparkplug(&mut self, payload: &[u8], now: u64) {
+        use prost::Message as _;
+        let Ok(payload) = sparkplug::Payload::decode(payload) else {
+            return;
+        };
+        for metric in payload.metrics {
+            if metric.name.as_deref() == Some(sparkplug::SEQ_METRIC) {
+                self.sparkplug_seq_alias = metric.alias;
+            } else if metric.alias.is_none() || metric.alias != self.sparkplug_seq_alias {
+                continue;
+            }
+            let frame = metric
+                .long_value
+                .and_then(|seq| seq.checked_sub(self.first_seq))
+                .and_then(|i| usize::try_from(i).ok());
+            if let Some(done) = frame.and_then(|i| self.sparkplug_done_ns.get_mut(i))
+                && *done == 0
+            {
+                *done = now;
+            }
         }
     }
 
@@ -263,7 +304,11 @@ async fn run(
     let mut network = eventloop.network_options();
     network.set_tcp_nodelay(true);
     eventloop.set_network_options(network);
-    if let Err(e) = client.subscribe("iiot/#", QoS::AtLeastOnce).await {
+    let filters = [
+        rumqttc::SubscribeFilter::new("iiot/#".into(), QoS::AtLeastOnce),
+        rumqttc::SubscribeFilter::new("spBv1.0/#".into(), QoS::AtMostOnce),
+    ];
+    if let Err(e) = client.subscribe_many(filters).await {
         let _ = ready.send(Err(format!("subscribe request: {e}")));
         return;
     }

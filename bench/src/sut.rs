@@ -57,6 +57,10 @@ pub enum Sut {
     /// The durable outbox with `fsync = "interval"` (one sync per
     /// `fsync_interval_ms`, 1 s): the setting for CPU and latency.
     SluiceDurableInterval,
+    /// sluice without the durable outbox, also a Sparkplug B edge node
+    /// (`[mqtt.sparkplug]`: the points as NBIRTH/DBIRTH/NDATA/DDATA on a
+    /// second connection).
+    SluiceSparkplug,
     /// Node-RED 4: serial in → function → mqtt out.
     NodeRed,
     /// pyserial + paho-mqtt script.
@@ -67,10 +71,11 @@ pub enum Sut {
 
 impl Sut {
     /// Every system, in report order.
-    pub const ALL: [Sut; 6] = [
+    pub const ALL: [Sut; 7] = [
         Sut::Sluice,
         Sut::SluiceDurable,
         Sut::SluiceDurableInterval,
+        Sut::SluiceSparkplug,
         Sut::NodeRed,
         Sut::Python,
         Sut::Bare,
@@ -82,6 +87,7 @@ impl Sut {
             Sut::Sluice => "sluice",
             Sut::SluiceDurable => "sluice + durable outbox",
             Sut::SluiceDurableInterval => "sluice + outbox, fsync interval",
+            Sut::SluiceSparkplug => "sluice + Sparkplug B edge node",
             Sut::NodeRed => "Node-RED 4",
             Sut::Python => "Python paho + pyserial",
             Sut::Bare => "bare rumqttc (ceiling)",
@@ -94,6 +100,7 @@ impl Sut {
             Sut::Sluice => "sluice",
             Sut::SluiceDurable => "sluice-durable",
             Sut::SluiceDurableInterval => "sluice-durable-interval",
+            Sut::SluiceSparkplug => "sluice-sparkplug",
             Sut::NodeRed => "node-red",
             Sut::Python => "python",
             Sut::Bare => "bare",
@@ -104,7 +111,7 @@ impl Sut {
     pub fn is_sluice(self) -> bool {
         matches!(
             self,
-            Sut::Sluice | Sut::SluiceDurable | Sut::SluiceDurableInterval
+            Sut::Sluice | Sut::SluiceDurable | Sut::SluiceDurableInterval | Sut::SluiceSparkplug
         )
     }
 
@@ -277,7 +284,13 @@ pub struct SluiceSinks<'a> {
     pub outbox_fsync: Option<&'a str>,
     /// InfluxDB as well.
     pub influx: Option<&'a InfluxTarget>,
+    /// A Sparkplug B edge node as well (group [`SPARKPLUG_GROUP`], the
+    /// client id as edge node id).
+    pub sparkplug: bool,
 }
+
+/// The Sparkplug group of the edge node a sluice under test runs.
+pub const SPARKPLUG_GROUP: &str = "sluice-bench";
 
 /// A generated `sluice run` config.
 pub fn sluice_config(
@@ -292,6 +305,7 @@ pub fn sluice_config(
         broker_port,
         outbox_fsync,
         influx,
+        sparkplug,
     } = sinks;
     let durable = outbox_fsync.is_some();
     let outbox = outbox_fsync
@@ -304,6 +318,12 @@ pub fn sluice_config(
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n",
         data = data_dir.display().to_string(),
     );
+    if sparkplug {
+        // After [admin]: a table of [mqtt] may come anywhere.
+        toml.push_str(&format!(
+            "\n[mqtt.sparkplug]\ngroup_id = {SPARKPLUG_GROUP:?}\nedge_node_id = \"{client_id}\"\n"
+        ));
+    }
     if let Some(influx) = influx {
         // Durable like MQTT, with the same fsync policy; the writer's
         // defaults otherwise: batches of 5000 lines or 1 s.
@@ -403,7 +423,7 @@ pub fn spawn(launch: Launch<'_>) -> Result<Proc> {
     let pty_path = || pty.context("this system under test reads a pty");
     let mut admin_port = None;
     let mut command = match sut {
-        Sut::Sluice | Sut::SluiceDurable | Sut::SluiceDurableInterval => {
+        Sut::Sluice | Sut::SluiceDurable | Sut::SluiceDurableInterval | Sut::SluiceSparkplug => {
             let port = crate::util::free_port()?;
             admin_port = Some(port);
             let data_dir = sluice_data_dir.unwrap_or_else(|| paths.sluice_data_dir());
@@ -423,6 +443,7 @@ pub fn spawn(launch: Launch<'_>) -> Result<Proc> {
                     broker_port,
                     outbox_fsync: sut.outbox_fsync(),
                     influx,
+                    sparkplug: sut == Sut::SluiceSparkplug,
                 },
                 &pipelines,
             );
@@ -680,6 +701,7 @@ mod tests {
                     broker_port: 1883,
                     outbox_fsync: fsync,
                     influx,
+                    sparkplug: false,
                 },
                 pipelines,
             )

@@ -515,6 +515,9 @@ pub enum SinkDrop {
     TooLarge,
     /// Still undelivered to InfluxDB when the shutdown deadline came.
     ShutdownUndelivered,
+    /// A Sparkplug value of a new device or metric beyond the edge node's
+    /// limits (1,000 devices, 10,000 metrics).
+    TooManyMetrics,
 }
 
 impl SinkDrop {
@@ -537,6 +540,7 @@ impl SinkDrop {
             SinkDrop::ServerRejected => "server_rejected",
             SinkDrop::TooLarge => "too_large",
             SinkDrop::ShutdownUndelivered => "shutdown_undelivered",
+            SinkDrop::TooManyMetrics => "too_many_metrics",
         };
         label.to_owned()
     }

@@ -28,6 +28,11 @@ const MAX_METRICS_PER_MESSAGE: usize = 256;
 /// Points share a data message while it stays below this many bytes (well
 /// below the default `mqtt.max_payload_bytes`).
 const MAX_SHARED_MESSAGE_BYTES: usize = 64 << 10;
+/// Devices and metrics the node keeps (births carry them all): a transform
+/// that names a new device or metric in every frame must not grow the host
+/// or its births without bound. What goes over is refused and counted.
+const MAX_DEVICES: usize = 1_000;
+const MAX_METRICS: usize = 10_000;
 
 /// A message to publish (QoS 0, not retained, as Sparkplug wants births and
 /// data).
@@ -61,6 +66,10 @@ pub struct EdgeNode {
     node: MetricSet,
     /// Devices in the order they appeared (births in that order).
     devices: Vec<(String, MetricSet)>,
+    /// Metrics known, all devices and the node together.
+    metric_count: usize,
+    /// Values refused since [`EdgeNode::take_refused`] (over the limits).
+    refused: u64,
 }
 
 #[derive(Default)]
@@ -107,6 +116,8 @@ impl EdgeNode {
             next_alias: 1,
             node: MetricSet::default(),
             devices: Vec::new(),
+            metric_count: 0,
+            refused: 0,
         })
     }
 
@@ -160,9 +171,17 @@ impl EdgeNode {
             payload: self.payload(now, metrics),
         }];
         for index in 0..self.devices.len() {
-            out.push(self.device_birth(index, now));
+            if !self.devices[index].1.metrics.is_empty() {
+                out.push(self.device_birth(index, now));
+            }
         }
         out
+    }
+
+    /// Values refused for the limits on devices and metrics since the last
+    /// call.
+    pub fn take_refused(&mut self) -> u64 {
+        std::mem::take(&mut self.refused)
     }
 
     fn device_birth(&mut self, index: usize, now: u64) -> Outgoing {
@@ -210,7 +229,9 @@ impl EdgeNode {
     fn run_length(&mut self, samples: &[Sample<'_>]) -> usize {
         let mut types: HashMap<(Target, String), DataType> = HashMap::new();
         for (index, sample) in samples.iter().enumerate() {
-            let target = self.target_of(sample.point);
+            let Some(target) = self.target_of(sample.point) else {
+                continue;
+            };
             for (field, value) in &sample.point.fields {
                 let name = self
                     .naming
@@ -238,9 +259,15 @@ impl EdgeNode {
         let mut node_born = false;
         let mut devices_born = Vec::new();
         for (index, sample) in samples.iter().enumerate() {
-            let target = self.target_of(sample.point);
+            let Some(target) = self.target_of(sample.point) else {
+                self.refused += sample.point.fields.len() as u64;
+                continue;
+            };
             let timestamp = timestamp_ms(sample.point, now);
+            let known = self.metric_count;
             let (naming, set, next_alias) = self.parts(&target);
+            let mut added = 0;
+            let mut refused = 0;
             for (field_index, (field, value)) in sample.point.fields.iter().enumerate() {
                 let name = naming.name(&sample.point.measurement, &sample.point.tags, field);
                 let (datatype, value) = typed(value);
@@ -253,7 +280,13 @@ impl EdgeNode {
                         known.timestamp = timestamp;
                         known.historical = sample.historical;
                     }
+                    None if known + added >= MAX_METRICS => {
+                        refused += 1;
+                        in_birth.insert((index, field_index));
+                        continue;
+                    }
                     None => {
+                        added += 1;
                         set.by_name.insert(name.clone(), set.metrics.len());
                         set.metrics.push(Known {
                             name,
@@ -275,6 +308,8 @@ impl EdgeNode {
                     Target::Device(_) => {}
                 }
             }
+            self.metric_count += added;
+            self.refused += refused;
         }
         if node_born {
             out.extend(self.births());
@@ -286,7 +321,9 @@ impl EdgeNode {
         // Data.
         let mut pending: Option<Pending> = None;
         for (index, sample) in samples.iter().enumerate() {
-            let target = self.target_of(sample.point);
+            let Some(target) = self.target_of(sample.point) else {
+                continue;
+            };
             let timestamp = timestamp_ms(sample.point, now);
             let (naming, set, _) = self.parts(&target);
             let mut data = Vec::with_capacity(sample.point.fields.len());
@@ -382,21 +419,23 @@ impl EdgeNode {
         &self.edge_node_id
     }
 
-    /// The device a point belongs to (created on first sight), or the node.
-    fn target_of(&mut self, point: &Point) -> Target {
+    /// The device a point belongs to (created on first sight), or the node;
+    /// none for a new device over [`MAX_DEVICES`].
+    fn target_of(&mut self, point: &Point) -> Option<Target> {
         let Some((_, value)) = point
             .tags
             .iter()
             .find(|(key, value)| *key == self.device_tag && !value.is_empty())
         else {
-            return Target::Node;
+            return Some(Target::Node);
         };
         let device = device_id(value);
         match self.devices.iter().position(|(d, _)| *d == device) {
-            Some(index) => Target::Device(index),
+            Some(index) => Some(Target::Device(index)),
+            None if self.devices.len() >= MAX_DEVICES => None,
             None => {
                 self.devices.push((device, MetricSet::default()));
-                Target::Device(self.devices.len() - 1)
+                Some(Target::Device(self.devices.len() - 1))
             }
         }
     }
@@ -655,6 +694,41 @@ mod tests {
         assert_eq!(dbirth.metrics[0].value, Some(Value::String("off".into())));
         let seqs: Vec<_> = out.iter().map(|o| decode(o).seq.expect("seq")).collect();
         assert_eq!(seqs, [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn devices_and_metrics_beyond_the_limits_are_refused_and_counted() {
+        let mut node = EdgeNode::new(&config()).expect("node");
+        node.births();
+        let many: Vec<Point> = (0..MAX_DEVICES + 5)
+            .map(|i| point(Some(&format!("d{i}")), &[("t", FieldValue::Float(1.0))], 1))
+            .collect();
+        let out = node.publish(live(&many));
+        assert_eq!(
+            out.len(),
+            MAX_DEVICES,
+            "a DBIRTH per device within the limit"
+        );
+        assert_eq!(node.take_refused(), 5);
+        assert_eq!(node.take_refused(), 0, "taken");
+        let wide = point(
+            None,
+            &(0..MAX_METRICS)
+                .map(|i| (format!("f{i}"), FieldValue::Int(1)))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect::<Vec<_>>(),
+            2,
+        );
+        node.publish(live(std::slice::from_ref(&wide)));
+        assert_eq!(
+            node.take_refused(),
+            MAX_DEVICES as u64,
+            "metrics over the limit"
+        );
+        let births = node.births();
+        assert_eq!(births.len(), 1 + MAX_DEVICES);
     }
 
     #[test]

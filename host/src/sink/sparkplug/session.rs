@@ -174,9 +174,7 @@ impl Session {
         loop {
             let stopping = stop.is_cancelled();
             if phase == Phase::Online {
-                if !stopping || delivery.barriers.len() < BATCHES_IN_FLIGHT {
-                    self.hand_over(&mut delivery);
-                }
+                self.hand_over(&mut delivery);
                 if stopping && delivery.unconfirmed.is_empty() && self.eventloop.pending.is_empty()
                 {
                     self.leave();
@@ -206,7 +204,16 @@ impl Session {
                     self.subscribe();
                     phase = Phase::Subscribing;
                 }
-                Ok(Event::Incoming(Incoming::SubAck(_))) if phase == Phase::Subscribing => {
+                Ok(Event::Incoming(Incoming::SubAck(ack))) if phase == Phase::Subscribing => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|code| matches!(code, rumqttc::SubscribeReasonCode::Failure))
+                    {
+                        tracing::error!(
+                            "Sparkplug: the broker refused a subscription (ACL?): no commands, and with a primary host no births, until it allows NCMD, DCMD and STATE"
+                        );
+                    }
                     // With a primary host, its retained STATE follows the
                     // SUBACK and decides.
                     if self.state_topic.is_none() || host_online.is_some_and(|(online, _)| online) {
@@ -369,6 +376,18 @@ impl Session {
             historical: item.seq < live_from,
         }));
         self.publish_all(messages);
+        let refused = self.node.take_refused();
+        if refused > 0 {
+            self.metrics
+                .sink_dropped_by(Sink::Sparkplug, SinkDrop::TooManyMetrics, refused);
+            if let Some(suppressed) = self.warnings.check() {
+                tracing::warn!(
+                    refused,
+                    suppressed,
+                    "Sparkplug: values of devices or metrics beyond the edge node's limits (1,000 devices, 10,000 metrics) are dropped"
+                );
+            }
+        }
         delivery
             .unconfirmed
             .extend(items.iter().map(|item| item.seq));
