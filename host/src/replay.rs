@@ -12,7 +12,8 @@
 //! SIGTERM, then exits.
 //!
 //! So that a replay can run next to the live host, it uses MQTT client id
-//! `<client_id>-replay` and state directory `<data_dir>/replay`.
+//! `<client_id>-replay` and state directory `<data_dir>/replay`, and runs
+//! no Sparkplug edge node (a second session of the live one would end it).
 //! `--stdout` prints what would leave the box as JSON lines instead of
 //! sending it.
 
@@ -96,6 +97,14 @@ fn replay_config(mut config: Config, files: &BTreeMap<String, Vec<PathBuf>>) -> 
     }
     if let Some(mqtt) = &mut config.mqtt {
         mqtt.client_id = Some(format!("{}-replay", mqtt.effective_client_id()));
+        // A second session of the live edge node would end the live one's
+        // (its births, and the NDEATH at the end): the edge node is the
+        // live host's alone.
+        if mqtt.sparkplug.take().is_some() {
+            tracing::info!(
+                "replay: the Sparkplug edge node is not started (it belongs to the live host); points go to the other sinks"
+            );
+        }
     }
     if let Some(dir) = &mut config.data_dir {
         *dir = dir.join("replay");
@@ -185,4 +194,33 @@ async fn print_run(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_runs_no_sparkplug_edge_node_and_its_own_client_id() {
+        let text = r#"
+            version = 1
+            [mqtt]
+            host = "127.0.0.1"
+            client_id = "gw"
+            [mqtt.sparkplug]
+            group_id = "plant"
+            edge_node_id = "gw1"
+            [[pipeline]]
+            name = "gateway"
+            [pipeline.serial]
+            path = "/dev/null"
+            [pipeline.transform]
+            module = "t.wasm"
+        "#;
+        let config = Config::parse(std::path::Path::new("t.toml"), text, |_| None).expect("parses");
+        let files = BTreeMap::from([("gateway".to_owned(), vec![PathBuf::from("a.cap")])]);
+        let mqtt = replay_config(config, &files).mqtt.expect("mqtt");
+        assert!(mqtt.sparkplug.is_none());
+        assert_eq!(mqtt.client_id.as_deref(), Some("gw-replay"));
+    }
 }
