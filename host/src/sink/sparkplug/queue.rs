@@ -51,7 +51,15 @@ struct MemoryItems {
     next_seq: u64,
 }
 
-/// Items read at most per call.
+impl Memory {
+    /// Tells the session that items were appended.
+    fn announce(&self) {
+        let next = lock(&self.items).next_seq;
+        self.appended.send_replace(next);
+    }
+}
+
+/// Bytes of records read at most per call.
 const READ_BYTES: usize = 4 << 20;
 
 impl Queue {
@@ -87,19 +95,21 @@ impl Queue {
             }
             Queue::Memory(memory) => {
                 for point in points {
+                    // Waiting for room: what is in already must be seen.
+                    if memory.space.available_permits() == 0 {
+                        memory.announce();
+                    }
                     // The semaphore is never closed.
                     if let Ok(permit) = memory.space.acquire().await {
                         permit.forget();
                     }
-                    let next = {
-                        let mut items = lock(&memory.items);
-                        let seq = items.next_seq;
-                        items.items.push_back((seq, point));
-                        items.next_seq += 1;
-                        items.next_seq
-                    };
-                    memory.appended.send_replace(next);
+                    let mut items = lock(&memory.items);
+                    let seq = items.next_seq;
+                    items.items.push_back((seq, point));
+                    items.next_seq += 1;
                 }
+                // One wake-up for the frame's points.
+                memory.announce();
             }
         }
     }
@@ -211,5 +221,46 @@ impl Queue {
                 left
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::FieldValue;
+
+    fn point(value: i64) -> Point {
+        Point {
+            measurement: "m".into(),
+            tags: Vec::new(),
+            fields: vec![("v".into(), FieldValue::Int(value))],
+            timestamp_ns: Some(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_memory_queue_waits_until_the_broker_confirms() {
+        let queue = Queue::in_memory(2, Arc::new(Metrics::new()));
+        let mut appended = queue.appended();
+        queue.push_all(vec![point(0), point(1)]).await;
+        assert!(appended.has_changed().expect("open"));
+        appended.borrow_and_update();
+        let pusher = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.push_all(vec![point(2)]).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            !pusher.is_finished(),
+            "a full queue makes the pipeline wait"
+        );
+        let read = queue.read_after(None, 10);
+        assert_eq!(read.iter().map(|i| i.seq).collect::<Vec<_>>(), [0, 1]);
+        queue.confirm([0]);
+        pusher.await.expect("pushed");
+        let read = queue.read_after(Some(0), 10);
+        assert_eq!(read.iter().map(|i| i.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(queue.next_seq(), 3);
+        assert_eq!(queue.close().await, 2, "left unconfirmed at shutdown");
     }
 }
