@@ -2,11 +2,11 @@
 //!
 //! Every pipeline's worker routes its frames' `Emission`s itself, with a
 //! [`Router`] of its own. Messages go to the MQTT sink and points to the
-//! InfluxDB writer (and to the Sparkplug edge node); for sinks that keep data on disk, the frame's records
-//! for all of them are pushed to the durable log as one unit (committed
-//! together, and the frame's ticket dropped after the commit). A tap, if
-//! any, gets a copy first. Adding a sink means a field in [`Routes`] and an
-//! arm here.
+//! InfluxDB writer and the Sparkplug edge node; for sinks that keep data on
+//! disk, the frame's records for all of them are pushed to the durable log
+//! as one unit (committed together, and the frame's ticket dropped after
+//! the commit). A tap, if any, gets a copy first. Adding a sink means a
+//! field in [`Routes`] and an arm here.
 
 use std::sync::Arc;
 
