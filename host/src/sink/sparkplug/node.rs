@@ -215,29 +215,35 @@ impl EdgeNode {
     /// splits them, so each value goes out under the type it has.
     pub fn publish<'a>(&mut self, samples: impl IntoIterator<Item = Sample<'a>>) -> Vec<Outgoing> {
         let samples: Vec<Sample<'a>> = samples.into_iter().collect();
+        let names: Vec<Vec<String>> = samples
+            .iter()
+            .map(|sample| {
+                let point = sample.point;
+                let name =
+                    |field: &String| self.naming.name(&point.measurement, &point.tags, field);
+                point.fields.iter().map(|(field, _)| name(field)).collect()
+            })
+            .collect();
         let mut out = Vec::new();
-        let mut rest = samples.as_slice();
-        while !rest.is_empty() {
-            let run = self.run_length(rest);
-            self.publish_run(&rest[..run], &mut out);
-            rest = &rest[run..];
+        let mut start = 0;
+        while start < samples.len() {
+            let end = start + self.run_length(&samples[start..], &names[start..]);
+            self.publish_run(&samples[start..end], &names[start..end], &mut out);
+            start = end;
         }
         out
     }
 
     /// How many of `samples` (at least one) use each metric under one type.
-    fn run_length(&mut self, samples: &[Sample<'_>]) -> usize {
-        let mut types: HashMap<(Target, String), DataType> = HashMap::new();
-        for (index, sample) in samples.iter().enumerate() {
+    fn run_length(&mut self, samples: &[Sample<'_>], names: &[Vec<String>]) -> usize {
+        let mut types: HashMap<(Target, &str), DataType> = HashMap::new();
+        for (index, (sample, names)) in samples.iter().zip(names).enumerate() {
             let Some(target) = self.target_of(sample.point) else {
                 continue;
             };
-            for (field, value) in &sample.point.fields {
-                let name = self
-                    .naming
-                    .name(&sample.point.measurement, &sample.point.tags, field);
+            for ((_, value), name) in sample.point.fields.iter().zip(names) {
                 let datatype = typed(value).0;
-                match types.entry((target.clone(), name)) {
+                match types.entry((target.clone(), name.as_str())) {
                     std::collections::hash_map::Entry::Occupied(seen) => {
                         if *seen.get() != datatype && index > 0 {
                             return index;
@@ -252,44 +258,53 @@ impl EdgeNode {
         samples.len()
     }
 
-    fn publish_run(&mut self, samples: &[Sample<'_>], out: &mut Vec<Outgoing>) {
+    fn publish_run(
+        &mut self,
+        samples: &[Sample<'_>],
+        names: &[Vec<String>],
+        out: &mut Vec<Outgoing>,
+    ) {
         let now = now_ms();
         // Births: what is new or changed its type, with the value that did.
-        let mut in_birth = std::collections::HashSet::new();
+        // For the rest, which metric each value is data of.
+        let mut data_of: Vec<(Option<Target>, Vec<Option<usize>>)> = Vec::new();
         let mut node_born = false;
         let mut devices_born = Vec::new();
-        for (index, sample) in samples.iter().enumerate() {
+        for (sample, names) in samples.iter().zip(names) {
             let Some(target) = self.target_of(sample.point) else {
                 self.refused += sample.point.fields.len() as u64;
+                data_of.push((None, Vec::new()));
                 continue;
             };
             let timestamp = timestamp_ms(sample.point, now);
-            let known = self.metric_count;
-            let (naming, set, next_alias) = self.parts(&target);
-            let mut added = 0;
-            let mut refused = 0;
-            for (field_index, (field, value)) in sample.point.fields.iter().enumerate() {
-                let name = naming.name(&sample.point.measurement, &sample.point.tags, field);
+            let known_metrics = self.metric_count;
+            let (set, next_alias) = self.parts(&target);
+            let (mut added, mut refused) = (0, 0);
+            let mut metrics = Vec::with_capacity(names.len());
+            for ((_, value), name) in sample.point.fields.iter().zip(names) {
                 let (datatype, value) = typed(value);
-                match set.by_name.get(&name) {
-                    Some(&known) if set.metrics[known].datatype == datatype => continue,
-                    Some(&known) => {
-                        let known = &mut set.metrics[known];
+                match set.by_name.get(name.as_str()) {
+                    Some(&index) if set.metrics[index].datatype == datatype => {
+                        metrics.push(Some(index));
+                        continue;
+                    }
+                    Some(&index) => {
+                        let known = &mut set.metrics[index];
                         known.datatype = datatype;
                         known.value = value;
                         known.timestamp = timestamp;
                         known.historical = sample.historical;
                     }
-                    None if known + added >= MAX_METRICS => {
+                    None if known_metrics + added >= MAX_METRICS => {
                         refused += 1;
-                        in_birth.insert((index, field_index));
+                        metrics.push(None);
                         continue;
                     }
                     None => {
                         added += 1;
                         set.by_name.insert(name.clone(), set.metrics.len());
                         set.metrics.push(Known {
-                            name,
+                            name: name.clone(),
                             alias: *next_alias,
                             datatype,
                             value,
@@ -299,7 +314,8 @@ impl EdgeNode {
                         *next_alias += 1;
                     }
                 }
-                in_birth.insert((index, field_index));
+                // In the birth.
+                metrics.push(None);
                 match target {
                     Target::Node => node_born = true,
                     Target::Device(device) if !devices_born.contains(&device) => {
@@ -310,6 +326,7 @@ impl EdgeNode {
             }
             self.metric_count += added;
             self.refused += refused;
+            data_of.push((Some(target), metrics));
         }
         if node_born {
             out.extend(self.births());
@@ -320,22 +337,18 @@ impl EdgeNode {
         }
         // Data.
         let mut pending: Option<Pending> = None;
-        for (index, sample) in samples.iter().enumerate() {
-            let Some(target) = self.target_of(sample.point) else {
+        for (sample, (target, metrics)) in samples.iter().zip(data_of) {
+            let Some(target) = target else {
                 continue;
             };
             let timestamp = timestamp_ms(sample.point, now);
-            let (naming, set, _) = self.parts(&target);
-            let mut data = Vec::with_capacity(sample.point.fields.len());
-            for (field_index, (field, value)) in sample.point.fields.iter().enumerate() {
-                if in_birth.contains(&(index, field_index)) {
-                    continue;
-                }
-                let name = naming.name(&sample.point.measurement, &sample.point.tags, field);
-                let Some(&known) = set.by_name.get(&name) else {
+            let (set, _) = self.parts(&target);
+            let mut data = Vec::with_capacity(metrics.len());
+            for ((_, value), index) in sample.point.fields.iter().zip(metrics) {
+                let Some(index) = index else {
                     continue;
                 };
-                let known = &mut set.metrics[known];
+                let known = &mut set.metrics[index];
                 known.value = typed(value).1;
                 known.timestamp = timestamp;
                 known.historical = sample.historical;
@@ -386,13 +399,13 @@ impl EdgeNode {
         }
     }
 
-    /// The naming, the metrics of `target` and the alias counter, at once.
-    fn parts(&mut self, target: &Target) -> (&MetricNaming, &mut MetricSet, &mut u64) {
+    /// The metrics of `target` and the alias counter, at once.
+    fn parts(&mut self, target: &Target) -> (&mut MetricSet, &mut u64) {
         let set = match target {
             Target::Node => &mut self.node,
             Target::Device(device) => &mut self.devices[*device].1,
         };
-        (&self.naming, set, &mut self.next_alias)
+        (set, &mut self.next_alias)
     }
 
     /// A metric this node declared, by name or alias: its name and type.
