@@ -30,6 +30,14 @@ fn frame(text: &str) -> Frame {
 }
 
 fn misbehave(runtime: &Runtime, config: &[(&str, &str)]) -> Result<TransformInstance, LoadError> {
+    misbehave_with(runtime, config, LIMITS)
+}
+
+fn misbehave_with(
+    runtime: &Runtime,
+    config: &[(&str, &str)],
+    limits: Limits,
+) -> Result<TransformInstance, LoadError> {
     let config: Vec<(String, String)> = config
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -37,7 +45,7 @@ fn misbehave(runtime: &Runtime, config: &[(&str, &str)]) -> Result<TransformInst
     runtime
         .load_file(wasm::MISBEHAVE.as_ref())
         .expect("misbehave loads")
-        .instantiate("misbehave", &config, LIMITS)
+        .instantiate("misbehave", &config, limits)
 }
 
 fn runtime() -> Runtime {
@@ -56,7 +64,14 @@ fn assert_ok_frame_works(instance: &mut TransformInstance, text: &str) {
 #[test]
 fn traps_cost_only_their_frame() {
     let runtime = runtime();
-    let mut instance = misbehave(&runtime, &[]).expect("init");
+    // A deadline no memory bomb reaches before the memory cap, even on a
+    // loaded CI machine (filling 16 MiB once took over 50 ms of CPU there);
+    // the spin still ends by it.
+    let limits = Limits {
+        call_timeout: Duration::from_millis(500),
+        ..LIMITS
+    };
+    let mut instance = misbehave_with(&runtime, &[], limits).expect("init");
     assert_ok_frame_works(&mut instance, "before");
     // A Rust guest keeps part of its stack in linear memory (the shadow
     // stack), so runaway recursion ends either in wasm stack exhaustion or in
