@@ -97,6 +97,9 @@ struct Delivery {
     barriers: VecDeque<Option<u64>>,
     /// Items below this sequence number waited for the births: historical.
     live_from: u64,
+    /// The queue's next sequence number when a read last found nothing
+    /// new: no read until it moves (a read of the log is not free).
+    exhausted_at: Option<u64>,
 }
 
 impl Session {
@@ -366,8 +369,14 @@ impl Session {
         if !self.eventloop.pending.is_empty() || delivery.barriers.len() >= BATCHES_IN_FLIGHT {
             return;
         }
+        let next = self.queue.next_seq();
+        if delivery.exhausted_at == Some(next) {
+            return;
+        }
         let items = self.queue.read_after(delivery.cursor, BATCH);
         let Some(last) = items.last().map(|item| item.seq) else {
+            // (A short read is not proof: a read also stops at a size.)
+            delivery.exhausted_at = Some(next);
             return;
         };
         let live_from = delivery.live_from;
@@ -431,6 +440,7 @@ impl Session {
         delivery.unconfirmed.clear();
         delivery.barriers.clear();
         delivery.cursor = delivery.confirmed;
+        delivery.exhausted_at = None;
         self.eventloop.pending.clear();
         self.bd_seq = self.bd_seq.wrapping_add(1);
     }
