@@ -127,7 +127,7 @@ impl Router {
 
     /// Sends one frame's outputs on; waits while a sink's queue is full
     /// (backpressure).
-    pub async fn route(&mut self, emission: Emission) {
+    pub async fn route(&mut self, mut emission: Emission) {
         let Router {
             routes,
             metrics,
@@ -187,7 +187,12 @@ impl Router {
             }
             // Waits while its queue is full (backpressure).
             (Some(sink), None) if !emission.points.is_empty() => {
-                sink.submit(emission.points.clone()).await;
+                // A copy only if InfluxDB takes them too.
+                let points = match routes.points {
+                    Some(_) => emission.points.clone(),
+                    None => std::mem::take(&mut emission.points),
+                };
+                sink.submit(points).await;
             }
             _ => {}
         }
