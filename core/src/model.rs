@@ -8,6 +8,9 @@
 
 use std::sync::Arc;
 
+pub use bytes::Bytes;
+pub use compact_str::CompactString;
+
 use crate::ticket::FrameTicket;
 
 /// One frame as split by a framer, before any transform saw it.
@@ -69,12 +72,18 @@ impl Qos {
 }
 
 /// A message bound for the MQTT broker.
+///
+/// Built so that turning a transform's output into messages costs no
+/// allocation per message: topics (like every name and text value here)
+/// are [`CompactString`]s, stored inline up to 24 bytes, and a payload is a
+/// view into the buffer the transform returned, alive until the last
+/// message of its frame is sent (at most the frame's output budget).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttMessage {
     /// Publish topic (validated by [`validate_topic`] before it is sent).
-    pub topic: String,
+    pub topic: CompactString,
     /// Payload bytes.
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     /// Quality of service.
     pub qos: Qos,
     /// Retain flag.
@@ -93,18 +102,18 @@ pub enum FieldValue {
     /// Boolean.
     Bool(bool),
     /// String.
-    Text(String),
+    Text(CompactString),
 }
 
 /// A point bound for InfluxDB.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
     /// Measurement name.
-    pub measurement: String,
+    pub measurement: CompactString,
     /// Tags in the order the transform gave them (the encoder sorts them).
-    pub tags: Vec<(String, String)>,
+    pub tags: Vec<(CompactString, CompactString)>,
     /// Fields; at least one is required.
-    pub fields: Vec<(String, FieldValue)>,
+    pub fields: Vec<(CompactString, FieldValue)>,
     /// Nanoseconds since the epoch; `None` means "the frame's receive time".
     pub timestamp_ns: Option<i64>,
 }
@@ -474,7 +483,7 @@ mod tests {
     fn payload_limit() {
         let msg = MqttMessage {
             topic: "t".into(),
-            payload: vec![0; 11],
+            payload: vec![0; 11].into(),
             qos: Qos::AtLeastOnce,
             retain: false,
         };
@@ -507,10 +516,10 @@ mod tests {
             "point_without_fields"
         );
         let mut empty_tag = ok.clone();
-        empty_tag.tags[0].1.clear();
+        empty_tag.tags[0].1 = "".into();
         assert_eq!(empty_tag.validate().unwrap_err().reason(), "empty_key");
         let mut empty_m = ok;
-        empty_m.measurement.clear();
+        empty_m.measurement = "".into();
         assert_eq!(
             empty_m.validate().unwrap_err().reason(),
             "empty_measurement"

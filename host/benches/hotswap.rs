@@ -77,7 +77,7 @@ struct Bench {
     hotswap: Arc<Hotswap>,
     modules: [Vec<u8>; 2],
     frames: tokio::sync::mpsc::Sender<Frame>,
-    outputs: std::sync::mpsc::Receiver<(Instant, String)>,
+    outputs: std::sync::mpsc::Receiver<(Instant, sluice::model::CompactString)>,
     tokio: tokio::runtime::Runtime,
     next_module: usize,
 }

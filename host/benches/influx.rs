@@ -36,7 +36,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn gateway_point(i: usize, t0: i64) -> Point {
     Point {
         measurement: "environment".into(),
-        tags: vec![("node".into(), format!("node{}", i % 2 + 1))],
+        tags: vec![("node".into(), format!("node{}", i % 2 + 1).into())],
         fields: vec![
             (
                 "temperature".into(),
@@ -60,7 +60,7 @@ fn escaped_point(i: usize) -> Point {
         fields: vec![
             (
                 "status".into(),
-                FieldValue::Text(format!("ok \"{i}\" \\ fine")),
+                FieldValue::Text(format!("ok \"{i}\" \\ fine").into()),
             ),
             ("rpm".into(), FieldValue::Int(1450 + i as i64 % 10)),
             ("running".into(), FieldValue::Bool(true)),

@@ -198,7 +198,7 @@ async fn sluice_sink(port: u16, level: u8, variant: &Variant) -> (f64, Vec<f64>)
     let sink = MqttSink::start(&config, context, Vec::new()).expect("sink");
     let message = |i: u64| MqttMessage {
         topic: "bench/sluice".into(),
-        payload: PAYLOAD.to_vec(),
+        payload: PAYLOAD.to_vec().into(),
         qos: qos_of(level, i).1,
         retain: false,
     };

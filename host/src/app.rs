@@ -630,8 +630,8 @@ async fn publish_stats(sink: Arc<MqttSink>, metrics: Arc<Metrics>, topic: String
         tick.tick().await;
         let payload = metrics.stats_json().to_string();
         sink.submit(MqttMessage {
-            topic: topic.clone(),
-            payload: payload.into_bytes(),
+            topic: topic.as_str().into(),
+            payload: payload.into_bytes().into(),
             qos: Qos::AtLeastOnce,
             retain: false,
         })

@@ -19,7 +19,7 @@ use crate::model::{FieldValue, MqttMessage, Point};
 pub fn message(m: &MqttMessage) -> Value {
     let mut obj = Map::new();
     obj.insert("kind".into(), "message".into());
-    obj.insert("topic".into(), m.topic.clone().into());
+    obj.insert("topic".into(), (*m.topic).into());
     match std::str::from_utf8(&m.payload) {
         Ok(text) => obj.insert("payload".into(), text.into()),
         Err(_) => obj.insert(
@@ -40,7 +40,7 @@ pub fn point(p: &Point) -> Value {
     let tags: Map<String, Value> = p
         .tags
         .iter()
-        .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+        .map(|(k, v)| (k.to_string(), Value::from(&**v)))
         .collect();
     let fields: Map<String, Value> = p
         .fields
@@ -54,7 +54,7 @@ pub fn point(p: &Point) -> Value {
                 FieldValue::Bool(b) => json!(b),
                 FieldValue::Text(s) => json!(s),
             };
-            (k.clone(), value)
+            (k.to_string(), value)
         })
         .collect();
     json!({
@@ -75,7 +75,7 @@ mod tests {
     fn message_payloads() {
         let mut m = MqttMessage {
             topic: "iiot/node1/temperature".into(),
-            payload: b"27.6".to_vec(),
+            payload: b"27.6".to_vec().into(),
             qos: Qos::AtLeastOnce,
             retain: true,
         };
@@ -83,7 +83,7 @@ mod tests {
             message(&m).to_string(),
             r#"{"kind":"message","topic":"iiot/node1/temperature","payload":"27.6","qos":1,"retain":true}"#
         );
-        m.payload = vec![0xff, 0x00];
+        m.payload = vec![0xff, 0x00].into();
         assert_eq!(message(&m)["payload_base64"], "/wA=");
         assert!(message(&m).get("payload").is_none());
     }

@@ -483,8 +483,8 @@ impl From<WitOutputV01> for TransformOutput {
                 .0
                 .into_iter()
                 .map(|m| model::MqttMessage {
-                    topic: m.topic.0,
-                    payload: m.payload.0,
+                    topic: m.topic.0.into(),
+                    payload: m.payload.0.into(),
                     qos: match m.qos {
                         WitQos::AtMostOnce => model::Qos::AtMostOnce,
                         WitQos::AtLeastOnce => model::Qos::AtLeastOnce,
@@ -498,8 +498,10 @@ impl From<WitOutputV01> for TransformOutput {
                 .0
                 .into_iter()
                 .map(|p| model::Point {
-                    measurement: p.measurement.0,
-                    tags: p.tags.0.into_iter().map(|t| (t.key.0, t.value.0)).collect(),
+                    measurement: p.measurement.0.into(),
+                    tags: (p.tags.0.into_iter())
+                        .map(|t| (t.key.0.into(), t.value.0.into()))
+                        .collect(),
                     fields: p
                         .fields
                         .0
@@ -510,9 +512,9 @@ impl From<WitOutputV01> for TransformOutput {
                                 WitFieldValue::Int(v) => model::FieldValue::Int(v),
                                 WitFieldValue::Uint(v) => model::FieldValue::UInt(v),
                                 WitFieldValue::Boolean(v) => model::FieldValue::Bool(v),
-                                WitFieldValue::Text(t) => model::FieldValue::Text(t.0),
+                                WitFieldValue::Text(t) => model::FieldValue::Text(t.0.into()),
                             };
-                            (f.key.0, value)
+                            (f.key.0.into(), value)
                         })
                         .collect(),
                     timestamp_ns: p.timestamp_ns,

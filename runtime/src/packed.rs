@@ -19,27 +19,34 @@
 use serde::Deserialize;
 
 use super::output::{Budget, Limit, OutputError};
-use sluice_core::model::{self, TransformOutput, guest_text};
+use sluice_core::model::{self, Bytes, CompactString, TransformOutput, guest_text};
 
 /// Decodes one frame's output, refusing it as soon as it goes over a limit
-/// of `budget` (before the host allocates what goes over).
-pub fn decode(bytes: &[u8], budget: &mut Budget) -> Result<TransformOutput, OutputError> {
-    let mut input = Input(bytes);
+/// of `budget` (before the host allocates what goes over). Payloads are
+/// views into `buffer`; short text is stored inline ([`model::MqttMessage`]).
+pub fn decode(buffer: Bytes, budget: &mut Budget) -> Result<TransformOutput, OutputError> {
+    let mut input = Input(&buffer);
+    let text = |slice: &[u8]| {
+        CompactString::from_utf8(slice).map_err(|e| {
+            OutputError::Contract(format!("packed output: text that is not UTF-8 ({e})"))
+        })
+    };
     let count = input.count(budget, Limit::Messages)?;
     let mut messages = Vec::with_capacity(count);
     for _ in 0..count {
         let m: WireMessage<'_> = input.take()?;
+        let topic = text(m.topic)?;
         let qos = model::Qos::from_u8(m.qos).ok_or_else(|| {
             OutputError::Contract(format!(
                 "packed output: QoS {} on topic \"{}\"",
                 m.qos,
-                guest_text(m.topic)
+                guest_text(&topic)
             ))
         })?;
         budget.charge(m.topic.len() + m.payload.len())?;
         messages.push(model::MqttMessage {
-            topic: m.topic.to_owned(),
-            payload: m.payload.to_vec(),
+            topic,
+            payload: buffer.slice_ref(m.payload),
             qos,
             retain: m.retain,
         });
@@ -47,25 +54,33 @@ pub fn decode(bytes: &[u8], budget: &mut Budget) -> Result<TransformOutput, Outp
     let count = input.count(budget, Limit::Points)?;
     let mut points = Vec::with_capacity(count);
     for _ in 0..count {
-        let measurement: &str = input.take()?;
+        let measurement: &[u8] = input.take()?;
         budget.charge(measurement.len())?;
+        let measurement = text(measurement)?;
         let count = input.count(budget, Limit::TagsPerPoint)?;
         let mut tags = Vec::with_capacity(count);
         for _ in 0..count {
-            let (key, value): (&str, &str) = input.take()?;
+            let (key, value): (&[u8], &[u8]) = input.take()?;
             budget.charge(key.len() + value.len())?;
-            tags.push((key.to_owned(), value.to_owned()));
+            tags.push((text(key)?, text(value)?));
         }
         let count = input.count(budget, Limit::FieldsPerPoint)?;
         let mut fields = Vec::with_capacity(count);
         for _ in 0..count {
-            let (key, value): (&str, WireValue<'_>) = input.take()?;
+            let (key, value): (&[u8], WireValue<'_>) = input.take()?;
             budget.charge(key.len() + value.text_len())?;
-            fields.push((key.to_owned(), value.into()));
+            let value = match value {
+                WireValue::Float(v) => model::FieldValue::Float(v),
+                WireValue::Int(v) => model::FieldValue::Int(v),
+                WireValue::Uint(v) => model::FieldValue::UInt(v),
+                WireValue::Boolean(v) => model::FieldValue::Bool(v),
+                WireValue::Text(v) => model::FieldValue::Text(text(v)?),
+            };
+            fields.push((text(key)?, value));
         }
         let timestamp_ns: Option<i64> = input.take()?;
         points.push(model::Point {
-            measurement: measurement.to_owned(),
+            measurement,
             tags,
             fields,
             timestamp_ns,
@@ -100,9 +115,11 @@ impl<'a> Input<'a> {
     }
 }
 
+/// Text is read as bytes (postcard writes `str` and bytes alike) and
+/// checked for UTF-8 once, as it is copied out.
 #[derive(Deserialize)]
 struct WireMessage<'a> {
-    topic: &'a str,
+    topic: &'a [u8],
     payload: &'a [u8],
     qos: u8,
     retain: bool,
@@ -115,7 +132,7 @@ enum WireValue<'a> {
     Int(i64),
     Uint(u64),
     Boolean(bool),
-    Text(&'a str),
+    Text(&'a [u8]),
 }
 
 impl WireValue<'_> {
@@ -123,18 +140,6 @@ impl WireValue<'_> {
         match self {
             WireValue::Text(text) => text.len(),
             _ => 0,
-        }
-    }
-}
-
-impl From<WireValue<'_>> for model::FieldValue {
-    fn from(value: WireValue<'_>) -> Self {
-        match value {
-            WireValue::Float(v) => model::FieldValue::Float(v),
-            WireValue::Int(v) => model::FieldValue::Int(v),
-            WireValue::Uint(v) => model::FieldValue::UInt(v),
-            WireValue::Boolean(v) => model::FieldValue::Bool(v),
-            WireValue::Text(v) => model::FieldValue::Text(v.to_owned()),
         }
     }
 }
@@ -149,7 +154,11 @@ mod tests {
 
     /// Decodes within the default limits; errors as their text.
     fn decode(bytes: &[u8]) -> Result<TransformOutput, String> {
-        super::decode(bytes, &mut Budget::new(OutputLimits::default())).map_err(|e| e.to_string())
+        super::decode(
+            Bytes::copy_from_slice(bytes),
+            &mut Budget::new(OutputLimits::default()),
+        )
+        .map_err(|e| e.to_string())
     }
 
     /// The SDK's pinned sample (its encoder test checks it produces these
@@ -168,13 +177,13 @@ mod tests {
             messages: vec![
                 MqttMessage {
                     topic: "a/b".into(),
-                    payload: b"27".to_vec(),
+                    payload: b"27".to_vec().into(),
                     qos: Qos::AtLeastOnce,
                     retain: true,
                 },
                 MqttMessage {
                     topic: "c".into(),
-                    payload: vec![0xff, 0x00, 0x01],
+                    payload: vec![0xff, 0x00, 0x01].into(),
                     qos: Qos::AtMostOnce,
                     retain: false,
                 },
@@ -262,7 +271,7 @@ mod tests {
         let decoded = decode(&bytes).unwrap();
         assert_eq!(decoded.messages.len(), 2);
         assert_eq!(decoded.messages[0].topic, "plant/ünï/temp");
-        assert_eq!(decoded.messages[0].payload, b"21.5");
+        assert_eq!(decoded.messages[0].payload, &b"21.5"[..]);
         assert_eq!(decoded.messages[0].qos, Qos::ExactlyOnce);
         assert!(!decoded.messages[0].retain);
         assert_eq!(decoded.messages[1].payload, vec![0u8; 70_000]);
@@ -302,7 +311,8 @@ mod tests {
             fields_per_point: 1,
             bytes: 1 << 20,
         };
-        let read = |bytes: &[u8]| super::decode(bytes, &mut Budget::new(limits));
+        let read =
+            |bytes: &[u8]| super::decode(Bytes::copy_from_slice(bytes), &mut Budget::new(limits));
         let over = |limit, asked| OutputError::OverLimit {
             limit,
             asked,
@@ -339,8 +349,8 @@ mod tests {
             bytes: bytes_limit,
             ..OutputLimits::default()
         };
-        assert!(super::decode(&bytes, &mut Budget::new(within(exactly))).is_ok());
-        let err = super::decode(&bytes, &mut Budget::new(within(exactly - 1))).unwrap_err();
+        assert!(super::decode(bytes.clone().into(), &mut Budget::new(within(exactly))).is_ok());
+        let err = super::decode(bytes.into(), &mut Budget::new(within(exactly - 1))).unwrap_err();
         assert!(
             matches!(
                 err,

@@ -805,14 +805,16 @@ impl Influxd {
                             })),
                             Some("unsigned") => FieldValue::UInt(text.parse().expect("unsigned")),
                             Some("boolean") => FieldValue::Bool(value.as_bool().expect("boolean")),
-                            _ => FieldValue::Text(text.to_owned()),
+                            _ => FieldValue::Text(text.into()),
                         };
                     fields.insert(column.clone(), field);
                 }
                 points.push(Point {
-                    measurement: name.clone(),
-                    tags: tags.clone(),
-                    fields: fields.into_iter().collect(),
+                    measurement: name.as_str().into(),
+                    tags: (tags.iter())
+                        .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                        .collect(),
+                    fields: (fields.into_iter()).map(|(k, v)| (k.into(), v)).collect(),
                     timestamp_ns: Some(time),
                 });
             }

@@ -697,7 +697,7 @@ fn quarantine_skips_and_dead_letters_frames() {
     while let Ok(emission) = emit_rx.try_recv() {
         for m in emission.messages {
             if m.topic == "test/ok" {
-                texts.push(String::from_utf8(m.payload).expect("utf-8"));
+                texts.push(String::from_utf8(m.payload.to_vec()).expect("utf-8"));
             }
         }
     }

@@ -96,9 +96,7 @@ fn serial_frames_become_points_in_influxdb() {
     for node in ["node1", "node2"] {
         let env: Vec<_> = points
             .iter()
-            .filter(|p| {
-                p.measurement == "environment" && p.tags == [("node".to_string(), node.to_string())]
-            })
+            .filter(|p| p.measurement == "environment" && p.tags == [("node".into(), node.into())])
             .collect();
         assert_eq!(env.len(), frames, "{node}");
         assert!(env.iter().all(|p| p.fields.len() == 3), "{env:?}");

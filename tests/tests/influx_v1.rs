@@ -40,12 +40,9 @@ fn point(
         measurement: measurement.into(),
         tags: tags
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect(),
-        fields: fields
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+        fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
         timestamp_ns: Some(ts),
     }
 }
@@ -104,7 +101,7 @@ fn every_value_tag_and_escape_reads_back_exactly() {
                     "s",
                     Text("say \"hi\" \\ there, a=b\nnext line ✓😀 \\\"".into()),
                 ),
-                ("empty", Text(String::new())),
+                ("empty", Text("".into())),
                 ("back\\slash", Bool(false)),
             ],
             t0 + 1,
@@ -217,7 +214,12 @@ fn nasty_value(rng: &mut Rng, key: &str) -> FieldValue {
         1 => FieldValue::Int(rng.next() as i64),
         2 => FieldValue::UInt(rng.next() >> 1),
         3 => FieldValue::Bool(rng.next() & 1 == 1),
-        _ => FieldValue::Text((0..rng.below(4)).map(|_| nasty_name(rng)).collect()),
+        _ => FieldValue::Text(
+            (0..rng.below(4))
+                .map(|_| nasty_name(rng))
+                .collect::<String>()
+                .into(),
+        ),
     }
 }
 
@@ -227,18 +229,18 @@ fn nasty_point(rng: &mut Rng, ts: i64) -> Point {
     let tags = (0..rng.below(3))
         .map(|_| {
             let key = nasty_name(rng);
-            (marked(rng, &key), nasty_name(rng))
+            (marked(rng, &key).into(), nasty_name(rng).into())
         })
         .collect();
     let fields = (0..1 + rng.below(3))
         .map(|_| {
             let key = nasty_name(rng);
             let value = nasty_value(rng, &key);
-            (key, value)
+            (key.into(), value)
         })
         .collect();
     Point {
-        measurement: nasty_name(rng),
+        measurement: nasty_name(rng).into(),
         tags,
         fields,
         timestamp_ns: Some(ts),
@@ -287,8 +289,10 @@ fn read_back(influx: &Influxd, db: &str) -> Vec<Point> {
             let columns = series["columns"].as_array().expect("columns");
             for row in series["values"].as_array().into_iter().flatten() {
                 let mut point = Point {
-                    measurement: name.clone(),
-                    tags: tags.clone(),
+                    measurement: name.as_str().into(),
+                    tags: (tags.iter())
+                        .map(|(k, v): &(String, String)| (k.as_str().into(), v.as_str().into()))
+                        .collect(),
                     fields: Vec::new(),
                     timestamp_ns: None,
                 };
@@ -305,9 +309,9 @@ fn read_back(influx: &Influxd, db: &str) -> Vec<Point> {
                         Some("float") => Float(text.parse().expect("float")),
                         Some("integer") => Int(text.parse().expect("integer")),
                         Some("boolean") => Bool(value.as_bool().expect("boolean")),
-                        _ => Text(text.to_owned()),
+                        _ => Text(text.into()),
                     };
-                    point.fields.push((column.to_owned(), field));
+                    point.fields.push((column.into(), field));
                 }
                 point.fields.sort_by(|a, b| a.0.cmp(&b.0));
                 points.push(point);
@@ -424,7 +428,7 @@ fn unsigned_values_on_influxdb_1_6() {
     assert_eq!(writer.dropped("unsigned_out_of_range"), 1);
     let got = influx.read_points("u");
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].fields, vec![("v".to_string(), Int(42))]);
+    assert_eq!(got[0].fields, vec![("v".into(), Int(42))]);
 
     influx.create_database("native");
     let mut native = InfluxWriter::start(&config(&influx.url(), "native", "unsigned = \"native\""));

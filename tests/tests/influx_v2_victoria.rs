@@ -32,7 +32,7 @@ fn v2_writes_reach_victoria_metrics_with_tags_values_and_times() {
         .map(|i| Point {
             measurement: "env".into(),
             tags: vec![
-                ("node".into(), format!("node {}", i % 2)),
+                ("node".into(), format!("node {}", i % 2).into()),
                 ("site".into(), "hall,A=1 ü".into()),
             ],
             fields: vec![

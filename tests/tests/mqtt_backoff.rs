@@ -50,7 +50,7 @@ async fn full_queue_with_drop_oldest_counts_every_eviction() {
     for i in 0..100 {
         sink.submit(MqttMessage {
             topic: "t".into(),
-            payload: format!("{i}").into_bytes(),
+            payload: format!("{i}").into_bytes().into(),
             qos: Qos::AtLeastOnce,
             retain: false,
         })
@@ -115,7 +115,7 @@ async fn flush_waits(durable: bool, rounds: u64) {
     for i in 0..rounds {
         sink.submit(MqttMessage {
             topic: "flush/t".into(),
-            payload: i.to_string().into_bytes(),
+            payload: i.to_string().into_bytes().into(),
             qos: if i % 2 == 0 {
                 Qos::AtMostOnce
             } else {

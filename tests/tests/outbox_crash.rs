@@ -328,7 +328,7 @@ fn an_outbox_of_the_previous_layout_is_delivered_after_the_upgrade() {
         .map(|seq| {
             record::mqtt_to_vec(&MqttMessage {
                 topic: "iiot/stats/seq".into(),
-                payload: seq.to_string().into_bytes(),
+                payload: seq.to_string().into_bytes().into(),
                 qos: Qos::AtLeastOnce,
                 retain: false,
             })

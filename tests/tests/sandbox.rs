@@ -170,7 +170,7 @@ fn modules_of_both_contract_versions_load_and_run() {
     assert_eq!(output.messages.len(), 1);
     let message = &output.messages[0];
     assert_eq!(
-        (message.topic.as_str(), message.payload.as_slice()),
+        (&*message.topic, &*message.payload),
         ("legacy/test", "héllo".as_bytes())
     );
     assert_eq!((message.qos, message.retain), (Qos::AtLeastOnce, true));
@@ -285,7 +285,11 @@ fn the_same_module_loaded_twice_shares_its_code_not_its_state() {
         let output = instance
             .process(reading.clone())
             .unwrap_or_else(|r| panic!("{}", r.error));
-        output.messages.into_iter().map(|m| m.topic).collect()
+        output
+            .messages
+            .into_iter()
+            .map(|m| m.topic.into())
+            .collect()
     };
     assert_eq!(topics(&mut plant1), ["plant1/node1/temperature"]);
     assert_eq!(topics(&mut plant2), ["plant2/node1/temperature"]);
@@ -365,7 +369,7 @@ fn worker_refuses_invalid_outputs_and_counts_them() {
                 Some(1_700_000_000_000_000_000),
                 "receive time filled in"
             );
-            topics.push(format!("point:{}", p.measurement));
+            topics.push(format!("point:{}", p.measurement).into());
         }
     }
     assert_eq!(

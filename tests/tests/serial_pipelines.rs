@@ -92,7 +92,7 @@ fn two_ports_two_transforms_concurrently_and_independently() {
                     Ok(Some(Emission { messages, .. })) => {
                         for m in messages {
                             by_topic
-                                .entry(m.topic)
+                                .entry(m.topic.into())
                                 .or_default()
                                 .push(String::from_utf8_lossy(&m.payload).into_owned());
                         }

@@ -353,7 +353,7 @@ mod tests {
             let ob = outbox::Outbox::open(&path, outbox::OutboxConfig::default()).expect("open");
             let m = record::mqtt_to_vec(&MqttMessage {
                 topic: "a/b".into(),
-                payload: b"1".to_vec(),
+                payload: b"1".to_vec().into(),
                 qos: Qos::AtLeastOnce,
                 retain: false,
             });

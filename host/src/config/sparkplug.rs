@@ -5,6 +5,8 @@ use std::num::NonZeroUsize;
 
 use serde::Deserialize;
 
+use crate::model::CompactString;
+
 /// `[mqtt.sparkplug]`: publish the transforms' points as Sparkplug B metrics
 /// of edge node `edge_node_id` in group `group_id`, on a connection of its
 /// own to the `[mqtt]` broker.
@@ -190,7 +192,12 @@ impl MetricNaming {
     }
 
     /// The metric name of `field` of a point.
-    pub fn name(&self, measurement: &str, tags: &[(String, String)], field: &str) -> String {
+    pub fn name(
+        &self,
+        measurement: &str,
+        tags: &[(CompactString, CompactString)],
+        field: &str,
+    ) -> String {
         let mut name = String::new();
         for piece in &self.0 {
             match piece {
@@ -214,7 +221,7 @@ mod tests {
 
     #[test]
     fn a_template_names_metrics_from_measurement_field_and_tags() {
-        let tags = vec![("node".to_owned(), "node1".to_owned())];
+        let tags = vec![("node".into(), "node1".into())];
         let naming = MetricNaming::parse("{measurement}/{field}").expect("parses");
         assert_eq!(
             naming.name("environment", &tags, "temperature"),

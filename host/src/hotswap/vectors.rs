@@ -419,7 +419,7 @@ fn check_list<E, G>(
 }
 
 fn check_message(expected: &ExpectedMessage, got: &MqttMessage) -> Result<(), String> {
-    if expected.topic != got.topic {
+    if got.topic != expected.topic {
         return Err(format!(
             "topic {:?}, expected {:?}",
             got.topic, expected.topic
@@ -451,7 +451,7 @@ fn field_matches(expected: &serde_json::Value, got: &FieldValue) -> bool {
     use serde_json::Value;
     match (expected, got) {
         (Value::Bool(e), FieldValue::Bool(g)) => e == g,
-        (Value::String(e), FieldValue::Text(g)) => e == g,
+        (Value::String(e), FieldValue::Text(g)) => g == e,
         (Value::Number(e), FieldValue::Float(g)) => e.as_f64() == Some(*g),
         (Value::Number(e), FieldValue::Int(g)) => {
             e.as_i64() == Some(*g) || e.as_f64() == Some(*g as f64) && e.as_i64().is_none()
@@ -464,14 +464,16 @@ fn field_matches(expected: &serde_json::Value, got: &FieldValue) -> bool {
 }
 
 fn check_point(expected: &ExpectedPoint, got: &Point) -> Result<(), String> {
-    if expected.measurement != got.measurement {
+    if got.measurement != expected.measurement {
         return Err(format!(
             "measurement {:?}, expected {:?}",
             got.measurement, expected.measurement
         ));
     }
     if let Some(tags) = &expected.tags {
-        let got_tags: BTreeMap<String, String> = got.tags.iter().cloned().collect();
+        let got_tags: BTreeMap<String, String> = (got.tags.iter())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         if *tags != got_tags {
             return Err(format!("tags {got_tags:?}, expected {tags:?}"));
         }
@@ -485,7 +487,7 @@ fn check_point(expected: &ExpectedPoint, got: &Point) -> Result<(), String> {
             ));
         }
         for (key, value) in &got.fields {
-            match fields.get(key) {
+            match fields.get(&**key) {
                 Some(want) if field_matches(want, value) => {}
                 Some(want) => {
                     return Err(format!("field {key:?} is {value:?}, expected {want}"));
@@ -514,7 +516,7 @@ mod tests {
     fn message(topic: &str, payload: &str) -> MqttMessage {
         MqttMessage {
             topic: topic.into(),
-            payload: payload.into(),
+            payload: payload.as_bytes().to_vec().into(),
             qos: Qos::AtLeastOnce,
             retain: true,
         }

@@ -32,7 +32,7 @@
 //! topic and payload plus 4–5 bytes. A new layout gets a new version byte;
 //! decoders keep reading every older version.
 
-use crate::model::{FieldValue, MqttMessage, Point, Qos};
+use crate::model::{CompactString, FieldValue, MqttMessage, Point, Qos};
 
 /// Kind byte of an MQTT message record.
 pub const KIND_MQTT: u8 = b'M';
@@ -131,7 +131,7 @@ pub fn decode_mqtt(bytes: &[u8]) -> Result<MqttMessage, RecordError> {
     let topic = r.string("topic")?;
     Ok(MqttMessage {
         topic,
-        payload: r.rest().to_vec(),
+        payload: r.rest().to_vec().into(),
         qos,
         retain: flags & 0b100 != 0,
     })
@@ -325,11 +325,11 @@ impl<'a> Reader<'a> {
         usize::try_from(n).map_err(|_| RecordError::Truncated(what))
     }
 
-    fn string(&mut self, what: &'static str) -> Result<String, RecordError> {
+    fn string(&mut self, what: &'static str) -> Result<CompactString, RecordError> {
         let len = self.varint(what)?;
         let len = usize::try_from(len).map_err(|_| RecordError::Truncated(what))?;
         let raw = self.take(len, what)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| RecordError::InvalidUtf8(what))
+        CompactString::from_utf8(raw).map_err(|_| RecordError::InvalidUtf8(what))
     }
 
     fn rest(&self) -> &'a [u8] {
@@ -345,7 +345,7 @@ mod tests {
     fn message() -> MqttMessage {
         MqttMessage {
             topic: "plant/line1/temp".into(),
-            payload: b"{\"t\":21.5}".to_vec(),
+            payload: b"{\"t\":21.5}".to_vec().into(),
             qos: Qos::AtLeastOnce,
             retain: true,
         }
@@ -397,7 +397,7 @@ mod tests {
             decode_mqtt(&mqtt),
             Ok(MqttMessage {
                 topic: "a/b".into(),
-                payload: vec![0xff, 0x00],
+                payload: vec![0xff, 0x00].into(),
                 qos: Qos::ExactlyOnce,
                 retain: true,
             })
@@ -463,7 +463,7 @@ mod tests {
             any::<i64>().prop_map(FieldValue::Int),
             any::<u64>().prop_map(FieldValue::UInt),
             any::<bool>().prop_map(FieldValue::Bool),
-            ".{0,8}".prop_map(FieldValue::Text),
+            ".{0,8}".prop_map(|s| FieldValue::Text(s.into())),
         ]
     }
 
@@ -477,7 +477,12 @@ mod tests {
             fields in proptest::collection::vec((".{1,6}", field_value()), 1..5),
             timestamp_ns in proptest::option::of(any::<i64>()),
         ) {
-            let p = Point { measurement, tags, fields, timestamp_ns };
+            let p = Point {
+                measurement: measurement.into(),
+                tags: tags.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+                fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+                timestamp_ns,
+            };
             prop_assert_eq!(decode_point(&point_to_vec(&p)), Ok(p));
         }
 
@@ -489,7 +494,7 @@ mod tests {
             retain in any::<bool>(),
         ) {
             let qos = [Qos::AtMostOnce, Qos::AtLeastOnce, Qos::ExactlyOnce][usize::from(qos)];
-            let m = MqttMessage { topic, payload, qos, retain };
+            let m = MqttMessage { topic: topic.into(), payload: payload.into(), qos, retain };
             prop_assert_eq!(decode_mqtt(&mqtt_to_vec(&m)), Ok(m));
         }
 

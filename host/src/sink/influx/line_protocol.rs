@@ -172,10 +172,10 @@ impl Encoder {
             return Err(EncodeError::EmptyMeasurement);
         }
         if point.fields.is_empty() {
-            return Err(EncodeError::NoFields(measurement.clone()));
+            return Err(EncodeError::NoFields(measurement.to_string()));
         }
         if measurement.starts_with('#') {
-            return Err(EncodeError::CommentMeasurement(measurement.clone()));
+            return Err(EncodeError::CommentMeasurement(measurement.to_string()));
         }
         if starts_with_skipped(measurement) {
             return Err(EncodeError::LeadingWhitespace(format!(
@@ -196,10 +196,10 @@ impl Encoder {
         for &i in &self.order {
             let (key, value) = &tags[i];
             if key.is_empty() || value.is_empty() {
-                return Err(EncodeError::EmptyKey(measurement.clone()));
+                return Err(EncodeError::EmptyKey(measurement.to_string()));
             }
-            if previous == Some(key.as_str()) {
-                return Err(EncodeError::DuplicateTag(key.clone()));
+            if previous == Some(&**key) {
+                return Err(EncodeError::DuplicateTag(key.to_string()));
             }
             if key == "time" {
                 return Err(EncodeError::TimeKey(format!("tag key of {measurement:?}")));
@@ -227,10 +227,10 @@ impl Encoder {
         for (written, n) in order.enumerate() {
             let (key, value) = &fields[n];
             if key.is_empty() {
-                return Err(EncodeError::EmptyKey(measurement.clone()));
+                return Err(EncodeError::EmptyKey(measurement.to_string()));
             }
             if fields[..n].iter().any(|(k, _)| k == key) {
-                return Err(EncodeError::DuplicateField(key.clone()));
+                return Err(EncodeError::DuplicateField(key.to_string()));
             }
             if key == "time" {
                 return Err(EncodeError::TimeKey(format!(
@@ -247,8 +247,8 @@ impl Encoder {
                 FieldValue::Float(f) => {
                     if !f.is_finite() {
                         return Err(EncodeError::NonFinite {
-                            measurement: measurement.clone(),
-                            field: key.clone(),
+                            measurement: measurement.to_string(),
+                            field: key.to_string(),
                             value: f.to_string(),
                         });
                     }
@@ -267,7 +267,7 @@ impl Encoder {
                     UnsignedMode::Integer => {
                         if i64::try_from(*u).is_err() {
                             return Err(EncodeError::UnsignedOutOfRange {
-                                field: key.clone(),
+                                field: key.to_string(),
                                 value: *u,
                             });
                         }
@@ -376,12 +376,9 @@ pub(crate) mod tests {
             measurement: measurement.into(),
             tags: tags
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect(),
-            fields: fields
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            fields: fields.into_iter().map(|(k, v)| (k.into(), v)).collect(),
             timestamp_ns: Some(ts),
         }
     }
@@ -461,7 +458,7 @@ pub(crate) mod tests {
                 "m,path=C:\\temp,u=ü€😀 v=1i 0\n",
             ),
             (
-                point("m", &[], vec![("t\"q", Text(String::new()))], 1),
+                point("m", &[], vec![("t\"q", Text("".into()))], 1),
                 "m t\"q=\"\" 1\n",
             ),
             // A backslash before a quote is literal in tags only.
@@ -647,7 +644,7 @@ pub(crate) mod tests {
                 return None;
             }
             let (value, s) = scan(&mut i, b", ", b", =");
-            tags.push((key, value));
+            tags.push((key.into(), value.into()));
             stop = s;
         }
         if stop != Some(b' ') {
@@ -678,7 +675,7 @@ pub(crate) mod tests {
                         }
                     }
                 }
-                FieldValue::Text(String::from_utf8(out).ok()?)
+                FieldValue::Text(String::from_utf8(out).ok()?.into())
             } else {
                 let start = i;
                 while i < bytes.len() && bytes[i] != b',' && bytes[i] != b' ' {
@@ -695,7 +692,7 @@ pub(crate) mod tests {
                     FieldValue::Float(raw.parse().ok()?)
                 }
             };
-            fields.push((key, value));
+            fields.push((key.into(), value));
             match bytes.get(i) {
                 Some(b',') => i += 1,
                 Some(b' ') => {
@@ -707,7 +704,7 @@ pub(crate) mod tests {
         }
         let ts = line[i..].strip_suffix('\n')?.parse().ok()?;
         Some(Point {
-            measurement,
+            measurement: measurement.into(),
             tags,
             fields,
             timestamp_ns: Some(ts),
@@ -737,7 +734,7 @@ pub(crate) mod tests {
                 any::<i64>().prop_map(FieldValue::Int),
                 any::<u64>().prop_map(FieldValue::UInt),
                 any::<bool>().prop_map(FieldValue::Bool),
-                ".{0,20}".prop_map(FieldValue::Text),
+                ".{0,20}".prop_map(|s| FieldValue::Text(s.into())),
             ]
         }
 
@@ -749,10 +746,12 @@ pub(crate) mod tests {
                 any::<i64>(),
             )
                 .prop_map(|(measurement, tags, fields, ts)| Point {
-                    measurement,
+                    measurement: measurement.into(),
                     // Unsorted on purpose: the encoder sorts.
-                    tags: tags.into_iter().rev().collect(),
-                    fields: fields.into_iter().collect(),
+                    tags: (tags.into_iter().rev())
+                        .map(|(k, v)| (k.into(), v.into()))
+                        .collect(),
+                    fields: (fields.into_iter()).map(|(k, v)| (k.into(), v)).collect(),
                     timestamp_ns: Some(ts),
                 })
         }
@@ -774,7 +773,7 @@ pub(crate) mod tests {
                 Just("a\\".to_string()), Just("a\nb".to_string()), Just("x\\ y".to_string())
             ]) {
                 let mut bad_point = p.clone();
-                bad_point.tags.push(("zz".into(), bad));
+                bad_point.tags.push(("zz".into(), bad.into()));
                 let mut out = Vec::new();
                 prop_assert!(Encoder::new(Precision::Ns, UnsignedMode::Native).encode(&bad_point, &mut out).is_err());
                 prop_assert!(out.is_empty());

@@ -265,8 +265,9 @@ impl Link {
     pub(super) fn push_publish(&mut self, pkid: u16, entry: Entry) {
         match self {
             Link::V311(eventloop) => {
+                let topic = String::from(&*entry.topic);
                 let mut publish =
-                    rumqttc::Publish::from_bytes(entry.topic, qos_v311(entry.qos), entry.payload);
+                    rumqttc::Publish::from_bytes(topic, qos_v311(entry.qos), entry.payload);
                 publish.retain = entry.retain;
                 publish.pkid = pkid;
                 eventloop
@@ -274,8 +275,8 @@ impl Link {
                     .push_back(rumqttc::Request::Publish(publish));
             }
             Link::V5(eventloop) => {
-                let mut publish =
-                    v5p::Publish::new(entry.topic, qos_v5(entry.qos), entry.payload, None);
+                let mut publish = v5p::Publish::new("", qos_v5(entry.qos), entry.payload, None);
+                publish.topic = Bytes::from(entry.topic.into_string());
                 publish.retain = entry.retain;
                 publish.pkid = pkid;
                 eventloop

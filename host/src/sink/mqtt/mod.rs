@@ -87,7 +87,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::MqttConfig;
 use crate::metrics::{Metrics, SinkDrop};
-use crate::model::{MqttMessage, Qos, Sink};
+use crate::model::{CompactString, MqttMessage, Qos, Sink};
 use crate::outbox::QueueFullPolicy;
 use crate::ratelimit::RateLimiter;
 use crate::sink::SinkContext;
@@ -131,7 +131,7 @@ pub enum MqttSetupError {
 /// One message on its way to the broker.
 #[derive(Debug, Clone)]
 struct Entry {
-    topic: String,
+    topic: CompactString,
     payload: Bytes,
     qos: Qos,
     retain: bool,
@@ -160,7 +160,7 @@ impl Entry {
     fn data(message: MqttMessage) -> Self {
         Entry {
             topic: message.topic,
-            payload: Bytes::from(message.payload),
+            payload: message.payload,
             qos: message.qos,
             retain: message.retain,
             status: false,
@@ -177,7 +177,7 @@ impl Entry {
 
     fn status(topic: &str, payload: &'static [u8]) -> Self {
         Entry {
-            topic: topic.to_owned(),
+            topic: topic.into(),
             payload: Bytes::from_static(payload),
             qos: Qos::AtLeastOnce,
             retain: true,

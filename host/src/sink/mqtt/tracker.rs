@@ -321,8 +321,8 @@ mod tests {
 
     fn entry(seq: u64, qos: Qos) -> Entry {
         let mut entry = Entry::data(crate::model::MqttMessage {
-            topic: format!("t/{seq}"),
-            payload: seq.to_string().into_bytes(),
+            topic: format!("t/{seq}").into(),
+            payload: seq.to_string().into_bytes().into(),
             qos,
             retain: false,
         });

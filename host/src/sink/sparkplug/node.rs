@@ -15,7 +15,7 @@ use prost::Message as _;
 
 use super::proto::{DataType, Metric, Payload, Value};
 use crate::config::sparkplug::{FORBIDDEN_IN_ID, MetricNaming, SparkplugConfig};
-use crate::model::{FieldValue, Point};
+use crate::model::{CompactString, FieldValue, Point};
 
 /// The namespace of Sparkplug B topics.
 pub const NAMESPACE: &str = "spBv1.0";
@@ -219,8 +219,9 @@ impl EdgeNode {
             .iter()
             .map(|sample| {
                 let point = sample.point;
-                let name =
-                    |field: &String| self.naming.name(&point.measurement, &point.tags, field);
+                let name = |field: &CompactString| {
+                    self.naming.name(&point.measurement, &point.tags, field)
+                };
                 point.fields.iter().map(|(field, _)| name(field)).collect()
             })
             .collect();
@@ -495,7 +496,7 @@ fn typed(value: &FieldValue) -> (DataType, Value) {
         FieldValue::Int(v) => (DataType::Int64, Value::Long(*v as u64)),
         FieldValue::UInt(v) => (DataType::UInt64, Value::Long(*v)),
         FieldValue::Bool(v) => (DataType::Boolean, Value::Boolean(*v)),
-        FieldValue::Text(v) => (DataType::String, Value::String(v.clone())),
+        FieldValue::Text(v) => (DataType::String, Value::String(v.to_string())),
     }
 }
 
@@ -535,11 +536,11 @@ mod tests {
         Point {
             measurement: "environment".into(),
             tags: node
-                .map(|n| vec![("node".to_owned(), n.to_owned())])
+                .map(|n| vec![("node".into(), n.into())])
                 .unwrap_or_default(),
             fields: fields
                 .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .map(|(k, v)| ((*k).into(), v.clone()))
                 .collect(),
             timestamp_ns: Some(ms * 1_000_000),
         }
