@@ -209,6 +209,17 @@ mod tests {
     }
 
     #[test]
+    fn payloads_are_views_into_the_buffer_not_copies() {
+        let buffer = Bytes::from(unhex(GOLDEN_HEX));
+        let range = buffer.as_ptr_range();
+        let output =
+            super::decode(buffer.clone(), &mut Budget::new(OutputLimits::default())).unwrap();
+        for message in &output.messages {
+            assert!(range.contains(&message.payload.as_ptr()), "{message:?}");
+        }
+    }
+
+    #[test]
     fn an_empty_output_is_two_zero_counts() {
         assert_eq!(decode(&[0, 0]).unwrap(), TransformOutput::default());
     }
