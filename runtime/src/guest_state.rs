@@ -14,6 +14,8 @@ pub(crate) struct GuestState {
     pub(crate) limiter: MemoryLimiter,
     pub(crate) log: GuestLog,
     pub(crate) budget: CallBudget,
+    /// Told when a call starts and ends (it ticks only while calls run).
+    pub(crate) epoch: Arc<EpochTicker>,
 }
 
 /// The running call's CPU budget (see the module docs, "Deadline").

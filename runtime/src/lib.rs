@@ -6,7 +6,7 @@
 //! One [`Runtime`] per host process owns the wasmtime [`Engine`], the
 //! [`Linker`] (the only things a guest may import: the `log` interface and an
 //! inert WASI with no files, environment, arguments or sockets) and the
-//! epoch ticker that enforces per-call deadlines.
+//! epoch ticker that enforces per-call deadlines (`epoch.rs`).
 //!
 //! A [`Module`] is a validated, compiled component ready to instantiate
 //! (an `InstancePre`). A [`TransformInstance`] is one live instance in its own
@@ -48,6 +48,7 @@
 //! records. A module is bound to the newest version it exports.
 
 mod cache;
+mod epoch;
 mod error;
 mod guest_state;
 pub mod output;
@@ -56,7 +57,6 @@ mod virtual_wasi;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -72,6 +72,7 @@ pub use error::{GuestError, GuestErrorKind, LoadError, ProcessError, Rejected, T
 use guest_state::*;
 pub use output::{Limit, OutputError, OutputLimits};
 
+use epoch::{CallRunning, EPOCH_TICK, EpochTicker};
 use output::{Budget, Bytes, WitCommand, WitError, WitFrame, WitOutputV01};
 use sluice_core::model::{Frame, TransformOutput, guest_text};
 use sluice_core::ratelimit::RateLimiter;
@@ -98,9 +99,6 @@ mod v0_2 {
 
 /// The WIT versions this host can load, newest first.
 pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["sluice:transform@0.2.0", "sluice:transform@0.1.0"];
-
-/// How often the epoch ticker advances; deadlines are rounded up to it.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// However starved the worker thread is, a call ends after this many times
 /// its budget in wall-clock time.
@@ -160,13 +158,7 @@ struct RuntimeInner {
     /// The guest log's rate limiter of each pipeline (by transform name),
     /// shared by all its instances and versions.
     log_limits: Mutex<HashMap<Arc<str>, Arc<Mutex<RateLimiter>>>>,
-    ticker_stop: Arc<AtomicBool>,
-}
-
-impl Drop for RuntimeInner {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
-    }
+    ticker: Arc<EpochTicker>,
 }
 
 /// Guest log lines per pipeline: a burst of this many per second.
@@ -192,20 +184,7 @@ impl Runtime {
         v0_1::TransformModule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         v0_2::TransformModule::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let weak = engine.weak();
-        let stop = ticker_stop.clone();
-        std::thread::Builder::new()
-            .name("sluice-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
-                    }
-                }
-            })?;
+        let ticker = EpochTicker::start(&engine)?;
 
         Ok(Self {
             inner: Arc::new(RuntimeInner {
@@ -214,7 +193,7 @@ impl Runtime {
                 cache,
                 loaded: Mutex::new(HashMap::new()),
                 log_limits: Mutex::new(HashMap::new()),
-                ticker_stop,
+                ticker,
             }),
         })
     }
@@ -316,6 +295,7 @@ impl Runtime {
             limiter: MemoryLimiter::new(limits.memory_bytes),
             budget: CallBudget::new(limits.call_timeout),
             log,
+            epoch: self.inner.ticker.clone(),
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -468,7 +448,7 @@ impl Module {
     ) -> Result<Live, LoadError> {
         let mut store = self.runtime.new_store(name, limits);
         store.data().clock.start_call(sluice_core::model::now_ns());
-        set_deadline(&mut store, limits);
+        let _running = set_deadline(&mut store, limits);
         let instance = self
             .shared
             .pre
@@ -492,7 +472,7 @@ impl Module {
             .data()
             .clock
             .start_call(sluice_core::model::now_ns());
-        set_deadline(&mut live.store, limits);
+        let _running = set_deadline(&mut live.store, limits);
         let init = live
             .init
             .typed::<InitParams<'_>, InitResult>(&live.store)
@@ -570,7 +550,7 @@ impl TransformInstance {
         let contract = self.module.shared.contract;
         let live = self.live()?;
         live.store.data().clock.start_call(frame.received_at_ns);
-        set_deadline(&mut live.store, &limits);
+        let _running = set_deadline(&mut live.store, &limits);
         let input = (WitFrame {
             source: &frame.source,
             received_at_ns: frame.received_at_ns,
@@ -609,7 +589,7 @@ impl TransformInstance {
             .data()
             .clock
             .start_call(sluice_core::model::now_ns());
-        set_deadline(&mut live.store, &limits);
+        let _running = set_deadline(&mut live.store, &limits);
         let (encode, store) = (live.encode_command, &mut live.store);
         let result = output::within(limits.output, || {
             encode
@@ -666,12 +646,16 @@ impl TransformInstance {
 
 /// Starts a call's budget: the first look at its CPU time comes after the
 /// whole budget in wall time (a call cannot use more CPU than wall time).
-fn set_deadline(store: &mut Store<GuestState>, limits: &Limits) {
+/// Returns the guard that keeps the epoch ticking while the call runs.
+#[must_use = "the ticker may sleep once the guard drops"]
+fn set_deadline(store: &mut Store<GuestState>, limits: &Limits) -> CallRunning {
+    let running = store.data().epoch.call_starts();
     store
         .data_mut()
         .budget
         .start(limits.call_timeout, Instant::now(), thread_cpu_time);
     store.set_epoch_deadline(CallBudget::ticks(limits.call_timeout));
+    running
 }
 
 fn classify_trap(err: &wasmtime::Error, store: &Store<GuestState>) -> TrapKind {
@@ -740,6 +724,62 @@ mod tests {
         // Each fits a 10 MiB cap; together they do not.
         let (result, hit) = instantiate(10 << 20);
         assert!(result.is_err() && hit, "{result:?}");
+    }
+
+    /// A core module exporting `spin`, a function that loops forever.
+    const SPIN: &[u8] = &[
+        0, b'a', b's', b'm', 1, 0, 0, 0, // header
+        1, 4, 1, 0x60, 0, 0, // type section: () -> ()
+        3, 2, 1, 0, // function section: one function of type 0
+        7, 8, 1, 4, b's', b'p', b'i', b'n', 0, 0, // export "spin" = function 0
+        10, 9, 1, 7, 0, 0x03, 0x40, 0x0c, 0, 0x0b, 0x0b, // code: loop { br 0 }
+    ];
+
+    #[test]
+    fn the_idle_ticker_sleeps_and_ticks_through_a_call_longer_than_its_idle_second() {
+        let runtime = Runtime::new(ModuleCache::new(None)).expect("runtime");
+        let ticker = runtime.inner.ticker.clone();
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while !ticker.is_parked() {
+            assert!(Instant::now() < give_up, "the idle ticker never parked");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let limits = Limits {
+            // Longer than the ticker's idle second: it must not park under a call.
+            call_timeout: Duration::from_millis(1500),
+            ..Limits::default()
+        };
+        let mut store = runtime.new_store(&Arc::from("test"), &limits);
+        let module = wasmtime::Module::new(runtime.engine(), SPIN).expect("compiles");
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).expect("instantiates");
+        let spin = instance
+            .get_typed_func::<(), ()>(&mut store, "spin")
+            .expect("spin");
+        // Ends the call if the ticker never woke, so that the test fails
+        // instead of spinning forever.
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rescue = std::thread::spawn({
+            let (engine, done) = (runtime.engine().clone(), done.clone());
+            move || {
+                let give_up = Instant::now() + Duration::from_secs(20);
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    if Instant::now() > give_up {
+                        engine.increment_epoch();
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Instant::now() > give_up
+            }
+        });
+        let running = set_deadline(&mut store, &limits);
+        let error = spin.call(&mut store, ()).expect_err("interrupted");
+        drop(running);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            !rescue.join().expect("rescue"),
+            "no tick reached the call: the ticker slept"
+        );
+        assert_eq!(error.downcast_ref::<Trap>(), Some(&Trap::Interrupt));
     }
 
     fn budget(limit_ms: u64, cpu_at_start_ms: u64) -> CallBudget {
