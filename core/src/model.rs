@@ -75,9 +75,9 @@ impl Qos {
 ///
 /// Built so that turning a transform's output into messages costs no
 /// allocation per message: topics (like every name and text value here)
-/// are [`CompactString`]s, stored inline up to 24 bytes, and a payload is a
-/// view into the buffer the transform returned, alive until the last
-/// message of its frame is sent (at most the frame's output budget).
+/// are [`CompactString`]s, stored inline up to 24 bytes, and the payloads
+/// of a frame's messages are views of one shared buffer that holds them
+/// alone (freed with the last of them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttMessage {
     /// Publish topic (validated by [`validate_topic`] before it is sent).

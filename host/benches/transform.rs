@@ -71,8 +71,7 @@ fn main() {
     // The two halves of 0.2.0's packed output, run natively: what the SDK
     // adds in the guest (encode) and what the host does after the call
     // (decode into its own types).
-    let packed =
-        bytes::Bytes::from(sluice_sdk::__private::encode_output(&native_out).expect("encode"));
+    let packed = sluice_sdk::__private::encode_output(&native_out).expect("encode");
     let (mut native_ns, mut wasm_ns) = (vec![], vec![]);
     let (mut encode_ns, mut decode_ns) = (vec![], vec![]);
     for _ in 0..ROUNDS {
@@ -86,8 +85,7 @@ fn main() {
         for _ in 0..FRAMES_PER_ROUND {
             let mut budget = sluice::runtime::output::Budget::new(Default::default());
             black_box(
-                sluice::runtime::packed::decode(black_box(packed.clone()), &mut budget)
-                    .expect("ok"),
+                sluice::runtime::packed::decode(black_box(&packed), &mut budget).expect("ok"),
             );
         }
         decode_ns.push(t.elapsed().as_nanos() as f64 / FRAMES_PER_ROUND as f64);

@@ -567,10 +567,8 @@ impl TransformInstance {
                 .typed::<ProcessParams<'_>, BytesResult>(&*store)
                 .and_then(|f| f.call(&mut *store, input))
                 .map(|(result,)| match result {
-                    Ok(Bytes(packed)) => {
-                        packed::decode(packed.into(), &mut Budget::new(limits.output))
-                            .map_err(ProcessError::from)
-                    }
+                    Ok(Bytes(packed)) => packed::decode(&packed, &mut Budget::new(limits.output))
+                        .map_err(ProcessError::from),
                     Err(e) => Err(guest(e)),
                 }),
         });

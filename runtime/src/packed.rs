@@ -22,17 +22,22 @@ use super::output::{Budget, Limit, OutputError};
 use sluice_core::model::{self, Bytes, CompactString, TransformOutput, guest_text};
 
 /// Decodes one frame's output, refusing it as soon as it goes over a limit
-/// of `budget` (before the host allocates what goes over). Payloads are
-/// views into `buffer`; short text is stored inline ([`model::MqttMessage`]).
-pub fn decode(buffer: Bytes, budget: &mut Budget) -> Result<TransformOutput, OutputError> {
-    let mut input = Input(&buffer);
+/// of `budget` (before the host allocates what goes over).
+///
+/// The frame's payloads are copied into one buffer that holds nothing
+/// else, and each message's payload is a view of it: one allocation for
+/// them all, and a message waiting in a queue keeps alive at most its
+/// siblings' payloads, never the rest of the output (points, say).
+/// Short text is stored inline ([`model::MqttMessage`]).
+pub fn decode(bytes: &[u8], budget: &mut Budget) -> Result<TransformOutput, OutputError> {
+    let mut input = Input(bytes);
     let text = |slice: &[u8]| {
         CompactString::from_utf8(slice).map_err(|e| {
             OutputError::Contract(format!("packed output: text that is not UTF-8 ({e})"))
         })
     };
     let count = input.count(budget, Limit::Messages)?;
-    let mut messages = Vec::with_capacity(count);
+    let mut wire = Vec::with_capacity(count);
     for _ in 0..count {
         let m: WireMessage<'_> = input.take()?;
         let topic = text(m.topic)?;
@@ -44,13 +49,28 @@ pub fn decode(buffer: Bytes, budget: &mut Budget) -> Result<TransformOutput, Out
             ))
         })?;
         budget.charge(m.topic.len() + m.payload.len())?;
-        messages.push(model::MqttMessage {
-            topic,
-            payload: buffer.slice_ref(m.payload),
-            qos,
-            retain: m.retain,
-        });
+        wire.push((topic, m.payload, qos, m.retain));
     }
+    let payloads: Bytes = wire
+        .iter()
+        .flat_map(|(_, payload, ..)| payload.iter().copied())
+        .collect::<Vec<u8>>()
+        .into();
+    let mut start = 0;
+    let messages = wire
+        .into_iter()
+        .map(|(topic, payload, qos, retain)| {
+            let end = start + payload.len();
+            let payload = payloads.slice(start..end);
+            start = end;
+            model::MqttMessage {
+                topic,
+                payload,
+                qos,
+                retain,
+            }
+        })
+        .collect();
     let count = input.count(budget, Limit::Points)?;
     let mut points = Vec::with_capacity(count);
     for _ in 0..count {
@@ -154,11 +174,7 @@ mod tests {
 
     /// Decodes within the default limits; errors as their text.
     fn decode(bytes: &[u8]) -> Result<TransformOutput, String> {
-        super::decode(
-            Bytes::copy_from_slice(bytes),
-            &mut Budget::new(OutputLimits::default()),
-        )
-        .map_err(|e| e.to_string())
+        super::decode(bytes, &mut Budget::new(OutputLimits::default())).map_err(|e| e.to_string())
     }
 
     /// The SDK's pinned sample (its encoder test checks it produces these
@@ -209,14 +225,22 @@ mod tests {
     }
 
     #[test]
-    fn payloads_are_views_into_the_buffer_not_copies() {
-        let buffer = Bytes::from(unhex(GOLDEN_HEX));
-        let range = buffer.as_ptr_range();
-        let output =
-            super::decode(buffer.clone(), &mut Budget::new(OutputLimits::default())).unwrap();
-        for message in &output.messages {
-            assert!(range.contains(&message.payload.as_ptr()), "{message:?}");
-        }
+    fn a_frames_payloads_share_one_buffer_that_holds_nothing_else() {
+        use sluice_sdk::{Message, Output, Point as SdkPoint};
+        let mut out = Output::new();
+        out.publish(Message::new("a", "27.6"));
+        out.publish(Message::new("b", "54.1"));
+        // A large point: a message waiting in a queue must not keep it alive.
+        out.point(SdkPoint::new("m").field("text", "x".repeat(100_000)));
+        let output = decode(&sluice_sdk::__private::encode_output(&out).unwrap()).unwrap();
+        let (a, b) = (&output.messages[0].payload, &output.messages[1].payload);
+        assert_eq!((&a[..], &b[..]), (&b"27.6"[..], &b"54.1"[..]));
+        assert_eq!(a.as_ptr_range().end, b.as_ptr(), "views of one buffer");
+        // The last view left owns the buffer: its size is the payloads'.
+        let last = a.clone();
+        drop(output);
+        let backing = last.try_into_mut().expect("the only view").capacity();
+        assert!(backing < 1000, "a payload keeps {backing} bytes alive");
     }
 
     #[test]
@@ -322,8 +346,7 @@ mod tests {
             fields_per_point: 1,
             bytes: 1 << 20,
         };
-        let read =
-            |bytes: &[u8]| super::decode(Bytes::copy_from_slice(bytes), &mut Budget::new(limits));
+        let read = |bytes: &[u8]| super::decode(bytes, &mut Budget::new(limits));
         let over = |limit, asked| OutputError::OverLimit {
             limit,
             asked,
@@ -360,8 +383,8 @@ mod tests {
             bytes: bytes_limit,
             ..OutputLimits::default()
         };
-        assert!(super::decode(bytes.clone().into(), &mut Budget::new(within(exactly))).is_ok());
-        let err = super::decode(bytes.into(), &mut Budget::new(within(exactly - 1))).unwrap_err();
+        assert!(super::decode(&bytes, &mut Budget::new(within(exactly))).is_ok());
+        let err = super::decode(&bytes, &mut Budget::new(within(exactly - 1))).unwrap_err();
         assert!(
             matches!(
                 err,
