@@ -275,8 +275,8 @@ impl Link {
                     .push_back(rumqttc::Request::Publish(publish));
             }
             Link::V5(eventloop) => {
-                let mut publish = v5p::Publish::new("", qos_v5(entry.qos), entry.payload, None);
-                publish.topic = Bytes::from(entry.topic.into_string());
+                let topic = entry.topic.as_str();
+                let mut publish = v5p::Publish::new(topic, qos_v5(entry.qos), entry.payload, None);
                 publish.retain = entry.retain;
                 publish.pkid = pkid;
                 eventloop
