@@ -652,7 +652,7 @@ pub fn run_line(r: &RunResult) -> String {
 pub fn startup_line(r: &StartupResult) -> String {
     format!(
         "startup ({}, binary {}): ready {} ms, first frame {} ms, RSS {:.1} MiB \
-         (anon {:.1}, file {:.1}), peak {:.1} MiB{}",
+         (anon {:.1}, file {:.1}), peak {:.1} MiB, idle {} wake-ups/s{}",
         r.cache,
         r.binary_pages,
         num(r.ready_ms, 1),
@@ -661,6 +661,7 @@ pub fn startup_line(r: &StartupResult) -> String {
         r.rss_anon_kib as f64 / 1024.0,
         r.rss_file_kib as f64 / 1024.0,
         r.hwm_kib as f64 / 1024.0,
+        num(r.idle_wakeups_per_s, 1),
         r.error
             .as_ref()
             .map(|e| format!(" ERROR {e}"))
@@ -1152,7 +1153,9 @@ pub fn tables(results: &Results) -> String {
             md,
             "\nsluice with three transforms (json-telemetry twice with different configs, \
              cayenne-lpp), each on its own pty; ready = spawn → `GET /ready` answers 200 \
-             (transforms loaded, MQTT connected); RSS after 3 s of 100 frames/s on one of them. \
+             (transforms loaded, MQTT connected); RSS after 3 s of 100 frames/s on one of them; \
+             idle wake-ups: context switches per second of all its threads over 3 s, 1.5 s \
+             after that feed stopped. \
              \"read from disk\": the binary was dropped from the page cache before the spawn \
              (as after a reboot); \"as found\": its pages as the page cache had them, usually \
              as the build left them (the kernel maps cached pages around each fault, so the \
@@ -1161,14 +1164,14 @@ pub fn tables(results: &Results) -> String {
         let _ = writeln!(
             md,
             "| cache | binary's pages | ready ms | first frame ms | CPU ms to ready (10 ms ticks) \
-             | RSS MiB | anon MiB | file MiB | peak RSS MiB |"
+             | RSS MiB | anon MiB | file MiB | peak RSS MiB | idle wake-ups/s |"
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for s in &results.startup {
             if let Some(e) = &s.error {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | failed: {} | | | | | | |",
+                    "| {} | {} | failed: {} | | | | | | | |",
                     s.cache,
                     s.binary_pages,
                     e.lines().next().unwrap_or_default()
@@ -1177,7 +1180,7 @@ pub fn tables(results: &Results) -> String {
             }
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
                 s.cache,
                 s.binary_pages,
                 num(s.ready_ms, 1),
@@ -1186,7 +1189,8 @@ pub fn tables(results: &Results) -> String {
                 s.rss_kib as f64 / 1024.0,
                 s.rss_anon_kib as f64 / 1024.0,
                 s.rss_file_kib as f64 / 1024.0,
-                s.hwm_kib as f64 / 1024.0
+                s.hwm_kib as f64 / 1024.0,
+                num(s.idle_wakeups_per_s, 1)
             );
         }
     }

@@ -759,9 +759,18 @@ pub struct StartupResult {
     pub rss_file_kib: u64,
     /// CPU seconds from spawn to ready.
     pub startup_cpu_ms: f64,
+    /// Context switches per second of all its threads once the feed
+    /// stopped: how often an idle host wakes a core.
+    #[serde(default)]
+    pub idle_wakeups_per_s: Option<f64>,
     /// Why it failed, if it did.
     pub error: Option<String>,
 }
+
+/// Quiet time before the idle wake-ups are counted (the epoch ticker
+/// sleeps after an idle second), and how long they are counted.
+const IDLE_SETTLE: Duration = Duration::from_millis(1500);
+const IDLE_WINDOW: Duration = Duration::from_secs(3);
 
 /// [`StartupResult::binary_pages`] of a run that evicted the binary first.
 pub const READ_FROM_DISK: &str = "read from disk";
@@ -779,6 +788,7 @@ pub fn startup(ctx: &RunContext<'_>, cold: bool, evict: bool) -> StartupResult {
         rss_anon_kib: 0,
         rss_file_kib: 0,
         startup_cpu_ms: 0.0,
+        idle_wakeups_per_s: None,
         error: None,
     };
     if evict && let Err(e) = crate::procfs::evict_from_page_cache(&ctx.paths.sluice_bin) {
@@ -839,6 +849,12 @@ fn startup_inner(ctx: &RunContext<'_>, cold: bool, result: &mut StartupResult) -
     result.hwm_kib = s.hwm_kib;
     result.rss_anon_kib = s.rss_anon_kib;
     result.rss_file_kib = s.rss_file_kib;
+    std::thread::sleep(IDLE_SETTLE);
+    let before = target.proc.sample()?.context_switches;
+    std::thread::sleep(IDLE_WINDOW);
+    let after = target.proc.sample()?.context_switches;
+    result.idle_wakeups_per_s =
+        Some(after.saturating_sub(before) as f64 / IDLE_WINDOW.as_secs_f64());
     target.proc.stop();
     drop(sub);
     if cold {
