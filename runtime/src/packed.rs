@@ -51,11 +51,11 @@ pub fn decode(bytes: &[u8], budget: &mut Budget) -> Result<TransformOutput, Outp
         budget.charge(m.topic.len() + m.payload.len())?;
         wire.push((topic, m.payload, qos, m.retain));
     }
-    let payloads: Bytes = wire
-        .iter()
-        .flat_map(|(_, payload, ..)| payload.iter().copied())
-        .collect::<Vec<u8>>()
-        .into();
+    let mut payloads = Vec::with_capacity(wire.iter().map(|(_, p, ..)| p.len()).sum());
+    for (_, payload, ..) in &wire {
+        payloads.extend_from_slice(payload);
+    }
+    let payloads = Bytes::from(payloads);
     let mut start = 0;
     let messages = wire
         .into_iter()
