@@ -754,12 +754,14 @@ mod tests {
             .get_typed_func::<(), ()>(&mut store, "spin")
             .expect("spin");
         // Ends the call if the ticker never woke, so that the test fails
-        // instead of spinning forever.
+        // instead of spinning forever; only after the wall-clock cap, which
+        // ends any call that gets ticks, however loaded the machine.
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rescue_after = limits.call_timeout * (WALL_CAP_FACTOR + 10);
         let rescue = std::thread::spawn({
             let (engine, done) = (runtime.engine().clone(), done.clone());
             move || {
-                let give_up = Instant::now() + Duration::from_secs(20);
+                let give_up = Instant::now() + rescue_after;
                 while !done.load(std::sync::atomic::Ordering::SeqCst) {
                     if Instant::now() > give_up {
                         engine.increment_epoch();
