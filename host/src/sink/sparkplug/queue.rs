@@ -249,7 +249,11 @@ mod tests {
             let queue = queue.clone();
             tokio::spawn(async move { queue.push_all(vec![point(2)]).await })
         };
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // The test runtime has one thread: yielding lets the push run
+        // until it waits.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
         assert!(
             !pusher.is_finished(),
             "a full queue makes the pipeline wait"
