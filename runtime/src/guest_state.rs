@@ -27,8 +27,8 @@ pub(crate) struct CallBudget {
     pub(crate) cpu_at_start: Duration,
     /// When and on which thread `cpu_at_start` was read.
     pub(crate) sampled: Option<(Instant, ThreadId)>,
-    /// Wall-clock deadline checks so far in this call.
-    pub(crate) checks: u32,
+    /// When the call started (the wall-clock cap counts from here).
+    pub(crate) started_at: Instant,
 }
 
 /// CPU time the calling thread has used (CLOCK_THREAD_CPUTIME_ID). The
@@ -47,7 +47,7 @@ impl CallBudget {
             limit,
             cpu_at_start: Duration::ZERO,
             sampled: None,
-            checks: 0,
+            started_at: Instant::now(),
         }
     }
 
@@ -62,7 +62,7 @@ impl CallBudget {
         read_cpu: impl FnOnce() -> Duration,
     ) {
         self.limit = limit;
-        self.checks = 0;
+        self.started_at = now;
         let thread = std::thread::current().id();
         let fresh = self.sampled.is_some_and(|(at, on)| {
             on == thread && now.saturating_duration_since(at) <= CPU_ORIGIN_MAX_AGE
@@ -73,25 +73,21 @@ impl CallBudget {
         }
     }
 
-    /// Epoch ticks covering `duration` (+1: the current tick may be about to
-    /// end).
-    pub(crate) fn ticks(duration: Duration) -> u64 {
-        u64::try_from(duration.as_nanos().div_ceil(EPOCH_TICK.as_nanos()))
-            .unwrap_or(u64::MAX)
-            .saturating_add(1)
-    }
-
-    /// Called when the call has run for its remaining budget in wall time:
-    /// interrupt if it used the budget in CPU time (or hit the wall-clock
-    /// cap), else look again when the rest of the budget could be used up.
-    pub(crate) fn on_deadline(&mut self, cpu_now: Duration) -> wasmtime::UpdateDeadline {
-        self.checks += 1;
+    /// Called at each epoch tick once the call has run for its budget in
+    /// wall time (and at ticks other calls caused): interrupt if it used
+    /// the budget in CPU time or reached the wall-clock cap, else go on
+    /// until the next tick.
+    pub(crate) fn on_deadline(
+        &mut self,
+        cpu_now: Duration,
+        now: Instant,
+    ) -> wasmtime::UpdateDeadline {
         let used = cpu_now.saturating_sub(self.cpu_at_start);
-        // Checks come at least one budget of wall time apart.
-        if used >= self.limit || self.checks >= WALL_CAP_FACTOR {
+        let wall = now.saturating_duration_since(self.started_at);
+        if used >= self.limit || wall >= self.limit.saturating_mul(WALL_CAP_FACTOR) {
             return wasmtime::UpdateDeadline::Interrupt;
         }
-        wasmtime::UpdateDeadline::Continue(Self::ticks(self.limit - used))
+        wasmtime::UpdateDeadline::Continue(1)
     }
 }
 

@@ -21,7 +21,8 @@
 //!   a guest that spins is interrupted with a trap ([`TrapKind::Timeout`]).
 //!   The epoch ticker only decides *when to look*: when a call has run for
 //!   its budget in wall-clock time, the deadline callback reads the thread's
-//!   CPU clock and extends the deadline by what is left of the budget. Time
+//!   CPU clock, and looks again at every tick until the call has used its
+//!   budget in CPU time or ends (a call that ends in time needs no tick). Time
 //!   the OS did not run the worker (a loaded box) is not charged to the
 //!   guest, so a busy machine does not drop good frames; a call still ends
 //!   after [`WALL_CAP_FACTOR`] × its budget in wall time, whatever happened.
@@ -72,7 +73,7 @@ pub use error::{GuestError, GuestErrorKind, LoadError, ProcessError, Rejected, T
 use guest_state::*;
 pub use output::{Limit, OutputError, OutputLimits};
 
-use epoch::{CallRunning, EPOCH_TICK, EpochTicker};
+use epoch::{CallRunning, EpochTicker};
 use output::{Budget, Bytes, WitCommand, WitError, WitFrame, WitOutputV01};
 use sluice_core::model::{Frame, TransformOutput, guest_text};
 use sluice_core::ratelimit::RateLimiter;
@@ -300,7 +301,10 @@ impl Runtime {
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_callback(|mut context| {
-            Ok(context.data_mut().budget.on_deadline(thread_cpu_time()))
+            Ok(context
+                .data_mut()
+                .budget
+                .on_deadline(thread_cpu_time(), Instant::now()))
         });
         store
     }
@@ -647,12 +651,13 @@ impl TransformInstance {
 /// Returns the guard that keeps the epoch ticking while the call runs.
 #[must_use = "the ticker may sleep once the guard drops"]
 fn set_deadline(store: &mut Store<GuestState>, limits: &Limits) -> CallRunning {
-    let running = store.data().epoch.call_starts();
+    let running = store.data().epoch.call_starts(limits.call_timeout);
     store
         .data_mut()
         .budget
         .start(limits.call_timeout, Instant::now(), thread_cpu_time);
-    store.set_epoch_deadline(CallBudget::ticks(limits.call_timeout));
+    // The ticker advances the epoch only at a running call's check time.
+    store.set_epoch_deadline(1);
     running
 }
 
@@ -733,29 +738,22 @@ mod tests {
         10, 9, 1, 7, 0, 0x03, 0x40, 0x0c, 0, 0x0b, 0x0b, // code: loop { br 0 }
     ];
 
-    #[test]
-    fn the_idle_ticker_sleeps_and_ticks_through_a_call_longer_than_its_idle_second() {
-        let runtime = Runtime::new(ModuleCache::new(None)).expect("runtime");
-        let ticker = runtime.inner.ticker.clone();
-        let give_up = Instant::now() + Duration::from_secs(20);
-        while !ticker.is_parked() {
-            assert!(Instant::now() < give_up, "the idle ticker never parked");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let limits = Limits {
-            // Longer than the ticker's idle second: it must not park under a call.
-            call_timeout: Duration::from_millis(1500),
+    /// Runs [`SPIN`] with a budget of `budget` until it is interrupted. Returns
+    /// whether the ticker failed it: a rescue thread had to advance the
+    /// epoch, which it does only after the wall-clock cap (which ends any
+    /// call that gets its ticks, however loaded the machine), so that the
+    /// test fails instead of spinning forever.
+    fn spin_needed_a_rescue(runtime: &Runtime, budget: Duration) -> bool {
+        let limits = &Limits {
+            call_timeout: budget,
             ..Limits::default()
         };
-        let mut store = runtime.new_store(&Arc::from("test"), &limits);
+        let mut store = runtime.new_store(&Arc::from("test"), limits);
         let module = wasmtime::Module::new(runtime.engine(), SPIN).expect("compiles");
         let instance = wasmtime::Instance::new(&mut store, &module, &[]).expect("instantiates");
         let spin = instance
             .get_typed_func::<(), ()>(&mut store, "spin")
             .expect("spin");
-        // Ends the call if the ticker never woke, so that the test fails
-        // instead of spinning forever; only after the wall-clock cap, which
-        // ends any call that gets ticks, however loaded the machine.
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let rescue_after = limits.call_timeout * (WALL_CAP_FACTOR + 10);
         let rescue = std::thread::spawn({
@@ -771,23 +769,82 @@ mod tests {
                 Instant::now() > give_up
             }
         });
-        let running = set_deadline(&mut store, &limits);
+        let running = set_deadline(&mut store, limits);
         let error = spin.call(&mut store, ()).expect_err("interrupted");
         drop(running);
         done.store(true, std::sync::atomic::Ordering::SeqCst);
-        assert!(
-            !rescue.join().expect("rescue"),
-            "no tick reached the call: the ticker slept"
-        );
         assert_eq!(error.downcast_ref::<Trap>(), Some(&Trap::Interrupt));
+        rescue.join().expect("rescue")
     }
 
-    fn budget(limit_ms: u64, cpu_at_start_ms: u64) -> CallBudget {
+    /// Waits until the ticker has looked more than `looks` times.
+    fn wait_for_look(ticker: &EpochTicker, looks: u64) {
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while ticker.looks() <= looks {
+            assert!(Instant::now() < give_up, "the ticker never looked");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn the_idle_ticker_sleeps_and_ticks_through_a_call_longer_than_its_idle_second() {
+        let runtime = Runtime::new(ModuleCache::new(None)).expect("runtime");
+        let ticker = runtime.inner.ticker.clone();
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while !ticker.is_parked() {
+            assert!(Instant::now() < give_up, "the idle ticker never parked");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Longer than the ticker's idle second: it must not park under a call.
+        assert!(
+            !spin_needed_a_rescue(&runtime, Duration::from_millis(1500)),
+            "no tick reached the call: the ticker slept"
+        );
+    }
+
+    #[test]
+    fn a_call_with_a_shorter_budget_wakes_a_ticker_that_would_look_too_late() {
+        let runtime = Runtime::new(ModuleCache::new(None)).expect("runtime");
+        let ticker = runtime.inner.ticker.clone();
+        // A call with a 5 s budget: the ticker then looks again in 5 s.
+        let looks = ticker.looks();
+        drop(ticker.call_starts(Duration::from_secs(5)));
+        wait_for_look(&ticker, looks);
+        assert!(
+            !spin_needed_a_rescue(&runtime, Duration::from_millis(20)),
+            "no tick reached the call before the ticker's next look"
+        );
+    }
+
+    #[test]
+    fn calls_that_end_within_their_budget_do_not_wake_the_ticker() {
+        let runtime = Runtime::new(ModuleCache::new(None)).expect("runtime");
+        let ticker = runtime.inner.ticker.clone();
+        let budget = Duration::from_millis(100);
+        let looks = ticker.looks();
+        let started = Instant::now();
+        for _ in 0..300 {
+            drop(ticker.call_starts(budget));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let elapsed = started.elapsed();
+        let woken = ticker.looks() - looks;
+        // A look per budget while calls come (the first call woke it from
+        // parking), not one per tick: that would be elapsed / EPOCH_TICK,
+        // 20 times as many. A loaded machine only makes looks later.
+        let per_budget = u64::try_from(elapsed.as_millis() / budget.as_millis()).expect("small");
+        assert!(
+            woken <= per_budget + 2,
+            "{woken} looks in {elapsed:?} of calls with a {budget:?} budget"
+        );
+        assert!(woken >= 1, "the first call did not wake the parked ticker");
+    }
+
+    fn budget(limit_ms: u64, cpu_at_start_ms: u64) -> (CallBudget, Instant) {
         let mut b = CallBudget::new(Duration::from_millis(limit_ms));
-        b.start(b.limit, Instant::now(), || {
-            Duration::from_millis(cpu_at_start_ms)
-        });
-        b
+        let start = Instant::now();
+        b.start(b.limit, start, || Duration::from_millis(cpu_at_start_ms));
+        (b, start)
     }
 
     #[test]
@@ -810,7 +867,6 @@ mod tests {
             (b.cpu_at_start, reads.get()),
             (Duration::from_millis(12), 2)
         );
-        assert_eq!(b.checks, 0);
         // Another thread's clock is never reused, however recent.
         let later = t0 + CPU_ORIGIN_MAX_AGE * 2;
         let b = std::thread::spawn(move || {
@@ -824,41 +880,45 @@ mod tests {
 
     #[test]
     fn a_call_that_used_its_budget_in_cpu_time_is_interrupted() {
-        let mut b = budget(100, 1_000);
+        let (mut b, start) = budget(100, 1_000);
         assert!(matches!(
-            b.on_deadline(Duration::from_millis(1_100)),
+            b.on_deadline(
+                Duration::from_millis(1_100),
+                start + Duration::from_millis(100)
+            ),
             wasmtime::UpdateDeadline::Interrupt
         ));
     }
 
     #[test]
-    fn a_starved_call_gets_the_rest_of_its_budget() {
+    fn a_starved_call_goes_on_until_it_used_its_budget() {
         // 100 ms of wall time passed but the thread ran for 30 ms only.
-        let mut b = budget(100, 1_000);
-        match b.on_deadline(Duration::from_millis(1_030)) {
-            wasmtime::UpdateDeadline::Continue(ticks) => {
-                assert_eq!(ticks, CallBudget::ticks(Duration::from_millis(70)));
-            }
-            _ => panic!("a starved call must go on"),
-        }
+        let (mut b, start) = budget(100, 1_000);
+        let at = |ms| start + Duration::from_millis(ms);
+        assert!(matches!(
+            b.on_deadline(Duration::from_millis(1_030), at(100)),
+            wasmtime::UpdateDeadline::Continue(1)
+        ));
         // Later it has used it all: interrupted.
         assert!(matches!(
-            b.on_deadline(Duration::from_millis(1_100)),
+            b.on_deadline(Duration::from_millis(1_100), at(180)),
             wasmtime::UpdateDeadline::Interrupt
         ));
     }
 
     #[test]
     fn however_starved_a_call_ends_at_the_wall_clock_cap() {
-        let mut b = budget(100, 1_000);
-        let mut checks = 0;
-        while let wasmtime::UpdateDeadline::Continue(_) =
-            b.on_deadline(Duration::from_millis(1_001))
-        {
-            checks += 1;
-            assert!(checks < WALL_CAP_FACTOR, "no cap");
-        }
-        assert_eq!(checks + 1, WALL_CAP_FACTOR);
+        let (mut b, start) = budget(100, 1_000);
+        let cap = b.limit * WALL_CAP_FACTOR;
+        let starved = Duration::from_millis(1_001);
+        assert!(matches!(
+            b.on_deadline(starved, start + cap - Duration::from_millis(1)),
+            wasmtime::UpdateDeadline::Continue(1)
+        ));
+        assert!(matches!(
+            b.on_deadline(starved, start + cap),
+            wasmtime::UpdateDeadline::Interrupt
+        ));
     }
 
     #[test]
