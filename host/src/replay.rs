@@ -25,7 +25,7 @@ use anyhow::bail;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::RunOptions;
+use crate::app::{RunOptions, Running};
 use crate::config::Config;
 use crate::jsonout;
 use crate::pipeline::Emission;
@@ -130,14 +130,23 @@ pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Resul
         stopper.cancel();
     });
     let source = Source::Replay(plan.clone());
+    let (ready, running) = oneshot::channel();
     if args.stdout {
-        print_run(config, source, stop).await?;
+        print_run(config, source, ready, stop).await?;
     } else {
         let options = RunOptions {
             source,
+            ready: Some(ready),
             ..RunOptions::default()
         };
         crate::app::run_with(config, options, stop).await?;
+    }
+    // What the sinks (or the closed stdout) did not take, by reason.
+    if let Ok(running) = running.await {
+        let dropped = running.metrics.stats_json()["dropped"].clone();
+        if dropped.as_object().is_some_and(|d| !d.is_empty()) {
+            eprintln!("dropped by reason: {dropped}");
+        }
     }
     let problems = plan.problems();
     eprintln!(
@@ -160,13 +169,13 @@ pub async fn run(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Resul
 async fn print_run(
     mut config: Config,
     source: Source,
+    ready: oneshot::Sender<Running>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     config.mqtt = None;
     config.influx = None;
     config.broker.embedded = false;
     let (tap, mut emissions) = mpsc::channel::<Emission>(1024);
-    let (ready, running) = oneshot::channel();
     let printer = tokio::spawn(async move {
         use std::io::Write as _;
         let mut out = std::io::stdout();
@@ -187,12 +196,6 @@ async fn print_run(
     };
     crate::app::run_with(config, options, stop).await?;
     let _ = printer.await;
-    if let Ok(running) = running.await {
-        let dropped = running.metrics.stats_json()["dropped"].clone();
-        if dropped.as_object().is_some_and(|d| !d.is_empty()) {
-            eprintln!("dropped by reason: {dropped}");
-        }
-    }
     Ok(())
 }
 

@@ -366,6 +366,32 @@ fn replay_to_a_closed_stdout_counts_what_it_could_not_print() {
     assert!(stderr.contains("\"no_influx_sink_configured\""), "{stderr}");
 }
 
+/// Without a tap or sinks, everything a transform emits is counted as
+/// dropped, each message and each point once.
+#[test]
+fn replay_without_sinks_counts_every_message_and_point_it_drops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_file(dir.path(), None);
+    let cap = dir.path().join("gw.cap");
+    // json-telemetry makes 8 messages and 3 points of this line.
+    let line = r#"{"seq":1,"n1":{"t":27.6,"h":54.1,"bat":3.71},"sig":{"rssi":-39,"snr":9.5},"stats":{"rx":1201,"crc_err":3}}"#;
+    write_capture(&cap, "gw", T0, &[line; 50]);
+    let (ok, _, stderr) = replay(&[
+        cap.to_str().expect("utf-8"),
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("replayed 50 frames"), "{stderr}");
+    let dropped = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("dropped by reason: "))
+        .unwrap_or_else(|| panic!("no drop report: {stderr}"));
+    let dropped: serde_json::Value = serde_json::from_str(dropped).expect("JSON");
+    assert_eq!(dropped["no_mqtt_sink_configured"], 50 * 8, "{stderr}");
+    assert_eq!(dropped["no_influx_sink_configured"], 50 * 3, "{stderr}");
+}
+
 #[test]
 fn replay_refuses_a_capture_of_an_unknown_pipeline() {
     let dir = tempfile::tempdir().expect("tempdir");
