@@ -22,8 +22,8 @@ pub(crate) struct GuestState {
 pub(crate) struct CallBudget {
     /// The budget per call.
     pub(crate) limit: Duration,
-    /// The worker thread's CPU clock at the call's start, or up to
-    /// [`CPU_ORIGIN_MAX_AGE`] before it (see [`CallBudget::start`]).
+    /// The worker thread's CPU clock at the call's start, or up to a tenth
+    /// of the budget before it (see [`CallBudget::start`]).
     pub(crate) cpu_at_start: Duration,
     /// When and on which thread `cpu_at_start` was read.
     pub(crate) sampled: Option<(Instant, ThreadId)>,
@@ -53,7 +53,7 @@ impl CallBudget {
 
     /// Starts a call with budget `limit` at wall time `now` on the calling
     /// thread. The CPU clock is read again only when the last reading is
-    /// older than [`CPU_ORIGIN_MAX_AGE`] or from another thread (an
+    /// older than `limit / CPU_ORIGIN_BUDGET_DIVISOR` or from another thread (an
     /// instance validated on the blocking pool, then run by its worker).
     pub(crate) fn start(
         &mut self,
@@ -65,7 +65,7 @@ impl CallBudget {
         self.started_at = now;
         let thread = std::thread::current().id();
         let fresh = self.sampled.is_some_and(|(at, on)| {
-            on == thread && now.saturating_duration_since(at) <= CPU_ORIGIN_MAX_AGE
+            on == thread && now.saturating_duration_since(at) <= limit / CPU_ORIGIN_BUDGET_DIVISOR
         });
         if !fresh {
             self.cpu_at_start = read_cpu();

@@ -28,9 +28,9 @@
 //!   after [`WALL_CAP_FACTOR`] × its budget in wall time, whatever happened.
 //!   Reading the thread's CPU clock is a system call (the vDSO does not
 //!   serve per-thread clocks), which cost ~6 % of a small call; calls that
-//!   start within [`CPU_ORIGIN_MAX_AGE`] of the last reading on the same
-//!   thread reuse it as their origin, so a call may be charged up to that
-//!   much CPU time of its predecessors.
+//!   start within a tenth of their budget ([`CPU_ORIGIN_BUDGET_DIVISOR`])
+//!   of the last reading on the same thread reuse it as their origin, so a
+//!   call may be charged up to that much CPU time of its predecessors.
 //! * **Memory cap**: linear memory beyond the cap makes `memory.grow` trap
 //!   ([`TrapKind::MemoryLimit`]).
 //! * **Stack**: wasmtime's `max_wasm_stack` turns runaway recursion into a
@@ -106,8 +106,11 @@ pub const SUPPORTED_WIT_VERSIONS: &[&str] = &["sluice:transform@0.2.0", "sluice:
 pub const WALL_CAP_FACTOR: u32 = 50;
 
 /// How old (in wall time) the CPU-clock reading a call uses as its origin
-/// may be: at most this much of earlier calls' CPU time is charged to it.
-pub const CPU_ORIGIN_MAX_AGE: Duration = Duration::from_millis(1);
+/// may be, as a fraction of its budget: 1/10, so at most a tenth of the
+/// budget of earlier calls' CPU time is charged to it. A tenth of the
+/// default 100 ms covers calls 1–10 ms apart (100–1000 frames a second),
+/// which would otherwise each make a system call.
+pub const CPU_ORIGIN_BUDGET_DIVISOR: u32 = 10;
 
 /// Limits applied to every call of every instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -855,20 +858,33 @@ mod tests {
             Duration::from_millis(ms)
         };
         let mut b = CallBudget::new(Duration::from_millis(100));
+        let max_age = b.limit / CPU_ORIGIN_BUDGET_DIVISOR;
         let t0 = Instant::now();
         b.start(b.limit, t0, || clock(10));
-        b.start(b.limit, t0 + CPU_ORIGIN_MAX_AGE / 2, || clock(11));
+        // Calls 1 ms apart (1000 frames a second) share the reading.
+        b.start(b.limit, t0 + Duration::from_millis(1), || clock(11));
+        b.start(b.limit, t0 + max_age, || clock(11));
         assert_eq!(
             (b.cpu_at_start, reads.get()),
             (Duration::from_millis(10), 1)
         );
-        b.start(b.limit, t0 + CPU_ORIGIN_MAX_AGE * 2, || clock(12));
+        b.start(b.limit, t0 + max_age * 2, || clock(12));
         assert_eq!(
             (b.cpu_at_start, reads.get()),
             (Duration::from_millis(12), 2)
         );
+        // A smaller budget reuses a reading for a shorter time.
+        b.start(
+            Duration::from_millis(5),
+            t0 + max_age * 2 + Duration::from_millis(1),
+            || clock(13),
+        );
+        assert_eq!(
+            (b.cpu_at_start, reads.get()),
+            (Duration::from_millis(13), 3)
+        );
         // Another thread's clock is never reused, however recent.
-        let later = t0 + CPU_ORIGIN_MAX_AGE * 2;
+        let later = t0 + max_age * 2;
         let b = std::thread::spawn(move || {
             b.start(b.limit, later, || Duration::from_millis(99));
             b
