@@ -26,6 +26,11 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Time without calls after which the ticker parks until the next one.
 const IDLE: Duration = Duration::from_secs(1);
 
+/// The furthest check time: a longer budget (`Limits` takes any
+/// `Duration`, and `Instant + Duration::MAX` overflows) is checked this
+/// far out, then at every tick.
+const FURTHEST_CHECK: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// The ticker thread and what calls tell it.
 pub struct EpochTicker {
     shared: Arc<Shared>,
@@ -130,7 +135,7 @@ impl EpochTicker {
     /// guard drops), waking the ticker if it would look too late. Called
     /// before the call's deadline is set.
     pub fn call_starts(self: &Arc<Self>, budget: Duration) -> CallRunning {
-        let check_at = Instant::now() + budget;
+        let check_at = Instant::now() + budget.min(FURTHEST_CHECK);
         let mut state = lock(&self.shared.state);
         let slot = match state.check_at.iter().position(Option::is_none) {
             Some(free) => {

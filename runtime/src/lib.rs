@@ -820,6 +820,18 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_too_long_for_the_clock_is_checked_a_year_out() {
+        let runtime = Runtime::new(ModuleCache::new(None)).expect("runtime");
+        let limits = Limits {
+            // `Instant::now() + Duration::MAX` overflows (a panic).
+            call_timeout: Duration::MAX,
+            ..Limits::default()
+        };
+        let mut store = runtime.new_store(&Arc::from("test"), &limits);
+        drop(set_deadline(&mut store, &limits));
+    }
+
+    #[test]
     fn calls_that_end_within_their_budget_do_not_wake_the_ticker() {
         let runtime = Runtime::new(ModuleCache::new(None)).expect("runtime");
         let ticker = runtime.inner.ticker.clone();
