@@ -135,7 +135,8 @@ impl EpochTicker {
     /// guard drops), waking the ticker if it would look too late. Called
     /// before the call's deadline is set.
     pub fn call_starts(self: &Arc<Self>, budget: Duration) -> CallRunning {
-        let check_at = Instant::now() + budget.min(FURTHEST_CHECK);
+        let budget = budget.min(FURTHEST_CHECK);
+        let check_at = Instant::now() + budget;
         let mut state = lock(&self.shared.state);
         let slot = match state.check_at.iter().position(Option::is_none) {
             Some(free) => {
