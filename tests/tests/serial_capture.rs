@@ -207,6 +207,9 @@ fn config_file(dir: &Path, mqtt_port: Option<u16>) -> PathBuf {
 
 const T0: u64 = 1_700_000_000_000_000_000;
 
+/// A gateway line: json-telemetry makes 8 messages and 3 points of it.
+const GATEWAY_LINE: &str = r#"{"seq":1,"n1":{"t":27.6,"h":54.1,"bat":3.71},"sig":{"rssi":-39,"snr":9.5},"stats":{"rx":1201,"crc_err":3}}"#;
+
 /// Runs `sluice replay <args>`, killed if it has not finished within [`WAIT`].
 fn replay(args: &[&str]) -> (bool, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -341,9 +344,8 @@ fn replay_to_a_closed_stdout_counts_what_it_could_not_print() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = config_file(dir.path(), None);
     let cap = dir.path().join("gw.cap");
-    let line = r#"{"seq":1,"n1":{"t":27.6,"h":54.1,"bat":3.71},"sig":{"rssi":-39,"snr":9.5},"stats":{"rx":1201,"crc_err":3}}"#;
     // Several MiB of output: more than a pipe holds.
-    write_capture(&cap, "gw", T0, &vec![line; 5000]);
+    write_capture(&cap, "gw", T0, &vec![GATEWAY_LINE; 5000]);
     let mut child = Command::new(sluice_bin())
         .args(["replay", "--stdout", "--config"])
         .arg(&config)
@@ -373,9 +375,7 @@ fn replay_without_sinks_counts_every_message_and_point_it_drops() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = config_file(dir.path(), None);
     let cap = dir.path().join("gw.cap");
-    // json-telemetry makes 8 messages and 3 points of this line.
-    let line = r#"{"seq":1,"n1":{"t":27.6,"h":54.1,"bat":3.71},"sig":{"rssi":-39,"snr":9.5},"stats":{"rx":1201,"crc_err":3}}"#;
-    write_capture(&cap, "gw", T0, &[line; 50]);
+    write_capture(&cap, "gw", T0, &[GATEWAY_LINE; 50]);
     let (ok, _, stderr) = replay(&[
         cap.to_str().expect("utf-8"),
         "--config",
