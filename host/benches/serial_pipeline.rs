@@ -1,5 +1,5 @@
 //! End to end through a serial pipeline: a pseudo-terminal → the port task
-//! (tokio-serial, newline framing) → the json-telemetry transform in Wasm →
+//! (its own reader, newline framing) → the json-telemetry transform in Wasm →
 //! validated emissions, as `sluice run` wires it (`app::start_pipelines`).
 //!
 //! `cargo bench -p sluice --bench serial_pipeline`

@@ -2,7 +2,7 @@
 //!
 //! The demo, the tests and the benchmarks all need "a serial port with a
 //! device on the other end". A pty is exactly that: the host opens the slave
-//! path like any tty (tokio-serial sets its line settings), and whoever holds
+//! path like any tty (sluice sets its line settings), and whoever holds
 //! the master writes what the device would send.
 
 use std::fs::File;

@@ -233,7 +233,7 @@ impl Poller {
                     .map_err(|e| anyhow::anyhow!("serial port {}: {e}", serial.path.display()))?;
                 let received = Arc::new(AtomicU64::new(0));
                 let line = Watched {
-                    inner: opened.stream,
+                    inner: opened.port,
                     received: received.clone(),
                 };
                 Ok((tokio_modbus::client::rtu::attach(line), Some(received)))

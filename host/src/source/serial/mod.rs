@@ -37,16 +37,15 @@ pub mod downlink;
 pub mod line_errors;
 
 pub mod open;
+pub mod port;
 
 use std::os::fd::{AsRawFd as _, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut as _, BytesMut};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use bytes::BytesMut;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_serial::SerialStream;
 use tokio_util::codec::Decoder as _;
 use tokio_util::sync::CancellationToken;
 
@@ -59,6 +58,7 @@ use crate::ratelimit::RateLimiter;
 use crate::source::ReadAhead;
 use crate::source::capture::CaptureHandle;
 use crate::ticket::{FrameTicket, FrameTickets};
+use port::Port;
 use sluice_framing::{Framer, FramerEvent, FramingDrop};
 
 pub use downlink::{DownlinkError, DownlinkSender};
@@ -265,7 +265,7 @@ impl PortTask {
                     }
                     failed_attempts = 0;
                     let started = Instant::now();
-                    let end = self.session(opened.stream).await;
+                    let end = self.session(opened.port).await;
                     self.serial.port_open.set(0);
                     if started.elapsed() >= STABLE_SESSION {
                         backoff.reset();
@@ -313,13 +313,13 @@ impl PortTask {
 
     /// Reads one opened port until it is lost, the host stops, or the
     /// pipeline is gone.
-    async fn session(&mut self, mut stream: SerialStream) -> SessionEnd {
+    async fn session(&mut self, mut port: Port) -> SessionEnd {
         let mut framer = self.build_framer();
         // The same count `frame` issues from; a handle of its own so the
         // select below can wait on it while other arms borrow `self`.
         let tickets = self.tickets.clone();
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        let mut lines = LineWatch::start(stream.as_raw_fd(), &self.pipeline);
+        let mut lines = LineWatch::start(port.as_raw_fd(), &self.pipeline);
         let mut tick = tokio::time::interval_at(Instant::now() + LINE_POLL, LINE_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let gap = framer.idle_gap();
@@ -333,7 +333,7 @@ impl PortTask {
             loop {
                 match framer.decode(&mut buf) {
                     Ok(Some(event)) => {
-                        if let Err(end) = self.handle(event, &mut stream, &framer).await {
+                        if let Err(end) = self.handle(event, &mut port, &framer).await {
                             break 'session end;
                         }
                     }
@@ -355,16 +355,11 @@ impl PortTask {
                 buf.clear();
                 framer = self.build_framer();
             }
-            if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-                buf.reserve(READ_CHUNK);
-            }
             let idle_at = gap.zip(last_read).map(|(gap, at)| at + gap);
-            // One read takes at most READ_CHUNK (what a crash can lose).
-            let mut chunk = (&mut buf).limit(READ_CHUNK);
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break SessionEnd::Shutdown,
-                read = stream.read_buf(&mut chunk), if self.may_read() => match read {
+                read = port.read_into(&mut buf), if self.may_read() => match read {
                     Ok(0) => break SessionEnd::Lost("end of stream (the device hung up)".into()),
                     Ok(n) => {
                         self.serial.bytes_received.inc_by(n as u64);
@@ -374,7 +369,7 @@ impl PortTask {
                 },
                 command = self.commands.recv(), if self.may_write() => match command {
                     Some(command) => {
-                        if let Err(end) = self.write_command(&mut stream, &framer, command).await {
+                        if let Err(end) = self.write_command(&mut port, &framer, command).await {
                             break end;
                         }
                     }
@@ -384,7 +379,7 @@ impl PortTask {
                 _ = tokio::time::sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => {
                     last_read = None;
                     if let Some(event) = framer.on_idle(&mut buf)
-                        && let Err(end) = self.handle(event, &mut stream, &framer).await
+                        && let Err(end) = self.handle(event, &mut port, &framer).await
                     {
                         break end;
                     }
@@ -463,7 +458,7 @@ impl PortTask {
     async fn handle(
         &mut self,
         event: FramerEvent,
-        stream: &mut SerialStream,
+        port: &mut Port,
         framer: &Framer,
     ) -> Result<(), SessionEnd> {
         match event {
@@ -473,7 +468,7 @@ impl PortTask {
                 if let Some(capture) = &self.capture {
                     capture.record(&frame);
                 }
-                self.deliver(frame, stream, framer).await
+                self.deliver(frame, port, framer).await
             }
             FramerEvent::Dropped { reason, bytes } => {
                 self.metrics.frame_dropped(FrameDrop::Framing(reason));
@@ -493,7 +488,7 @@ impl PortTask {
     async fn deliver(
         &mut self,
         frame: Frame,
-        stream: &mut SerialStream,
+        port: &mut Port,
         framer: &Framer,
     ) -> Result<(), SessionEnd> {
         let Some(frames) = self.frames.clone() else {
@@ -515,7 +510,7 @@ impl PortTask {
                     };
                 }
                 command = self.commands.recv(), if self.may_write() => match command {
-                    Some(command) => self.write_command(stream, framer, command).await?,
+                    Some(command) => self.write_command(port, framer, command).await?,
                     None => self.commands_open = false,
                 },
                 _ = tokio::time::sleep_until(self.next_write), if !self.may_write() && self.commands_open => {}
@@ -528,7 +523,7 @@ impl PortTask {
     /// and the session goes on.
     async fn write_command(
         &mut self,
-        stream: &mut SerialStream,
+        port: &mut Port,
         framer: &Framer,
         command: Command,
     ) -> Result<(), SessionEnd> {
@@ -547,7 +542,7 @@ impl PortTask {
             return Ok(());
         }
         let timeout = Duration::from_millis(self.config.write_timeout_ms.get());
-        match tokio::time::timeout(timeout, stream.write_all(&wire)).await {
+        match tokio::time::timeout(timeout, port.write_all(&wire)).await {
             Ok(Ok(())) => {
                 self.serial.downlink_written.inc();
                 tracing::debug!(

@@ -1,7 +1,7 @@
 //! Opening a serial port with the configured settings, and saying clearly
 //! why it could not be opened.
 //!
-//! tokio-serial (mio-serial → serialport 4) opens the device `O_NONBLOCK`,
+//! mio-serial (→ serialport 4) opens the device `O_NONBLOCK`,
 //! takes `TIOCEXCL` and an exclusive `flock` (or a shared `flock` when not
 //! exclusive), switches it to raw mode and applies the settings with
 //! `TCSETS2`/`BOTHER` on Linux, so any integer baud rate can be *requested*.
@@ -14,8 +14,10 @@
 use std::os::unix::fs::FileTypeExt as _;
 use std::path::Path;
 
-use tokio_serial::{DataBits, FlowControl, Parity, SerialPort as _, SerialStream, StopBits};
+use mio_serial::{DataBits, FlowControl, Parity, SerialPort as _, SerialStream, StopBits};
 
+use super::READ_CHUNK;
+use super::port::Port;
 use crate::config::{SerialConfig, SerialFlowControl, SerialParity};
 
 /// Why a port could not be opened (or was refused after opening).
@@ -88,7 +90,7 @@ impl OpenError {
 /// An open port and the settings the OS did not apply as asked (warnings).
 pub struct Opened {
     /// The port, registered with the tokio reactor.
-    pub stream: SerialStream,
+    pub port: Port,
     /// Human-readable differences between the config and the port.
     pub differences: Vec<String>,
 }
@@ -101,18 +103,16 @@ const BAUD_TOLERANCE: f64 = 0.02;
 /// tokio runtime (the port is registered with its reactor). Never blocks.
 pub fn open(config: &SerialConfig) -> Result<Opened, OpenError> {
     precheck(&config.path)?;
-    let builder = tokio_serial::new(config.path.to_string_lossy(), config.baud.get())
+    let builder = mio_serial::new(config.path.to_string_lossy(), config.baud.get())
         .data_bits(data_bits(config.data_bits))
         .parity(parity(config.parity))
         .stop_bits(stop_bits(config.stop_bits))
         .flow_control(flow_control(config.flow_control))
         .exclusive(config.exclusive);
-    let stream = SerialStream::open(&builder).map_err(classify)?;
-    let differences = verify(&stream, config)?;
-    Ok(Opened {
-        stream,
-        differences,
-    })
+    let device = SerialStream::open(&builder).map_err(classify)?;
+    let differences = verify(&device, config)?;
+    let port = Port::new(device, READ_CHUNK).map_err(|e| OpenError::Other(e.to_string()))?;
+    Ok(Opened { port, differences })
 }
 
 /// What the path is, before the open tries (the open's own errors lose
@@ -130,9 +130,9 @@ fn precheck(path: &Path) -> Result<(), OpenError> {
     }
 }
 
-fn classify(err: tokio_serial::Error) -> OpenError {
+fn classify(err: mio_serial::Error) -> OpenError {
+    use mio_serial::ErrorKind as K;
     use std::io::ErrorKind as Io;
-    use tokio_serial::ErrorKind as K;
     match err.kind {
         // serialport maps EBUSY (TIOCEXCL) and a held flock to NoDevice.
         K::NoDevice => OpenError::Busy(err.description),
@@ -167,7 +167,7 @@ fn verify(stream: &SerialStream, config: &SerialConfig) -> Result<Vec<String>, O
         }
     }
     let mut differences = Vec::new();
-    let mut compare = |what: &str, want: String, got: Result<String, tokio_serial::Error>| {
+    let mut compare = |what: &str, want: String, got: Result<String, mio_serial::Error>| {
         let got = got.unwrap_or_else(|e| format!("unknown ({})", e.description));
         if got != want {
             differences.push(format!("{what}: configured {want}, the port reports {got}"));
