@@ -242,26 +242,39 @@ pub(super) async fn drive_connection(
     let mut disconnecting = false;
     loop {
         let connected = connected_at.is_some();
-        let shutting_down = shared.disconnect.load(Ordering::SeqCst);
-        if connected && shutting_down && !disconnecting {
-            link.push_disconnect();
-            disconnecting = true;
-        } else if connected && !disconnecting {
-            hand_over(&shared, &mut link, &mut feed);
-        } else if !connected && shutting_down {
-            return;
-        }
-        // Dropping `poll` for new work is safe only when it starts with
-        // rumqttc's queue empty (`sink::mqtt` docs).
-        let interruptible = connected
-            && !disconnecting
-            && link.pending_len() == 0
-            && (lock(&shared.tracker).has_free_id() || shutting_down);
-        let event = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            event = link.poll() => event,
-            () = new_work(&shared, &mut feed), if interruptible => continue,
+        // A frame's acknowledgements arrive together, and rumqttc returns
+        // them one `poll` at a time: the ones it already holds are applied
+        // in a row, without handing over, locking or selecting between
+        // them (the same order as polling).
+        let buffered = if connected {
+            link.next_buffered()
+        } else {
+            None
+        };
+        let event = if let Some(event) = buffered {
+            Ok(event)
+        } else {
+            let shutting_down = shared.disconnect.load(Ordering::SeqCst);
+            if connected && shutting_down && !disconnecting {
+                link.push_disconnect();
+                disconnecting = true;
+            } else if connected && !disconnecting {
+                hand_over(&shared, &mut link, &mut feed);
+            } else if !connected && shutting_down {
+                return;
+            }
+            // Dropping `poll` for new work is safe only when it starts with
+            // rumqttc's queue empty (`sink::mqtt` docs).
+            let interruptible = connected
+                && !disconnecting
+                && link.pending_len() == 0
+                && (lock(&shared.tracker).has_free_id() || shutting_down);
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                event = link.poll() => event,
+                () = new_work(&shared, &mut feed), if interruptible => continue,
+            }
         };
         match event {
             Ok(LinkEvent::Connected {

@@ -320,6 +320,16 @@ impl Link {
         }
     }
 
+    /// The next event rumqttc already holds (read or produced in the same
+    /// batch as the last one polled), without polling: what `poll` would
+    /// return next, minus its timers and its `select`.
+    pub(super) fn next_buffered(&mut self) -> Option<LinkEvent> {
+        match self {
+            Link::V311(eventloop) => eventloop.state.events.pop_front().map(event_v311),
+            Link::V5(eventloop) => eventloop.state.events.pop_front().map(event_v5),
+        }
+    }
+
     /// After an established connection broke: the events rumqttc had
     /// read or produced but not yet returned (they belong to the old
     /// connection; rumqttc would return them after the next ConnAck).
