@@ -12,6 +12,7 @@ pub mod modbus;
 pub mod serial;
 pub mod sparkplug;
 
+use std::borrow::Cow;
 use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -45,9 +46,9 @@ pub struct DropLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkDropLabel {
     /// Sink name (`mqtt`, `influx`).
-    pub sink: String,
+    pub sink: &'static str,
     /// Stable reason label.
-    pub reason: String,
+    pub reason: Cow<'static, str>,
 }
 
 /// `{sink}`
@@ -310,7 +311,7 @@ impl Metrics {
     pub fn sink_dropped_by(&self, sink: Sink, reason: SinkDrop, n: u64) {
         self.sink_dropped
             .get_or_create(&SinkDropLabel {
-                sink: sink.as_str().to_owned(),
+                sink: sink.as_str(),
                 reason: reason.label(sink),
             })
             .inc_by(n);
@@ -521,11 +522,16 @@ pub enum SinkDrop {
 }
 
 impl SinkDrop {
-    /// The metric label (and the dead-letter file's `reason`).
-    pub fn label(self, sink: Sink) -> String {
+    /// The metric label (and the dead-letter file's `reason`). Static but
+    /// for a refusal's code: counting a drop allocates nothing.
+    pub fn label(self, sink: Sink) -> Cow<'static, str> {
         let label = match self {
-            SinkDrop::NotConfigured => return format!("no_{sink}_sink_configured"),
-            SinkDrop::Refused(code) => return format!("refused_{code}"),
+            SinkDrop::NotConfigured => match sink {
+                Sink::Mqtt => "no_mqtt_sink_configured",
+                Sink::Influx => "no_influx_sink_configured",
+                Sink::Sparkplug => "no_sparkplug_sink_configured",
+            },
+            SinkDrop::Refused(code) => return Cow::Owned(format!("refused_{code}")),
             SinkDrop::Unencodable(reason) => reason,
             SinkDrop::WriterStopped => "writer_stopped",
             SinkDrop::WriterTaskFailed => "writer_task_failed",
@@ -542,7 +548,7 @@ impl SinkDrop {
             SinkDrop::ShutdownUndelivered => "shutdown_undelivered",
             SinkDrop::TooManyMetrics => "too_many_metrics",
         };
-        label.to_owned()
+        Cow::Borrowed(label)
     }
 }
 
