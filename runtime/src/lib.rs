@@ -174,6 +174,11 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // `perf` can name a guest's functions only from a map of the
+        // compiled code, written to /tmp/perf-<pid>.map on request.
+        if std::env::var_os("SLUICE_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         // Keep the guest stack well below the host thread's stack.
         config.max_wasm_stack(512 << 10);
         // Enough frames to locate a bug, without a 10,000-line message
