@@ -61,6 +61,9 @@ pub enum Sut {
     /// (`[mqtt.sparkplug]`: the points as NBIRTH/DBIRTH/NDATA/DDATA on a
     /// second connection).
     SluiceSparkplug,
+    /// sluice without the durable outbox, kept to one CPU (`--cpus`, the
+    /// last one the bench may use): a frame's three threads share a core.
+    SluiceOneCore,
     /// Node-RED 4: serial in → function → mqtt out.
     NodeRed,
     /// pyserial + paho-mqtt script.
@@ -71,11 +74,12 @@ pub enum Sut {
 
 impl Sut {
     /// Every system, in report order.
-    pub const ALL: [Sut; 7] = [
+    pub const ALL: [Sut; 8] = [
         Sut::Sluice,
         Sut::SluiceDurable,
         Sut::SluiceDurableInterval,
         Sut::SluiceSparkplug,
+        Sut::SluiceOneCore,
         Sut::NodeRed,
         Sut::Python,
         Sut::Bare,
@@ -88,6 +92,7 @@ impl Sut {
             Sut::SluiceDurable => "sluice + durable outbox",
             Sut::SluiceDurableInterval => "sluice + outbox, fsync interval",
             Sut::SluiceSparkplug => "sluice + Sparkplug B edge node",
+            Sut::SluiceOneCore => "sluice on one core",
             Sut::NodeRed => "Node-RED 4",
             Sut::Python => "Python paho + pyserial",
             Sut::Bare => "bare rumqttc (ceiling)",
@@ -101,6 +106,7 @@ impl Sut {
             Sut::SluiceDurable => "sluice-durable",
             Sut::SluiceDurableInterval => "sluice-durable-interval",
             Sut::SluiceSparkplug => "sluice-sparkplug",
+            Sut::SluiceOneCore => "sluice-one-core",
             Sut::NodeRed => "node-red",
             Sut::Python => "python",
             Sut::Bare => "bare",
@@ -111,7 +117,11 @@ impl Sut {
     pub fn is_sluice(self) -> bool {
         matches!(
             self,
-            Sut::Sluice | Sut::SluiceDurable | Sut::SluiceDurableInterval | Sut::SluiceSparkplug
+            Sut::Sluice
+                | Sut::SluiceDurable
+                | Sut::SluiceDurableInterval
+                | Sut::SluiceSparkplug
+                | Sut::SluiceOneCore
         )
     }
 
@@ -423,7 +433,11 @@ pub fn spawn(launch: Launch<'_>) -> Result<Proc> {
     let pty_path = || pty.context("this system under test reads a pty");
     let mut admin_port = None;
     let mut command = match sut {
-        Sut::Sluice | Sut::SluiceDurable | Sut::SluiceDurableInterval | Sut::SluiceSparkplug => {
+        Sut::Sluice
+        | Sut::SluiceDurable
+        | Sut::SluiceDurableInterval
+        | Sut::SluiceSparkplug
+        | Sut::SluiceOneCore => {
             let port = crate::util::free_port()?;
             admin_port = Some(port);
             let data_dir = sluice_data_dir.unwrap_or_else(|| paths.sluice_data_dir());
@@ -451,6 +465,9 @@ pub fn spawn(launch: Launch<'_>) -> Result<Proc> {
             std::fs::write(&config_path, config)
                 .with_context(|| format!("writing {}", config_path.display()))?;
             let mut c = Command::new(&paths.sluice_bin);
+            if sut == Sut::SluiceOneCore {
+                c.arg("--cpus").arg(last_allowed_cpu()?.to_string());
+            }
             c.arg("run").arg("--config").arg(&config_path);
             c.env("SLUICE_LOG", "info");
             c
@@ -675,6 +692,21 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// The highest-numbered CPU this process may use (`Cpus_allowed_list`).
+fn last_allowed_cpu() -> Result<usize> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .context("no Cpus_allowed_list in /proc/self/status")?;
+    list.trim()
+        .rsplit([',', '-'])
+        .next()
+        .and_then(|last| last.parse().ok())
+        .with_context(|| format!("unexpected Cpus_allowed_list {list:?}"))
 }
 
 #[cfg(test)]

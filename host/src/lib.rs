@@ -11,6 +11,7 @@ pub mod broker;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod cpus;
 pub mod demo;
 pub mod hotswap;
 pub mod jsonout;

@@ -12,6 +12,12 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if let Some(cpus) = &cli.cpus
+        && let Err(err) = sluice::cpus::keep_to(cpus)
+    {
+        eprintln!("error: {err:#}");
+        return ExitCode::FAILURE;
+    }
     match dispatch(cli.command, cli.async_threads) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

@@ -67,10 +67,18 @@ fn run_slowly(path: &std::path::Path) -> SluiceProcess {
     sluice
 }
 
-#[test]
-fn a_thousand_frames_arrive_and_the_admin_api_answers() {
+/// A broker, a port and the smoke test's config for them.
+struct Gateway {
+    broker: Mosquitto,
+    pty: Pty,
+    admin: u16,
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn gateway() -> Gateway {
     let broker = Mosquitto::start();
-    let mut pty = Pty::open().expect("openpty");
+    let pty = Pty::open().expect("openpty");
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = free_port();
     let path = write_config(
@@ -79,6 +87,24 @@ fn a_thousand_frames_arrive_and_the_admin_api_answers() {
         broker.port,
         &pty.path.display().to_string(),
     );
+    Gateway {
+        broker,
+        pty,
+        admin,
+        path,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_thousand_frames_arrive_and_the_admin_api_answers() {
+    let Gateway {
+        broker,
+        mut pty,
+        admin,
+        path,
+        _dir,
+    } = gateway();
     let subscriber = mosquitto_sub(broker.port, "iiot/stats/seq", &["-q", "1"]);
     let mut sluice = run_slowly(&path);
     // The port opens (or the reason it does not is in the log at once).
@@ -156,4 +182,96 @@ fn without_a_serial_port_replayed_frames_arrive_and_the_admin_api_answers() {
         "the port is missing, and the host runs on"
     );
     assert!(sluice.stop(), "{}", sluice.log());
+}
+
+/// The CPUs this test process may use, as `/proc` lists them (`0-1`).
+fn own_cpus() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim()
+        .to_owned()
+}
+
+/// Each thread's name and allowed CPUs.
+fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    tasks
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let status = std::fs::read_to_string(path.join("status")).ok()?;
+            let cpus = status
+                .lines()
+                .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
+            Some((name.trim().to_owned(), cpus.trim().to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn cpus_keeps_every_thread_to_the_cpus_given_and_refuses_one_it_may_not_use() {
+    let Gateway {
+        broker,
+        mut pty,
+        path,
+        _dir,
+        ..
+    } = gateway();
+    let first: String = own_cpus()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let subscriber = mosquitto_sub(broker.port, "iiot/stats/seq", &["-q", "1"]);
+    let mut sluice = SluiceProcess::spawn(
+        &[
+            "--cpus",
+            &first,
+            "run",
+            "--config",
+            path.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    assert!(
+        sluice.wait_for_log("serial port open", Duration::from_secs(60)),
+        "{}",
+        sluice.log()
+    );
+    // Frames flow, so every thread a frame crosses has started.
+    let fed = feed_seq(&mut pty.master, 0, 10);
+    assert_eq!(
+        subscriber
+            .wait_for(fed as usize, Duration::from_secs(60))
+            .len(),
+        fed as usize
+    );
+    let threads = thread_cpus(sluice.pid().expect("running"));
+    assert!(
+        threads
+            .iter()
+            .any(|(name, _)| name.starts_with("transform-")),
+        "{threads:?}"
+    );
+    for (name, cpus) in &threads {
+        assert_eq!(cpus, &first, "thread {name}");
+    }
+    assert!(sluice.stop(), "{}", sluice.log());
+
+    // Through the environment, a CPU it may not use: a clear error at start.
+    let mut refused = SluiceProcess::spawn(
+        &["run", "--config", path.to_str().expect("utf-8")],
+        &[("SLUICE_CPUS", "4095".into())],
+    );
+    let status = refused.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(!status.success());
+    assert!(
+        refused
+            .log()
+            .contains("--cpus 4095: CPU 4095 is not one sluice may use"),
+        "{}",
+        refused.log()
+    );
 }

@@ -1,0 +1,100 @@
+//! Keeping sluice to a set of CPUs (`--cpus`, `SLUICE_CPUS`).
+//!
+//! A frame is handed from the port task to its pipeline's worker thread
+//! and back to the MQTT connection: three threads, two wake-ups. When the
+//! scheduler wakes each thread on another, idle core, a frame costs about
+//! 1.6 times the CPU time it costs with the same wake-ups on one core
+//! (BENCHMARKS.md, "One core"), so a box whose load fits one core is better off keeping
+//! sluice to it. Set once, at start, for the whole process: every thread
+//! started later inherits it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use anyhow::bail;
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
+
+/// CPU numbers, as in `taskset -c`: `1`, `0-1`, `0,2-3`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(Vec<usize>);
+
+impl FromStr for CpuList {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |n: &str| {
+            n.trim().parse::<usize>().map_err(|_| {
+                format!("`{n}` is not a CPU number (expected a list like 1, 0-1 or 0,2-3)")
+            })
+        };
+        let mut cpus = Vec::new();
+        for part in text.split(',') {
+            match part.split_once('-') {
+                Some((first, last)) => {
+                    let (first, last) = (number(first)?, number(last)?);
+                    if first > last {
+                        return Err(format!("`{part}`: the range ends before it starts"));
+                    }
+                    cpus.extend(first..=last);
+                }
+                None => cpus.push(number(part)?),
+            }
+        }
+        cpus.sort_unstable();
+        cpus.dedup();
+        Ok(CpuList(cpus))
+    }
+}
+
+impl fmt::Display for CpuList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text: Vec<String> = self.0.iter().map(usize::to_string).collect();
+        f.write_str(&text.join(","))
+    }
+}
+
+/// Restricts this process (the calling thread and every thread it starts
+/// afterwards) to `cpus`, each of which it must be allowed to use now.
+pub fn keep_to(cpus: &CpuList) -> anyhow::Result<()> {
+    let allowed = sched_getaffinity(Pid::from_raw(0))?;
+    let usable: Vec<usize> = (0..CpuSet::count())
+        .filter(|&cpu| allowed.is_set(cpu).unwrap_or(false))
+        .collect();
+    let mut set = CpuSet::new();
+    for &cpu in &cpus.0 {
+        if !usable.contains(&cpu) {
+            bail!(
+                "--cpus {cpus}: CPU {cpu} is not one sluice may use (it may use {})",
+                CpuList(usable)
+            );
+        }
+        set.set(cpu)?;
+    }
+    sched_setaffinity(Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn parses_what_taskset_takes() {
+        assert_eq!("1".parse::<CpuList>().unwrap(), CpuList(vec![1]));
+        assert_eq!("0-2".parse::<CpuList>().unwrap(), CpuList(vec![0, 1, 2]));
+        assert_eq!(
+            "3,0-1,1".parse::<CpuList>().unwrap(),
+            CpuList(vec![0, 1, 3])
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_cpu_list() {
+        for bad in ["", "a", "1-", "2-1", "-1", "0,,1"] {
+            assert!(bad.parse::<CpuList>().is_err(), "{bad:?} was accepted");
+        }
+    }
+}
