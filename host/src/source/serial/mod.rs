@@ -359,6 +359,7 @@ impl PortTask {
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break SessionEnd::Shutdown,
+                // One read takes at most READ_CHUNK (what a crash can lose).
                 read = port.read_into(&mut buf), if self.may_read() => match read {
                     Ok(0) => break SessionEnd::Lost("end of stream (the device hung up)".into()),
                     Ok(n) => {
