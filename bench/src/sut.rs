@@ -62,7 +62,7 @@ pub enum Sut {
     /// second connection).
     SluiceSparkplug,
     /// sluice without the durable outbox, kept to one CPU (`--cpus`, the
-    /// last one the bench may use): a frame's three threads share a core.
+    /// last one the bench may use): the threads a frame crosses share a core.
     SluiceOneCore,
     /// Node-RED 4: serial in → function → mqtt out.
     NodeRed,

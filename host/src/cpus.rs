@@ -1,10 +1,10 @@
 //! Keeping sluice to a set of CPUs (`--cpus`, `SLUICE_CPUS`).
 //!
-//! A frame is handed from the port task to its pipeline's worker thread
-//! and back to the MQTT connection: three threads, two wake-ups. When the
-//! scheduler wakes each thread on another, idle core, a frame costs about
-//! 1.6 times the CPU time it costs with the same wake-ups on one core
-//! (BENCHMARKS.md, "One core"), so a box whose load fits one core is better off keeping
+//! A frame goes from the port task (on the async runtime's thread) to its
+//! pipeline's worker thread and back to the MQTT connection: two wake-ups.
+//! When the scheduler wakes each thread on another, idle core, a frame
+//! costs about 1.6 times the CPU time it costs on one core (BENCHMARKS.md,
+//! "One core"), so a box whose load fits one core is better off keeping
 //! sluice to it. Set once, at start, for the whole process: every thread
 //! started later inherits it.
 
@@ -23,10 +23,15 @@ impl FromStr for CpuList {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let number = |n: &str| {
-            n.trim().parse::<usize>().map_err(|_| {
-                format!("`{n}` is not a CPU number (expected a list like 1, 0-1 or 0,2-3)")
-            })
+        let number = |n: &str| match n.trim().parse::<usize>() {
+            Ok(cpu) if cpu < CpuSet::count() => Ok(cpu),
+            Ok(cpu) => Err(format!(
+                "CPU {cpu} is beyond the highest this system can number ({})",
+                CpuSet::count() - 1
+            )),
+            Err(_) => Err(format!(
+                "`{n}` is not a CPU number (expected a list like 1, 0-1 or 0,2-3)"
+            )),
         };
         let mut cpus = Vec::new();
         for part in text.split(',') {
@@ -93,7 +98,8 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_cpu_list() {
-        for bad in ["", "a", "1-", "2-1", "-1", "0,,1"] {
+        let huge = format!("0-{}", usize::MAX);
+        for bad in ["", "a", "1-", "2-1", "-1", "0,,1", &huge] {
             assert!(bad.parse::<CpuList>().is_err(), "{bad:?} was accepted");
         }
     }

@@ -23,9 +23,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "SLUICE_ASYNC_THREADS", default_value = "1")]
     pub async_threads: std::num::NonZeroUsize,
     /// Keep sluice to these CPUs, as `taskset -c` takes them (`1`, `0-1`).
-    /// A frame crosses three threads; kept to one core, a frame costs
-    /// about 40 % less CPU than with its wake-ups spread over idle cores
-    /// (see BENCHMARKS.md), so one core suits a box whose load fits in it.
+    /// A frame wakes a pipeline's worker thread, then the async side; kept
+    /// to one core, a frame costs about 40 % less CPU than with those
+    /// wake-ups spread over idle cores (see BENCHMARKS.md), so one core
+    /// suits a box whose load fits in it.
     /// Default: every CPU the process may use.
     #[arg(long, global = true, env = "SLUICE_CPUS")]
     pub cpus: Option<crate::cpus::CpuList>,
