@@ -260,17 +260,24 @@ fn cpus_keeps_every_thread_to_the_cpus_given_and_refuses_one_it_may_not_use() {
     }
     assert!(sluice.stop(), "{}", sluice.log());
 
-    // Through the environment, a CPU it may not use: a clear error at start.
+    // Through the environment, a CPU it may not use (the one after the
+    // last it may): a clear error at start.
+    let last: usize = own_cpus()
+        .rsplit([',', '-'])
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a CPU number");
+    let beyond = (last + 1).to_string();
     let mut refused = SluiceProcess::spawn(
         &["run", "--config", path.to_str().expect("utf-8")],
-        &[("SLUICE_CPUS", "4095".into())],
+        &[("SLUICE_CPUS", beyond.clone())],
     );
     let status = refused.wait_exit(Duration::from_secs(30)).expect("exits");
     assert!(!status.success());
     assert!(
-        refused
-            .log()
-            .contains("--cpus 4095: CPU 4095 is not one sluice may use"),
+        refused.log().contains(&format!(
+            "--cpus {beyond}: CPU {beyond} is not one sluice may use"
+        )),
         "{}",
         refused.log()
     );
