@@ -39,11 +39,6 @@ impl Port {
         })
     }
 
-    /// The device, for its settings.
-    pub fn device(&self) -> &mio_serial::SerialStream {
-        self.device.get_ref()
-    }
-
     /// Waits for bytes and appends what one read returns to `buf`: the
     /// count, 0 at end of stream. Cancel-safe: nothing is read unless the
     /// call returns.
