@@ -59,20 +59,31 @@ impl fmt::Display for CpuList {
     }
 }
 
+impl CpuList {
+    /// The CPU numbers, in ascending order.
+    pub fn cpus(&self) -> &[usize] {
+        &self.0
+    }
+}
+
+/// The CPUs the calling thread may use now.
+pub fn allowed() -> anyhow::Result<CpuList> {
+    let set = sched_getaffinity(Pid::from_raw(0))?;
+    Ok(CpuList(
+        (0..CpuSet::count())
+            .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+            .collect(),
+    ))
+}
+
 /// Restricts this process (the calling thread and every thread it starts
 /// afterwards) to `cpus`, each of which it must be allowed to use now.
 pub fn keep_to(cpus: &CpuList) -> anyhow::Result<()> {
-    let allowed = sched_getaffinity(Pid::from_raw(0))?;
-    let usable: Vec<usize> = (0..CpuSet::count())
-        .filter(|&cpu| allowed.is_set(cpu).unwrap_or(false))
-        .collect();
+    let usable = allowed()?;
     let mut set = CpuSet::new();
     for &cpu in &cpus.0 {
-        if !usable.contains(&cpu) {
-            bail!(
-                "--cpus {cpus}: CPU {cpu} is not one sluice may use (it may use {})",
-                CpuList(usable)
-            );
+        if !usable.0.contains(&cpu) {
+            bail!("--cpus {cpus}: CPU {cpu} is not one sluice may use (it may use {usable})");
         }
         set.set(cpu)?;
     }

@@ -184,17 +184,6 @@ fn without_a_serial_port_replayed_frames_arrive_and_the_admin_api_answers() {
     assert!(sluice.stop(), "{}", sluice.log());
 }
 
-/// The CPUs this test process may use, as `/proc` lists them (`0-1`).
-fn own_cpus() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
-        .expect("Cpus_allowed_list")
-        .trim()
-        .to_owned()
-}
-
 /// Each thread's name and allowed CPUs.
 fn thread_cpus(pid: u32) -> Vec<(String, String)> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
@@ -220,10 +209,11 @@ fn cpus_keeps_every_thread_to_the_cpus_given_and_refuses_one_it_may_not_use() {
         _dir,
         ..
     } = gateway();
-    let first: String = own_cpus()
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let allowed = sluice::cpus::allowed().expect("affinity");
+    let (first, last) = match allowed.cpus() {
+        [first, .., last] | [first @ last] => (first.to_string(), *last),
+        [] => panic!("no CPU allowed"),
+    };
     let subscriber = mosquitto_sub(broker.port, "iiot/stats/seq", &["-q", "1"]);
     let mut sluice = SluiceProcess::spawn(
         &[
@@ -262,11 +252,6 @@ fn cpus_keeps_every_thread_to_the_cpus_given_and_refuses_one_it_may_not_use() {
 
     // Through the environment, a CPU it may not use (the one after the
     // last it may): a clear error at start.
-    let last: usize = own_cpus()
-        .rsplit([',', '-'])
-        .next()
-        .and_then(|n| n.parse().ok())
-        .expect("a CPU number");
     let beyond = (last + 1).to_string();
     let mut refused = SluiceProcess::spawn(
         &["run", "--config", path.to_str().expect("utf-8")],

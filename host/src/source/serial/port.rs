@@ -48,11 +48,6 @@ impl Port {
         Ok(n)
     }
 
-    /// Writes all of `data`. Cancelling it may leave part written.
-    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        tokio::io::AsyncWriteExt::write_all(self, data).await
-    }
-
     /// One read of at most `max` bytes into the scratch buffer.
     fn poll_read_scratch(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<usize>> {
         let want = max.min(self.scratch.len());
