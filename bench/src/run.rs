@@ -9,7 +9,9 @@
 //!    (pyserial flushes the input buffer), or what they read before their
 //!    MQTT connection is up; for those the start-up time is accurate to
 //!    ±20 ms.
-//! 2. 50 warm-up frames at 200 frames/s, all delivered before measuring.
+//! 2. 5 s of warm-up frames at 200 frames/s, all delivered before
+//!    measuring: long enough for what a system adjusts after its start
+//!    (a JIT; sluice packs its threads onto one core after 3 quiet seconds).
 //! 3. Each step writes its frames (fixed rate or burst), waits until every
 //!    frame is complete (or 2 s pass without a message, or 20 s in all),
 //!    and reads the process's CPU time, memory and context switches
@@ -34,8 +36,10 @@ use crate::subscriber::{Collected, Subscriber};
 use crate::sut::{InfluxTarget, Launch, Paths, Proc, Sut, spawn};
 use crate::util::mono_ns;
 
-/// Warm-up frames after start-up, before any step.
-const WARMUP_FRAMES: u64 = 50;
+/// Warm-up frames after start-up, before any step (5 s at [`WARMUP_RATE`]).
+const WARMUP_FRAMES: u64 = 1000;
+/// Frames per second of the warm-up.
+const WARMUP_RATE: f64 = 200.0;
 /// A step's frames must all arrive within this after its last write…
 const DRAIN_IDLE: Duration = Duration::from_secs(2);
 /// …and the whole wait is capped at this (a system that reads a burst
@@ -436,7 +440,12 @@ fn run_inner(
 
     // Warm-up: JIT compilers, connection buffers, allocator pools.
     let warmup_first = next_seq;
-    target.write(next_seq, Pace::Rate(200.0), WARMUP_FRAMES, 1.0)?;
+    target.write(
+        next_seq,
+        Pace::Rate(WARMUP_RATE),
+        WARMUP_FRAMES,
+        WARMUP_FRAMES as f64 / WARMUP_RATE,
+    )?;
     next_seq += WARMUP_FRAMES;
     if !sub.wait_frames(
         warmup_first,

@@ -64,6 +64,9 @@ pub enum Sut {
     /// sluice without the durable outbox, kept to one CPU (`--cpus`, the
     /// last one the bench may use): the threads a frame crosses share a core.
     SluiceOneCore,
+    /// sluice without the durable outbox, on every CPU the bench may use
+    /// for good (`--cpus` with all of them, which turns packing off).
+    SluiceEveryCpu,
     /// Node-RED 4: serial in → function → mqtt out.
     NodeRed,
     /// pyserial + paho-mqtt script.
@@ -74,12 +77,13 @@ pub enum Sut {
 
 impl Sut {
     /// Every system, in report order.
-    pub const ALL: [Sut; 8] = [
+    pub const ALL: [Sut; 9] = [
         Sut::Sluice,
         Sut::SluiceDurable,
         Sut::SluiceDurableInterval,
         Sut::SluiceSparkplug,
         Sut::SluiceOneCore,
+        Sut::SluiceEveryCpu,
         Sut::NodeRed,
         Sut::Python,
         Sut::Bare,
@@ -93,6 +97,7 @@ impl Sut {
             Sut::SluiceDurableInterval => "sluice + outbox, fsync interval",
             Sut::SluiceSparkplug => "sluice + Sparkplug B edge node",
             Sut::SluiceOneCore => "sluice on one core",
+            Sut::SluiceEveryCpu => "sluice on every CPU",
             Sut::NodeRed => "Node-RED 4",
             Sut::Python => "Python paho + pyserial",
             Sut::Bare => "bare rumqttc (ceiling)",
@@ -107,6 +112,7 @@ impl Sut {
             Sut::SluiceDurableInterval => "sluice-durable-interval",
             Sut::SluiceSparkplug => "sluice-sparkplug",
             Sut::SluiceOneCore => "sluice-one-core",
+            Sut::SluiceEveryCpu => "sluice-every-cpu",
             Sut::NodeRed => "node-red",
             Sut::Python => "python",
             Sut::Bare => "bare",
@@ -122,6 +128,7 @@ impl Sut {
                 | Sut::SluiceDurableInterval
                 | Sut::SluiceSparkplug
                 | Sut::SluiceOneCore
+                | Sut::SluiceEveryCpu
         )
     }
 
@@ -437,7 +444,8 @@ pub fn spawn(launch: Launch<'_>) -> Result<Proc> {
         | Sut::SluiceDurable
         | Sut::SluiceDurableInterval
         | Sut::SluiceSparkplug
-        | Sut::SluiceOneCore => {
+        | Sut::SluiceOneCore
+        | Sut::SluiceEveryCpu => {
             let port = crate::util::free_port()?;
             admin_port = Some(port);
             let data_dir = sluice_data_dir.unwrap_or_else(|| paths.sluice_data_dir());
@@ -465,8 +473,14 @@ pub fn spawn(launch: Launch<'_>) -> Result<Proc> {
             std::fs::write(&config_path, config)
                 .with_context(|| format!("writing {}", config_path.display()))?;
             let mut c = Command::new(&paths.sluice_bin);
-            if sut == Sut::SluiceOneCore {
-                c.arg("--cpus").arg(last_allowed_cpu()?.to_string());
+            match sut {
+                Sut::SluiceOneCore => {
+                    c.arg("--cpus").arg(last_allowed_cpu()?.to_string());
+                }
+                Sut::SluiceEveryCpu => {
+                    c.arg("--cpus").arg(allowed_cpus()?);
+                }
+                _ => {}
             }
             c.arg("run").arg("--config").arg(&config_path);
             c.env("SLUICE_LOG", "info");
@@ -695,15 +709,20 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 }
 
 /// The highest-numbered CPU this process may use (`Cpus_allowed_list`).
-fn last_allowed_cpu() -> Result<usize> {
+/// The CPUs the bench may use, as `/proc` lists them (`0-1`).
+fn allowed_cpus() -> Result<String> {
     let status =
         std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let list = status
         .lines()
         .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
         .context("no Cpus_allowed_list in /proc/self/status")?;
-    list.trim()
-        .rsplit([',', '-'])
+    Ok(list.trim().to_owned())
+}
+
+fn last_allowed_cpu() -> Result<usize> {
+    let list = allowed_cpus()?;
+    list.rsplit([',', '-'])
         .next()
         .and_then(|last| last.parse().ok())
         .with_context(|| format!("unexpected Cpus_allowed_list {list:?}"))

@@ -18,7 +18,9 @@ fn main() -> ExitCode {
         eprintln!("error: {err:#}");
         return ExitCode::FAILURE;
     }
-    match dispatch(cli.command, cli.async_threads) {
+    // `--cpus` fixes the CPUs; otherwise a host packs its threads itself.
+    let pack = cli.cpus.is_none();
+    match dispatch(cli.command, cli.async_threads, pack) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -27,11 +29,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: Command, async_threads: NonZeroUsize) -> anyhow::Result<u8> {
+fn dispatch(command: Command, async_threads: NonZeroUsize, pack: bool) -> anyhow::Result<u8> {
+    let govern = |shutdown: &CancellationToken| {
+        if pack {
+            tokio::spawn(sluice::cpus::packing::govern(shutdown.clone()));
+        }
+    };
     match command {
         Command::Run { config } => {
             block_on(async_threads, async {
                 let shutdown = shutdown_on_signal();
+                govern(&shutdown);
                 sluice::app::run_file(&config, shutdown).await
             })?;
             Ok(0)
@@ -40,6 +48,7 @@ fn dispatch(command: Command, async_threads: NonZeroUsize) -> anyhow::Result<u8>
         Command::Demo(args) => {
             block_on(async_threads, async {
                 let shutdown = shutdown_on_signal();
+                govern(&shutdown);
                 sluice::demo::run(args, shutdown).await
             })?;
             Ok(0)

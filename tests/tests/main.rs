@@ -2,6 +2,7 @@
 //! `cargo test -p sluice-tests -- <module>::` runs one area.
 
 mod admin_api;
+mod cpu_packing;
 mod cwasm_cache;
 mod deploy_files;
 mod framing_pty;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use sluice::pty::Pty;
 use sluice::source::capture::CaptureWriter;
 use sluice_tests::{
-    Mosquitto, SluiceProcess, feed_seq, free_port, http, metric, mosquitto_sub, wasm,
+    Mosquitto, SluiceProcess, feed_seq, free_port, http, metric, mosquitto_sub, thread_cpus, wasm,
 };
 
 /// The smoke test's config: `serial` is the port's path.
@@ -182,22 +182,6 @@ fn without_a_serial_port_replayed_frames_arrive_and_the_admin_api_answers() {
         "the port is missing, and the host runs on"
     );
     assert!(sluice.stop(), "{}", sluice.log());
-}
-
-/// Each thread's name and allowed CPUs.
-fn thread_cpus(pid: u32) -> Vec<(String, String)> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
-    tasks
-        .filter_map(|task| {
-            let path = task.ok()?.path();
-            let name = std::fs::read_to_string(path.join("comm")).ok()?;
-            let status = std::fs::read_to_string(path.join("status")).ok()?;
-            let cpus = status
-                .lines()
-                .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
-            Some((name.trim().to_owned(), cpus.trim().to_owned()))
-        })
-        .collect()
 }
 
 #[test]

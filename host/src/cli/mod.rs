@@ -22,12 +22,11 @@ pub struct Cli {
     /// BENCHMARKS.md). Raise it if sluice's async side keeps a core busy.
     #[arg(long, global = true, env = "SLUICE_ASYNC_THREADS", default_value = "1")]
     pub async_threads: std::num::NonZeroUsize,
-    /// Keep sluice to these CPUs, as `taskset -c` takes them (`1`, `0-1`).
-    /// A frame wakes a pipeline's worker thread, then the async side; kept
-    /// to one core, a frame costs about 40 % less CPU than with those
-    /// wake-ups spread over idle cores (see BENCHMARKS.md), so one core
-    /// suits a box whose load fits in it.
-    /// Default: every CPU the process may use.
+    /// Keep sluice to these CPUs, as `taskset -c` takes them (`1`, `0-1`),
+    /// for good. Default: every CPU the process may use, with the threads
+    /// packed onto one of them while sluice's load fits there (a frame
+    /// costs about 40 % less CPU when the threads it wakes share a core;
+    /// see docs/operations.md). Giving the CPUs turns packing off.
     #[arg(long, global = true, env = "SLUICE_CPUS")]
     pub cpus: Option<crate::cpus::CpuList>,
     /// Subcommand.

@@ -225,6 +225,7 @@ impl Metrics {
         let modbus = modbus::ModbusFamilies::register(&mut registry);
         let hotswap = HotswapMetrics::register(&mut registry);
         let sparkplug = sparkplug::SparkplugMetrics::register(&mut registry);
+        crate::cpus::packing::register(&mut registry);
         Self {
             sparkplug,
             hotswap,

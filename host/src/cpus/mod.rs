@@ -1,12 +1,14 @@
-//! Keeping sluice to a set of CPUs (`--cpus`, `SLUICE_CPUS`).
+//! Where sluice's threads run.
 //!
 //! A frame goes from the port task (on the async runtime's thread) to its
 //! pipeline's worker thread and back to the MQTT connection: two wake-ups.
 //! When the scheduler wakes each thread on another, idle core, a frame
 //! costs about 1.6 times the CPU time it costs on one core (BENCHMARKS.md,
-//! "One core"), so a box whose load fits one core is better off keeping
-//! sluice to it. Set once, at start, for the whole process: every thread
-//! started later inherits it.
+//! "One core"). By default [`packing`] keeps the threads on one core while
+//! the load fits there; `--cpus` (`SLUICE_CPUS`) instead fixes the CPUs, at
+//! start, for the whole process: every thread started later inherits them.
+
+pub mod packing;
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,0 +1,295 @@
+//! Where `sluice run` keeps its threads, watched from outside through
+//! `/proc/PID/task/*/status` and `/metrics`: on one core while quiet, on
+//! every CPU under load or when another process keeps that core busy, and
+//! where `--cpus` put them when it is given. A real mosquitto, a pty and
+//! the json-telemetry transform; the busy neighbour is a spinning shell.
+
+use std::io::Write as _;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sluice::pty::Pty;
+use sluice_tests::{
+    Mosquitto, SluiceProcess, eventually_every, free_port, metric, thread_cpus, wasm,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A host with the admin API, on a pty, publishing to a real mosquitto.
+struct Host {
+    sluice: SluiceProcess,
+    pty: Pty,
+    admin: u16,
+    _broker: Mosquitto,
+    _dir: tempfile::TempDir,
+}
+
+fn start(cli: &[&str]) -> Host {
+    assert!(
+        sluice::cpus::allowed().expect("affinity").cpus().len() >= 2,
+        "these tests need two CPUs to move threads between"
+    );
+    let broker = Mosquitto::start();
+    let pty = Pty::open().expect("openpty");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = free_port();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+version = 1
+[admin]
+listen = "127.0.0.1:{admin}"
+[mqtt]
+host = "127.0.0.1"
+port = {}
+client_id = "packing"
+stats_interval_secs = 0
+[[pipeline]]
+name = "gw"
+serial = {{ path = "{}" }}
+transform = {{ module = "{}" }}
+"#,
+            broker.port,
+            pty.path.display(),
+            wasm::JSON_TELEMETRY,
+        ),
+    )
+    .expect("config");
+    let mut args = cli.to_vec();
+    args.extend(["run", "--config", path.to_str().expect("utf-8")]);
+    let sluice = SluiceProcess::spawn(
+        &args,
+        &[("SLUICE_LOG", "info,sluice=debug,sluice::cpus=trace".into())],
+    );
+    assert!(
+        sluice.wait_for_log("serial port open", WAIT),
+        "{}",
+        sluice.log()
+    );
+    Host {
+        sluice,
+        pty,
+        admin,
+        _broker: broker,
+        _dir: dir,
+    }
+}
+
+impl Host {
+    /// The distinct `Cpus_allowed_list` of its threads.
+    fn placements(&self) -> Vec<String> {
+        let mut lists: Vec<String> = thread_cpus(self.sluice.pid().expect("running"))
+            .into_iter()
+            .map(|(_, cpus)| cpus)
+            .collect();
+        lists.sort();
+        lists.dedup();
+        lists
+    }
+
+    /// Waits until every thread is allowed exactly `list`.
+    fn wait_for_placement(&self, list: &str, timeout: Duration) -> bool {
+        eventually_every(timeout, Duration::from_millis(100), || {
+            self.placements() == [list]
+        })
+    }
+
+    /// The single CPU every thread is kept to, once they are.
+    fn wait_until_packed(&self, timeout: Duration) -> Option<usize> {
+        let mut cpu = None;
+        eventually_every(timeout, Duration::from_millis(100), || {
+            cpu = match self.placements().as_slice() {
+                [one] => one.parse().ok(),
+                _ => None,
+            };
+            cpu.is_some()
+        });
+        cpu
+    }
+
+    fn changes(&self, reason: &str) -> f64 {
+        metric(
+            self.admin,
+            &format!("sluice_cpu_placement_changes_total{{reason=\"{reason}\"}}"),
+        )
+    }
+}
+
+/// Writes a frame every `every` (as fast as it can: zero) until dropped.
+struct Feeder {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Feeder {
+    fn start(pty: &Pty, every: Duration) -> Feeder {
+        let mut master = pty.master.try_clone().expect("clone master");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seq = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                if writeln!(master, r#"{{"seq":{seq}}}"#).is_err() {
+                    return;
+                }
+                seq += 1;
+                if !every.is_zero() {
+                    std::thread::sleep(every);
+                }
+            }
+        });
+        Feeder {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A shell spinning on `cpu` until dropped.
+struct Spinner(Child);
+
+impl Spinner {
+    fn on(cpu: usize) -> Spinner {
+        let child = Command::new("taskset")
+            .args(["-c", &cpu.to_string(), "sh", "-c", "while :; do :; done"])
+            .spawn()
+            .expect("taskset (util-linux)");
+        Spinner(child)
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn every_cpu() -> String {
+    sluice::cpus::allowed().expect("affinity").to_string()
+}
+
+/// The CPU list as `/proc` prints it (`0-1`, not `0,1`).
+fn proc_list(cpus: &str) -> String {
+    let numbers: Vec<usize> = cpus.split(',').map(|n| n.parse().expect("cpu")).collect();
+    match numbers.as_slice() {
+        [one] => one.to_string(),
+        [first, .., last] if last - first + 1 == numbers.len() => format!("{first}-{last}"),
+        _ => cpus.to_owned(),
+    }
+}
+
+/// The two tests that move threads run one at a time: the spinner would
+/// take half the machine from the flood.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn a_quiet_host_packs_onto_one_core_and_spreads_under_load() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let host = start(&[]);
+    // Frames at 100 a second: quiet.
+    let feeder = Feeder::start(&host.pty, Duration::from_millis(10));
+    assert!(
+        host.wait_until_packed(WAIT).is_some(),
+        "{:?}\n{}",
+        host.placements(),
+        host.sluice.log()
+    );
+    assert!(eventually_every(WAIT, Duration::from_millis(100), || {
+        metric(host.admin, "sluice_cpus_in_use") == 1.0 && host.changes("quiet") >= 1.0
+    }));
+    drop(feeder);
+
+    // Frames as fast as the pty takes them: more than half a core.
+    let flood = Feeder::start(&host.pty, Duration::ZERO);
+    let all = proc_list(&every_cpu());
+    assert!(
+        eventually_every(WAIT, Duration::from_millis(100), || host.changes("load")
+            >= 1.0),
+        "{}",
+        host.sluice.log()
+    );
+    // Spread while the flood lasts.
+    assert!(
+        host.wait_for_placement(&all, WAIT),
+        "{:?}\n{}",
+        host.placements(),
+        host.sluice.log()
+    );
+    assert_eq!(
+        metric(host.admin, "sluice_cpus_in_use"),
+        sluice::cpus::allowed().expect("affinity").cpus().len() as f64
+    );
+    drop(flood);
+
+    // Quiet again: packed again (after twice the quiet seconds, as that
+    // packing was short).
+    let packings = host.changes("quiet");
+    assert!(
+        host.wait_until_packed(WAIT).is_some(),
+        "{}",
+        host.sluice.log()
+    );
+    assert!(
+        eventually_every(WAIT, Duration::from_millis(100), || host.changes("quiet")
+            > packings),
+        "{}",
+        host.sluice.log()
+    );
+}
+
+#[test]
+fn a_busy_neighbour_on_its_core_spreads_the_threads_then_they_pack_elsewhere() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let host = start(&[]);
+    let _feeder = Feeder::start(&host.pty, Duration::from_millis(5));
+    let Some(packed) = host.wait_until_packed(WAIT) else {
+        panic!("never packed\n{}", host.sluice.log());
+    };
+    let _spinner = Spinner::on(packed);
+    assert!(
+        eventually_every(WAIT, Duration::from_millis(100), || host
+            .changes("contention")
+            >= 1.0),
+        "{:?}\n{}",
+        host.placements(),
+        host.sluice.log()
+    );
+    // The next packing avoids the busy core.
+    let mut elsewhere = None;
+    eventually_every(WAIT, Duration::from_millis(100), || {
+        elsewhere = host
+            .wait_until_packed(Duration::ZERO)
+            .filter(|&cpu| cpu != packed);
+        elsewhere.is_some()
+    });
+    assert!(elsewhere.is_some(), "{}", host.sluice.log());
+}
+
+#[test]
+fn cpus_fixes_the_placement() {
+    let all = every_cpu();
+    let host = start(&["--cpus", &all]);
+    let _feeder = Feeder::start(&host.pty, Duration::from_millis(10));
+    // Longer than a packing's quiet seconds.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(host.placements(), [proc_list(&all)]);
+    assert_eq!(host.changes("quiet"), 0.0);
+    assert_eq!(
+        metric(host.admin, "sluice_cpus_in_use"),
+        sluice::cpus::allowed().expect("affinity").cpus().len() as f64
+    );
+}
