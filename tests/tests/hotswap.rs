@@ -524,7 +524,12 @@ fn refused_modules_rollbacks_and_auth() {
 
     // Wait for tagger-b's canary to pass, then deploy a module that traps on
     // every odd frame: its canary rolls it back to tagger-b by itself.
-    assert!(eventually(WAIT, || admin.transforms()["canary_running"] == false));
+    assert!(
+        eventually(WAIT, || admin.transforms()["canary_running"] == false),
+        "{}\n{}",
+        admin.transforms(),
+        sluice.log()
+    );
     feeder.wait_frames(300);
     let (status, body) = admin.put(
         std::fs::read(wasm::TAGGER_FLAKY).expect("read"),
