@@ -63,7 +63,7 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{
-    ComponentExportIndex, Func, HasSelf, InstancePre, Linker, ResourceTable,
+    ComponentExportIndex, Func, HasSelf, InstancePre, Linker, ResourceTable, TypedFunc,
 };
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -512,8 +512,9 @@ struct Live {
 }
 
 impl Live {
-    /// Checks the exports' types against `contract` (once per instance;
-    /// each call types its function again, which is a cheap comparison).
+    /// Checks the exports' types against `contract`, once per instance:
+    /// the calls then skip the check (it walks the types, names included,
+    /// on every call).
     fn check_types(&self, contract: Contract) -> wasmtime::Result<()> {
         self.init.typed::<InitParams<'_>, InitResult>(&self.store)?;
         match contract {
@@ -571,18 +572,29 @@ impl TransformInstance {
         let (process, store) = (live.process, &mut live.store);
         let guest = |e: WitError| ProcessError::Guest(e.into());
         let result = output::within(limits.output, || match contract {
-            Contract::V0_1 => process
-                .typed::<ProcessParams<'_>, ProcessResultV01>(&*store)
-                .and_then(|f| f.call(&mut *store, input))
-                .map(|(result,)| result.map(TransformOutput::from).map_err(guest)),
-            Contract::V0_2 => process
-                .typed::<ProcessParams<'_>, BytesResult>(&*store)
-                .and_then(|f| f.call(&mut *store, input))
-                .map(|(result,)| match result {
-                    Ok(Bytes(packed)) => packed::decode(&packed, &mut Budget::new(limits.output))
-                        .map_err(ProcessError::from),
-                    Err(e) => Err(guest(e)),
-                }),
+            Contract::V0_1 => {
+                // SAFETY: `Live::check_types` checked this type for `contract`.
+                let process = unsafe {
+                    TypedFunc::<ProcessParams<'_>, ProcessResultV01>::new_unchecked(process)
+                };
+                process
+                    .call(&mut *store, input)
+                    .map(|(result,)| result.map(TransformOutput::from).map_err(guest))
+            }
+            Contract::V0_2 => {
+                // SAFETY: `Live::check_types` checked this type for `contract`.
+                let process =
+                    unsafe { TypedFunc::<ProcessParams<'_>, BytesResult>::new_unchecked(process) };
+                process
+                    .call(&mut *store, input)
+                    .map(|(result,)| match result {
+                        Ok(Bytes(packed)) => {
+                            packed::decode(&packed, &mut Budget::new(limits.output))
+                                .map_err(ProcessError::from)
+                        }
+                        Err(e) => Err(guest(e)),
+                    })
+            }
         });
         match result {
             Ok(result) => result,
@@ -601,10 +613,10 @@ impl TransformInstance {
             .start_call(sluice_core::model::now_ns());
         let _running = set_deadline(&mut live.store, &limits);
         let (encode, store) = (live.encode_command, &mut live.store);
+        // SAFETY: `Live::check_types` checked this type.
+        let encode = unsafe { TypedFunc::<CommandParams<'_>, BytesResult>::new_unchecked(encode) };
         let result = output::within(limits.output, || {
-            encode
-                .typed::<CommandParams<'_>, BytesResult>(&*store)
-                .and_then(|f| f.call(&mut *store, (WitCommand { topic, payload },)))
+            encode.call(&mut *store, (WitCommand { topic, payload },))
         });
         match result {
             Ok((Ok(Bytes(bytes)),)) => Ok(bytes),
