@@ -43,7 +43,7 @@ impl Mosquitto {
             ),
         )
         .with_context(|| format!("writing {}", conf.display()))?;
-        let child = Command::new(program("mosquitto")?)
+        let child = crate::util::ends_with_the_bench(&mut Command::new(program("mosquitto")?))
             .arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())

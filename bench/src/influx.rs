@@ -36,7 +36,7 @@ impl Influxd {
         let log = state.join("influxd.log");
         let log_file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(program("influxd")?)
+        let child = crate::util::ends_with_the_bench(&mut Command::new(program("influxd")?))
             .args(["run", "-config", "/dev/null"])
             .env("INFLUXDB_HTTP_BIND_ADDRESS", format!("127.0.0.1:{port}"))
             .env("INFLUXDB_BIND_ADDRESS", format!("127.0.0.1:{rpc_port}"))

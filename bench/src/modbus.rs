@@ -96,7 +96,7 @@ pub fn main(args: ModbusArgs) -> Result<()> {
 
         let bus = work.join(format!("bus-{round}"));
         let end = work.join(format!("device-{round}"));
-        let mut socat = Command::new("socat")
+        let mut socat = crate::util::ends_with_the_bench(&mut Command::new("socat"))
             .arg(format!("pty,raw,echo=0,link={}", bus.display()))
             .arg(format!("pty,raw,echo=0,link={}", end.display()))
             .stdout(Stdio::null())
@@ -172,7 +172,7 @@ fn tempdir(repo: &Path) -> Result<PathBuf> {
 }
 
 fn spawn_device(python: &Path, repo: &Path, args: &[&str]) -> Result<Child> {
-    Command::new(python)
+    crate::util::ends_with_the_bench(&mut Command::new(python))
         .arg(repo.join("tests/support/modbus_device.py"))
         .args(args)
         .stdout(Stdio::null())
@@ -224,7 +224,7 @@ fn sluice_config(work: &Path, module: &Path, link: Link<'_>) -> Result<(PathBuf,
 fn measure_sluice(sluice: &Path, config: &(PathBuf, u16), window: Duration) -> Result<(f64, f64)> {
     let (path, admin) = config;
     let log = std::fs::File::create(path.with_extension("log"))?;
-    let mut child = Command::new(sluice)
+    let mut child = crate::util::ends_with_the_bench(&mut Command::new(sluice))
         .args(["run", "--config"])
         .arg(path)
         .env("SLUICE_LOG", "warn")

@@ -554,7 +554,7 @@ pub fn spawn(launch: Launch<'_>) -> Result<Proc> {
         command.stdin(Stdio::null()).stdout(log_file);
     }
     let spawned_ns = mono_ns();
-    let mut child = command
+    let mut child = crate::util::ends_with_the_bench(&mut command)
         .spawn()
         .with_context(|| format!("starting {}", sut.label()))?;
     let bare = if sut == Sut::Bare {

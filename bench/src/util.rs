@@ -2,8 +2,9 @@
 //! programs, child processes.
 
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
-use std::process::Child;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -91,4 +92,19 @@ pub fn tail(path: &std::path::Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Makes the child started by `command` get SIGTERM when the bench dies
+/// (a crash, a kill, Ctrl-C): a system under test left running holds its
+/// pty and ports, and the next run or test that gets the same pty number
+/// finds it locked. Call on the main thread, which spawns every child (the
+/// signal comes when the spawning thread ends).
+pub fn ends_with_the_bench(command: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe, as `pre_exec` requires.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        })
+    }
 }
