@@ -108,3 +108,25 @@ pub fn ends_with_the_bench(command: &mut Command) -> &mut Command {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_child_ends_when_the_thread_that_started_it_does() {
+        // The bench's main thread ending is its process ending; a thread
+        // shows the same signal without ending the test.
+        let mut child = std::thread::spawn(|| {
+            ends_with_the_bench(Command::new("sleep").arg("30"))
+                .spawn()
+                .expect("spawn sleep")
+        })
+        .join()
+        .expect("spawning thread");
+        let status = child.wait().expect("wait");
+        assert_eq!(status.signal(), Some(nix::libc::SIGTERM), "{status:?}");
+    }
+}
