@@ -66,6 +66,15 @@ impl CpuList {
     pub fn cpus(&self) -> &[usize] {
         &self.0
     }
+
+    /// As the affinity system calls take it.
+    fn set(&self) -> nix::Result<CpuSet> {
+        let mut set = CpuSet::new();
+        for &cpu in &self.0 {
+            set.set(cpu)?;
+        }
+        Ok(set)
+    }
 }
 
 /// The CPUs the calling thread may use now.
@@ -82,14 +91,10 @@ pub fn allowed() -> anyhow::Result<CpuList> {
 /// afterwards) to `cpus`, each of which it must be allowed to use now.
 pub fn keep_to(cpus: &CpuList) -> anyhow::Result<()> {
     let usable = allowed()?;
-    let mut set = CpuSet::new();
-    for &cpu in &cpus.0 {
-        if !usable.0.contains(&cpu) {
-            bail!("--cpus {cpus}: CPU {cpu} is not one sluice may use (it may use {usable})");
-        }
-        set.set(cpu)?;
+    if let Some(cpu) = cpus.0.iter().find(|cpu| !usable.0.contains(cpu)) {
+        bail!("--cpus {cpus}: CPU {cpu} is not one sluice may use (it may use {usable})");
     }
-    sched_setaffinity(Pid::from_raw(0), &set)?;
+    sched_setaffinity(Pid::from_raw(0), &cpus.set()?)?;
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sched::{CpuSet, sched_setaffinity};
+use nix::sched::sched_setaffinity;
 use nix::time::{ClockId, clock_gettime};
 use nix::unistd::Pid;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -226,7 +226,7 @@ pub async fn govern(shutdown: CancellationToken) {
         return;
     }
     let mut governor = Governor::default();
-    let mut sampler = Sampler::new(&allowed);
+    let sampler = Sampler::new(&allowed);
     let mut last = sampler.sample();
     // Threads started while the last move went over them kept the old set.
     let mut sweep_again: Option<CpuList> = None;
@@ -293,10 +293,7 @@ fn give_up(allowed: &CpuList, err: &anyhow::Error) {
 
 /// Sets the affinity of every thread of this process.
 fn keep_threads_to(cpus: &CpuList) -> anyhow::Result<()> {
-    let mut set = CpuSet::new();
-    for &cpu in cpus.cpus() {
-        set.set(cpu)?;
-    }
+    let set = cpus.set()?;
     for tid in threads()? {
         match sched_setaffinity(Pid::from_raw(tid), &set) {
             // It ended since the listing.
@@ -322,13 +319,12 @@ fn threads() -> anyhow::Result<Vec<i32>> {
 struct Sample {
     at: Instant,
     ran: Duration,
-    /// Idle time of each allowed CPU, in clock ticks.
-    idle: Vec<(usize, u64)>,
+    /// Idle time of each allowed CPU so far, in seconds.
+    idle: Vec<(usize, f64)>,
 }
 
 impl Sample {
     fn since(&self, earlier: &Sample) -> Window {
-        let ticks = Sampler::ticks_per_second();
         Window {
             seconds: self.at.duration_since(earlier.at).as_secs_f64().max(1e-3),
             ran: self.ran.saturating_sub(earlier.ran).as_secs_f64(),
@@ -341,7 +337,7 @@ impl Sample {
                         .iter()
                         .find(|(c, _)| *c == cpu)
                         .map_or(now, |&(_, idle)| idle);
-                    (cpu, now.saturating_sub(before) as f64 / ticks)
+                    (cpu, (now - before).max(0.0))
                 })
                 .collect(),
         }
@@ -351,41 +347,31 @@ impl Sample {
 /// Reads the process's CPU time and the CPUs' idle time.
 struct Sampler {
     allowed: Vec<usize>,
+    /// The unit of `/proc/stat` (`USER_HZ`).
+    ticks_per_second: f64,
 }
 
 impl Sampler {
     fn new(allowed: &CpuList) -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
         Self {
             allowed: allowed.cpus().to_vec(),
+            ticks_per_second: if ticks > 0 { ticks as f64 } else { 100.0 },
         }
     }
 
-    fn ticks_per_second() -> f64 {
-        // SAFETY: sysconf has no preconditions.
-        match unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) } {
-            ticks if ticks > 0 => ticks as f64,
-            _ => 100.0,
-        }
-    }
-
-    fn sample(&mut self) -> Sample {
+    fn sample(&self) -> Sample {
         let at = Instant::now();
         let ran = clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID)
             .map(Duration::from)
             .unwrap_or_default();
-        Sample {
-            at,
-            ran,
-            idle: self.read_idle(),
-        }
-    }
-
-    /// Idle and iowait ticks of each allowed CPU (`/proc/stat`).
-    fn read_idle(&self) -> Vec<(usize, u64)> {
-        let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        parse_idle(&text)
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let idle = parse_idle(&stat)
             .filter(|(cpu, _)| self.allowed.contains(cpu))
-            .collect()
+            .map(|(cpu, ticks)| (cpu, ticks as f64 / self.ticks_per_second))
+            .collect();
+        Sample { at, ran, idle }
     }
 }
 
@@ -522,7 +508,7 @@ mod tests {
 
     #[test]
     fn samples_this_process() {
-        let mut sampler = Sampler::new(&super::super::allowed().unwrap());
+        let sampler = Sampler::new(&super::super::allowed().unwrap());
         let first = sampler.sample();
         let spin = Instant::now();
         while spin.elapsed() < Duration::from_millis(30) {}
