@@ -1060,22 +1060,6 @@ impl InfluxWriter {
     }
 }
 
-/// Each thread of process `pid`: its name and `Cpus_allowed_list`.
-pub fn thread_cpus(pid: u32) -> Vec<(String, String)> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
-    tasks
-        .filter_map(|task| {
-            let path = task.ok()?.path();
-            let name = std::fs::read_to_string(path.join("comm")).ok()?;
-            let status = std::fs::read_to_string(path.join("status")).ok()?;
-            let cpus = status
-                .lines()
-                .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
-            Some((name.trim().to_owned(), cpus.trim().to_owned()))
-        })
-        .collect()
-}
-
 /// Writes the frames `{"seq":N}` for N in `from..from + count` to `to` (a
 /// pty master), pausing 5 ms every 50 frames; returns the next N.
 pub fn feed_seq(to: &mut impl std::io::Write, from: u64, count: u64) -> u64 {

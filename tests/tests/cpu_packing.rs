@@ -1,8 +1,9 @@
 //! Where `sluice run` keeps its threads, watched from outside through
 //! `/proc/PID/task/*/status` and `/metrics`: on one core while quiet, on
 //! every CPU under load or when another process keeps that core busy, and
-//! where `--cpus` put them when it is given. A real mosquitto, a pty and
-//! the json-telemetry transform; the busy neighbour is a spinning shell.
+//! where `--cpus` put them when it is given (a CPU it may not use is
+//! refused at start). A real mosquitto, a pty, the json-telemetry transform
+//! and the durable log; the busy neighbour is a spinning shell.
 
 use std::io::Write as _;
 use std::process::{Child, Command};
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use sluice::pty::Pty;
 use sluice_tests::{
-    Mosquitto, SluiceProcess, eventually_every, free_port, metric, thread_cpus, wasm,
+    Mosquitto, SluiceProcess, eventually_every, feed_seq, free_port, metric, mosquitto_sub, wasm,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -22,8 +23,39 @@ struct Host {
     sluice: SluiceProcess,
     pty: Pty,
     admin: u16,
-    _broker: Mosquitto,
-    _dir: tempfile::TempDir,
+    broker: Mosquitto,
+    dir: tempfile::TempDir,
+}
+
+/// The config of a host with its durable log (so its writer thread is
+/// there too) on `pty`, publishing to `broker`.
+fn write_config(dir: &std::path::Path, admin: u16, broker: u16, pty: &Pty) -> std::path::PathBuf {
+    let path = dir.join("sluice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+version = 1
+data_dir = "{}"
+[admin]
+listen = "127.0.0.1:{admin}"
+[mqtt]
+host = "127.0.0.1"
+port = {broker}
+client_id = "packing"
+stats_interval_secs = 0
+[[pipeline]]
+name = "gw"
+serial = {{ path = "{}" }}
+transform = {{ module = "{}" }}
+"#,
+            dir.display(),
+            pty.path.display(),
+            wasm::JSON_TELEMETRY,
+        ),
+    )
+    .expect("config");
+    path
 }
 
 fn start(cli: &[&str]) -> Host {
@@ -35,30 +67,7 @@ fn start(cli: &[&str]) -> Host {
     let pty = Pty::open().expect("openpty");
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = free_port();
-    let path = dir.path().join("sluice.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-version = 1
-[admin]
-listen = "127.0.0.1:{admin}"
-[mqtt]
-host = "127.0.0.1"
-port = {}
-client_id = "packing"
-stats_interval_secs = 0
-[[pipeline]]
-name = "gw"
-serial = {{ path = "{}" }}
-transform = {{ module = "{}" }}
-"#,
-            broker.port,
-            pty.path.display(),
-            wasm::JSON_TELEMETRY,
-        ),
-    )
-    .expect("config");
+    let path = write_config(dir.path(), admin, broker.port, &pty);
     let mut args = cli.to_vec();
     args.extend(["run", "--config", path.to_str().expect("utf-8")]);
     let sluice = SluiceProcess::spawn(
@@ -74,8 +83,8 @@ transform = {{ module = "{}" }}
         sluice,
         pty,
         admin,
-        _broker: broker,
-        _dir: dir,
+        broker,
+        dir,
     }
 }
 
@@ -117,6 +126,22 @@ impl Host {
             &format!("sluice_cpu_placement_changes_total{{reason=\"{reason}\"}}"),
         )
     }
+}
+
+/// Each thread of process `pid`: its name and `Cpus_allowed_list`.
+fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    tasks
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let status = std::fs::read_to_string(path.join("status")).ok()?;
+            let cpus = status
+                .lines()
+                .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
+            Some((name.trim().to_owned(), cpus.trim().to_owned()))
+        })
+        .collect()
 }
 
 /// Writes a frame every `every` (as fast as it can: zero) until dropped.
@@ -255,7 +280,7 @@ fn a_quiet_host_packs_onto_one_core_and_spreads_under_load() {
 fn a_busy_neighbour_on_its_core_spreads_the_threads_then_they_pack_elsewhere() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let host = start(&[]);
-    let _feeder = Feeder::start(&host.pty, Duration::from_millis(5));
+    let _feeder = Feeder::start(&host.pty, Duration::from_millis(10));
     let Some(packed) = host.wait_until_packed(WAIT) else {
         panic!("never packed\n{}", host.sluice.log());
     };
@@ -291,5 +316,48 @@ fn cpus_fixes_the_placement() {
     assert_eq!(
         metric(host.admin, "sluice_cpus_in_use"),
         sluice::cpus::allowed().expect("affinity").cpus().len() as f64
+    );
+}
+
+#[test]
+fn cpus_keeps_every_thread_to_the_cpus_given_and_refuses_one_it_may_not_use() {
+    let allowed = sluice::cpus::allowed().expect("affinity");
+    let (first, last) = match allowed.cpus() {
+        [first, .., last] => (first.to_string(), *last),
+        _ => panic!("these tests need two CPUs"),
+    };
+    let mut host = start(&["--cpus", &first]);
+    let subscriber = mosquitto_sub(host.broker.port, "iiot/stats/seq", &["-q", "1"]);
+    // Frames flow, so every thread a frame crosses has started.
+    let fed = feed_seq(&mut host.pty.master, 0, 10);
+    assert_eq!(subscriber.wait_for(fed as usize, WAIT).len(), fed as usize);
+    let threads = thread_cpus(host.sluice.pid().expect("running"));
+    assert!(
+        threads
+            .iter()
+            .any(|(name, _)| name.starts_with("transform-")),
+        "{threads:?}"
+    );
+    for (name, cpus) in &threads {
+        assert_eq!(cpus, &first, "thread {name}");
+    }
+    assert!(host.sluice.stop(), "{}", host.sluice.log());
+
+    // Through the environment, a CPU it may not use (the one after the
+    // last it may): a clear error at start.
+    let beyond = (last + 1).to_string();
+    let path = write_config(host.dir.path(), free_port(), host.broker.port, &host.pty);
+    let mut refused = SluiceProcess::spawn(
+        &["run", "--config", path.to_str().expect("utf-8")],
+        &[("SLUICE_CPUS", beyond.clone())],
+    );
+    let status = refused.wait_exit(WAIT).expect("exits");
+    assert!(!status.success());
+    assert!(
+        refused.log().contains(&format!(
+            "--cpus {beyond}: CPU {beyond} is not one sluice may use"
+        )),
+        "{}",
+        refused.log()
     );
 }

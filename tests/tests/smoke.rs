@@ -16,7 +16,7 @@ use std::time::Duration;
 use sluice::pty::Pty;
 use sluice::source::capture::CaptureWriter;
 use sluice_tests::{
-    Mosquitto, SluiceProcess, feed_seq, free_port, http, metric, mosquitto_sub, thread_cpus, wasm,
+    Mosquitto, SluiceProcess, feed_seq, free_port, http, metric, mosquitto_sub, wasm,
 };
 
 /// The smoke test's config: `serial` is the port's path.
@@ -67,18 +67,10 @@ fn run_slowly(path: &std::path::Path) -> SluiceProcess {
     sluice
 }
 
-/// A broker, a port and the smoke test's config for them.
-struct Gateway {
-    broker: Mosquitto,
-    pty: Pty,
-    admin: u16,
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn gateway() -> Gateway {
+#[test]
+fn a_thousand_frames_arrive_and_the_admin_api_answers() {
     let broker = Mosquitto::start();
-    let pty = Pty::open().expect("openpty");
+    let mut pty = Pty::open().expect("openpty");
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = free_port();
     let path = write_config(
@@ -87,24 +79,6 @@ fn gateway() -> Gateway {
         broker.port,
         &pty.path.display().to_string(),
     );
-    Gateway {
-        broker,
-        pty,
-        admin,
-        path,
-        _dir: dir,
-    }
-}
-
-#[test]
-fn a_thousand_frames_arrive_and_the_admin_api_answers() {
-    let Gateway {
-        broker,
-        mut pty,
-        admin,
-        path,
-        _dir,
-    } = gateway();
     let subscriber = mosquitto_sub(broker.port, "iiot/stats/seq", &["-q", "1"]);
     let mut sluice = run_slowly(&path);
     // The port opens (or the reason it does not is in the log at once).
@@ -182,72 +156,4 @@ fn without_a_serial_port_replayed_frames_arrive_and_the_admin_api_answers() {
         "the port is missing, and the host runs on"
     );
     assert!(sluice.stop(), "{}", sluice.log());
-}
-
-#[test]
-fn cpus_keeps_every_thread_to_the_cpus_given_and_refuses_one_it_may_not_use() {
-    let Gateway {
-        broker,
-        mut pty,
-        path,
-        _dir,
-        ..
-    } = gateway();
-    let allowed = sluice::cpus::allowed().expect("affinity");
-    let (first, last) = match allowed.cpus() {
-        [first, .., last] | [first @ last] => (first.to_string(), *last),
-        [] => panic!("no CPU allowed"),
-    };
-    let subscriber = mosquitto_sub(broker.port, "iiot/stats/seq", &["-q", "1"]);
-    let mut sluice = SluiceProcess::spawn(
-        &[
-            "--cpus",
-            &first,
-            "run",
-            "--config",
-            path.to_str().expect("utf-8"),
-        ],
-        &[],
-    );
-    assert!(
-        sluice.wait_for_log("serial port open", Duration::from_secs(60)),
-        "{}",
-        sluice.log()
-    );
-    // Frames flow, so every thread a frame crosses has started.
-    let fed = feed_seq(&mut pty.master, 0, 10);
-    assert_eq!(
-        subscriber
-            .wait_for(fed as usize, Duration::from_secs(60))
-            .len(),
-        fed as usize
-    );
-    let threads = thread_cpus(sluice.pid().expect("running"));
-    assert!(
-        threads
-            .iter()
-            .any(|(name, _)| name.starts_with("transform-")),
-        "{threads:?}"
-    );
-    for (name, cpus) in &threads {
-        assert_eq!(cpus, &first, "thread {name}");
-    }
-    assert!(sluice.stop(), "{}", sluice.log());
-
-    // Through the environment, a CPU it may not use (the one after the
-    // last it may): a clear error at start.
-    let beyond = (last + 1).to_string();
-    let mut refused = SluiceProcess::spawn(
-        &["run", "--config", path.to_str().expect("utf-8")],
-        &[("SLUICE_CPUS", beyond.clone())],
-    );
-    let status = refused.wait_exit(Duration::from_secs(30)).expect("exits");
-    assert!(!status.success());
-    assert!(
-        refused.log().contains(&format!(
-            "--cpus {beyond}: CPU {beyond} is not one sluice may use"
-        )),
-        "{}",
-        refused.log()
-    );
 }
