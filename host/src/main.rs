@@ -5,12 +5,11 @@ use std::num::NonZeroUsize;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use sluice::cli::{Cli, Command, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_env_and_args();
     init_logging(cli.log_format);
     if let Some(cpus) = &cli.cpus
         && let Err(err) = sluice::cpus::keep_to(cpus)
@@ -123,10 +122,15 @@ fn shutdown_on_signal() -> CancellationToken {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+    // Blank counts as unset, as for the command line's variables.
+    let filter = std::env::var("SLUICE_LOG")
+        .ok()
+        .filter(|directives| !directives.trim().is_empty())
+        .map(tracing_subscriber::EnvFilter::try_new)
+        .and_then(Result::ok)
         // rumqttd (the embedded broker) logs every client disconnect as an
         // ERROR; its own state is visible through our metrics instead.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
     // Colour only on a terminal, and never with NO_COLOR set (any value but
     // empty, as no-color.org says): a file or journald gets plain lines.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())

@@ -59,6 +59,10 @@ transform = {{ module = "{}" }}
 }
 
 fn start(cli: &[&str]) -> Host {
+    start_with_env(cli, &[])
+}
+
+fn start_with_env(cli: &[&str], env: &[(&str, String)]) -> Host {
     assert!(
         sluice::cpus::allowed().expect("affinity").cpus().len() >= 2,
         "these tests need two CPUs to move threads between"
@@ -70,10 +74,10 @@ fn start(cli: &[&str]) -> Host {
     let path = write_config(dir.path(), admin, broker.port, &pty);
     let mut args = cli.to_vec();
     args.extend(["run", "--config", path.to_str().expect("utf-8")]);
-    let sluice = SluiceProcess::spawn(
-        &args,
-        &[("SLUICE_LOG", "info,sluice=debug,sluice::cpus=trace".into())],
-    );
+    // The caller's variables come last, so they win.
+    let mut all_env = vec![("SLUICE_LOG", "info,sluice=debug,sluice::cpus=trace".into())];
+    all_env.extend_from_slice(env);
+    let sluice = SluiceProcess::spawn(&args, &all_env);
     assert!(
         sluice.wait_for_log("serial port open", WAIT),
         "{}",
@@ -302,6 +306,29 @@ fn a_busy_neighbour_on_its_core_spreads_the_threads_then_they_pack_elsewhere() {
         elsewhere.is_some()
     });
     assert!(elsewhere.is_some(), "{}", host.sluice.log());
+}
+
+#[test]
+fn blank_variables_mean_the_defaults_so_a_blank_sluice_cpus_packs() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // What `SLUICE_CPUS: ${SLUICE_CPUS:-}` in a compose file passes when
+    // the operator sets nothing.
+    let blank = [
+        ("SLUICE_CPUS", String::new()),
+        ("SLUICE_ASYNC_THREADS", " ".into()),
+        ("SLUICE_LOG_FORMAT", String::new()),
+        // The default filter, which logs the "serial port open" `start`
+        // waits for.
+        ("SLUICE_LOG", String::new()),
+    ];
+    let host = start_with_env(&[], &blank);
+    let _feeder = Feeder::start(&host.pty, Duration::from_millis(10));
+    assert!(
+        host.wait_until_packed(WAIT).is_some(),
+        "{:?}\n{}",
+        host.placements(),
+        host.sluice.log()
+    );
 }
 
 #[test]

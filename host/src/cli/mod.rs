@@ -6,7 +6,7 @@ pub mod transform;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 /// sluice — a WebAssembly-extensible edge runtime for industrial IoT.
 #[derive(Debug, Parser)]
@@ -32,6 +32,42 @@ pub struct Cli {
     /// Subcommand.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the command line and the environment, or exits with clap's
+    /// message. A variable that is set but blank (`SLUICE_CPUS=`, what
+    /// `${SLUICE_CPUS:-}` gives in a compose file) counts as unset: it
+    /// means the default, not an invalid value.
+    pub fn from_env_and_args() -> Cli {
+        let matches = without_blank_env(Cli::command()).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+    }
+}
+
+/// `command` with the environment variables of its arguments (and its
+/// subcommands') ignored where they are blank.
+fn without_blank_env(mut command: clap::Command) -> clap::Command {
+    let blank: Vec<clap::Id> = command
+        .get_arguments()
+        .filter(|arg| {
+            arg.get_env()
+                .and_then(std::env::var_os)
+                .is_some_and(|value| value.to_string_lossy().trim().is_empty())
+        })
+        .map(|arg| arg.get_id().clone())
+        .collect();
+    for id in blank {
+        command = command.mut_arg(id, |arg| arg.env(None));
+    }
+    let subcommands: Vec<String> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name().to_owned())
+        .collect();
+    for name in subcommands {
+        command = command.mut_subcommand(name, without_blank_env);
+    }
+    command
 }
 
 /// Log output format.
