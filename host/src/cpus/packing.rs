@@ -19,6 +19,7 @@
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use nix::errno::Errno;
 use nix::sched::sched_setaffinity;
 use nix::time::{ClockId, clock_gettime};
@@ -226,8 +227,14 @@ pub async fn govern(shutdown: CancellationToken) {
         return;
     }
     let mut governor = Governor::default();
-    let sampler = Sampler::new(&allowed);
-    let mut last = sampler.sample();
+    let sampler = Sampler::new(&allowed, PROC_STAT);
+    let mut last = match sampler.sample() {
+        Ok(sample) => sample,
+        Err(err) => {
+            tracing::warn!(error = %format!("{err:#}"), "cannot measure sluice's load; not packing its threads");
+            return;
+        }
+    };
     // Threads started while the last move went over them kept the old set.
     let mut sweep_again: Option<CpuList> = None;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + PERIOD, PERIOD);
@@ -243,7 +250,15 @@ pub async fn govern(shutdown: CancellationToken) {
             give_up(&allowed, &err);
             return;
         }
-        let now = sampler.sample();
+        // Blind, the governor could neither see a load to spread for nor a
+        // busy core: it lets the threads use every CPU and stops.
+        let now = match sampler.sample() {
+            Ok(sample) => sample,
+            Err(err) => {
+                give_up(&allowed, &err.context("measuring sluice's load"));
+                return;
+            }
+        };
         let window = now.since(&last);
         last = now;
         tracing::trace!(?window, "cpu placement window");
@@ -284,9 +299,10 @@ pub async fn govern(shutdown: CancellationToken) {
     }
 }
 
-/// A move failed (a cpuset narrowed under sluice, say): spread and stop.
+/// A move or a measurement failed (a cpuset narrowed under sluice, say):
+/// spread and stop.
 fn give_up(allowed: &CpuList, err: &anyhow::Error) {
-    tracing::warn!(error = %format!("{err:#}"), "cannot move sluice's threads; leaving them on every CPU");
+    tracing::warn!(error = %format!("{err:#}"), "cannot govern sluice's threads; leaving them on every CPU");
     let _ = keep_threads_to(allowed);
     METRICS.cpus.set(allowed.cpus().len() as i64);
 }
@@ -344,34 +360,48 @@ impl Sample {
     }
 }
 
+const PROC_STAT: &str = "/proc/stat";
+
 /// Reads the process's CPU time and the CPUs' idle time.
 struct Sampler {
     allowed: Vec<usize>,
+    /// `/proc/stat`, or a stand-in in tests.
+    stat_path: &'static str,
     /// The unit of `/proc/stat` (`USER_HZ`).
     ticks_per_second: f64,
 }
 
 impl Sampler {
-    fn new(allowed: &CpuList) -> Self {
+    fn new(allowed: &CpuList, stat_path: &'static str) -> Self {
         // SAFETY: sysconf has no preconditions.
         let ticks = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
         Self {
             allowed: allowed.cpus().to_vec(),
+            stat_path,
             ticks_per_second: if ticks > 0 { ticks as f64 } else { 100.0 },
         }
     }
 
-    fn sample(&self) -> Sample {
+    /// Fails unless the process's CPU time and some allowed CPU's idle time
+    /// could be read (a CPU taken offline drops out of `/proc/stat`).
+    fn sample(&self) -> anyhow::Result<Sample> {
         let at = Instant::now();
         let ran = clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID)
             .map(Duration::from)
-            .unwrap_or_default();
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let idle = parse_idle(&stat)
+            .context("reading the process's CPU clock")?;
+        let stat = std::fs::read_to_string(self.stat_path)
+            .with_context(|| format!("reading {}", self.stat_path))?;
+        let idle: Vec<(usize, f64)> = parse_idle(&stat)
             .filter(|(cpu, _)| self.allowed.contains(cpu))
             .map(|(cpu, ticks)| (cpu, ticks as f64 / self.ticks_per_second))
             .collect();
-        Sample { at, ran, idle }
+        if idle.is_empty() {
+            anyhow::bail!(
+                "{} has no idle time of the CPUs sluice may use",
+                self.stat_path
+            );
+        }
+        Ok(Sample { at, ran, idle })
     }
 }
 
@@ -508,12 +538,24 @@ mod tests {
 
     #[test]
     fn samples_this_process() {
-        let sampler = Sampler::new(&super::super::allowed().unwrap());
-        let first = sampler.sample();
+        let sampler = Sampler::new(&super::super::allowed().unwrap(), PROC_STAT);
+        let first = sampler.sample().unwrap();
         let spin = Instant::now();
         while spin.elapsed() < Duration::from_millis(30) {}
-        let window = sampler.sample().since(&first);
+        let window = sampler.sample().unwrap().since(&first);
         assert!(window.ran >= 0.02, "{window:?}");
         assert_eq!(window.idle.len(), sampler.allowed.len());
+    }
+
+    #[test]
+    fn a_sample_without_the_cpus_idle_times_is_an_error() {
+        let allowed = super::super::allowed().unwrap();
+        let missing = Sampler::new(&allowed, "/nonexistent/stat");
+        let err = format!("{:#}", missing.sample().err().unwrap());
+        assert!(err.starts_with("reading /nonexistent/stat"), "{err}");
+        // A file without the per-CPU lines (`/proc/self/stat` is one line).
+        let unparsable = Sampler::new(&allowed, "/proc/self/stat");
+        let err = format!("{:#}", unparsable.sample().err().unwrap());
+        assert!(err.contains("has no idle time"), "{err}");
     }
 }
