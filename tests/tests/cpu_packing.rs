@@ -3,7 +3,8 @@
 //! every CPU under load or when another process keeps that core busy, and
 //! where `--cpus` put them when it is given (a CPU it may not use is
 //! refused at start). A real mosquitto, a pty, the json-telemetry transform
-//! and the durable log; the busy neighbour is a spinning shell.
+//! and the durable log; the busy neighbour is a spinning shell, or a
+//! transform spinning on every other frame of a second pipeline.
 
 use std::io::Write as _;
 use std::process::{Child, Command};
@@ -28,8 +29,22 @@ struct Host {
 }
 
 /// The config of a host with its durable log (so its writer thread is
-/// there too) on `pty`, publishing to `broker`.
-fn write_config(dir: &std::path::Path, admin: u16, broker: u16, pty: &Pty) -> std::path::PathBuf {
+/// there too) on `pty`, publishing to `broker`; with `hostile`, a second
+/// pipeline, `hostile`, runs the hostile test guest on that pty.
+fn write_config(
+    dir: &std::path::Path,
+    admin: u16,
+    broker: u16,
+    pty: &Pty,
+    hostile: Option<&Pty>,
+) -> std::path::PathBuf {
+    let second = hostile.map_or_else(String::new, |hostile| {
+        format!(
+            "[[pipeline]]\nname = \"hostile\"\nserial = {{ path = \"{}\" }}\ntransform = {{ module = \"{}\" }}\n",
+            hostile.path.display(),
+            wasm::HOSTILE
+        )
+    });
     let path = dir.join("sluice.toml");
     std::fs::write(
         &path,
@@ -48,7 +63,7 @@ stats_interval_secs = 0
 name = "gw"
 serial = {{ path = "{}" }}
 transform = {{ module = "{}" }}
-"#,
+{second}"#,
             dir.display(),
             pty.path.display(),
             wasm::JSON_TELEMETRY,
@@ -59,10 +74,10 @@ transform = {{ module = "{}" }}
 }
 
 fn start(cli: &[&str]) -> Host {
-    start_with_env(cli, &[])
+    start_with_env(cli, &[], None)
 }
 
-fn start_with_env(cli: &[&str], env: &[(&str, String)]) -> Host {
+fn start_with_env(cli: &[&str], env: &[(&str, String)], hostile: Option<&Pty>) -> Host {
     assert!(
         sluice::cpus::allowed().expect("affinity").cpus().len() >= 2,
         "these tests need two CPUs to move threads between"
@@ -71,7 +86,7 @@ fn start_with_env(cli: &[&str], env: &[(&str, String)]) -> Host {
     let pty = Pty::open().expect("openpty");
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = free_port();
-    let path = write_config(dir.path(), admin, broker.port, &pty);
+    let path = write_config(dir.path(), admin, broker.port, &pty, hostile);
     let mut args = cli.to_vec();
     args.extend(["run", "--config", path.to_str().expect("utf-8")]);
     // The caller's variables come last, so they win.
@@ -151,7 +166,8 @@ fn thread_cpus(pid: u32) -> Vec<(String, String)> {
 /// Writes a frame every `every` (as fast as it can: zero) until dropped.
 struct Feeder {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Ends with the number of frames written.
+    thread: Option<std::thread::JoinHandle<u64>>,
 }
 
 impl Feeder {
@@ -163,18 +179,28 @@ impl Feeder {
             let mut seq = 0u64;
             while !stopped.load(Ordering::Relaxed) {
                 if writeln!(master, r#"{{"seq":{seq}}}"#).is_err() {
-                    return;
+                    break;
                 }
                 seq += 1;
                 if !every.is_zero() {
                     std::thread::sleep(every);
                 }
             }
+            seq
         });
         Feeder {
             stop,
             thread: Some(thread),
         }
+    }
+}
+
+impl Feeder {
+    /// Stops it; returns how many frames it wrote (`seq` 0 to that, less one).
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take().expect("not stopped yet");
+        thread.join().expect("the feeder does not panic")
     }
 }
 
@@ -321,7 +347,7 @@ fn blank_variables_mean_the_defaults_so_a_blank_sluice_cpus_packs() {
         // waits for.
         ("SLUICE_LOG", String::new()),
     ];
-    let host = start_with_env(&[], &blank);
+    let host = start_with_env(&[], &blank, None);
     let _feeder = Feeder::start(&host.pty, Duration::from_millis(10));
     assert!(
         host.wait_until_packed(WAIT).is_some(),
@@ -329,6 +355,67 @@ fn blank_variables_mean_the_defaults_so_a_blank_sluice_cpus_packs() {
         host.placements(),
         host.sluice.log()
     );
+}
+
+#[test]
+fn a_transform_spinning_on_the_packed_core_costs_only_its_frames() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let hostile = Pty::open().expect("openpty");
+    let host = start_with_env(&[], &[], Some(&hostile));
+    let gateway = mosquitto_sub(host.broker.port, "iiot/stats/seq", &["-q", "1"]);
+    let hostile_ok = mosquitto_sub(host.broker.port, "hostile/ok", &["-q", "1"]);
+    let feeder = Feeder::start(&host.pty, Duration::from_millis(10));
+    assert!(
+        host.wait_until_packed(WAIT).is_some(),
+        "{:?}\n{}",
+        host.placements(),
+        host.sluice.log()
+    );
+
+    // Forty frames that each spin until the call's 100 ms of CPU are up,
+    // a good frame after each (so the module is not quarantined): four
+    // seconds of a core, taken on the core every thread shares.
+    const SPINS: usize = 40;
+    let mut frames = String::new();
+    for n in 0..SPINS {
+        frames.push_str(&format!("spin\nok:{n}\n"));
+    }
+    hostile
+        .master
+        .try_clone()
+        .expect("clone master")
+        .write_all(frames.as_bytes())
+        .expect("write hostile frames");
+    let expected_ok: Vec<String> = (0..SPINS).map(|n| n.to_string()).collect();
+    let got_ok = hostile_ok.wait_for(SPINS, WAIT);
+    let written = feeder.stop();
+    let got = gateway.wait_for(written as usize, WAIT);
+    let log = host.sluice.log();
+
+    // Every frame of the other pipeline arrived, in order, none lost.
+    let seqs: Vec<u64> = got
+        .iter()
+        .map(|r| r.payload.parse().expect("a seq"))
+        .collect();
+    assert_eq!(seqs, (0..written).collect::<Vec<_>>(), "{log}");
+    // The spinning frames cost only themselves: each timed out and was
+    // counted; the good ones between them arrived, in order.
+    let ok: Vec<String> = got_ok
+        .iter()
+        .map(|r| r.payload.clone())
+        .collect();
+    assert_eq!(ok, expected_ok, "{log}");
+    assert_eq!(
+        metric(
+            host.admin,
+            "sluice_frames_dropped_total{pipeline=\"hostile\",reason=\"trap_timeout\"}"
+        ),
+        SPINS as f64,
+        "{log}"
+    );
+    // And the spinning did not keep the other pipeline's threads squeezed
+    // onto its core: the load it made spread them.
+    assert!(host.changes("load") >= 1.0, "{log}");
 }
 
 #[test]
@@ -373,7 +460,13 @@ fn cpus_keeps_every_thread_to_the_cpus_given_and_refuses_one_it_may_not_use() {
     // Through the environment, a CPU it may not use (the one after the
     // last it may): a clear error at start.
     let beyond = (last + 1).to_string();
-    let path = write_config(host.dir.path(), free_port(), host.broker.port, &host.pty);
+    let path = write_config(
+        host.dir.path(),
+        free_port(),
+        host.broker.port,
+        &host.pty,
+        None,
+    );
     let mut refused = SluiceProcess::spawn(
         &["run", "--config", path.to_str().expect("utf-8")],
         &[("SLUICE_CPUS", beyond.clone())],
