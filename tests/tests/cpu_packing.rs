@@ -139,6 +139,17 @@ impl Host {
         cpu
     }
 
+    /// Waits until every thread is kept to one CPU; fails the test if that
+    /// never happens.
+    fn assert_packs(&self) {
+        assert!(
+            self.wait_until_packed(WAIT).is_some(),
+            "never packed: {:?}\n{}",
+            self.placements(),
+            self.sluice.log()
+        );
+    }
+
     fn changes(&self, reason: &str) -> f64 {
         metric(
             self.admin,
@@ -257,12 +268,7 @@ fn a_quiet_host_packs_onto_one_core_and_spreads_under_load() {
     let host = start(&[]);
     // Frames at 100 a second: quiet.
     let feeder = Feeder::start(&host.pty, Duration::from_millis(10));
-    assert!(
-        host.wait_until_packed(WAIT).is_some(),
-        "{:?}\n{}",
-        host.placements(),
-        host.sluice.log()
-    );
+    host.assert_packs();
     assert!(eventually_every(WAIT, Duration::from_millis(100), || {
         metric(host.admin, "sluice_cpus_in_use") == 1.0 && host.changes("quiet") >= 1.0
     }));
@@ -293,11 +299,7 @@ fn a_quiet_host_packs_onto_one_core_and_spreads_under_load() {
     // Quiet again: packed again (after twice the quiet seconds, as that
     // packing was short).
     let packings = host.changes("quiet");
-    assert!(
-        host.wait_until_packed(WAIT).is_some(),
-        "{}",
-        host.sluice.log()
-    );
+    host.assert_packs();
     assert!(
         eventually_every(WAIT, Duration::from_millis(100), || host.changes("quiet")
             > packings),
@@ -349,12 +351,7 @@ fn blank_variables_mean_the_defaults_so_a_blank_sluice_cpus_packs() {
     ];
     let host = start_with_env(&[], &blank, None);
     let _feeder = Feeder::start(&host.pty, Duration::from_millis(10));
-    assert!(
-        host.wait_until_packed(WAIT).is_some(),
-        "{:?}\n{}",
-        host.placements(),
-        host.sluice.log()
-    );
+    host.assert_packs();
 }
 
 #[test]
@@ -365,12 +362,7 @@ fn a_transform_spinning_on_the_packed_core_costs_only_its_frames() {
     let gateway = mosquitto_sub(host.broker.port, "iiot/stats/seq", &["-q", "1"]);
     let hostile_ok = mosquitto_sub(host.broker.port, "hostile/ok", &["-q", "1"]);
     let feeder = Feeder::start(&host.pty, Duration::from_millis(10));
-    assert!(
-        host.wait_until_packed(WAIT).is_some(),
-        "{:?}\n{}",
-        host.placements(),
-        host.sluice.log()
-    );
+    host.assert_packs();
 
     // Forty frames that each spin until the call's 100 ms of CPU are up,
     // a good frame after each (so the module is not quarantined): four
@@ -400,10 +392,7 @@ fn a_transform_spinning_on_the_packed_core_costs_only_its_frames() {
     assert_eq!(seqs, (0..written).collect::<Vec<_>>(), "{log}");
     // The spinning frames cost only themselves: each timed out and was
     // counted; the good ones between them arrived, in order.
-    let ok: Vec<String> = got_ok
-        .iter()
-        .map(|r| r.payload.clone())
-        .collect();
+    let ok: Vec<String> = got_ok.iter().map(|r| r.payload.clone()).collect();
     assert_eq!(ok, expected_ok, "{log}");
     assert_eq!(
         metric(
