@@ -1,12 +1,15 @@
-//! The journal: what makes an append durable with `fsync = "always"`
-//! without a durable redb commit each time.
+//! The journal: what makes an append survive a crash without a durable
+//! redb commit each time.
 //!
 //! A durable redb commit rewrites the B-tree pages it touched, scattered
 //! over the file, and syncs them; on a small VM that is ~140 µs of CPU per
-//! commit. An append instead commits to redb without syncing
-//! (`Durability::None`: visible, but not what a crash recovers) and writes
-//! its records as one entry to `NAME.journal`, one contiguous write and one
-//! `fdatasync` (~65 µs). Every durable redb commit (a checkpoint: within
+//! commit, and a commit that does not sync (`Durability::None`) is lost
+//! even by a crash of the process. An append instead writes its records as
+//! one entry to `NAME.journal`, one contiguous write, and with `fsync =
+//! "always"` one `fdatasync` (~65 µs); with `fsync = "interval"` the entry
+//! is in the kernel's page cache, which a crash of the process does not
+//! lose, and the next checkpoint (within `fsync_interval_ms`) makes it
+//! durable. Every durable redb commit (a checkpoint: within
 //! `fsync_interval_ms`, when the journal is full, at close) stores a new
 //! *generation* in the file's meta table, which retires every entry written
 //! before it; the journal is then written again from its start.
@@ -64,12 +67,18 @@ pub(crate) struct Journal {
     file: File,
     generation: u64,
     offset: u64,
+    /// `fsync = "always"`: each entry is synced before `append` returns.
+    sync_each: bool,
 }
 
 impl Journal {
     /// Opens (or creates) the journal for entries of `generation`, written
-    /// from its start.
-    pub(crate) fn open(path: &Path, generation: u64) -> Result<Journal, OutboxError> {
+    /// from its start; with `sync_each`, every entry is synced.
+    pub(crate) fn open(
+        path: &Path,
+        generation: u64,
+        sync_each: bool,
+    ) -> Result<Journal, OutboxError> {
         let created = !path.exists();
         let file = OpenOptions::new()
             .read(true)
@@ -86,6 +95,7 @@ impl Journal {
             file,
             generation,
             offset: 0,
+            sync_each,
         })
     }
 
@@ -93,14 +103,21 @@ impl Journal {
         self.generation
     }
 
+    /// Whether an appended entry is durable (synced) when `append` returns;
+    /// if not, only a checkpoint makes it so.
+    pub(crate) fn syncs(&self) -> bool {
+        self.sync_each
+    }
+
     /// Whether an entry with a body of `body_len` bytes fits.
     pub(crate) fn fits(&self, body_len: usize) -> bool {
         self.offset + (HEADER + body_len) as u64 <= JOURNAL_BYTES
     }
 
-    /// Writes an entry and syncs it. On an error the journal takes no more
-    /// entries until the next checkpoint (a failed sync leaves the page
-    /// cache in an unknown state, so nothing after it may rely on it).
+    /// Writes an entry, and syncs it if the journal [`syncs`](Self::syncs).
+    /// On an error the journal takes no more entries until the next
+    /// checkpoint (a failed sync leaves the page cache in an unknown state,
+    /// so nothing after it may rely on it).
     pub(crate) fn append(&mut self, body: &[u8]) -> io::Result<()> {
         let mut entry = Vec::with_capacity(HEADER + body.len());
         entry.extend_from_slice(&MAGIC.to_le_bytes());
@@ -108,10 +125,13 @@ impl Journal {
         entry.extend_from_slice(&checksum(self.generation, body).to_le_bytes());
         entry.extend_from_slice(&self.generation.to_le_bytes());
         entry.extend_from_slice(body);
-        let written = self
-            .file
-            .write_all_at(&entry, self.offset)
-            .and_then(|()| self.file.sync_data());
+        let written = self.file.write_all_at(&entry, self.offset).and_then(|()| {
+            if self.sync_each {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
         match written {
             Ok(()) => {
                 self.offset += entry.len() as u64;
@@ -468,7 +488,7 @@ mod tests {
     use super::*;
 
     fn write_entries(path: &Path, generation: u64, bodies: &[Vec<u8>]) {
-        let mut journal = Journal::open(path, generation).expect("open");
+        let mut journal = Journal::open(path, generation, true).expect("open");
         for body in bodies {
             journal.append(body).expect("append");
         }

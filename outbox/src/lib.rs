@@ -349,7 +349,6 @@ struct Store {
     path: PathBuf,
     /// The file's stem, for logs.
     name: String,
-    fsync: FsyncPolicy,
     interval: Duration,
     clock: Clock,
     /// Whether the background thread expires items.
@@ -412,9 +411,9 @@ fn queue_keys(name: &str) -> (String, String) {
     }
 }
 
-#[derive(Default)]
 struct Writer {
-    /// When the oldest non-durable commit not yet made durable happened.
+    /// When the oldest non-durable commit or unsynced journal entry not yet
+    /// made durable happened.
     pending_since: Option<Instant>,
     /// A commit failed: close and reopen before the next write.
     broken: bool,
@@ -424,11 +423,21 @@ struct Writer {
     compacted_len: u64,
     /// Per queue, by index.
     marks: Vec<Marks>,
-    /// With `fsync = "always"`: where appends become durable between
-    /// checkpoints (see `journal`).
-    journal: Option<Journal>,
+    /// Where appends survive a crash between checkpoints (see `journal`).
+    journal: Journal,
     /// Since when acks wait for the journal (`Marks::unjournaled_acks`).
     unjournaled_since: Option<Instant>,
+}
+
+impl Writer {
+    /// After a journal entry: one that was not synced (`fsync =
+    /// "interval"`) becomes durable with the next checkpoint, due within
+    /// `fsync_interval_ms`.
+    fn after_journal_entry(&mut self) {
+        if !self.journal.syncs() {
+            self.pending_since.get_or_insert_with(Instant::now);
+        }
+    }
 }
 
 /// A queue's episodes (one warning each) and sequence floor.

@@ -79,14 +79,16 @@ pub(crate) fn open_store(
             "appends made durable by the journal since the last checkpoint were restored");
     }
     let mut writer = Writer {
-        journal: match fsync {
-            FsyncPolicy::Always => Some(Journal::open(
-                &journal::journal_path(path),
-                opened.journal_generation,
-            )?),
-            FsyncPolicy::Interval => None,
-        },
-        ..Writer::default()
+        journal: Journal::open(
+            &journal::journal_path(path),
+            opened.journal_generation,
+            fsync == FsyncPolicy::Always,
+        )?,
+        pending_since: None,
+        broken: false,
+        compacted_len: 0,
+        marks: Vec::with_capacity(queues.len()),
+        unjournaled_since: None,
     };
     let mut queue_list = Vec::with_capacity(queues.len());
     for (index, (((queue_name, config), (items_table, state_key)), found)) in
@@ -132,7 +134,6 @@ pub(crate) fn open_store(
     let store = Arc::new(Store {
         path: path.to_owned(),
         name: name.clone(),
-        fsync,
         interval,
         clock,
         auto_expire,

@@ -77,10 +77,7 @@ impl Store {
             return Err(self.closed_error(op));
         };
         let Writer { marks, journal, .. } = &mut *w;
-        let next_generation = journal
-            .as_ref()
-            .filter(|_| durable)
-            .map(|j| j.generation() + 1);
+        let next_generation = durable.then(|| journal.generation() + 1);
         let mut journaled = false;
         let mut journal_failed = false;
         let result = (|| -> Result<(R, Vec<Meta>), TxError> {
@@ -124,7 +121,7 @@ impl Store {
                 }
                 (value, metas)
             };
-            if let (Some(journal), Some(body)) = (journal.as_mut(), entry(&value)) {
+            if let Some(body) = entry(&value) {
                 // Dropping the transaction on an error rolls it back.
                 journal.append(&body).map_err(|source| {
                     journal_failed = true;
@@ -146,8 +143,8 @@ impl Store {
                 for (marks, meta) in w.marks.iter_mut().zip(&done.1) {
                     marks.seq_floor = meta.next_seq;
                 }
-                if let (Some(journal), Some(generation)) = (w.journal.as_mut(), next_generation) {
-                    journal.reset(generation);
+                if let Some(generation) = next_generation {
+                    w.journal.reset(generation);
                 }
                 if durable {
                     w.pending_since = None;
@@ -160,7 +157,7 @@ impl Store {
                 } else {
                     w.pending_since.get_or_insert_with(Instant::now);
                 }
-                if durable || journaled {
+                if durable || (journaled && w.journal.syncs()) {
                     for queue in &self.queues {
                         lock(&queue.state).durable_commits += 1;
                     }
@@ -259,9 +256,7 @@ impl Store {
         w.unjournaled_since = None;
         drop(slot);
         w.broken = false;
-        if let Some(journal) = w.journal.as_mut() {
-            journal.reset(opened.journal_generation);
-        }
+        w.journal.reset(opened.journal_generation);
         // Pending non-durable commits were lost or made durable by the
         // repair; either way nothing is pending now.
         w.pending_since = None;
@@ -369,10 +364,12 @@ impl Store {
             return staged.map(|(appended, _)| appended);
         }
         // Through the journal unless a checkpoint is due anyway or the
-        // entry does not fit: then the commit itself is durable.
+        // entry does not fit: then the commit itself is durable (with
+        // either policy: a commit that is neither journaled nor durable
+        // would not survive a crash of the process).
         let body_len = journal::body_len(&journal_parts(&mut std::iter::repeat(0)));
-        let journaled = !self.flush_due(&w) && w.journal.as_ref().is_some_and(|j| j.fits(body_len));
-        let durable = !journaled && (self.fsync == FsyncPolicy::Always || self.flush_due(&w));
+        let journaled = !self.flush_due(&w) && w.journal.fits(body_len);
+        let durable = !journaled;
         let mut full_queue = None;
         let entry = |done: &Vec<PartDone>| {
             journaled.then(|| {
@@ -474,7 +471,7 @@ impl Store {
         parts: &[Part<'_>],
         now: u64,
     ) -> Option<Result<(Vec<Appended>, u64), OutboxError>> {
-        if w.broken || w.journal.is_none() {
+        if w.broken {
             return None;
         }
         let mut seen = vec![false; self.queues.len()];
@@ -510,7 +507,6 @@ impl Store {
         }
         if parts.iter().any(|(_, records, _)| !records.is_empty()) {
             let Writer { journal, marks, .. } = &mut *w;
-            let journal = journal.as_mut()?;
             let acks: Vec<Vec<u64>> = marks
                 .iter()
                 .enumerate()
@@ -553,6 +549,7 @@ impl Store {
                 marks.unjournaled_acks.clear();
             }
             w.unjournaled_since = None;
+            w.after_journal_entry();
         } else {
             for &(index, _, acks) in parts {
                 w.marks[index].unjournaled_acks.extend_from_slice(acks);
@@ -612,7 +609,7 @@ impl Store {
             s.depth_items += added;
             s.appended += added;
             s.next_seq = marks.seq_floor;
-            if added > 0 {
+            if added > 0 && w.journal.syncs() {
                 s.durable_commits += 1;
             }
             let staged_oldest = staged.items.values().next().map(|(ms, _)| *ms);
@@ -709,9 +706,6 @@ impl Store {
             return Ok(());
         }
         let Writer { journal, marks, .. } = &mut *w;
-        let Some(journal) = journal.as_mut() else {
-            return Ok(());
-        };
         let journal_parts: Vec<JournalPart<'_>> = self
             .queues
             .iter()
@@ -732,6 +726,7 @@ impl Store {
                 marks.unjournaled_acks.clear();
             }
             w.unjournaled_since = None;
+            w.after_journal_entry();
             Ok(())
         } else {
             // A checkpoint makes them durable too.
