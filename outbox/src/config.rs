@@ -22,8 +22,9 @@ pub enum FsyncPolicy {
     /// Every append is durable when it returns.
     #[default]
     Always,
-    /// A durable commit at most every `fsync_interval_ms`; a crash loses up
-    /// to that much of the latest appends.
+    /// A durable commit at most every `fsync_interval_ms`; a crash of the
+    /// process loses nothing (appends are written, not synced), a power cut
+    /// up to that much of the latest appends.
     Interval,
 }
 

@@ -1229,7 +1229,7 @@ fn a_full_disk_is_a_clear_error_and_recovers() {
 /// stale ack would delete a new item, a cursor past a reused number would
 /// skip it.
 #[test]
-fn a_failed_commit_never_makes_sequence_numbers_go_back() {
+fn a_full_disk_with_fsync_interval_loses_nothing_and_reuses_no_sequence_number() {
     // As with `fsync = "always"`, the room freed must be more than the
     // journal holds: a checkpoint writes its items to the file.
     let Some((dir, _tmpfs, ballast)) = small_disk(4 * journal::JOURNAL_BYTES) else {
