@@ -170,7 +170,7 @@ impl Mosquitto {
             ),
         )
         .expect("write mosquitto.conf");
-        let child = Command::new(program("mosquitto"))
+        let child = kept_running(program("mosquitto"))
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
@@ -231,6 +231,25 @@ pub fn terminate(child: &mut Child, grace: Duration) {
     let _ = child.wait();
 }
 
+/// `Command::new(program)` for a process a test keeps running (a broker,
+/// a database, sluice): it gets SIGTERM when the thread that spawned it
+/// ends. A test binary killed mid-test (a CI timeout, `kill -9`) would
+/// otherwise leave them running, holding the ports and pseudo-terminals
+/// the next run needs. Each test runs on a thread of its own that spawns
+/// and drops its fixtures, so this never ends a process a test still uses.
+pub fn kept_running(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new(program);
+    // SAFETY: prctl is async-signal-safe, as `pre_exec` requires.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        });
+    }
+    command
+}
+
 /// The `sluice` binary under test: the one built by this `cargo test` run,
 /// or `SLUICE_TEST_BIN` (`scripts/cross-check.sh` points it at an ARM build
 /// run by qemu).
@@ -266,7 +285,7 @@ impl SluiceProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let log_path = dir.path().join("sluice.log");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut command = Command::new(sluice_bin());
+        let mut command = kept_running(sluice_bin());
         command
             .args(args)
             .stdin(Stdio::null())
@@ -414,7 +433,7 @@ pub fn mosquitto_sub(port: u16, topic: &str, extra: &[&str]) -> Subscriber {
             PROBES.fetch_add(1, Ordering::SeqCst)
         )
     });
-    let mut command = Command::new(program("mosquitto_sub"));
+    let mut command = kept_running(program("mosquitto_sub"));
     command
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5"])
         .args(["-q", "1", "--retain-as-published", "-t", topic])
@@ -645,7 +664,7 @@ impl Influxd {
             .append(true)
             .open(dir.join("influxd.log"))
             .expect("log file");
-        let child = Command::new(program("influxd"))
+        let child = kept_running(program("influxd"))
             .args(["run", "-config", "/dev/null"])
             .env(
                 "INFLUXDB_HTTP_BIND_ADDRESS",
@@ -889,7 +908,7 @@ impl VictoriaMetrics {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("vm.log")).expect("log file");
-        let child = Command::new(program("victoria-metrics"))
+        let child = kept_running(program("victoria-metrics"))
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg(format!(
                 "-storageDataPath={}",
@@ -1386,7 +1405,7 @@ impl ModbusDevice {
     /// (Self::bus_path), as its serial port.
     pub fn start_rtu() -> ModbusDevice {
         Self::start_rtu_on(|bus, device| {
-            let mut socat = Command::new("socat");
+            let mut socat = kept_running("socat");
             socat
                 .arg(format!("pty,raw,echo=0,link={}", bus.display()))
                 .arg(format!("pty,raw,echo=0,link={}", device.display()));
@@ -1400,7 +1419,7 @@ impl ModbusDevice {
     /// damaged CRC.
     pub fn start_rtu_noisy(garble: &[u8], flaky: &[u8]) -> ModbusDevice {
         Self::start_rtu_on(|bus, device| {
-            let mut line = Command::new(test_python());
+            let mut line = kept_running(test_python());
             line.arg(repo_root().join("tests/support/noisy_line.py"))
                 .arg(bus)
                 .arg(device);
@@ -1445,7 +1464,7 @@ impl ModbusDevice {
     /// Starts it again on the same port (after [`kill`](Self::kill)).
     pub fn restart(&mut self) {
         self.kill();
-        let mut command = Command::new(test_python());
+        let mut command = kept_running(test_python());
         command.arg(repo_root().join("tests/support/modbus_device.py"));
         match &self.bus {
             None => command.args(["tcp", &self.port.to_string()]),
@@ -1525,7 +1544,7 @@ impl SparkplugHost {
     ) -> SparkplugHost {
         use std::io::BufRead as _;
         let stderr = tempfile::NamedTempFile::new().expect("temp file");
-        let mut command = Command::new(test_python());
+        let mut command = kept_running(test_python());
         command
             .arg(repo_root().join("tests/support/sparkplug_host.py"))
             .args(["--port", &port.to_string(), "--group", group]);
@@ -1614,5 +1633,34 @@ impl Drop for SparkplugHost {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_kept_running_process_ends_with_the_thread_that_spawned_it() {
+        // A test thread ending (here a helper thread, so that this test
+        // goes on) stands for the test binary dying.
+        let mut child = std::thread::spawn(|| {
+            kept_running("sleep")
+                .arg("30")
+                .spawn()
+                .expect("spawn sleep")
+        })
+        .join()
+        .expect("the spawning thread");
+        let ended = eventually_every(Duration::from_secs(10), Duration::from_millis(20), || {
+            child.try_wait().expect("try_wait").is_some()
+        });
+        if !ended {
+            let _ = child.kill();
+        }
+        let status = child.wait().expect("wait");
+        assert_eq!(status.signal(), Some(nix::libc::SIGTERM), "{status:?}");
     }
 }

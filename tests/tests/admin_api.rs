@@ -724,7 +724,7 @@ fn embedded_broker_serves_local_subscribers() {
     );
 
     // mosquitto's own client, MQTT 3.1.1 (the embedded broker's protocol).
-    let subscriber = std::process::Command::new(program("mosquitto_sub"))
+    let subscriber = sluice_tests::kept_running(program("mosquitto_sub"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["-t", "iiot/#", "-v", "-q", "1", "-C", "22", "-W", "20"])
         .stdout(std::process::Stdio::piped())
@@ -742,7 +742,7 @@ fn embedded_broker_serves_local_subscribers() {
     assert!(lines.contains(&"iiot/stats/seq 2"), "{text}");
 
     // A late subscriber still gets the retained sensor values.
-    let late = Command::new(program("mosquitto_sub"))
+    let late = sluice_tests::kept_running(program("mosquitto_sub"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["-t", "iiot/node2/#", "-v", "-C", "3", "-W", "10"])
         .output()

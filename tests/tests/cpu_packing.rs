@@ -7,7 +7,7 @@
 //! transform spinning on every other frame of a second pipeline.
 
 use std::io::Write as _;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -229,7 +229,7 @@ struct Spinner(Child);
 
 impl Spinner {
     fn on(cpu: usize) -> Spinner {
-        let child = Command::new("taskset")
+        let child = sluice_tests::kept_running("taskset")
             .args(["-c", &cpu.to_string(), "sh", "-c", "while :; do :; done"])
             .spawn()
             .expect("taskset (util-linux)");

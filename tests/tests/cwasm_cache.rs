@@ -5,7 +5,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use sluice::runtime::module_hash;
 use sluice_tests::{sluice_bin, wasm};
@@ -13,7 +13,7 @@ use sluice_tests::{sluice_bin, wasm};
 /// `sluice transform test MODULE` on the frame `7` with its cache in
 /// `cache_home/sluice`: the topics it publishes to, and its log.
 fn topics(module: &str, cache_home: &Path) -> (Vec<String>, String) {
-    let mut child = Command::new(sluice_bin())
+    let mut child = sluice_tests::kept_running(sluice_bin())
         .args(["transform", "test", module, "--input", "-"])
         .env("XDG_CACHE_HOME", cache_home)
         .stdin(Stdio::piped())

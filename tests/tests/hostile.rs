@@ -12,7 +12,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice::pty::Pty;
@@ -172,7 +172,7 @@ fn run_to_exit(args: &[&str], timeout: Duration) -> (Option<ExitStatus>, String,
     let dir = tempfile::tempdir().expect("tempdir");
     let stdout_path = dir.path().join("stdout");
     let stderr_path = dir.path().join("stderr");
-    let mut child: Child = Command::new(sluice_bin())
+    let mut child: Child = sluice_tests::kept_running(sluice_bin())
         .args(args)
         .env("XDG_CACHE_HOME", dir.path().join("cache"))
         .env(TOKEN_ENV, ADMIN_TOKEN)

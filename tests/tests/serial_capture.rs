@@ -4,7 +4,6 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sluice::pty::Pty;
 use sluice::source::capture::{CaptureReader, CaptureWriter, Skipped, Tail};
@@ -214,7 +213,7 @@ const GATEWAY_LINE: &str = r#"{"seq":1,"n1":{"t":27.6,"h":54.1,"bat":3.71},"sig"
 fn replay(args: &[&str]) -> (bool, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child = Command::new(sluice_bin())
+    let mut child = sluice_tests::kept_running(sluice_bin())
         .arg("replay")
         .args(args)
         .env("SLUICE_LOG", "warn")
@@ -346,7 +345,7 @@ fn replay_to_a_closed_stdout_counts_what_it_could_not_print() {
     let cap = dir.path().join("gw.cap");
     // Several MiB of output: more than a pipe holds.
     write_capture(&cap, "gw", T0, &vec![GATEWAY_LINE; 5000]);
-    let mut child = Command::new(sluice_bin())
+    let mut child = sluice_tests::kept_running(sluice_bin())
         .args(["replay", "--stdout", "--config"])
         .arg(&config)
         .arg(&cap)
