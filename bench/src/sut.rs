@@ -708,7 +708,6 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
-/// The highest-numbered CPU this process may use (`Cpus_allowed_list`).
 /// The CPUs the bench may use, as `/proc` lists them (`0-1`).
 fn allowed_cpus() -> Result<String> {
     let status =
@@ -720,6 +719,7 @@ fn allowed_cpus() -> Result<String> {
     Ok(list.trim().to_owned())
 }
 
+/// The highest-numbered CPU this process may use (`Cpus_allowed_list`).
 fn last_allowed_cpu() -> Result<usize> {
     let list = allowed_cpus()?;
     list.rsplit([',', '-'])
