@@ -8,13 +8,12 @@
 
 use std::io::Write as _;
 use std::process::Child;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sluice::pty::Pty;
 use sluice_tests::{
-    Mosquitto, SluiceProcess, eventually_every, feed_seq, free_port, metric, mosquitto_sub, wasm,
+    Feeder, Mosquitto, SluiceProcess, eventually_every, feed_seq, free_port, metric, mosquitto_sub,
+    wasm,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -174,56 +173,6 @@ fn thread_cpus(pid: u32) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Writes a frame every `every` (as fast as it can: zero) until dropped.
-struct Feeder {
-    stop: Arc<AtomicBool>,
-    /// Ends with the number of frames written.
-    thread: Option<std::thread::JoinHandle<u64>>,
-}
-
-impl Feeder {
-    fn start(pty: &Pty, every: Duration) -> Feeder {
-        let mut master = pty.master.try_clone().expect("clone master");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut seq = 0u64;
-            while !stopped.load(Ordering::Relaxed) {
-                if writeln!(master, r#"{{"seq":{seq}}}"#).is_err() {
-                    break;
-                }
-                seq += 1;
-                if !every.is_zero() {
-                    std::thread::sleep(every);
-                }
-            }
-            seq
-        });
-        Feeder {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Feeder {
-    /// Stops it; returns how many frames it wrote (`seq` 0 to that, less one).
-    fn stop(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let thread = self.thread.take().expect("not stopped yet");
-        thread.join().expect("the feeder does not panic")
-    }
-}
-
-impl Drop for Feeder {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// A shell spinning on `cpu` until dropped.
 struct Spinner(Child);
 
@@ -267,7 +216,7 @@ fn a_quiet_host_packs_onto_one_core_and_spreads_under_load() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let host = start(&[]);
     // Frames at 100 a second: quiet.
-    let feeder = Feeder::start(&host.pty, Duration::from_millis(10));
+    let feeder = Feeder::start(&host.pty.master, 0, 100, None);
     host.assert_packs();
     assert!(eventually_every(WAIT, Duration::from_millis(100), || {
         metric(host.admin, "sluice_cpus_in_use") == 1.0 && host.changes("quiet") >= 1.0
@@ -275,7 +224,7 @@ fn a_quiet_host_packs_onto_one_core_and_spreads_under_load() {
     drop(feeder);
 
     // Frames as fast as the pty takes them: more than half a core.
-    let flood = Feeder::start(&host.pty, Duration::ZERO);
+    let flood = Feeder::start(&host.pty.master, 0, 0, None);
     let all = proc_list(&every_cpu());
     assert!(
         eventually_every(WAIT, Duration::from_millis(100), || host.changes("load")
@@ -312,7 +261,7 @@ fn a_quiet_host_packs_onto_one_core_and_spreads_under_load() {
 fn a_busy_neighbour_on_its_core_spreads_the_threads_then_they_pack_elsewhere() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let host = start(&[]);
-    let _feeder = Feeder::start(&host.pty, Duration::from_millis(10));
+    let _feeder = Feeder::start(&host.pty.master, 0, 100, None);
     let Some(packed) = host.wait_until_packed(WAIT) else {
         panic!("never packed\n{}", host.sluice.log());
     };
@@ -350,7 +299,7 @@ fn blank_variables_mean_the_defaults_so_a_blank_sluice_cpus_packs() {
         ("SLUICE_LOG", String::new()),
     ];
     let host = start_with_env(&[], &blank, None);
-    let _feeder = Feeder::start(&host.pty, Duration::from_millis(10));
+    let _feeder = Feeder::start(&host.pty.master, 0, 100, None);
     host.assert_packs();
 }
 
@@ -361,7 +310,7 @@ fn a_transform_spinning_on_the_packed_core_costs_only_its_frames() {
     let host = start_with_env(&[], &[], Some(&hostile));
     let gateway = mosquitto_sub(host.broker.port, "iiot/stats/seq", &["-q", "1"]);
     let hostile_ok = mosquitto_sub(host.broker.port, "hostile/ok", &["-q", "1"]);
-    let feeder = Feeder::start(&host.pty, Duration::from_millis(10));
+    let feeder = Feeder::start(&host.pty.master, 0, 100, None);
     host.assert_packs();
 
     // Forty frames that each spin until the call's 100 ms of CPU are up,
@@ -380,7 +329,7 @@ fn a_transform_spinning_on_the_packed_core_costs_only_its_frames() {
         .expect("write hostile frames");
     let expected_ok: Vec<String> = (0..SPINS).map(|n| n.to_string()).collect();
     let got_ok = hostile_ok.wait_for(SPINS, WAIT);
-    let written = feeder.stop();
+    let written = feeder.stop().next();
     let got = gateway.wait_for(written as usize, WAIT);
     let log = host.sluice.log();
 
@@ -411,7 +360,7 @@ fn a_transform_spinning_on_the_packed_core_costs_only_its_frames() {
 fn cpus_fixes_the_placement() {
     let all = every_cpu();
     let host = start(&["--cpus", &all]);
-    let _feeder = Feeder::start(&host.pty, Duration::from_millis(10));
+    let _feeder = Feeder::start(&host.pty.master, 0, 100, None);
     // Longer than a packing's quiet seconds.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(host.placements(), [proc_list(&all)]);
