@@ -11,6 +11,7 @@ use std::sync::Arc;
 pub use bytes::Bytes;
 pub use compact_str::CompactString;
 
+pub use crate::output::{FieldRef, MessageRef, PointLike, PointRef, TransformOutput};
 use crate::ticket::FrameTicket;
 
 /// One frame as split by a framer, before any transform saw it.
@@ -116,15 +117,6 @@ pub struct Point {
     pub fields: Vec<(CompactString, FieldValue)>,
     /// Nanoseconds since the epoch; `None` means "the frame's receive time".
     pub timestamp_ns: Option<i64>,
-}
-
-/// Everything a transform produced for one frame.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct TransformOutput {
-    /// MQTT messages in emission order.
-    pub messages: Vec<MqttMessage>,
-    /// Points in emission order.
-    pub points: Vec<Point>,
 }
 
 /// Why the host refused something a transform emitted. The variant names are
@@ -281,45 +273,19 @@ pub fn topic_matches_filter(topic: &str, filter: &str) -> bool {
 }
 
 impl MqttMessage {
+    /// The message read in place.
+    pub fn as_ref(&self) -> MessageRef<'_> {
+        MessageRef {
+            topic: &self.topic,
+            payload: &self.payload,
+            qos: self.qos,
+            retain: self.retain,
+        }
+    }
+
     /// Validates topic and payload size.
     pub fn validate(&self, max_payload: usize) -> Result<(), InvalidOutput> {
-        validate_topic(&self.topic)?;
-        if self.payload.len() > max_payload {
-            return Err(InvalidOutput::PayloadTooLarge {
-                size: self.payload.len(),
-                max: max_payload,
-            });
-        }
-        Ok(())
-    }
-}
-
-impl Point {
-    /// Checks what line protocol cannot express or InfluxDB refuses.
-    pub fn validate(&self) -> Result<(), InvalidOutput> {
-        if self.measurement.is_empty() {
-            return Err(InvalidOutput::EmptyMeasurement);
-        }
-        if self.fields.is_empty() {
-            return Err(InvalidOutput::NoFields(guest_text(&self.measurement)));
-        }
-        let empty_tag = self.tags.iter().any(|(k, v)| k.is_empty() || v.is_empty());
-        let empty_field = self.fields.iter().any(|(k, _)| k.is_empty());
-        if empty_tag || empty_field {
-            return Err(InvalidOutput::EmptyKey(guest_text(&self.measurement)));
-        }
-        for (key, value) in &self.fields {
-            if let FieldValue::Float(f) = value
-                && !f.is_finite()
-            {
-                return Err(InvalidOutput::NonFiniteField {
-                    measurement: guest_text(&self.measurement),
-                    field: guest_text(key),
-                    value: f.to_string(),
-                });
-            }
-        }
-        Ok(())
+        self.as_ref().validate(max_payload)
     }
 }
 

@@ -44,7 +44,7 @@ impl<S: Slot> wit::Guest for Adapter<S> {
             Some(transform) => crate::process(transform, &frame),
             None => Err(not_initialised()),
         })
-        .and_then(|output| pack(&output))
+        .map(|output| pack(&output))
         .map_err(error_to_wit)
     }
 
@@ -55,11 +55,7 @@ impl<S: Slot> wit::Guest for Adapter<S> {
             None => frames.iter().map(|_| Err(not_initialised())).collect(),
         })
         .into_iter()
-        .map(|result| {
-            result
-                .and_then(|output| pack(&output))
-                .map_err(error_to_wit)
-        })
+        .map(|result| result.map(|output| pack(&output)).map_err(error_to_wit))
         .collect()
     }
 
@@ -89,6 +85,6 @@ fn error_to_wit(error: Error) -> wit::Error {
     }
 }
 
-fn pack(output: &Output) -> Result<Vec<u8>, Error> {
+fn pack(output: &Output) -> Vec<u8> {
     crate::packed::encode(output.messages(), output.points())
 }

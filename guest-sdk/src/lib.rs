@@ -275,7 +275,7 @@ pub mod __private {
     /// `output` as the `packed-output` buffer of `sluice:transform@0.2.0`
     /// (what the component returns to the host; public for the host's
     /// round-trip tests).
-    pub fn encode_output(output: &crate::Output) -> Result<Vec<u8>, crate::Error> {
+    pub fn encode_output(output: &crate::Output) -> Vec<u8> {
         crate::packed::encode(output.messages(), output.points())
     }
 

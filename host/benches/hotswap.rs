@@ -238,8 +238,8 @@ fn main() {
     let (out_tx, out_rx) = std::sync::mpsc::sync_channel(4096);
     let consumer = std::thread::spawn(move || {
         'frames: while let Some(emission) = emit_rx.blocking_recv() {
-            for m in emission.messages {
-                if out_tx.send((Instant::now(), m.topic)).is_err() {
+            for m in emission.output.messages() {
+                if out_tx.send((Instant::now(), m.topic.into())).is_err() {
                     break 'frames;
                 }
             }

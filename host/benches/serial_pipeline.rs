@@ -105,7 +105,9 @@ fn sluice_round(
         let mut seen = 0;
         while seen < FRAMES_PER_ROUND * EMISSIONS_PER_FRAME {
             match emit_rx.recv().await {
-                Some(emission) => seen += emission.messages.len() + emission.points.len(),
+                Some(emission) => {
+                    seen += emission.output.message_count() + emission.output.point_count()
+                }
                 None => panic!("pipeline stopped after {seen} emissions"),
             }
         }

@@ -65,19 +65,19 @@ fn main() {
     // Sanity: both paths produce the same number of outputs.
     let native_out = sluice_sdk::process(&mut native, &sdk_frame).expect("native decode");
     let wasm_out = instance.process(host_frame.clone()).expect("wasm decode");
-    assert_eq!(native_out.messages().len(), wasm_out.messages.len());
-    assert_eq!(native_out.points().len(), wasm_out.points.len());
+    assert_eq!(native_out.messages().len(), wasm_out.message_count());
+    assert_eq!(native_out.points().len(), wasm_out.point_count());
 
     // The two halves of 0.2.0's packed output, run natively: what the SDK
     // adds in the guest (encode) and what the host does after the call
     // (decode into its own types).
-    let packed = sluice_sdk::__private::encode_output(&native_out).expect("encode");
+    let packed = sluice_sdk::__private::encode_output(&native_out);
     let (mut native_ns, mut wasm_ns) = (vec![], vec![]);
     let (mut encode_ns, mut decode_ns) = (vec![], vec![]);
     for _ in 0..ROUNDS {
         let t = Instant::now();
         for _ in 0..FRAMES_PER_ROUND {
-            black_box(sluice_sdk::__private::encode_output(black_box(&native_out)).expect("ok"));
+            black_box(sluice_sdk::__private::encode_output(black_box(&native_out)));
         }
         encode_ns.push(t.elapsed().as_nanos() as f64 / FRAMES_PER_ROUND as f64);
 
@@ -85,7 +85,8 @@ fn main() {
         for _ in 0..FRAMES_PER_ROUND {
             let mut budget = sluice::runtime::output::Budget::new(Default::default());
             black_box(
-                sluice::runtime::packed::decode(black_box(&packed), &mut budget).expect("ok"),
+                sluice::runtime::packed::decode(black_box(packed.clone()), &mut budget)
+                    .expect("ok"),
             );
         }
         decode_ns.push(t.elapsed().as_nanos() as f64 / FRAMES_PER_ROUND as f64);

@@ -236,14 +236,15 @@ async fn take_outputs(
     while let Some(emission) = emissions.recv().await {
         if json {
             let mut stdout = std::io::stdout().lock();
-            for value in (emission.messages.iter().map(jsonout::message))
-                .chain(emission.points.iter().map(jsonout::point))
+            let output = &emission.output;
+            for value in (output.messages().map(jsonout::message))
+                .chain(output.points().map(|point| jsonout::point(&point)))
             {
                 let _ = writeln!(stdout, "{value}");
             }
         }
-        tally.messages += emission.messages.len() as u64;
-        for point in emission.points {
+        tally.messages += emission.output.message_count() as u64;
+        for point in emission.output.owned_points() {
             line.clear();
             if encoder.encode(&point, &mut line).is_err() {
                 tally.points_refused += 1;

@@ -13,19 +13,19 @@
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use crate::model::{FieldValue, MqttMessage, Point};
+use crate::model::{FieldRef, MessageRef, PointLike};
 
 /// One message as a JSON object.
-pub fn message(m: &MqttMessage) -> Value {
+pub fn message(m: MessageRef<'_>) -> Value {
     let mut obj = Map::new();
     obj.insert("kind".into(), "message".into());
-    obj.insert("topic".into(), (*m.topic).into());
-    match std::str::from_utf8(&m.payload) {
+    obj.insert("topic".into(), m.topic.into());
+    match std::str::from_utf8(m.payload) {
         Ok(text) => obj.insert("payload".into(), text.into()),
         Err(_) => obj.insert(
             "payload_base64".into(),
             base64::engine::general_purpose::STANDARD
-                .encode(&m.payload)
+                .encode(m.payload)
                 .into(),
         ),
     };
@@ -36,40 +36,38 @@ pub fn message(m: &MqttMessage) -> Value {
 
 /// One point as a JSON object. Integers keep their type; non-finite floats
 /// (which JSON cannot hold) are shown as strings.
-pub fn point(p: &Point) -> Value {
+pub fn point(p: &impl PointLike) -> Value {
     let tags: Map<String, Value> = p
-        .tags
-        .iter()
-        .map(|(k, v)| (k.to_string(), Value::from(&**v)))
+        .tags()
+        .map(|(k, v)| (k.to_owned(), Value::from(v)))
         .collect();
     let fields: Map<String, Value> = p
-        .fields
-        .iter()
+        .fields()
         .map(|(k, v)| {
             let value = match v {
-                FieldValue::Float(f) if f.is_finite() => json!(f),
-                FieldValue::Float(f) => json!(f.to_string()),
-                FieldValue::Int(i) => json!(i),
-                FieldValue::UInt(u) => json!(u),
-                FieldValue::Bool(b) => json!(b),
-                FieldValue::Text(s) => json!(s),
+                FieldRef::Float(f) if f.is_finite() => json!(f),
+                FieldRef::Float(f) => json!(f.to_string()),
+                FieldRef::Int(i) => json!(i),
+                FieldRef::UInt(u) => json!(u),
+                FieldRef::Bool(b) => json!(b),
+                FieldRef::Text(s) => json!(s),
             };
-            (k.to_string(), value)
+            (k.to_owned(), value)
         })
         .collect();
     json!({
         "kind": "point",
-        "measurement": p.measurement,
+        "measurement": p.measurement(),
         "tags": tags,
         "fields": fields,
-        "timestamp": p.timestamp_ns,
+        "timestamp": p.timestamp_ns(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Qos;
+    use crate::model::{FieldValue, MqttMessage, Point, Qos};
 
     #[test]
     fn message_payloads() {
@@ -80,12 +78,12 @@ mod tests {
             retain: true,
         };
         assert_eq!(
-            message(&m).to_string(),
+            message(m.as_ref()).to_string(),
             r#"{"kind":"message","topic":"iiot/node1/temperature","payload":"27.6","qos":1,"retain":true}"#
         );
         m.payload = vec![0xff, 0x00].into();
-        assert_eq!(message(&m)["payload_base64"], "/wA=");
-        assert!(message(&m).get("payload").is_none());
+        assert_eq!(message(m.as_ref())["payload_base64"], "/wA=");
+        assert!(message(m.as_ref()).get("payload").is_none());
     }
 
     #[test]

@@ -180,8 +180,9 @@ async fn print_run(
         use std::io::Write as _;
         let mut out = std::io::stdout();
         'frames: while let Some(emission) = emissions.recv().await {
-            let lines = (emission.messages.iter().map(jsonout::message))
-                .chain(emission.points.iter().map(jsonout::point));
+            let output = &emission.output;
+            let lines = (output.messages().map(jsonout::message))
+                .chain(output.points().map(|point| jsonout::point(&point)));
             for line in lines {
                 if writeln!(out, "{line}").is_err() {
                     break 'frames;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::metrics::{Metrics, SinkDrop};
-use crate::model::{MqttMessage, Point, Sink};
+use crate::model::{Sink, TransformOutput};
 use crate::sink::durable::{DurableLog, FrameRecords};
 use crate::sink::influx::InfluxInput;
 use crate::sink::mqtt::MqttSink;
@@ -26,11 +26,9 @@ use crate::ticket::FrameTicket;
 /// durable log can commit them together.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Emission {
-    /// Validated MQTT messages.
-    pub messages: Vec<MqttMessage>,
-    /// Validated points; `timestamp_ns` is always set (frame receive time
-    /// when the transform gave none).
-    pub points: Vec<Point>,
+    /// Validated messages and points; every point's timestamp is set
+    /// (the frame's receive time when the transform gave none).
+    pub output: TransformOutput,
     /// The frame's ticket: the port reads on once this is dropped (after
     /// the durable log committed the outputs).
     pub ticket: FrameTicket,
@@ -127,7 +125,7 @@ impl Router {
 
     /// Sends one frame's outputs on; waits while a sink's queue is full
     /// (backpressure).
-    pub async fn route(&mut self, mut emission: Emission) {
+    pub async fn route(&mut self, emission: Emission) {
         let Router {
             routes,
             metrics,
@@ -140,8 +138,7 @@ impl Router {
         } = self;
         if let Some(sender) = tap {
             let copy = Emission {
-                messages: emission.messages.clone(),
-                points: emission.points.clone(),
+                output: emission.output.clone(),
                 ticket: FrameTicket::none(),
             };
             if sender.send(copy).await.is_err() {
@@ -151,22 +148,26 @@ impl Router {
             }
         }
         let tapped = tap.is_some();
+        let Emission { output, ticket } = emission;
         let mut frame = FrameRecords::new();
         // Records of the frame for each sink, for the count if it is refused.
         let (mut to_mqtt, mut to_influx) = (0, 0);
         match (&routes.mqtt, *mqtt_queue) {
             (Some(_), Some(index)) => {
-                for message in &emission.messages {
+                for message in output.messages() {
                     frame.push((index, record::mqtt_to_vec(message)));
                 }
-                to_mqtt = emission.messages.len() as u64;
+                to_mqtt = output.message_count() as u64;
             }
             // Waits while the sink's backlog is full (backpressure).
-            (Some(sink), None) => sink.submit_all(emission.messages).await,
+            (Some(sink), None) if output.message_count() > 0 => {
+                sink.submit_all(output.owned_messages()).await
+            }
+            (Some(_), None) => {}
             (None, _) if tapped => {}
-            (None, _) if emission.messages.is_empty() => {}
+            (None, _) if output.message_count() == 0 => {}
             (None, _) => {
-                let count = emission.messages.len() as u64;
+                let count = output.message_count() as u64;
                 metrics.sink_dropped_by(Sink::Mqtt, SinkDrop::NotConfigured, count);
                 if !*told_about_messages {
                     tracing::info!(
@@ -180,19 +181,14 @@ impl Router {
         let mut to_sparkplug = 0;
         match (&routes.sparkplug, *sparkplug_queue) {
             (Some(_), Some(index)) => {
-                for point in &emission.points {
-                    frame.push((index, record::point_to_vec(point)));
+                for point in output.points() {
+                    frame.push((index, record::point_to_vec(&point)));
                 }
-                to_sparkplug = emission.points.len() as u64;
+                to_sparkplug = output.point_count() as u64;
             }
             // Waits while its queue is full (backpressure).
-            (Some(sink), None) if !emission.points.is_empty() => {
-                // A copy only if InfluxDB takes them too.
-                let points = match routes.points {
-                    Some(_) => emission.points.clone(),
-                    None => std::mem::take(&mut emission.points),
-                };
-                sink.submit(points).await;
+            (Some(sink), None) if output.point_count() > 0 => {
+                sink.submit(output.owned_points()).await;
             }
             _ => {}
         }
@@ -200,7 +196,7 @@ impl Router {
         // Counted once per frame: a labelled counter's lookup costs more
         // than a point.
         let mut points_unrouted = 0;
-        for point in emission.points {
+        for point in output.points() {
             match (&routes.points, *influx_queue) {
                 (Some(_), Some(index)) => {
                     frame.push((index, record::point_to_vec(&point)));
@@ -208,7 +204,7 @@ impl Router {
                 }
                 // Waits while the writer's queue is full (backpressure).
                 (Some(points), None) => {
-                    if !points.send(point).await {
+                    if !points.send(point.to_owned()).await {
                         metrics.sink_dropped(Sink::Influx, SinkDrop::WriterStopped);
                     }
                 }
@@ -230,14 +226,14 @@ impl Router {
         {
             // Waits while the log's writer is behind (backpressure).
             // The frame's ticket is dropped once its records are committed.
-            if !log.push_frame(frame, emission.ticket).await {
+            if !log.push_frame(frame, ticket).await {
                 metrics.sink_dropped_by(Sink::Mqtt, SinkDrop::OutboxClosed, to_mqtt);
                 metrics.sink_dropped_by(Sink::Influx, SinkDrop::OutboxClosed, to_influx);
                 metrics.sink_dropped_by(Sink::Sparkplug, SinkDrop::OutboxClosed, to_sparkplug);
             }
         } else {
             // Nothing for the log: the writer need not wait for it.
-            emission.ticket.land();
+            ticket.land();
         }
     }
 }

@@ -589,7 +589,7 @@ impl TransformInstance {
                     .call(&mut *store, input)
                     .map(|(result,)| match result {
                         Ok(Bytes(packed)) => {
-                            packed::decode(&packed, &mut Budget::new(limits.output))
+                            packed::decode(packed, &mut Budget::new(limits.output))
                                 .map_err(ProcessError::from)
                         }
                         Err(e) => Err(guest(e)),

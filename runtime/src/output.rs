@@ -477,50 +477,41 @@ pub enum WitFieldValue {
 
 impl From<WitOutputV01> for TransformOutput {
     fn from(output: WitOutputV01) -> Self {
-        TransformOutput {
-            messages: output
-                .messages
-                .0
-                .into_iter()
-                .map(|m| model::MqttMessage {
-                    topic: m.topic.0.into(),
-                    payload: m.payload.0.into(),
-                    qos: match m.qos {
-                        WitQos::AtMostOnce => model::Qos::AtMostOnce,
-                        WitQos::AtLeastOnce => model::Qos::AtLeastOnce,
-                        WitQos::ExactlyOnce => model::Qos::ExactlyOnce,
-                    },
-                    retain: m.retain,
-                })
-                .collect(),
-            points: output
-                .points
-                .0
-                .into_iter()
-                .map(|p| model::Point {
-                    measurement: p.measurement.0.into(),
-                    tags: (p.tags.0.into_iter())
-                        .map(|t| (t.key.0.into(), t.value.0.into()))
-                        .collect(),
-                    fields: p
-                        .fields
-                        .0
-                        .into_iter()
-                        .map(|f| {
-                            let value = match f.value {
-                                WitFieldValue::Float(v) => model::FieldValue::Float(v),
-                                WitFieldValue::Int(v) => model::FieldValue::Int(v),
-                                WitFieldValue::Uint(v) => model::FieldValue::UInt(v),
-                                WitFieldValue::Boolean(v) => model::FieldValue::Bool(v),
-                                WitFieldValue::Text(t) => model::FieldValue::Text(t.0.into()),
-                            };
-                            (f.key.0.into(), value)
-                        })
-                        .collect(),
-                    timestamp_ns: p.timestamp_ns,
-                })
-                .collect(),
-        }
+        let qos = |qos| match qos {
+            WitQos::AtMostOnce => model::Qos::AtMostOnce,
+            WitQos::AtLeastOnce => model::Qos::AtLeastOnce,
+            WitQos::ExactlyOnce => model::Qos::ExactlyOnce,
+        };
+        let messages: Vec<_> = (output.messages.0.into_iter())
+            .map(|m| model::MqttMessage {
+                topic: m.topic.0.into(),
+                payload: m.payload.0.into(),
+                qos: qos(m.qos),
+                retain: m.retain,
+            })
+            .collect();
+        let points: Vec<_> = (output.points.0.into_iter())
+            .map(|p| model::Point {
+                measurement: p.measurement.0.into(),
+                tags: (p.tags.0.into_iter())
+                    .map(|t| (t.key.0.into(), t.value.0.into()))
+                    .collect(),
+                fields: (p.fields.0.into_iter())
+                    .map(|f| {
+                        let value = match f.value {
+                            WitFieldValue::Float(v) => model::FieldValue::Float(v),
+                            WitFieldValue::Int(v) => model::FieldValue::Int(v),
+                            WitFieldValue::Uint(v) => model::FieldValue::UInt(v),
+                            WitFieldValue::Boolean(v) => model::FieldValue::Bool(v),
+                            WitFieldValue::Text(t) => model::FieldValue::Text(t.0.into()),
+                        };
+                        (f.key.0.into(), value)
+                    })
+                    .collect(),
+                timestamp_ns: p.timestamp_ns,
+            })
+            .collect();
+        TransformOutput::from_parts(&messages, &points)
     }
 }
 

@@ -2,165 +2,206 @@
 //! messages and points, encoded with postcard in the layout the WIT file
 //! documents (`wit/v0.2.0/transform.wit`).
 //!
-//! The mirror types below are the wire layout and nothing else: field order
-//! and variant order are the format, so they never change; the host's
-//! [`model`] types are free to. The guest SDK writes the same layout in
-//! `guest-sdk/src/packed.rs`; the tests here decode the SDK's pinned sample
-//! (which its encoder must produce) and round-trip what the SDK encodes.
+//! The guest SDK writes the layout with postcard (`guest-sdk/src/packed.rs`);
+//! the host reads it by hand, in place ([`sluice_core::output`]): with no
+//! copy left, the reading is the whole cost, and postcard's serde path took
+//! twice as long as reading the five wire types the layout uses (varints,
+//! zigzag varints, bytes with a length, little-endian `f64`, one-byte
+//! `bool`/`Option` tags). The tests decode the SDK's pinned sample (which
+//! its encoder must produce) and round-trip what the SDK encodes.
 //!
 //! A buffer is untrusted guest output: anything that does not decode to
 //! exactly one output (truncated, trailing bytes, a QoS above 2, invalid
-//! UTF-8) is a contract violation for the frame, and it is read one value
-//! at a time so that a list over its limit, or text over the frame's
-//! budget, is refused before the host allocates for it
-//! ([`super::output`]). What decodes is then checked like any 0.1.0 output
-//! ([`model::MqttMessage::validate`], [`model::Point::validate`]).
-
-use serde::Deserialize;
+//! UTF-8) is a contract violation for the frame. It is read one value at a
+//! time, so a list over its limit, or text over the frame's budget, is
+//! refused as soon as it is seen ([`super::output`]). What decodes is then
+//! checked like any 0.1.0 output ([`model::MessageRef::validate`],
+//! [`model::PointLike::validate`]).
 
 use super::output::{Budget, Limit, OutputError};
-use sluice_core::model::{self, Bytes, CompactString, TransformOutput, guest_text};
+use sluice_core::model::{self, TransformOutput, guest_text};
+use sluice_core::output::{BadPart, FieldAt, OutputBuilder, Span};
 
-/// Decodes one frame's output, refusing it as soon as it goes over a limit
-/// of `budget` (before the host allocates what goes over).
+/// Indexes one frame's output in the buffer the guest returned, refusing
+/// it as soon as it goes over a limit of `budget`.
 ///
-/// The frame's payloads are copied into one buffer that holds nothing
-/// else, and each message's payload is a view of it: one allocation for
-/// them all, and a message waiting in a queue keeps alive at most its
-/// siblings' payloads, never the rest of the output (points, say).
-/// Short text is stored inline ([`model::MqttMessage`]).
-pub fn decode(bytes: &[u8], budget: &mut Budget) -> Result<TransformOutput, OutputError> {
-    let mut input = Input(bytes);
-    let text = |slice: &[u8]| {
-        CompactString::from_utf8(slice).map_err(|e| {
-            OutputError::Contract(format!("packed output: text that is not UTF-8 ({e})"))
-        })
+/// Nothing is copied: the output's parts are read where they lie in
+/// `bytes`. The budget is charged as if each part were copied out, so the
+/// limits mean what they always meant.
+pub fn decode(bytes: Vec<u8>, budget: &mut Budget) -> Result<TransformOutput, OutputError> {
+    let mut input = Input {
+        builder: OutputBuilder::new(bytes),
+        at: 0,
     };
     let count = input.count(budget, Limit::Messages)?;
-    let mut wire = Vec::with_capacity(count);
+    input.builder.reserve_messages(count);
     for _ in 0..count {
-        let m: WireMessage<'_> = input.take()?;
-        let topic = text(m.topic)?;
-        let qos = model::Qos::from_u8(m.qos).ok_or_else(|| {
-            OutputError::Contract(format!(
-                "packed output: QoS {} on topic \"{}\"",
-                m.qos,
-                guest_text(&topic)
-            ))
+        let topic = input.bytes("topic")?;
+        let payload = input.bytes("payload")?;
+        let qos = input.byte("qos")?;
+        let retain = input.flag("retain")?;
+        budget.charge(topic.len() + payload.len())?;
+        let qos = model::Qos::from_u8(qos).ok_or_else(|| {
+            let topic = String::from_utf8_lossy(input.bytes_of(topic));
+            contract(format!("QoS {qos} on topic \"{}\"", guest_text(&topic)))
         })?;
-        budget.charge(m.topic.len() + m.payload.len())?;
-        wire.push((topic, m.payload, qos, m.retain));
+        input
+            .builder
+            .message(topic, payload, qos, retain)
+            .map_err(bad_part)?;
     }
-    let mut payloads = Vec::with_capacity(wire.iter().map(|(_, p, ..)| p.len()).sum());
-    for (_, payload, ..) in &wire {
-        payloads.extend_from_slice(payload);
-    }
-    let payloads = Bytes::from(payloads);
-    let mut start = 0;
-    let messages = wire
-        .into_iter()
-        .map(|(topic, payload, qos, retain)| {
-            let end = start + payload.len();
-            let payload = payloads.slice(start..end);
-            start = end;
-            model::MqttMessage {
-                topic,
-                payload,
-                qos,
-                retain,
-            }
-        })
-        .collect();
     let count = input.count(budget, Limit::Points)?;
-    let mut points = Vec::with_capacity(count);
+    input.builder.reserve_points(count);
     for _ in 0..count {
-        let measurement: &[u8] = input.take()?;
+        let measurement = input.bytes("measurement")?;
         budget.charge(measurement.len())?;
-        let measurement = text(measurement)?;
+        // The timestamp comes last on the wire, the point first here: it
+        // is set once the point's tags and fields are read.
+        input.builder.point(measurement, None).map_err(bad_part)?;
         let count = input.count(budget, Limit::TagsPerPoint)?;
-        let mut tags = Vec::with_capacity(count);
+        input.builder.reserve_tags(count);
         for _ in 0..count {
-            let (key, value): (&[u8], &[u8]) = input.take()?;
+            let (key, value) = (input.bytes("tag key")?, input.bytes("tag value")?);
             budget.charge(key.len() + value.len())?;
-            tags.push((text(key)?, text(value)?));
+            input.builder.tag(key, value).map_err(bad_part)?;
         }
         let count = input.count(budget, Limit::FieldsPerPoint)?;
-        let mut fields = Vec::with_capacity(count);
+        input.builder.reserve_fields(count);
         for _ in 0..count {
-            let (key, value): (&[u8], WireValue<'_>) = input.take()?;
-            budget.charge(key.len() + value.text_len())?;
-            let value = match value {
-                WireValue::Float(v) => model::FieldValue::Float(v),
-                WireValue::Int(v) => model::FieldValue::Int(v),
-                WireValue::Uint(v) => model::FieldValue::UInt(v),
-                WireValue::Boolean(v) => model::FieldValue::Bool(v),
-                WireValue::Text(v) => model::FieldValue::Text(text(v)?),
+            let key = input.bytes("field key")?;
+            // The variants' order is their number on the wire.
+            let value = match input.varint("field type")? {
+                0 => FieldAt::Float(f64::from_le_bytes(input.array("float field")?)),
+                1 => {
+                    let zigzag = input.varint("int field")?;
+                    FieldAt::Int((zigzag >> 1) as i64 ^ -((zigzag & 1) as i64))
+                }
+                2 => FieldAt::UInt(input.varint("uint field")?),
+                3 => FieldAt::Bool(input.flag("boolean field")?),
+                4 => {
+                    let text = input.bytes("text field")?;
+                    budget.charge(text.len())?;
+                    FieldAt::Text(text)
+                }
+                other => return Err(contract(format!("field type {other}"))),
             };
-            fields.push((text(key)?, value));
+            budget.charge(key.len())?;
+            input.builder.field(key, value).map_err(bad_part)?;
         }
-        let timestamp_ns: Option<i64> = input.take()?;
-        points.push(model::Point {
-            measurement,
-            tags,
-            fields,
-            timestamp_ns,
-        });
+        let timestamp_ns = match input.byte("timestamp")? {
+            0 => None,
+            1 => {
+                let zigzag = input.varint("timestamp")?;
+                Some((zigzag >> 1) as i64 ^ -((zigzag & 1) as i64))
+            }
+            other => return Err(contract(format!("timestamp tag {other}"))),
+        };
+        input.builder.set_timestamp(timestamp_ns);
     }
-    if !input.0.is_empty() {
-        return Err(OutputError::Contract(format!(
-            "packed output: {} bytes after the end of the output",
-            input.0.len()
+    let rest = input.builder.data().len() - input.at;
+    if rest != 0 {
+        return Err(contract(format!(
+            "{rest} bytes after the end of the output"
         )));
     }
-    Ok(TransformOutput { messages, points })
+    Ok(input.builder.finish())
 }
 
-/// The unread rest of a buffer, read one postcard value at a time.
-struct Input<'a>(&'a [u8]);
+fn contract(what: String) -> OutputError {
+    OutputError::Contract(format!("packed output: {what}"))
+}
 
-impl<'a> Input<'a> {
-    fn take<T: Deserialize<'a>>(&mut self) -> Result<T, OutputError> {
-        let (value, rest) = postcard::take_from_bytes(self.0)
-            .map_err(|e| OutputError::Contract(format!("packed output: {e}")))?;
-        self.0 = rest;
-        Ok(value)
+fn bad_part(bad: BadPart) -> OutputError {
+    contract(bad.to_string())
+}
+
+/// The buffer being indexed and how far it is read.
+struct Input {
+    builder: OutputBuilder,
+    at: usize,
+}
+
+impl Input {
+    #[inline]
+    fn byte(&mut self, what: &str) -> Result<u8, OutputError> {
+        let byte = *(self.builder.data().get(self.at))
+            .ok_or_else(|| contract(format!("the buffer ends in a {what}")))?;
+        self.at += 1;
+        Ok(byte)
     }
 
-    /// A list's length (postcard: a varint), checked against its limit
-    /// before anything is allocated for it.
-    fn count(&mut self, budget: &mut Budget, limit: Limit) -> Result<usize, OutputError> {
-        let count: usize = self.take()?;
-        budget.items(limit, count)?;
-        Ok(count)
-    }
-}
-
-/// Text is read as bytes (postcard writes `str` and bytes alike) and
-/// checked for UTF-8 once, as it is copied out.
-#[derive(Deserialize)]
-struct WireMessage<'a> {
-    topic: &'a [u8],
-    payload: &'a [u8],
-    qos: u8,
-    retain: bool,
-}
-
-/// The variants' order is their number on the wire.
-#[derive(Deserialize)]
-enum WireValue<'a> {
-    Float(f64),
-    Int(i64),
-    Uint(u64),
-    Boolean(bool),
-    Text(&'a [u8]),
-}
-
-impl WireValue<'_> {
-    fn text_len(&self) -> usize {
-        match self {
-            WireValue::Text(text) => text.len(),
-            _ => 0,
+    /// A one-byte `bool`: 0 or 1.
+    #[inline]
+    fn flag(&mut self, what: &str) -> Result<bool, OutputError> {
+        match self.byte(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(contract(format!("{what} is {other}, not a bool"))),
         }
+    }
+
+    #[inline]
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], OutputError> {
+        let bytes = (self.builder.data().get(self.at..self.at + N))
+            .ok_or_else(|| contract(format!("the buffer ends in a {what}")))?;
+        self.at += N;
+        Ok(bytes.try_into().unwrap_or([0; N]))
+    }
+
+    /// An unsigned LEB128 varint of at most 64 bits.
+    #[inline(always)]
+    fn varint(&mut self, what: &str) -> Result<u64, OutputError> {
+        // Nearly every varint here is a length or a count below 128.
+        match self.builder.data().get(self.at) {
+            Some(&byte) if byte < 0x80 => {
+                self.at += 1;
+                Ok(u64::from(byte))
+            }
+            _ => self.long_varint(what),
+        }
+    }
+
+    /// [`Self::varint`] the long way, for one of more than a byte.
+    fn long_varint(&mut self, what: &str) -> Result<u64, OutputError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte(what)?;
+            // The tenth byte may only carry the 64th bit.
+            if shift == 63 && byte > 1 {
+                break;
+            }
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err(contract(format!("{what} is not a 64-bit varint")))
+    }
+
+    /// Bytes with their length before them, where they lie.
+    #[inline]
+    fn bytes(&mut self, what: &str) -> Result<Span, OutputError> {
+        let len = self.varint(what)?;
+        let span = usize::try_from(len)
+            .ok()
+            .and_then(|len| self.builder.span_at(self.at..self.at.checked_add(len)?))
+            .ok_or_else(|| contract(format!("a {len}-byte {what} past the end of the buffer")))?;
+        self.at += span.len();
+        Ok(span)
+    }
+
+    /// A list's length, checked against its limit before anything is
+    /// reserved for it.
+    #[inline]
+    fn count(&mut self, budget: &mut Budget, limit: Limit) -> Result<usize, OutputError> {
+        let count = self.varint("count")?;
+        budget.items(limit, usize::try_from(count).unwrap_or(usize::MAX))?;
+        Ok(count as usize)
+    }
+
+    #[inline]
+    fn bytes_of(&self, span: Span) -> &[u8] {
+        &self.builder.data()[span.start()..span.start() + span.len()]
     }
 }
 
@@ -174,7 +215,8 @@ mod tests {
 
     /// Decodes within the default limits; errors as their text.
     fn decode(bytes: &[u8]) -> Result<TransformOutput, String> {
-        super::decode(bytes, &mut Budget::new(OutputLimits::default())).map_err(|e| e.to_string())
+        super::decode(bytes.to_vec(), &mut Budget::new(OutputLimits::default()))
+            .map_err(|e| e.to_string())
     }
 
     /// The SDK's pinned sample (its encoder test checks it produces these
@@ -189,8 +231,8 @@ mod tests {
     }
 
     fn golden() -> TransformOutput {
-        TransformOutput {
-            messages: vec![
+        TransformOutput::from_parts(
+            &[
                 MqttMessage {
                     topic: "a/b".into(),
                     payload: b"27".to_vec().into(),
@@ -204,7 +246,7 @@ mod tests {
                     retain: false,
                 },
             ],
-            points: vec![Point {
+            &[Point {
                 measurement: "env".into(),
                 tags: vec![("node".into(), "n1".into())],
                 fields: vec![
@@ -216,7 +258,7 @@ mod tests {
                 ],
                 timestamp_ns: Some(1_000_000_000),
             }],
-        }
+        )
     }
 
     #[test]
@@ -232,8 +274,9 @@ mod tests {
         out.publish(Message::new("b", "54.1"));
         // A large point: a message waiting in a queue must not keep it alive.
         out.point(SdkPoint::new("m").field("text", "x".repeat(100_000)));
-        let output = decode(&sluice_sdk::__private::encode_output(&out).unwrap()).unwrap();
-        let (a, b) = (&output.messages[0].payload, &output.messages[1].payload);
+        let output = decode(&sluice_sdk::__private::encode_output(&out)).unwrap();
+        let output = output.owned_messages();
+        let (a, b) = (&output[0].payload, &output[1].payload);
         assert_eq!((&a[..], &b[..]), (&b"27.6"[..], &b"54.1"[..]));
         assert_eq!(a.as_ptr_range().end, b.as_ptr(), "views of one buffer");
         // The last view left owns the buffer: its size is the payloads'.
@@ -302,18 +345,19 @@ mod tests {
                 .timestamp_ns(-1),
         );
         out.point(SdkPoint::new("empty"));
-        let bytes = sluice_sdk::__private::encode_output(&out).unwrap();
+        let bytes = sluice_sdk::__private::encode_output(&out);
         let decoded = decode(&bytes).unwrap();
-        assert_eq!(decoded.messages.len(), 2);
-        assert_eq!(decoded.messages[0].topic, "plant/ünï/temp");
-        assert_eq!(decoded.messages[0].payload, &b"21.5"[..]);
-        assert_eq!(decoded.messages[0].qos, Qos::ExactlyOnce);
-        assert!(!decoded.messages[0].retain);
-        assert_eq!(decoded.messages[1].payload, vec![0u8; 70_000]);
-        assert_eq!(decoded.messages[1].qos, Qos::AtMostOnce);
-        assert!(decoded.messages[1].retain);
+        let messages = decoded.owned_messages();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].topic, "plant/ünï/temp");
+        assert_eq!(messages[0].payload, &b"21.5"[..]);
+        assert_eq!(messages[0].qos, Qos::ExactlyOnce);
+        assert!(!messages[0].retain);
+        assert_eq!(messages[1].payload, vec![0u8; 70_000]);
+        assert_eq!(messages[1].qos, Qos::AtMostOnce);
+        assert!(messages[1].retain);
         assert_eq!(
-            decoded.points,
+            decoded.owned_points(),
             [
                 Point {
                     measurement: "m".into(),
@@ -346,7 +390,7 @@ mod tests {
             fields_per_point: 1,
             bytes: 1 << 20,
         };
-        let read = |bytes: &[u8]| super::decode(bytes, &mut Budget::new(limits));
+        let read = |bytes: &[u8]| super::decode(bytes.to_vec(), &mut Budget::new(limits));
         let over = |limit, asked| OutputError::OverLimit {
             limit,
             asked,
@@ -376,15 +420,15 @@ mod tests {
         let mut out = Output::new();
         out.publish(Message::new("t", vec![0u8; 1000]));
         out.publish(Message::new("t", vec![0u8; 1000]));
-        let bytes = sluice_sdk::__private::encode_output(&out).unwrap();
+        let bytes = sluice_sdk::__private::encode_output(&out);
         // Two messages: 2 × 32 + 2 × (1 + 1000) bytes.
         let exactly = 2 * crate::output::ITEM_BYTES + 2 * 1001;
         let within = |bytes_limit| OutputLimits {
             bytes: bytes_limit,
             ..OutputLimits::default()
         };
-        assert!(super::decode(&bytes, &mut Budget::new(within(exactly))).is_ok());
-        let err = super::decode(&bytes, &mut Budget::new(within(exactly - 1))).unwrap_err();
+        assert!(super::decode(bytes.clone(), &mut Budget::new(within(exactly))).is_ok());
+        let err = super::decode(bytes, &mut Budget::new(within(exactly - 1))).unwrap_err();
         assert!(
             matches!(
                 err,

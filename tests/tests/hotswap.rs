@@ -700,7 +700,7 @@ fn quarantine_skips_and_dead_letters_frames() {
     worker.join().expect("worker ends");
     let mut texts = Vec::new();
     while let Ok(emission) = emit_rx.try_recv() {
-        for m in emission.messages {
+        for m in emission.output.messages() {
             if m.topic == "test/ok" {
                 texts.push(String::from_utf8(m.payload.to_vec()).expect("utf-8"));
             }

@@ -345,12 +345,15 @@ fn an_outbox_of_the_previous_layout_is_delivered_after_the_upgrade() {
     let old = Outbox::open(&legacy, OutboxConfig::default()).expect("old layout");
     let left: Vec<Vec<u8>> = (0..300u64)
         .map(|seq| {
-            record::mqtt_to_vec(&MqttMessage {
-                topic: "iiot/stats/seq".into(),
-                payload: seq.to_string().into_bytes().into(),
-                qos: Qos::AtLeastOnce,
-                retain: false,
-            })
+            record::mqtt_to_vec(
+                MqttMessage {
+                    topic: "iiot/stats/seq".into(),
+                    payload: seq.to_string().into_bytes().into(),
+                    qos: Qos::AtLeastOnce,
+                    retain: false,
+                }
+                .as_ref(),
+            )
         })
         .collect();
     let refs: Vec<&[u8]> = left.iter().map(Vec::as_slice).collect();

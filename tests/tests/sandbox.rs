@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sluice::metrics::Metrics;
 use sluice::model::{Frame, Qos};
-use sluice::pipeline::{Emission, WorkerSettings, WorkerSpec};
+use sluice::pipeline::{WorkerSettings, WorkerSpec};
 use sluice::runtime::{
     CacheOutcome, GuestErrorKind, Limits, LoadError, ModuleCache, OutputLimits, ProcessError,
     Runtime, TransformInstance, TrapKind,
@@ -56,9 +56,10 @@ fn assert_ok_frame_works(instance: &mut TransformInstance, text: &str) {
     let output = instance
         .process(frame(&format!("ok:{text}")))
         .unwrap_or_else(|r| panic!("a normal frame after misbehaviour failed: {}", r.error));
-    assert_eq!(output.messages[0].topic, "test/ok");
-    assert_eq!(output.messages[0].payload, text.as_bytes());
-    assert_eq!(output.messages[0].qos, Qos::AtLeastOnce);
+    let message = output.messages().next().expect("a message");
+    assert_eq!(message.topic, "test/ok");
+    assert_eq!(message.payload, text.as_bytes());
+    assert_eq!(message.qos, Qos::AtLeastOnce);
 }
 
 #[test]
@@ -167,15 +168,15 @@ fn modules_of_both_contract_versions_load_and_run() {
 
     let mut legacy = legacy.instantiate("legacy", &[], LIMITS).expect("init");
     let output = legacy.process(frame("héllo")).expect("decodes");
-    assert_eq!(output.messages.len(), 1);
-    let message = &output.messages[0];
+    assert_eq!(output.message_count(), 1);
+    let message = output.messages().next().expect("a message");
     assert_eq!(
-        (&*message.topic, &*message.payload),
+        (message.topic, message.payload),
         ("legacy/test", "héllo".as_bytes())
     );
     assert_eq!((message.qos, message.retain), (Qos::AtLeastOnce, true));
     assert_eq!(
-        output.points,
+        output.owned_points(),
         [Point {
             measurement: "legacy".into(),
             tags: vec![("source".into(), "test".into())],
@@ -285,11 +286,7 @@ fn the_same_module_loaded_twice_shares_its_code_not_its_state() {
         let output = instance
             .process(reading.clone())
             .unwrap_or_else(|r| panic!("{}", r.error));
-        output
-            .messages
-            .into_iter()
-            .map(|m| m.topic.into())
-            .collect()
+        output.messages().map(|m| m.topic.into()).collect()
     };
     assert_eq!(topics(&mut plant1), ["plant1/node1/temperature"]);
     assert_eq!(topics(&mut plant2), ["plant2/node1/temperature"]);
@@ -359,17 +356,15 @@ fn worker_refuses_invalid_outputs_and_counts_them() {
 
     let mut topics = Vec::new();
     while let Ok(emission) = emit_rx.try_recv() {
-        let Emission {
-            messages, points, ..
-        } = emission;
-        topics.extend(messages.into_iter().map(|m| m.topic));
-        for p in points {
+        let output = emission.output;
+        topics.extend(output.messages().map(|m| m.topic.to_owned()));
+        for p in output.owned_points() {
             assert_eq!(
                 p.timestamp_ns,
                 Some(1_700_000_000_000_000_000),
                 "receive time filled in"
             );
-            topics.push(format!("point:{}", p.measurement).into());
+            topics.push(format!("point:{}", p.measurement));
         }
     }
     assert_eq!(
@@ -412,11 +407,10 @@ fn hostile(runtime: &Runtime, init: &str) -> Result<TransformInstance, LoadError
 
 fn payload(output: &sluice::model::TransformOutput, topic: &str) -> String {
     let message = output
-        .messages
-        .iter()
+        .messages()
         .find(|m| m.topic == topic)
         .unwrap_or_else(|| panic!("no message on {topic}: {output:?}"));
-    String::from_utf8_lossy(&message.payload).into_owned()
+    String::from_utf8_lossy(message.payload).into_owned()
 }
 
 #[test]
@@ -476,7 +470,7 @@ fn an_output_over_a_limit_is_refused_whole_and_the_next_frame_goes_through() {
     let at_limit = instance
         .process(frame(&format!("messages:{}", limits.messages)))
         .expect("at the limit is fine");
-    assert_eq!(at_limit.messages.len(), limits.messages);
+    assert_eq!(at_limit.message_count(), limits.messages);
     // Over a count, and buffers the host would have turned into hundreds
     // of MiB (refused on their size, before they are copied).
     for (line, reason) in [
@@ -522,8 +516,7 @@ fn an_output_over_a_limit_is_refused_whole_and_the_next_frame_goes_through() {
         tight
             .process(frame("messages:10"))
             .expect("fits")
-            .messages
-            .len(),
+            .message_count(),
         10
     );
 }

@@ -89,12 +89,12 @@ fn two_ports_two_transforms_concurrently_and_independently() {
             let deadline = tokio::time::Instant::now() + WAIT;
             while !done(&by_topic) {
                 match tokio::time::timeout_at(deadline, emit_rx.recv()).await {
-                    Ok(Some(Emission { messages, .. })) => {
-                        for m in messages {
+                    Ok(Some(Emission { output, .. })) => {
+                        for m in output.messages() {
                             by_topic
                                 .entry(m.topic.into())
                                 .or_default()
-                                .push(String::from_utf8_lossy(&m.payload).into_owned());
+                                .push(String::from_utf8_lossy(m.payload).into_owned());
                         }
                     }
                     _ => break,

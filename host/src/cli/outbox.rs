@@ -351,12 +351,15 @@ mod tests {
         let path = outbox::path_in(dir.path(), "mqtt");
         {
             let ob = outbox::Outbox::open(&path, outbox::OutboxConfig::default()).expect("open");
-            let m = record::mqtt_to_vec(&MqttMessage {
-                topic: "a/b".into(),
-                payload: b"1".to_vec().into(),
-                qos: Qos::AtLeastOnce,
-                retain: false,
-            });
+            let m = record::mqtt_to_vec(
+                MqttMessage {
+                    topic: "a/b".into(),
+                    payload: b"1".to_vec().into(),
+                    qos: Qos::AtLeastOnce,
+                    retain: false,
+                }
+                .as_ref(),
+            );
             ob.append(&[&m, &m]).expect("append");
         }
         assert!(inspect_one(&path, false));

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 
 use crate::jsonout;
-use crate::model::{Frame, now_ns};
+use crate::model::{Frame, PointLike, now_ns};
 use crate::runtime::{Limits, ModuleCache, Runtime};
 use crate::wasm_build::build;
 
@@ -215,7 +215,7 @@ fn test(
         let frame = Frame::new(source.clone(), now_ns(), data);
         match instance.process(frame) {
             Ok(output) => {
-                for message in &output.messages {
+                for message in output.messages() {
                     let mut value = jsonout::message(message);
                     if let Err(invalid) = message.validate(usize::MAX) {
                         errors += 1;
@@ -223,8 +223,8 @@ fn test(
                     }
                     writeln!(out, "{value}")?;
                 }
-                for point in &output.points {
-                    let mut value = jsonout::point(point);
+                for point in output.points() {
+                    let mut value = jsonout::point(&point);
                     if let Err(invalid) = point.validate() {
                         errors += 1;
                         value["invalid"] = invalid.to_string().into();

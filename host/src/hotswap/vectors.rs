@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::model::{FieldValue, Frame, MqttMessage, Point, TransformOutput, now_ns};
+use crate::model::{FieldValue, Frame, MqttMessage, Point, PointLike, TransformOutput, now_ns};
 use crate::runtime::{GuestErrorKind, ProcessError, TransformInstance};
 
 /// At most this many vectors per module.
@@ -338,15 +338,14 @@ fn describe(result: &Result<TransformOutput, ProcessError>) -> String {
     match result {
         Ok(output) => format!(
             "{} message(s) {}, {} point(s)",
-            output.messages.len(),
+            output.message_count(),
             output
-                .messages
-                .iter()
+                .messages()
                 .take(3)
-                .map(|m| format!("{}={:?}", m.topic, String::from_utf8_lossy(&m.payload)))
+                .map(|m| format!("{}={:?}", m.topic, String::from_utf8_lossy(m.payload)))
                 .collect::<Vec<_>>()
                 .join(" "),
-            output.points.len()
+            output.point_count()
         ),
         Err(error) => format!("refused ({}: {error})", error.reason()),
     }
@@ -378,21 +377,21 @@ fn check(
             Err(format!("expected output, got {}", describe(result)))
         }
         (Expect::Output { messages, points }, Ok(output)) => {
-            for message in &output.messages {
+            for message in output.messages() {
                 message
                     .validate(max_payload)
                     .map_err(|e| format!("the host would refuse a message: {e}"))?;
             }
-            for point in &output.points {
+            for point in output.points() {
                 point
                     .validate()
                     .map_err(|e| format!("the host would refuse a point: {e}"))?;
             }
             if let Some(expected) = messages {
-                check_list(expected, &output.messages, "message", check_message)?;
+                check_list(expected, &output.owned_messages(), "message", check_message)?;
             }
             if let Some(expected) = points {
-                check_list(expected, &output.points, "point", check_point)?;
+                check_list(expected, &output.owned_points(), "point", check_point)?;
             }
             Ok(())
         }
@@ -568,9 +567,9 @@ mod tests {
                 .expect
                 .clone()
         };
-        let output = TransformOutput {
-            messages: vec![message("a/b", "1"), message("a/c", "2")],
-            points: vec![Point {
+        let output = TransformOutput::from_parts(
+            &[message("a/b", "1"), message("a/c", "2")],
+            &[Point {
                 measurement: "m".into(),
                 tags: vec![("node".into(), "n1".into())],
                 fields: vec![
@@ -580,7 +579,7 @@ mod tests {
                 ],
                 timestamp_ns: None,
             }],
-        };
+        );
         let ok = Ok(output.clone());
         let pass = |json: &str| check(&expect(json), &ok, 1024);
         assert_eq!(
@@ -629,10 +628,7 @@ mod tests {
             .expect("parses")[0]
             .expect
             .clone();
-        let output = Ok(TransformOutput {
-            messages: vec![message("a/#", "1")],
-            points: vec![],
-        });
+        let output = Ok(TransformOutput::from_parts(&[message("a/#", "1")], &[]));
         let err = check(&expect, &output, 1024).expect_err("wildcard");
         assert!(err.contains("the host would refuse"), "{err}");
     }

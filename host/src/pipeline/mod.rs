@@ -45,7 +45,7 @@ pub use crate::router::{Emission, Emitter};
 
 use crate::metrics::serial::{DownlinkDrop, SerialMetrics};
 use crate::metrics::{FrameDrop, PipelineMetrics};
-use crate::model::{DownlinkCommand, Frame, InvalidOutput};
+use crate::model::{DownlinkCommand, Frame, InvalidOutput, PointLike};
 use crate::ratelimit::RateLimiter;
 use crate::runtime::{ProcessError, TransformInstance};
 use crate::source::capture::CaptureHandle;
@@ -590,45 +590,36 @@ impl Worker {
     /// gone (shutdown).
     async fn emit(
         &mut self,
-        output: crate::model::TransformOutput,
+        mut output: crate::model::TransformOutput,
         received_at_ns: u64,
         ticket: FrameTicket,
     ) -> Option<bool> {
         let mut refused = false;
-        let mut emission = Emission {
-            messages: Vec::with_capacity(output.messages.len()),
-            points: Vec::with_capacity(output.points.len()),
-            ticket,
-        };
-        for message in output.messages {
-            match message.validate(self.settings.max_payload) {
-                Ok(()) => {
-                    self.metrics.messages_emitted.inc();
-                    emission.messages.push(message);
-                }
-                Err(invalid) => {
-                    refused = true;
-                    self.refuse_output(&invalid, "message");
-                }
+        let max_payload = self.settings.max_payload;
+        output.retain_messages(|message| match message.validate(max_payload) {
+            Ok(()) => true,
+            Err(invalid) => {
+                refused = true;
+                self.refuse_output(&invalid, "message");
+                false
             }
-        }
-        for mut point in output.points {
-            match point.validate() {
-                Ok(()) => {
-                    self.metrics.points_emitted.inc();
-                    point
-                        .timestamp_ns
-                        .get_or_insert(i64::try_from(received_at_ns).unwrap_or(i64::MAX));
-                    emission.points.push(point);
-                }
-                Err(invalid) => {
-                    refused = true;
-                    self.refuse_output(&invalid, "point");
-                }
+        });
+        output.retain_points(|point| match point.validate() {
+            Ok(()) => true,
+            Err(invalid) => {
+                refused = true;
+                self.refuse_output(&invalid, "point");
+                false
             }
-        }
-        let empty = emission.messages.is_empty() && emission.points.is_empty();
-        if !empty && !self.emissions.emit(emission).await {
+        });
+        output.stamp_points(i64::try_from(received_at_ns).unwrap_or(i64::MAX));
+        self.metrics
+            .messages_emitted
+            .inc_by(output.message_count() as u64);
+        self.metrics
+            .points_emitted
+            .inc_by(output.point_count() as u64);
+        if !output.is_empty() && !self.emissions.emit(Emission { output, ticket }).await {
             return None;
         }
         Some(refused)

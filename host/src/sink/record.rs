@@ -32,7 +32,9 @@
 //! topic and payload plus 4–5 bytes. A new layout gets a new version byte;
 //! decoders keep reading every older version.
 
-use crate::model::{CompactString, FieldValue, MqttMessage, Point, Qos};
+use crate::model::{
+    CompactString, FieldRef, FieldValue, MessageRef, MqttMessage, Point, PointLike, Qos,
+};
 
 /// Kind byte of an MQTT message record.
 pub const KIND_MQTT: u8 = b'M';
@@ -98,17 +100,17 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
 }
 
 /// Appends the record of `message` to `out`.
-pub fn encode_mqtt(message: &MqttMessage, out: &mut Vec<u8>) {
+pub fn encode_mqtt(message: MessageRef<'_>, out: &mut Vec<u8>) {
     out.reserve(message.topic.len() + message.payload.len() + 8);
     out.push(KIND_MQTT);
     out.push(VERSION);
     out.push(message.qos.level() | if message.retain { 0b100 } else { 0 });
     put_bytes(out, message.topic.as_bytes());
-    out.extend_from_slice(&message.payload);
+    out.extend_from_slice(message.payload);
 }
 
 /// The record of `message` as a new vector.
-pub fn mqtt_to_vec(message: &MqttMessage) -> Vec<u8> {
+pub fn mqtt_to_vec(message: MessageRef<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     encode_mqtt(message, &mut out);
     out
@@ -138,40 +140,40 @@ pub fn decode_mqtt(bytes: &[u8]) -> Result<MqttMessage, RecordError> {
 }
 
 /// Appends the record of `point` to `out`.
-pub fn encode_point(point: &Point, out: &mut Vec<u8>) {
+pub fn encode_point(point: &impl PointLike, out: &mut Vec<u8>) {
     out.push(KIND_POINT);
     out.push(VERSION);
-    match point.timestamp_ns {
+    match point.timestamp_ns() {
         Some(ts) => {
             out.push(1);
             out.extend_from_slice(&ts.to_le_bytes());
         }
         None => out.push(0),
     }
-    put_bytes(out, point.measurement.as_bytes());
-    put_varint(out, point.tags.len() as u64);
-    for (key, value) in &point.tags {
+    put_bytes(out, point.measurement().as_bytes());
+    put_varint(out, point.tags().len() as u64);
+    for (key, value) in point.tags() {
         put_bytes(out, key.as_bytes());
         put_bytes(out, value.as_bytes());
     }
-    put_varint(out, point.fields.len() as u64);
-    for (key, value) in &point.fields {
+    put_varint(out, point.fields().len() as u64);
+    for (key, value) in point.fields() {
         put_bytes(out, key.as_bytes());
         match value {
-            FieldValue::Float(f) => {
+            FieldRef::Float(f) => {
                 out.push(0);
                 out.extend_from_slice(&f.to_bits().to_le_bytes());
             }
-            FieldValue::Int(i) => {
+            FieldRef::Int(i) => {
                 out.push(1);
                 put_varint(out, ((i << 1) ^ (i >> 63)) as u64);
             }
-            FieldValue::UInt(u) => {
+            FieldRef::UInt(u) => {
                 out.push(2);
-                put_varint(out, *u);
+                put_varint(out, u);
             }
-            FieldValue::Bool(b) => out.push(if *b { 4 } else { 3 }),
-            FieldValue::Text(s) => {
+            FieldRef::Bool(b) => out.push(if b { 4 } else { 3 }),
+            FieldRef::Text(s) => {
                 out.push(5);
                 put_bytes(out, s.as_bytes());
             }
@@ -180,7 +182,7 @@ pub fn encode_point(point: &Point, out: &mut Vec<u8>) {
 }
 
 /// The record of `point` as a new vector.
-pub fn point_to_vec(point: &Point) -> Vec<u8> {
+pub fn point_to_vec(point: &impl PointLike) -> Vec<u8> {
     let mut out = Vec::new();
     encode_point(point, &mut out);
     out
@@ -371,7 +373,7 @@ mod tests {
     #[test]
     fn mqtt_round_trip_and_size() {
         let m = message();
-        let bytes = mqtt_to_vec(&m);
+        let bytes = mqtt_to_vec(m.as_ref());
         assert_eq!(bytes.len(), 3 + 1 + m.topic.len() + m.payload.len());
         assert_eq!(decode_mqtt(&bytes), Ok(m.clone()));
         assert_eq!(decode(&bytes), Ok(Record::Mqtt(m)));
@@ -418,7 +420,7 @@ mod tests {
 
     #[test]
     fn damaged_records_are_errors() {
-        let m = mqtt_to_vec(&message());
+        let m = mqtt_to_vec(message().as_ref());
         assert!(matches!(
             decode_point(&m),
             Err(RecordError::WrongKind { .. })
@@ -495,7 +497,7 @@ mod tests {
         ) {
             let qos = [Qos::AtMostOnce, Qos::AtLeastOnce, Qos::ExactlyOnce][usize::from(qos)];
             let m = MqttMessage { topic: topic.into(), payload: payload.into(), qos, retain };
-            prop_assert_eq!(decode_mqtt(&mqtt_to_vec(&m)), Ok(m));
+            prop_assert_eq!(decode_mqtt(&mqtt_to_vec(m.as_ref())), Ok(m));
         }
 
         #[test]

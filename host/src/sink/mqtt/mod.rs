@@ -379,7 +379,7 @@ impl MqttSink {
         match &self.shared.durable {
             Some(durable) => {
                 for message in messages {
-                    if !durable.push(record::mqtt_to_vec(&message)).await {
+                    if !durable.push(record::mqtt_to_vec(message.as_ref())).await {
                         self.shared
                             .metrics
                             .sink_dropped(Sink::Mqtt, SinkDrop::OutboxClosed);
