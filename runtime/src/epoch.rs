@@ -131,12 +131,12 @@ impl EpochTicker {
         Ok(Arc::new(EpochTicker { shared }))
     }
 
-    /// Registers a call with `budget` that starts now (until the returned
+    /// Registers a call with `budget` that starts `now` (until the returned
     /// guard drops), waking the ticker if it would look too late. Called
     /// before the call's deadline is set.
-    pub fn call_starts(self: &Arc<Self>, budget: Duration) -> CallRunning {
+    pub fn call_starts(self: &Arc<Self>, budget: Duration, now: Instant) -> CallRunning {
         let budget = budget.min(FURTHEST_CHECK);
-        let check_at = Instant::now() + budget;
+        let check_at = now + budget;
         let mut state = lock(&self.shared.state);
         let slot = match state.check_at.iter().position(Option::is_none) {
             Some(free) => {

@@ -671,11 +671,13 @@ impl TransformInstance {
 /// Returns the guard that keeps the epoch ticking while the call runs.
 #[must_use = "the ticker may sleep once the guard drops"]
 fn set_deadline(store: &mut Store<GuestState>, limits: &Limits) -> CallRunning {
-    let running = store.data().epoch.call_starts(limits.call_timeout);
+    // One reading of the clock for both.
+    let now = Instant::now();
+    let running = store.data().epoch.call_starts(limits.call_timeout, now);
     store
         .data_mut()
         .budget
-        .start(limits.call_timeout, Instant::now(), thread_cpu_time);
+        .start(limits.call_timeout, now, thread_cpu_time);
     // The ticker advances the epoch only at a running call's check time.
     store.set_epoch_deadline(1);
     running
@@ -828,7 +830,7 @@ mod tests {
         let ticker = runtime.inner.ticker.clone();
         // A call with a 5 s budget: the ticker then looks again in 5 s.
         let looks = ticker.looks();
-        drop(ticker.call_starts(Duration::from_secs(5)));
+        drop(ticker.call_starts(Duration::from_secs(5), Instant::now()));
         wait_for_look(&ticker, looks);
         assert!(
             !spin_needed_a_rescue(&runtime, Duration::from_millis(20)),
@@ -861,7 +863,7 @@ mod tests {
         let looks = ticker.looks();
         let started = Instant::now();
         for _ in 0..300 {
-            drop(ticker.call_starts(budget));
+            drop(ticker.call_starts(budget, Instant::now()));
             std::thread::sleep(Duration::from_millis(1));
         }
         let elapsed = started.elapsed();
