@@ -1,8 +1,9 @@
 //! `sluice transform new`: a transform crate that builds out of the box.
 //!
 //! The scaffold is a complete, tested transform (echo each text frame to
-//! `<prefix>/<source>`), a size-optimised release profile, and a sample input
-//! for `sluice transform test`. It is standalone (`[workspace]`) and carries
+//! `<prefix>/<source>`), a size-optimised release profile, the wasm32 build
+//! flags sluice's own transforms use (`.cargo/config.toml`), and a sample
+//! input for `sluice transform test`. It is standalone (`[workspace]`) and carries
 //! the SDK and WIT of the sluice that created it (`vendor/`, from the
 //! binary, see `build.rs`), so it builds wherever it is created, with
 //! nothing but Rust — no sluice source tree.
@@ -33,6 +34,9 @@ panic = "abort"
 # Standalone: not part of any enclosing workspace.
 [workspace]
 "#;
+
+/// How sluice's own transforms are built for wasm32 (more inlining).
+const CARGO_CONFIG: &str = include_str!("../../.cargo/config.toml");
 
 const LIB_RS: &str = r#"//! A sluice transform. Build: `sluice transform build .`;
 //! try it: `sluice transform test target/wasm32-wasip2/release/{lib}.wasm --input sample.txt`.
@@ -116,6 +120,8 @@ pub fn create(parent: &Path, name: &str, sdk: Option<&Path>) -> anyhow::Result<P
     std::fs::write(dir.join("src/lib.rs"), fill(LIB_RS))?;
     std::fs::write(dir.join("sample.txt"), SAMPLE)?;
     std::fs::write(dir.join(".gitignore"), GITIGNORE)?;
+    std::fs::create_dir_all(dir.join(".cargo"))?;
+    std::fs::write(dir.join(".cargo/config.toml"), CARGO_CONFIG)?;
     if sdk.is_none() {
         for (path, text) in SDK_FILES {
             let path = dir.join(path);
@@ -180,6 +186,8 @@ mod tests {
         assert!(!lib.contains("{type_name}"));
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("Cargo.toml");
         assert!(manifest.contains("name = \"my-sensor\""));
+        let config = std::fs::read_to_string(dir.join(".cargo/config.toml")).expect("config");
+        assert!(config.contains("[target.wasm32-wasip2]"), "{config}");
         assert!(
             create(tmp.path(), "my-sensor", Some(&sdk)).is_err(),
             "refuses to overwrite"
