@@ -3,8 +3,10 @@
 //! These types are deliberately independent of the WIT bindings (which belong
 //! to `sluice-runtime`) and of rumqttc/reqwest (which belong to the sinks):
 //! everything between a source and a sink speaks this vocabulary. The
-//! validation here is the host's last word on what a transform returned — a
-//! transform is untrusted, so nothing it emits reaches a sink unchecked.
+//! validation here (topics; a message's and a point's rules are on
+//! [`MessageRef`] and [`PointLike`], which read a frame's output in place)
+//! is the host's last word on what a transform returned — a transform is
+//! untrusted, so nothing it emits reaches a sink unchecked.
 
 use std::sync::Arc;
 
