@@ -2,10 +2,10 @@
 //! messages and points, encoded with postcard in the layout the WIT file
 //! documents (`wit/v0.2.0/transform.wit`).
 //!
-//! The guest SDK writes the layout with postcard (`guest-sdk/src/packed.rs`);
-//! the host reads it by hand, in place ([`sluice_core::output`]): with no
-//! copy left, the reading is the whole cost, and postcard's serde path took
-//! twice as long as reading the five wire types the layout uses (varints,
+//! The guest SDK writes the layout (`guest-sdk/src/packed.rs`) and the host
+//! reads it in place ([`sluice_core::output`]), both by hand: with no copy
+//! left, reading is the whole cost, and postcard's serde path took twice as
+//! long as reading the five postcard wire types the layout uses (varints,
 //! zigzag varints, bytes with a length, little-endian `f64`, one-byte
 //! `bool`/`Option` tags). The tests decode the SDK's pinned sample (which
 //! its encoder must produce) and round-trip what the SDK encodes.
@@ -379,6 +379,177 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// The layout as postcard 1.x writes it from mirror types: how every
+    /// SDK before the hand-written writer packed an output, so what modules
+    /// built with one still send.
+    mod postcard_layout {
+        use serde::Serialize;
+
+        #[derive(Serialize)]
+        pub struct Output<'a> {
+            pub messages: Vec<Message<'a>>,
+            pub points: Vec<Point<'a>>,
+        }
+
+        #[derive(Serialize)]
+        pub struct Message<'a> {
+            pub topic: &'a str,
+            pub payload: &'a serde_bytes::Bytes,
+            pub qos: u8,
+            pub retain: bool,
+        }
+
+        #[derive(Serialize)]
+        pub struct Point<'a> {
+            pub measurement: &'a str,
+            pub tags: Vec<(&'a str, &'a str)>,
+            pub fields: Vec<(&'a str, Value<'a>)>,
+            pub timestamp_ns: Option<i64>,
+        }
+
+        #[derive(Serialize)]
+        pub enum Value<'a> {
+            Float(f64),
+            Int(i64),
+            Uint(u64),
+            Boolean(bool),
+            Text(&'a str),
+        }
+    }
+
+    #[test]
+    fn reads_and_writes_what_postcard_writes() {
+        use postcard_layout::{Message, Output, Point, Value};
+        use sluice_sdk::{
+            Message as SdkMessage, Output as SdkOutput, Point as SdkPoint, Qos as SdkQos,
+        };
+        let long = "ü".repeat(100);
+        let payload = vec![7u8; 70_000];
+        let mut fields = vec![
+            ("f", Value::Float(-0.0)),
+            ("i", Value::Int(i64::MIN)),
+            ("j", Value::Int(i64::MAX)),
+            ("k", Value::Int(-1)),
+            ("u", Value::Uint(u64::MAX)),
+            ("v", Value::Uint(128)),
+            ("b", Value::Boolean(false)),
+            ("t", Value::Text(&long)),
+            ("", Value::Text("")),
+        ];
+        for n in 0..130 {
+            fields.push(("n", Value::Uint(n)));
+        }
+        let wire = Output {
+            messages: vec![
+                Message {
+                    topic: &long,
+                    payload: serde_bytes::Bytes::new(&payload),
+                    qos: 2,
+                    retain: true,
+                },
+                Message {
+                    topic: "",
+                    payload: serde_bytes::Bytes::new(b""),
+                    qos: 0,
+                    retain: false,
+                },
+            ],
+            points: vec![
+                Point {
+                    measurement: "m",
+                    tags: vec![("k", "v"), (&long, &long)],
+                    fields,
+                    timestamp_ns: Some(i64::MIN),
+                },
+                Point {
+                    measurement: "none",
+                    tags: vec![],
+                    fields: vec![],
+                    timestamp_ns: None,
+                },
+            ],
+        };
+        let postcard = postcard::to_allocvec(&wire).unwrap();
+
+        // The SDK writes the same bytes.
+        let mut sdk = SdkOutput::new();
+        sdk.publish(
+            SdkMessage::new(long.as_str(), payload.clone())
+                .qos(SdkQos::ExactlyOnce)
+                .retain(true),
+        );
+        sdk.publish(SdkMessage::new("", ""));
+        let mut point = SdkPoint::new("m")
+            .tag("k", "v")
+            .tag(long.as_str(), long.as_str());
+        point = point
+            .field("f", -0.0)
+            .field("i", i64::MIN)
+            .field("j", i64::MAX)
+            .field("k", -1i64)
+            .field("u", u64::MAX)
+            .field("v", 128u64)
+            .field("b", false)
+            .field("t", long.as_str())
+            .field("", "");
+        for n in 0..130u64 {
+            point = point.field("n", n);
+        }
+        sdk.point(point.timestamp_ns(i64::MIN));
+        sdk.point(SdkPoint::new("none"));
+        assert!(
+            sluice_sdk::__private::encode_output(&sdk) == postcard,
+            "the SDK's bytes differ"
+        );
+
+        // The host reads them.
+        let limits = OutputLimits {
+            fields_per_point: 1000,
+            ..OutputLimits::default()
+        };
+        let output = super::decode(postcard, &mut Budget::new(limits)).unwrap();
+        let messages: Vec<_> = output.messages().collect();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(
+            (messages[0].topic, messages[0].payload),
+            (long.as_str(), &payload[..])
+        );
+        assert_eq!(
+            (messages[0].qos, messages[0].retain),
+            (Qos::ExactlyOnce, true)
+        );
+        assert_eq!((messages[1].topic, messages[1].payload.len()), ("", 0));
+        let points = output.owned_points();
+        assert_eq!(
+            points[0].tags[1],
+            (long.as_str().into(), long.as_str().into())
+        );
+        let fields: Vec<_> = points[0]
+            .fields
+            .iter()
+            .take(9)
+            .map(|(_, v)| v.clone())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                FieldValue::Float(-0.0),
+                FieldValue::Int(i64::MIN),
+                FieldValue::Int(i64::MAX),
+                FieldValue::Int(-1),
+                FieldValue::UInt(u64::MAX),
+                FieldValue::UInt(128),
+                FieldValue::Bool(false),
+                FieldValue::Text(long.as_str().into()),
+                FieldValue::Text("".into()),
+            ]
+        );
+        assert_eq!(points[0].fields.len(), 139);
+        assert_eq!(points[0].fields[138], ("n".into(), FieldValue::UInt(129)));
+        assert_eq!(points[0].timestamp_ns, Some(i64::MIN));
+        assert_eq!((points[1].fields.len(), points[1].timestamp_ns), (0, None));
     }
 
     #[test]
