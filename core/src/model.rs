@@ -4,8 +4,8 @@
 //! to `sluice-runtime`) and of rumqttc/reqwest (which belong to the sinks):
 //! everything between a source and a sink speaks this vocabulary. The
 //! validation here (topics; a message's and a point's rules are on
-//! [`MessageRef`] and [`PointLike`], which read a frame's output in place)
-//! is the host's last word on what a transform returned — a transform is
+//! `output::MessageRef` and `output::PointLike`, which read a frame's
+//! output in place and also serve the owned types) is the host's last word on what a transform returned — a transform is
 //! untrusted, so nothing it emits reaches a sink unchecked.
 
 use std::sync::Arc;
@@ -13,7 +13,6 @@ use std::sync::Arc;
 pub use bytes::Bytes;
 pub use compact_str::CompactString;
 
-pub use crate::output::{FieldRef, MessageRef, PointLike, PointRef, TransformOutput};
 use crate::ticket::FrameTicket;
 
 /// One frame as split by a framer, before any transform saw it.
@@ -274,23 +273,6 @@ pub fn topic_matches_filter(topic: &str, filter: &str) -> bool {
     }
 }
 
-impl MqttMessage {
-    /// The message read in place.
-    pub fn as_ref(&self) -> MessageRef<'_> {
-        MessageRef {
-            topic: &self.topic,
-            payload: &self.payload,
-            qos: self.qos,
-            retain: self.retain,
-        }
-    }
-
-    /// Validates topic and payload size.
-    pub fn validate(&self, max_payload: usize) -> Result<(), InvalidOutput> {
-        self.as_ref().validate(max_payload)
-    }
-}
-
 /// The most of a guest's text the host keeps (error messages, log lines,
 /// names in refusals).
 pub const GUEST_TEXT_MAX: usize = 1024;
@@ -396,6 +378,7 @@ pub struct DownlinkCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::PointLike;
 
     #[test]
     fn guest_text_is_cut_and_cannot_forge_a_log_line() {

@@ -557,6 +557,23 @@ impl FieldRef<'_> {
     }
 }
 
+impl MqttMessage {
+    /// The message read in place.
+    pub fn as_ref(&self) -> MessageRef<'_> {
+        MessageRef {
+            topic: &self.topic,
+            payload: &self.payload,
+            qos: self.qos,
+            retain: self.retain,
+        }
+    }
+
+    /// Validates topic and payload size.
+    pub fn validate(&self, max_payload: usize) -> Result<(), InvalidOutput> {
+        self.as_ref().validate(max_payload)
+    }
+}
+
 impl FieldValue {
     /// The value read in place.
     pub fn as_ref(&self) -> FieldRef<'_> {

@@ -13,7 +13,7 @@
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use crate::model::{FieldRef, MessageRef, PointLike};
+use crate::output::{FieldRef, MessageRef, PointLike};
 
 /// One message as a JSON object.
 pub fn message(m: MessageRef<'_>) -> Value {

@@ -17,6 +17,7 @@ pub mod hotswap;
 pub mod jsonout;
 pub mod metrics;
 pub use sluice_core::model;
+pub use sluice_core::output;
 pub use sluice_outbox as outbox;
 pub mod pipeline;
 pub mod pty;

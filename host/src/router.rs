@@ -13,7 +13,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::metrics::{Metrics, SinkDrop};
-use crate::model::{Sink, TransformOutput};
+use crate::model::Sink;
+use crate::output::TransformOutput;
 use crate::sink::durable::{DurableLog, FrameRecords};
 use crate::sink::influx::InfluxInput;
 use crate::sink::mqtt::MqttSink;

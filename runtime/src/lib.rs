@@ -75,7 +75,8 @@ pub use output::{Limit, OutputError, OutputLimits};
 
 use epoch::{CallRunning, EpochTicker};
 use output::{Budget, Bytes, WitCommand, WitError, WitFrame, WitOutputV01};
-use sluice_core::model::{Frame, TransformOutput, guest_text};
+use sluice_core::model::{Frame, guest_text};
+use sluice_core::output::TransformOutput;
 use sluice_core::ratelimit::RateLimiter;
 use sluice_core::sync::lock;
 use virtual_wasi::CallClock;

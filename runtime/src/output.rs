@@ -15,7 +15,8 @@
 
 use wasmtime::component::{ComponentType, Lift, Lower};
 
-use sluice_core::model::{self, GUEST_TEXT_MAX, TransformOutput, guest_text};
+use sluice_core::model::{self, GUEST_TEXT_MAX, guest_text};
+use sluice_core::output::TransformOutput;
 
 /// What a frame's output may hold ([`Limits::output`](super::Limits)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

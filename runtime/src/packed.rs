@@ -15,12 +15,12 @@
 //! UTF-8) is a contract violation for the frame. It is read one value at a
 //! time, so a list over its limit, or text over the frame's budget, is
 //! refused as soon as it is seen ([`super::output`]). What decodes is then
-//! checked like any 0.1.0 output ([`model::MessageRef::validate`],
-//! [`model::PointLike::validate`]).
+//! checked like any 0.1.0 output ([`sluice_core::output::MessageRef::validate`],
+//! [`sluice_core::output::PointLike::validate`]).
 
 use super::output::{Budget, Limit, OutputError};
-use sluice_core::model::{self, TransformOutput, guest_text};
-use sluice_core::output::{BadPart, FieldAt, OutputBuilder, Span};
+use sluice_core::model::{self, guest_text};
+use sluice_core::output::{BadPart, FieldAt, OutputBuilder, Span, TransformOutput};
 
 /// Indexes one frame's output in the buffer the guest returned, refusing
 /// it as soon as it goes over a limit of `budget`.

@@ -405,7 +405,7 @@ fn hostile(runtime: &Runtime, init: &str) -> Result<TransformInstance, LoadError
         )
 }
 
-fn payload(output: &sluice::model::TransformOutput, topic: &str) -> String {
+fn payload(output: &sluice::output::TransformOutput, topic: &str) -> String {
     let message = output
         .messages()
         .find(|m| m.topic == topic)

@@ -15,7 +15,8 @@ use anyhow::Context as _;
 use clap::Subcommand;
 
 use crate::jsonout;
-use crate::model::{Frame, PointLike, now_ns};
+use crate::model::{Frame, now_ns};
+use crate::output::PointLike;
 use crate::runtime::{Limits, ModuleCache, Runtime};
 use crate::wasm_build::build;
 

@@ -36,7 +36,8 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::model::{FieldValue, Frame, MqttMessage, Point, PointLike, TransformOutput, now_ns};
+use crate::model::{FieldValue, Frame, MqttMessage, Point, now_ns};
+use crate::output::{PointLike, TransformOutput};
 use crate::runtime::{GuestErrorKind, ProcessError, TransformInstance};
 
 /// At most this many vectors per module.

@@ -45,7 +45,8 @@ pub use crate::router::{Emission, Emitter};
 
 use crate::metrics::serial::{DownlinkDrop, SerialMetrics};
 use crate::metrics::{FrameDrop, PipelineMetrics};
-use crate::model::{DownlinkCommand, Frame, InvalidOutput, PointLike};
+use crate::model::{DownlinkCommand, Frame, InvalidOutput};
+use crate::output::PointLike;
 use crate::ratelimit::RateLimiter;
 use crate::runtime::{ProcessError, TransformInstance};
 use crate::source::capture::CaptureHandle;
@@ -590,7 +591,7 @@ impl Worker {
     /// gone (shutdown).
     async fn emit(
         &mut self,
-        mut output: crate::model::TransformOutput,
+        mut output: crate::output::TransformOutput,
         received_at_ns: u64,
         ticket: FrameTicket,
     ) -> Option<bool> {

@@ -32,9 +32,8 @@
 //! topic and payload plus 4–5 bytes. A new layout gets a new version byte;
 //! decoders keep reading every older version.
 
-use crate::model::{
-    CompactString, FieldRef, FieldValue, MessageRef, MqttMessage, Point, PointLike, Qos,
-};
+use crate::model::{CompactString, FieldValue, MqttMessage, Point, Qos};
+use crate::output::{FieldRef, MessageRef, PointLike};
 
 /// Kind byte of an MQTT message record.
 pub const KIND_MQTT: u8 = b'M';
