@@ -84,6 +84,8 @@ fn main() {
         let t = Instant::now();
         for _ in 0..FRAMES_PER_ROUND {
             let mut budget = sluice::runtime::output::Budget::new(Default::default());
+            // The decoder takes the buffer, as the call hands over the one
+            // it lifted: the copy here stands for that lift.
             black_box(
                 sluice::runtime::packed::decode(black_box(packed.clone()), &mut budget)
                     .expect("ok"),
