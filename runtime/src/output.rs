@@ -16,7 +16,7 @@
 use wasmtime::component::{ComponentType, Lift, Lower};
 
 use sluice_core::model::{self, GUEST_TEXT_MAX, guest_text};
-use sluice_core::output::TransformOutput;
+use sluice_core::output::{FieldRef, MessageRef, OutputBuilder, PointLike, TransformOutput};
 
 /// What a frame's output may hold ([`Limits::output`](super::Limits)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -478,41 +478,53 @@ pub enum WitFieldValue {
 
 impl From<WitOutputV01> for TransformOutput {
     fn from(output: WitOutputV01) -> Self {
-        let qos = |qos| match qos {
-            WitQos::AtMostOnce => model::Qos::AtMostOnce,
-            WitQos::AtLeastOnce => model::Qos::AtLeastOnce,
-            WitQos::ExactlyOnce => model::Qos::ExactlyOnce,
-        };
-        let messages: Vec<_> = (output.messages.0.into_iter())
-            .map(|m| model::MqttMessage {
-                topic: m.topic.0.into(),
-                payload: m.payload.0.into(),
-                qos: qos(m.qos),
+        let mut builder = OutputBuilder::new(Vec::new());
+        builder.reserve_messages(output.messages.0.len());
+        for m in &output.messages.0 {
+            builder.push_message_ref(MessageRef {
+                topic: &m.topic.0,
+                payload: &m.payload.0,
+                qos: match m.qos {
+                    WitQos::AtMostOnce => model::Qos::AtMostOnce,
+                    WitQos::AtLeastOnce => model::Qos::AtLeastOnce,
+                    WitQos::ExactlyOnce => model::Qos::ExactlyOnce,
+                },
                 retain: m.retain,
-            })
-            .collect();
-        let points: Vec<_> = (output.points.0.into_iter())
-            .map(|p| model::Point {
-                measurement: p.measurement.0.into(),
-                tags: (p.tags.0.into_iter())
-                    .map(|t| (t.key.0.into(), t.value.0.into()))
-                    .collect(),
-                fields: (p.fields.0.into_iter())
-                    .map(|f| {
-                        let value = match f.value {
-                            WitFieldValue::Float(v) => model::FieldValue::Float(v),
-                            WitFieldValue::Int(v) => model::FieldValue::Int(v),
-                            WitFieldValue::Uint(v) => model::FieldValue::UInt(v),
-                            WitFieldValue::Boolean(v) => model::FieldValue::Bool(v),
-                            WitFieldValue::Text(t) => model::FieldValue::Text(t.0.into()),
-                        };
-                        (f.key.0.into(), value)
-                    })
-                    .collect(),
-                timestamp_ns: p.timestamp_ns,
-            })
-            .collect();
-        TransformOutput::from_parts(&messages, &points)
+            });
+        }
+        builder.reserve_points(output.points.0.len());
+        for point in &output.points.0 {
+            builder.push_point_like(point);
+        }
+        builder.finish()
+    }
+}
+
+/// A lifted 0.1.0 point is copied into the output's buffer as it is.
+impl PointLike for WitPoint {
+    fn measurement(&self) -> &str {
+        &self.measurement.0
+    }
+
+    fn tags(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        (self.tags.0.iter()).map(|t| (t.key.0.as_str(), t.value.0.as_str()))
+    }
+
+    fn fields(&self) -> impl ExactSizeIterator<Item = (&str, FieldRef<'_>)> {
+        self.fields.0.iter().map(|f| {
+            let value = match &f.value {
+                WitFieldValue::Float(v) => FieldRef::Float(*v),
+                WitFieldValue::Int(v) => FieldRef::Int(*v),
+                WitFieldValue::Uint(v) => FieldRef::UInt(*v),
+                WitFieldValue::Boolean(v) => FieldRef::Bool(*v),
+                WitFieldValue::Text(t) => FieldRef::Text(&t.0),
+            };
+            (f.key.0.as_str(), value)
+        })
+    }
+
+    fn timestamp_ns(&self) -> Option<i64> {
+        self.timestamp_ns
     }
 }
 
