@@ -72,10 +72,7 @@ pub fn decode(bytes: Vec<u8>, budget: &mut Budget) -> Result<TransformOutput, Ou
             // The variants' order is their number on the wire.
             let value = match input.varint("field type")? {
                 0 => FieldAt::Float(f64::from_le_bytes(input.array("float field")?)),
-                1 => {
-                    let zigzag = input.varint("int field")?;
-                    FieldAt::Int((zigzag >> 1) as i64 ^ -((zigzag & 1) as i64))
-                }
+                1 => FieldAt::Int(unzigzag(input.varint("int field")?)),
                 2 => FieldAt::UInt(input.varint("uint field")?),
                 3 => FieldAt::Bool(input.flag("boolean field")?),
                 4 => {
@@ -90,10 +87,7 @@ pub fn decode(bytes: Vec<u8>, budget: &mut Budget) -> Result<TransformOutput, Ou
         }
         let timestamp_ns = match input.byte("timestamp")? {
             0 => None,
-            1 => {
-                let zigzag = input.varint("timestamp")?;
-                Some((zigzag >> 1) as i64 ^ -((zigzag & 1) as i64))
-            }
+            1 => Some(unzigzag(input.varint("timestamp")?)),
             other => return Err(contract(format!("timestamp tag {other}"))),
         };
         input.builder.set_timestamp(timestamp_ns);
@@ -105,6 +99,11 @@ pub fn decode(bytes: Vec<u8>, budget: &mut Budget) -> Result<TransformOutput, Ou
         )));
     }
     Ok(input.builder.finish())
+}
+
+/// A signed integer from postcard's zigzag encoding.
+fn unzigzag(zigzag: u64) -> i64 {
+    (zigzag >> 1) as i64 ^ -((zigzag & 1) as i64)
 }
 
 fn contract(what: String) -> OutputError {
@@ -309,7 +308,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_qos_above_two_and_invalid_utf8() {
+    fn refuses_a_qos_above_two_invalid_utf8_and_malformed_values() {
         // One message on "t", payload "", QoS 3.
         let err = decode(&[1, 1, b't', 0, 3, 0, 0]).unwrap_err();
         assert_eq!(err, "packed output: QoS 3 on topic \"t\"");
@@ -319,6 +318,17 @@ mod tests {
         // An unknown field-value variant.
         let err = decode(&[0, 1, 1, b'm', 0, 1, 1, b'f', 9, 0]).unwrap_err();
         assert!(err.starts_with("packed output: "), "{err}");
+        // A retain flag that is not a bool.
+        let err = decode(&[1, 1, b't', 0, 0, 2, 0]).unwrap_err();
+        assert_eq!(err, "packed output: retain is 2, not a bool");
+        // A timestamp tag that is neither None nor Some.
+        let err = decode(&[0, 1, 1, b'm', 0, 0, 2]).unwrap_err();
+        assert_eq!(err, "packed output: timestamp tag 2");
+        // A count longer than a 64-bit varint.
+        let mut long = vec![0xff; 10];
+        long.push(0);
+        let err = decode(&long).unwrap_err();
+        assert_eq!(err, "packed output: count is not a 64-bit varint");
     }
 
     #[test]
