@@ -331,6 +331,36 @@ mod tests {
         assert_eq!(err, "packed output: count is not a 64-bit varint");
     }
 
+    /// Every one-byte change of the pinned sample either decodes to an
+    /// output whose every part can be read, or is refused with a reason:
+    /// never a panic, never text that is not UTF-8.
+    #[test]
+    fn any_byte_changed_is_read_or_refused() {
+        let golden = unhex(GOLDEN_HEX);
+        let (mut read, mut refused) = (0, 0);
+        for at in 0..golden.len() {
+            for value in 0..=255u8 {
+                let mut bytes = golden.clone();
+                bytes[at] = value;
+                match super::decode(bytes, &mut Budget::new(OutputLimits::default())) {
+                    Ok(output) => {
+                        for m in output.messages() {
+                            assert!(std::str::from_utf8(m.topic.as_bytes()).is_ok());
+                        }
+                        let _ = (output.owned_messages(), output.owned_points());
+                        read += 1;
+                    }
+                    Err(OutputError::Contract(why)) => {
+                        assert!(why.starts_with("packed output: "), "{why}");
+                        refused += 1;
+                    }
+                    Err(OutputError::OverLimit { .. }) => refused += 1,
+                }
+            }
+        }
+        assert!(read > 0 && refused > 0, "read {read}, refused {refused}");
+    }
+
     #[test]
     fn a_huge_claimed_count_is_an_error_not_an_allocation() {
         // "4 billion messages" in a 6-byte buffer.
