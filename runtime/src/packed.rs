@@ -334,31 +334,75 @@ mod tests {
     /// Every one-byte change of the pinned sample either decodes to an
     /// output whose every part can be read, or is refused with a reason:
     /// never a panic, never text that is not UTF-8.
-    #[test]
-    fn any_byte_changed_is_read_or_refused() {
-        let golden = unhex(GOLDEN_HEX);
+    /// Decodes each of `samples`, untrusted: either every part of the
+    /// output reads, or the refusal has a reason. Both must happen.
+    fn each_is_read_or_refused(samples: impl Iterator<Item = Vec<u8>>) {
         let (mut read, mut refused) = (0, 0);
-        for at in 0..golden.len() {
-            for value in 0..=255u8 {
-                let mut bytes = golden.clone();
-                bytes[at] = value;
-                match super::decode(bytes, &mut Budget::new(OutputLimits::default())) {
-                    Ok(output) => {
-                        for m in output.messages() {
-                            assert!(std::str::from_utf8(m.topic.as_bytes()).is_ok());
-                        }
-                        let _ = (output.owned_messages(), output.owned_points());
-                        read += 1;
+        for bytes in samples {
+            match super::decode(bytes, &mut Budget::new(OutputLimits::default())) {
+                Ok(output) => {
+                    for m in output.messages() {
+                        assert!(std::str::from_utf8(m.topic.as_bytes()).is_ok());
                     }
-                    Err(OutputError::Contract(why)) => {
-                        assert!(why.starts_with("packed output: "), "{why}");
-                        refused += 1;
-                    }
-                    Err(OutputError::OverLimit { .. }) => refused += 1,
+                    let _ = (output.owned_messages(), output.owned_points());
+                    read += 1;
                 }
+                Err(OutputError::Contract(why)) => {
+                    assert!(why.starts_with("packed output: "), "{why}");
+                    refused += 1;
+                }
+                Err(OutputError::OverLimit { .. }) => refused += 1,
             }
         }
         assert!(read > 0 && refused > 0, "read {read}, refused {refused}");
+    }
+
+    #[test]
+    fn any_byte_changed_is_read_or_refused() {
+        let golden = unhex(GOLDEN_HEX);
+        each_is_read_or_refused((0..golden.len()).flat_map(|at| {
+            let golden = golden.clone();
+            (0..=255u8).map(move |value| {
+                let mut bytes = golden.clone();
+                bytes[at] = value;
+                bytes
+            })
+        }));
+    }
+
+    /// What a fuzzer would try, seeded so a failure reproduces: several
+    /// bytes changed at once, cuts, insertions, a span copied elsewhere
+    /// (lengths and counts that point past or into other parts).
+    #[test]
+    fn mangled_samples_are_read_or_refused() {
+        let golden = unhex(GOLDEN_HEX);
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |below: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below.max(1) as u64) as usize
+        };
+        let mangled = std::iter::repeat_with(move || {
+            let mut bytes = golden.clone();
+            for _ in 0..1 + next(4) {
+                let at = next(bytes.len() + 1);
+                match next(5) {
+                    0 if at < bytes.len() => bytes[at] = next(256) as u8,
+                    1 => bytes.truncate(at),
+                    2 => bytes.insert(at, next(256) as u8),
+                    3 if !bytes.is_empty() => {
+                        let from = next(bytes.len());
+                        let len = next(bytes.len() - from + 1).min(16);
+                        let copied = bytes[from..from + len].to_vec();
+                        bytes.splice(at..at, copied);
+                    }
+                    _ => bytes.extend((0..next(8)).map(|_| 0x80 | next(128) as u8)),
+                }
+            }
+            bytes
+        });
+        each_is_read_or_refused(mangled.take(100_000));
     }
 
     #[test]
