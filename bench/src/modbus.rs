@@ -18,8 +18,6 @@
 //! polling and the transform are measured; polls are read from its
 //! `sluice_modbus_polls_total`, CPU from `/proc`.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -252,13 +250,7 @@ fn measure_sluice(sluice: &Path, config: &(PathBuf, u16), window: Duration) -> R
 
 /// `sluice_modbus_polls_total{result="ok"}` of unit 3.
 fn ok_polls(admin: u16) -> Result<f64> {
-    let mut stream = TcpStream::connect(("127.0.0.1", admin))?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body)?;
+    let body = crate::sut::metrics_text(admin).context("GET /metrics")?;
     let series = "sluice_modbus_polls_total{pipeline=\"bench\",unit=\"3\",result=\"ok\"} ";
     Ok(body
         .lines()

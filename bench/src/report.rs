@@ -618,6 +618,9 @@ pub fn run_line(r: &RunResult) -> String {
             s.cpu_cores * 100.0,
             if s.kept_up { "" } else { " (not kept up)" }
         );
+        if let Some(call) = s.transform_call_us {
+            let _ = write!(line, ", transform call {call:.1} µs");
+        }
         if let Some(sparkplug) = s.sparkplug_latency {
             let _ = write!(
                 line,
@@ -885,11 +888,11 @@ pub fn markdown(results: &Results) -> String {
     let _ = writeln!(md, "\n## Every run\n");
     let _ = writeln!(
         md,
-        "| round | phase | pos | system | start-up ms | step | frames complete / written | lost msgs | delivered f/s | max lag ms | drain ms | p50 ms | p99 ms | CPU µs/frame | switches/frame | CPU % | broker % | bench % | RSS MiB | error |"
+        "| round | phase | pos | system | start-up ms | step | frames complete / written | lost msgs | delivered f/s | max lag ms | drain ms | p50 ms | p99 ms | CPU µs/frame | switches/frame | transform call µs | CPU % | broker % | bench % | RSS MiB | error |"
     );
     let _ = writeln!(
         md,
-        "|---:|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---:|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
     for r in &results.runs {
         let error = r
@@ -900,7 +903,7 @@ pub fn markdown(results: &Results) -> String {
         if r.steps.is_empty() {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | | | | | | | | | | | | | | | {} |",
+                "| {} | {} | {} | {} | {} | | | | | | | | | | | | | | | | {} |",
                 r.round,
                 r.phase,
                 r.position,
@@ -912,7 +915,7 @@ pub fn markdown(results: &Results) -> String {
         for (i, s) in r.steps.iter().enumerate() {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {}{} | {} / {} | {} | {} | {:.1} | {:.0} | {} | {} | {:.1} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {} |",
+                "| {} | {} | {} | {} | {} | {}{} | {} / {} | {} | {} | {:.1} | {:.0} | {} | {} | {:.1} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {} |",
                 r.round,
                 r.phase,
                 r.position,
@@ -936,6 +939,7 @@ pub fn markdown(results: &Results) -> String {
                 num(s.latency.map(|l| l.p99), 2),
                 s.cpu_us_per_frame,
                 num(s.ctx_switches_per_frame, 1),
+                num(s.transform_call_us, 1),
                 s.cpu_cores * 100.0,
                 s.broker_cores * 100.0,
                 s.bench_cores * 100.0,

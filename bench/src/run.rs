@@ -175,6 +175,11 @@ pub struct StepResult {
     /// Context switches per complete frame (`None` without complete frames).
     #[serde(default)]
     pub ctx_switches_per_frame: Option<f64>,
+    /// sluice: the mean wall time of a transform call over the step, µs
+    /// (`sluice_transform_call_seconds`); a call after the process slept
+    /// costs several times what it costs in a loop.
+    #[serde(default)]
+    pub transform_call_us: Option<f64>,
     /// The broker's CPU seconds / wall seconds.
     pub broker_cores: f64,
     /// The bench's own (generator + subscriber) CPU seconds / wall seconds.
@@ -601,6 +606,7 @@ fn measure(
     kind: &str,
 ) -> Result<StepResult> {
     let own = std::process::id();
+    let calls0 = target.proc.transform_calls();
     let (s0, b0, o0, t0) = (
         target.proc.sample()?,
         procfs::sample(ctx.broker.pid())?,
@@ -621,6 +627,12 @@ fn measure(
         mono_ns(),
     );
     let wall = (t1 - t0) as f64 / 1e9;
+    let transform_call_us =
+        calls0
+            .zip(target.proc.transform_calls())
+            .and_then(|((secs0, n0), (secs1, n1))| {
+                (n1 > n0).then(|| (secs1 - secs0) * 1e6 / (n1 - n0))
+            });
 
     let mut sparkplug_ns: Vec<u64> = sub.with(|c| {
         times
@@ -721,6 +733,7 @@ fn measure(
         cpu_cores: cpu_secs / wall,
         ctx_switches: Some(ctx_switches),
         ctx_switches_per_frame: (complete > 0).then(|| ctx_switches as f64 / complete as f64),
+        transform_call_us,
         broker_cores: (b1.cpu_secs - b0.cpu_secs) / wall,
         bench_cores: (o1.cpu_secs - o0.cpu_secs) / wall,
         load_1m: load_average(),

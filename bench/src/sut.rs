@@ -593,6 +593,23 @@ impl Proc {
         procfs::sample(self.pid)
     }
 
+    /// sluice: the seconds its transform calls took and how many there
+    /// were, over every pipeline (`sluice_transform_call_seconds`); `None`
+    /// for another system or when `/metrics` does not answer.
+    pub fn transform_calls(&self) -> Option<(f64, f64)> {
+        let body = metrics_text(self.admin_port?)?;
+        let total = |name: &str| -> f64 {
+            body.lines()
+                .filter(|line| line.starts_with(name))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        Some((
+            total("sluice_transform_call_seconds_sum{"),
+            total("sluice_transform_call_seconds_count{"),
+        ))
+    }
+
     /// Whether the process still runs.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -694,8 +711,9 @@ impl Drop for Proc {
     }
 }
 
-/// The status code of `GET path` on 127.0.0.1:`port`, if it answered.
-fn http_status(port: u16, path: &str) -> Option<u16> {
+/// A connection to 127.0.0.1:`port` that sent `GET path` (one request,
+/// then closed by the server), with a 1 s read timeout.
+fn get(port: u16, path: &str) -> Option<TcpStream> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     write!(
@@ -703,9 +721,22 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
+    Some(stream)
+}
+
+/// The status code of `GET path` on 127.0.0.1:`port`, if it answered.
+fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
+    get(port, path)?.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// The answer (head and body) of sluice's `GET /metrics` on admin port
+/// `port`.
+pub fn metrics_text(port: u16) -> Option<String> {
+    let mut answer = String::new();
+    get(port, "/metrics")?.read_to_string(&mut answer).ok()?;
+    Some(answer)
 }
 
 /// The CPUs the bench may use, as `/proc` lists them (`0-1`).
