@@ -621,6 +621,15 @@ pub fn run_line(r: &RunResult) -> String {
         if let Some(call) = s.transform_call_us {
             let _ = write!(line, ", transform call {call:.1} µs");
         }
+        let threads: Vec<String> = s
+            .cpu_us_per_frame_by_thread
+            .iter()
+            .filter(|(_, us)| *us > 0.0)
+            .map(|(name, us)| format!("{name} {us:.1}"))
+            .collect();
+        if threads.len() > 1 {
+            let _ = write!(line, " (µs/frame by thread: {})", threads.join(", "));
+        }
         if let Some(sparkplug) = s.sparkplug_latency {
             let _ = write!(
                 line,

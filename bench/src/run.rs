@@ -180,6 +180,11 @@ pub struct StepResult {
     /// costs several times what it costs in a loop.
     #[serde(default)]
     pub transform_call_us: Option<f64>,
+    /// CPU microseconds per complete frame of each kind of thread (by
+    /// name, `tokio-rt-worker`, `transform-<pipeline>`, …), the busiest
+    /// first; threads that exited during the step are missing.
+    #[serde(default)]
+    pub cpu_us_per_frame_by_thread: Vec<(String, f64)>,
     /// The broker's CPU seconds / wall seconds.
     pub broker_cores: f64,
     /// The bench's own (generator + subscriber) CPU seconds / wall seconds.
@@ -607,6 +612,7 @@ fn measure(
 ) -> Result<StepResult> {
     let own = std::process::id();
     let calls0 = target.proc.transform_calls();
+    let threads0 = target.proc.cpu_by_thread();
     let (s0, b0, o0, t0) = (
         target.proc.sample()?,
         procfs::sample(ctx.broker.pid())?,
@@ -627,6 +633,15 @@ fn measure(
         mono_ns(),
     );
     let wall = (t1 - t0) as f64 / 1e9;
+    let thread_secs: Vec<(String, f64)> = target
+        .proc
+        .cpu_by_thread()
+        .into_iter()
+        .map(|(name, secs)| {
+            let before = threads0.get(&name).copied().unwrap_or(0.0);
+            (name, (secs - before).max(0.0))
+        })
+        .collect();
     let transform_call_us =
         calls0
             .zip(target.proc.transform_calls())
@@ -734,6 +749,7 @@ fn measure(
         ctx_switches: Some(ctx_switches),
         ctx_switches_per_frame: (complete > 0).then(|| ctx_switches as f64 / complete as f64),
         transform_call_us,
+        cpu_us_per_frame_by_thread: per_frame_by_thread(thread_secs, complete),
         broker_cores: (b1.cpu_secs - b0.cpu_secs) / wall,
         bench_cores: (o1.cpu_secs - o0.cpu_secs) / wall,
         load_1m: load_average(),
@@ -742,6 +758,18 @@ fn measure(
         incomplete,
         latencies_ns,
     })
+}
+
+/// Each thread kind's CPU seconds over a step as microseconds per complete
+/// frame, the busiest first (none without complete frames).
+fn per_frame_by_thread(mut secs: Vec<(String, f64)>, complete: u64) -> Vec<(String, f64)> {
+    if complete == 0 {
+        return Vec::new();
+    }
+    secs.sort_by(|a, b| b.1.total_cmp(&a.1));
+    secs.into_iter()
+        .map(|(name, secs)| (name, secs * 1e6 / complete as f64))
+        .collect()
 }
 
 /// The 1-minute load average (0 if unreadable).

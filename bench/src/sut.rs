@@ -593,6 +593,11 @@ impl Proc {
         procfs::sample(self.pid)
     }
 
+    /// CPU seconds of its threads alive now, by thread name.
+    pub fn cpu_by_thread(&self) -> std::collections::BTreeMap<String, f64> {
+        procfs::cpu_by_thread(self.pid)
+    }
+
     /// sluice: the seconds its transform calls took and how many there
     /// were, over every pipeline (`sluice_transform_call_seconds`); `None`
     /// for another system or when `/metrics` does not answer.
