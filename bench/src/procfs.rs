@@ -158,19 +158,25 @@ mod tests {
         let spin = std::thread::Builder::new()
             .name("procfs-spin".into())
             .spawn(|| {
-                let started = std::time::Instant::now();
-                let mut n = 0u64;
-                while started.elapsed() < std::time::Duration::from_millis(300) {
-                    n = std::hint::black_box(n.wrapping_add(1));
-                }
-                let by_thread = cpu_by_thread(std::process::id());
-                (n, by_thread)
+                // Spin until this thread's own stat shows two ticks, so the
+                // figure does not depend on how loaded the machine is.
+                let own_ticks = || {
+                    std::fs::read_to_string("/proc/thread-self/stat")
+                        .ok()
+                        .and_then(|stat| parse_cpu_ticks(&stat).ok())
+                        .unwrap_or(0)
+                };
+                let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while own_ticks() < 2 && std::time::Instant::now() < give_up {}
+                cpu_by_thread(std::process::id())
             })
             .unwrap();
-        let (_, by_thread) = spin.join().unwrap();
-        // 300 ms of spinning: at least one 10 ms tick, whatever the load.
+        let by_thread = spin.join().unwrap();
+        let two_ticks = 2.0 / clock_ticks();
         assert!(
-            by_thread.get("procfs-spin").is_some_and(|&s| s > 0.0),
+            by_thread
+                .get("procfs-spin")
+                .is_some_and(|&secs| secs >= two_ticks),
             "{by_thread:?}"
         );
     }
