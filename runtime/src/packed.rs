@@ -211,6 +211,7 @@ mod tests {
     use super::*;
     use crate::OutputLimits;
     use sluice_core::model::{FieldValue, MqttMessage, Point, Qos};
+    use sluice_core::output::{FieldRef, PointLike as _};
 
     /// Decodes within the default limits; errors as their text.
     fn decode(bytes: &[u8]) -> Result<TransformOutput, String> {
@@ -331,20 +332,32 @@ mod tests {
         assert_eq!(err, "packed output: count is not a 64-bit varint");
     }
 
-    /// Every one-byte change of the pinned sample either decodes to an
-    /// output whose every part can be read, or is refused with a reason:
-    /// never a panic, never text that is not UTF-8.
     /// Decodes each of `samples`, untrusted: either every part of the
-    /// output reads, or the refusal has a reason. Both must happen.
+    /// output reads, its text valid UTF-8 (the output hands text out
+    /// without checking it again), or the refusal has a reason. Both must
+    /// happen.
     fn each_is_read_or_refused(samples: impl Iterator<Item = Vec<u8>>) {
+        let utf8 = |text: &str| assert!(std::str::from_utf8(text.as_bytes()).is_ok());
         let (mut read, mut refused) = (0, 0);
         for bytes in samples {
             match super::decode(bytes, &mut Budget::new(OutputLimits::default())) {
                 Ok(output) => {
                     for m in output.messages() {
-                        assert!(std::str::from_utf8(m.topic.as_bytes()).is_ok());
+                        utf8(m.topic);
                     }
-                    let _ = (output.owned_messages(), output.owned_points());
+                    for p in output.points() {
+                        utf8(p.measurement());
+                        for (key, value) in p.tags() {
+                            utf8(key);
+                            utf8(value);
+                        }
+                        for (key, value) in p.fields() {
+                            utf8(key);
+                            if let FieldRef::Text(text) = value {
+                                utf8(text);
+                            }
+                        }
+                    }
                     read += 1;
                 }
                 Err(OutputError::Contract(why)) => {
@@ -357,6 +370,8 @@ mod tests {
         assert!(read > 0 && refused > 0, "read {read}, refused {refused}");
     }
 
+    /// Every one-byte change of the pinned sample: never a panic, never
+    /// text that is not UTF-8.
     #[test]
     fn any_byte_changed_is_read_or_refused() {
         let golden = unhex(GOLDEN_HEX);
