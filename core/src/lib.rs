@@ -3,8 +3,8 @@
 //! The data model between a source and a sink ([`model`]: frames in, MQTT
 //! messages and points out), a frame's output as the host holds it and the
 //! rules every output must meet ([`output`]: one buffer and an index; read
-//! in place), frame tickets
-//! ([`ticket`]), a log-line rate limiter ([`ratelimit`]) and [`sync::lock`].
+//! in place), frame tickets ([`ticket`]), a log-line rate limiter
+//! ([`ratelimit`]) and [`sync::lock`].
 //! It knows nothing of wasmtime, ports or sinks: `sluice-runtime` and the
 //! host build on it, never the other way round.
 

@@ -2,10 +2,10 @@
 //!
 //! These types are deliberately independent of the WIT bindings (which belong
 //! to `sluice-runtime`) and of rumqttc/reqwest (which belong to the sinks):
-//! everything between a source and a sink speaks this vocabulary. The
-//! validation here (topics; a message's and a point's rules are on
-//! `output::MessageRef` and `output::PointLike`, which read a frame's
-//! output in place and also serve the owned types) is the host's last word on what a transform returned — a transform is
+//! everything between a source and a sink speaks this vocabulary. The topic
+//! rules here, with a message's and a point's rules in `output`
+//! (`MessageRef::validate`, `PointLike::validate`, for owned values too),
+//! are the host's last word on what a transform returned — a transform is
 //! untrusted, so nothing it emits reaches a sink unchecked.
 
 use std::sync::Arc;

@@ -3,9 +3,9 @@
 //! The scaffold is a complete, tested transform (echo each text frame to
 //! `<prefix>/<source>`), a size-optimised release profile, the wasm32 build
 //! flags sluice's own transforms use (`.cargo/config.toml`), and a sample
-//! input for `sluice transform test`. It is standalone (`[workspace]`) and carries
-//! the SDK and WIT of the sluice that created it (`vendor/`, from the
-//! binary, see `build.rs`), so it builds wherever it is created, with
+//! input for `sluice transform test`. It is standalone (`[workspace]`) and
+//! carries the SDK and WIT of the sluice that created it (`vendor/`, from
+//! the binary, see `build.rs`), so it builds wherever it is created, with
 //! nothing but Rust — no sluice source tree.
 
 use std::path::{Path, PathBuf};
