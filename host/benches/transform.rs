@@ -3,6 +3,9 @@
 //!
 //! `cargo bench -p sluice --bench transform`
 //!
+//! Then the same decode cold, as it runs at the rates of a deployment: each
+//! call after the caches were flushed or after a 1 ms sleep.
+//!
 //! Also reports the one-off costs that decide start-up time: compiling the
 //! component with Cranelift vs loading the cached `.cwasm`, and
 //! instantiating (+ `init`).
@@ -23,10 +26,18 @@ use sluice_sdk::Transform as _;
 const SAMPLE: &str = r#"{"seq":1042,"n1":{"t":27.6,"h":54.1,"bat":3.71},"n2":{"t":26.0,"h":50.2,"bat":3.65},"sig":{"rssi":-39,"snr":9.5},"stats":{"rx":1201,"crc_err":3}}"#;
 const ROUNDS: usize = 15;
 const FRAMES_PER_ROUND: usize = 20_000;
+const COLD_CALLS: usize = 2_000;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// Nanoseconds `call` takes.
+fn timed(call: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    call();
+    t.elapsed().as_nanos() as f64
 }
 
 fn main() {
@@ -105,6 +116,36 @@ fn main() {
         }
         wasm_ns.push(t.elapsed().as_nanos() as f64 / FRAMES_PER_ROUND as f64);
     }
+    // Cold calls: a call when the frame before it was long ago, as at
+    // 1000 frames/s or fewer. Either L1, L2 and the TLB are flushed first
+    // by writing a line of every page of a buffer twice L2's size, or the
+    // thread sleeps a millisecond first (what a deployment sees; this also
+    // depends on what else the machine runs meanwhile).
+    let mut pollution = vec![0u8; 8 << 20];
+    let mut flush_caches = |round: u8| {
+        for line in pollution.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(round);
+        }
+        black_box(&pollution);
+    };
+    let (mut cold_native, mut cold_wasm, mut slept_wasm) = (vec![], vec![], vec![]);
+    for i in 0..COLD_CALLS {
+        flush_caches(i as u8);
+        cold_native.push(timed(|| {
+            black_box(sluice_sdk::process(&mut native, black_box(&sdk_frame)).expect("ok"));
+        }));
+        flush_caches(i as u8);
+        cold_wasm.push(timed(|| {
+            black_box(instance.process(black_box(host_frame.clone())).expect("ok"));
+        }));
+        std::thread::sleep(Duration::from_millis(1));
+        slept_wasm.push(timed(|| {
+            black_box(instance.process(black_box(host_frame.clone())).expect("ok"));
+        }));
+    }
+    let (cold_n, cold_w) = (median(cold_native), median(cold_wasm));
+    let slept_w = median(slept_wasm);
+
     let (n, w) = (median(native_ns), median(wasm_ns));
     let (enc, dec) = (median(encode_ns), median(decode_ns));
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -122,6 +163,24 @@ fn main() {
     println!(
         "| native: host unpacks it   | {dec:8.0} | {:15.2} |",
         dec / n
+    );
+    println!();
+    println!(
+        "The same decode, cold: median of {COLD_CALLS} calls, each after the caches were flushed or a 1 ms sleep"
+    );
+    println!("| path                      | ns/frame | ratio to native |");
+    println!("|---------------------------|---------:|----------------:|");
+    println!(
+        "| native, caches flushed    | {cold_n:8.0} | {:15.2} |",
+        1.0
+    );
+    println!(
+        "| wasm, caches flushed      | {cold_w:8.0} | {:15.2} |",
+        cold_w / cold_n
+    );
+    println!(
+        "| wasm, after a 1 ms sleep  | {slept_w:8.0} | {:15.2} |",
+        slept_w / cold_n
     );
     println!();
     println!("| one-off                               | ms      |");
