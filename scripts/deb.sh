@@ -2,6 +2,8 @@
 # Builds the Debian package: target/debian/sluice_<version>-1_<arch>.deb.
 #
 #   scripts/deb.sh                     # the shipped `dist` build, for this machine
+#                                      #   (profile-guided: scripts/pgo.sh)
+#   scripts/deb.sh --no-pgo            # the same without the profile (half the build time)
 #   scripts/deb.sh --profile release   # faster to build, for trying it out
 #   scripts/deb.sh --target aarch64-unknown-linux-gnu   # arm64 (scripts/cross.sh)
 #
@@ -16,11 +18,13 @@ cd "$(dirname "$0")/.."
 
 profile=dist
 target=""
+pgo=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --profile) profile="$2"; shift 2 ;;
         --target) target="$2"; shift 2 ;;
-        *) echo "usage: $0 [--profile dist|release] [--target TRIPLE]" >&2; exit 2 ;;
+        --no-pgo) pgo=0; shift ;;
+        *) echo "usage: $0 [--profile dist|release] [--target TRIPLE] [--no-pgo]" >&2; exit 2 ;;
     esac
 done
 
@@ -29,6 +33,8 @@ rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add was
 
 if [ -n "$target" ]; then
     scripts/cross.sh --profile "$profile" "$target"
+elif [ "$profile" = dist ] && [ "$pgo" = 1 ]; then
+    scripts/pgo.sh --profile dist
 else
     cargo build --locked --profile "$profile" -p sluice --bin sluice
 fi
