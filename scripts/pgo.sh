@@ -56,11 +56,13 @@ profdata="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"
 [ -x "$profdata" ] || rustup component add llvm-tools
 
 work="$PWD/target/pgo-generate"
-rm -rf "$work/profiles" "$work/sluice.profdata"
 echo "==> instrumented build ($profile) in $work"
 CARGO_TARGET_DIR="$work" RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$work/profiles" \
     cargo build --locked --profile "$profile" -p sluice --bin sluice
 cargo build --locked --release -p sluice-bench
+# The build scripts and proc macros of that build are instrumented too and
+# leave counters of their own; only sluice's runs count.
+rm -rf "$work/profiles" "$work/sluice.profdata"
 
 echo "==> training"
 target/release/sluice-bench run --sluice "$work/$profile/sluice" --out "$work/training" \
