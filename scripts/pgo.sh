@@ -60,6 +60,7 @@ echo "==> instrumented build ($profile) in $work"
 CARGO_TARGET_DIR="$work" RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$work/profiles" \
     cargo build --locked --profile "$profile" -p sluice --bin sluice
 cargo build --locked --release -p sluice-bench
+cargo build --locked --release --target wasm32-wasip2 --manifest-path transforms/Cargo.toml
 # The build scripts and proc macros of that build are instrumented too and
 # leave counters of their own; only sluice's runs count.
 rm -rf "$work/profiles" "$work/sluice.profdata"
