@@ -118,7 +118,7 @@ fn main() {
     }
     // Cold calls: a call when the frame before it was long ago, as at
     // 1000 frames/s or fewer. Either L1, L2 and the TLB are flushed first
-    // by writing a line of every page of a buffer twice L2's size, or the
+    // by writing every cache line of a buffer twice L2's size, or the
     // thread sleeps a millisecond first (what a deployment sees; this also
     // depends on what else the machine runs meanwhile).
     let mut pollution = vec![0u8; 8 << 20];
