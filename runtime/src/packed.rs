@@ -358,6 +358,8 @@ mod tests {
                             }
                         }
                     }
+                    // The rest (payloads, numbers, timestamps) reads too.
+                    let _ = (output.owned_messages(), output.owned_points());
                     read += 1;
                 }
                 Err(OutputError::Contract(why)) => {
